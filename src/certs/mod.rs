@@ -1,0 +1,222 @@
+//! One certificate store for every TLS listener (c2s STARTTLS and direct TLS,
+//! s2s, HTTPS). It resolves by SNI, so a certificate replaced here (SIGHUP in
+//! `files` mode, renewal in `acme` mode) is served everywhere at once.
+
+use crate::config::{Config, TlsMode};
+use anyhow::{anyhow, Context, Result};
+use rustls::{
+    crypto::ring::sign::any_supported_type,
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+    ServerConfig,
+};
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
+
+/// ALPN protocol of XEP-0368 direct TLS for clients.
+pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
+/// ALPN protocol of XEP-0368 direct TLS for servers.
+pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
+
+#[derive(Default)]
+struct Inner {
+    by_name: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+pub struct CertStore {
+    // A std RwLock: read on every handshake, written on reload, never held across await.
+    inner: RwLock<Inner>,
+    mode: TlsMode,
+    domain: String,
+    names: Vec<String>,
+    files: Option<(PathBuf, PathBuf)>,
+    tls_dir: PathBuf,
+}
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertStore").field("mode", &self.mode).field("names", &self.names).finish()
+    }
+}
+
+impl CertStore {
+    /// Build the store for `config` and load (or create) its certificates.
+    pub fn new(config: &Config) -> Result<Arc<CertStore>> {
+        let names = service_names(&config.domain);
+        let store = CertStore {
+            inner: RwLock::new(Inner::default()),
+            mode: config.tls.mode,
+            domain: config.domain.clone(),
+            names,
+            files: match (&config.tls.cert, &config.tls.key) {
+                (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+                _ => None,
+            },
+            tls_dir: config.data_dir.join("tls"),
+        };
+        store.reload()?;
+        Ok(Arc::new(store))
+    }
+
+    /// The names this server answers for: the domain and its service subdomains.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// (Re)load certificates from their source. On error the old ones stay.
+    pub fn reload(&self) -> Result<()> {
+        let key = match self.mode {
+            TlsMode::SelfSigned => self_signed(&self.tls_dir, &self.names)?,
+            TlsMode::Files => {
+                let (c, k) = self.files.as_ref().ok_or_else(|| anyhow!("tls.cert and tls.key are required"))?;
+                load_pem(c, k)?
+            }
+            // Filled by the ACME worker once it has a certificate.
+            TlsMode::Acme => return Ok(()),
+        };
+        self.install(&self.names.clone(), key);
+        Ok(())
+    }
+
+    /// Serve `key` for `names`; the first name's certificate is also the default.
+    pub fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        for n in names {
+            inner.by_name.insert(n.to_ascii_lowercase(), key.clone());
+        }
+        if names.iter().any(|n| n.eq_ignore_ascii_case(&self.domain)) || inner.default.is_none() {
+            inner.default = Some(key);
+        }
+    }
+
+    /// A rustls server configuration using this store, with the given ALPN list.
+    pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+        let mut cfg = ServerConfig::builder().with_no_client_auth().with_cert_resolver(self.clone());
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(cfg)
+    }
+
+    /// The path of the local CA certificate (mode `self-signed`), for users to trust.
+    pub fn ca_path(&self) -> Option<PathBuf> {
+        (self.mode == TlsMode::SelfSigned).then(|| self.tls_dir.join("ca.pem"))
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let found = match hello.server_name() {
+            Some(sni) => inner.by_name.get(&sni.to_ascii_lowercase()).or(inner.default.as_ref()),
+            None => inner.default.as_ref(),
+        };
+        if found.is_none() {
+            tracing::warn!(sni = ?hello.server_name(), "TLS handshake refused: no certificate yet (see `pushbox check certs`)");
+        }
+        found.cloned()
+    }
+}
+
+/// The domain and the service subdomains pushbox serves.
+pub fn service_names(domain: &str) -> Vec<String> {
+    vec![domain.to_string(), format!("push.{domain}"), format!("upload.{domain}")]
+}
+
+fn load_pem(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("reading certificate {}", cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("parsing certificate {}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(anyhow!("{} holds no certificate", cert.display()));
+    }
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading private key {}", key.display()))?;
+    let signer = any_supported_type(&key).map_err(|e| anyhow!("unsupported private key: {e}"))?;
+    Ok(Arc::new(CertifiedKey::new(chain, signer)))
+}
+
+fn write_private(path: &Path, data: &str) -> Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    o.mode(0o600);
+    let mut f = o.open(path).with_context(|| format!("writing {}", path.display()))?;
+    f.write_all(data.as_bytes())?;
+    Ok(())
+}
+
+fn ca_params() -> Result<rcgen::CertificateParams> {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    p.distinguished_name.push(rcgen::DnType::CommonName, "pushbox local CA");
+    p.distinguished_name.push(rcgen::DnType::OrganizationName, "pushbox self-signed");
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
+    p.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    p.not_after = rcgen::date_time_ymd(2049, 12, 31);
+    Ok(p)
+}
+
+/// Mode `self-signed`: a local CA made once (`ca.pem`, for users to trust)
+/// and a certificate for `names` signed by it, remade when the names change.
+fn self_signed(dir: &Path, names: &[String]) -> Result<Arc<CertifiedKey>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let (ca_pem, ca_key_pem) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let (cert_pem, key_pem, names_file) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("names"));
+    let want = names.join("\n");
+    // `names` holds the names and the expiry; remake 30 days before expiry.
+    if let Some(saved) = std::fs::read_to_string(&names_file).ok() {
+        let (saved_names, expiry) = saved.rsplit_once("\n#expires=").unwrap_or((&saved, "0"));
+        let expiry: i64 = expiry.trim().parse().unwrap_or(0);
+        if cert_pem.exists() && key_pem.exists() && saved_names == want && expiry > crate::store::now() + 30 * 86400 {
+            return load_pem(&cert_pem, &key_pem);
+        }
+    }
+    let ca_key = if ca_key_pem.exists() && ca_pem.exists() {
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(&ca_key_pem)?)?
+    } else {
+        let k = rcgen::KeyPair::generate()?;
+        let cert = ca_params()?.self_signed(&k)?;
+        write_private(&ca_key_pem, &k.serialize_pem())?;
+        std::fs::write(&ca_pem, cert.pem())?;
+        k
+    };
+    let issuer = rcgen::Issuer::new(ca_params()?, ca_key);
+    let leaf_key = rcgen::KeyPair::generate()?;
+    let mut p = rcgen::CertificateParams::new(names.to_vec())?;
+    p.distinguished_name.push(rcgen::DnType::CommonName, names[0].clone());
+    p.use_authority_key_identifier_extension = true;
+    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
+    p.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = time_now();
+    p.not_before = now.0;
+    p.not_after = now.1;
+    let leaf = p.signed_by(&leaf_key, &issuer)?;
+    let chain = format!("{}{}", leaf.pem(), std::fs::read_to_string(&ca_pem)?);
+    std::fs::write(&cert_pem, chain)?;
+    write_private(&key_pem, &leaf_key.serialize_pem())?;
+    std::fs::write(&names_file, format!("{want}\n#expires={}", now.1.unix_timestamp()))?;
+    tracing::info!(names = ?names, ca = %ca_pem.display(), "generated a self-signed certificate; trust the CA file to verify it");
+    load_pem(&cert_pem, &key_pem)
+}
+
+/// A validity window from yesterday to 800 days from now (Apple's clients
+/// refuse leaf certificates valid for more than 825 days).
+fn time_now() -> (time::OffsetDateTime, time::OffsetDateTime) {
+    let now = time::OffsetDateTime::now_utc();
+    (now - time::Duration::days(1), now + time::Duration::days(800))
+}

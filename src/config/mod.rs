@@ -1,0 +1,650 @@
+//! Typed configuration: built-in defaults, then `pushbox.toml`, then
+//! `PUSHBOX_<SECTION>__<KEY>` environment variables, checked once with every
+//! problem reported together (file and key named).
+
+mod duration;
+pub mod relay;
+
+pub use duration::Duration;
+pub use relay::RelayConfig;
+
+use figment::{
+    providers::{Env, Format, Serialized, Toml},
+    value::{Dict, Value},
+    Figment, Provider,
+};
+use serde::{Deserialize, Serialize};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+/// The whole configuration. Field doc comments are mirrored in
+/// `docs/configuration.md`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The XMPP domain this server hosts (the part after `@`).
+    pub domain: String,
+    /// Where the database, generated keys and uploads live. Relative paths
+    /// are relative to the directory of the configuration file.
+    pub data_dir: PathBuf,
+    pub listen: Listen,
+    pub tls: Tls,
+    pub registration: Registration,
+    pub federation: Federation,
+    pub relay: RelayConfig,
+    pub limits: Limits,
+    pub log: Log,
+    pub metrics: Metrics,
+    pub contact: Contact,
+    /// Where this configuration came from (not a key).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            domain: "localhost".into(),
+            data_dir: "data".into(),
+            listen: Listen::default(),
+            tls: Tls::default(),
+            registration: Registration::default(),
+            federation: Federation::default(),
+            relay: RelayConfig::default(),
+            limits: Limits::default(),
+            log: Log::default(),
+            metrics: Metrics::default(),
+            contact: Contact::default(),
+            source: None,
+        }
+    }
+}
+
+/// Listening sockets. A list set to `[]` turns that listener off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// Client connections with mandatory STARTTLS (RFC 6120), usually port 5222.
+    pub c2s: Vec<SocketAddr>,
+    /// Client connections with direct TLS (XEP-0368), usually port 5223.
+    pub c2s_direct_tls: Vec<SocketAddr>,
+    /// Server-to-server with STARTTLS, usually port 5269.
+    pub s2s: Vec<SocketAddr>,
+    /// Server-to-server with direct TLS, usually port 5270.
+    pub s2s_direct_tls: Vec<SocketAddr>,
+    /// HTTPS: the push relay API, uploads, invite pages; 443 in production.
+    pub https: Vec<SocketAddr>,
+    /// Plain HTTP, used only for ACME HTTP-01 challenges and redirects; 80 in production.
+    pub http: Vec<SocketAddr>,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        let a = |s: &str| vec![s.parse().expect("valid default address")];
+        Listen {
+            c2s: a("127.0.0.1:5222"),
+            c2s_direct_tls: a("127.0.0.1:5223"),
+            s2s: vec![],
+            s2s_direct_tls: vec![],
+            https: a("127.0.0.1:5443"),
+            http: vec![],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// A local CA and a certificate for the domain, generated once and kept in `data_dir/tls`.
+    SelfSigned,
+    /// PEM files named by `tls.cert` and `tls.key`, reloaded on SIGHUP.
+    Files,
+    /// Certificates from an ACME CA (Let's Encrypt).
+    Acme,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    pub mode: TlsMode,
+    /// PEM certificate chain (mode `files`).
+    pub cert: Option<PathBuf>,
+    /// PEM private key (mode `files`).
+    pub key: Option<PathBuf>,
+    pub acme: Acme,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls {
+            mode: TlsMode::SelfSigned,
+            cert: None,
+            key: None,
+            acme: Acme::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcmeChallenge {
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+    #[serde(rename = "http-01")]
+    Http01,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Acme {
+    /// `mailto:` URL the CA may write to about expiring certificates.
+    pub contact: Option<String>,
+    /// `letsencrypt`, `letsencrypt-staging`, or a directory URL.
+    pub directory: String,
+    /// Extra PEM roots to trust when talking to a private ACME server.
+    pub ca_roots: Option<PathBuf>,
+    pub challenge: AcmeChallenge,
+}
+
+impl Default for Acme {
+    fn default() -> Self {
+        Acme {
+            contact: None,
+            directory: "letsencrypt".into(),
+            ca_roots: None,
+            challenge: AcmeChallenge::TlsAlpn01,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RegistrationMode {
+    /// Accounts are made only with `pushbox user add`.
+    #[default]
+    Closed,
+    /// Anyone may register in-band (XEP-0077).
+    Open,
+    /// Registration needs a token from `pushbox invite create` (XEP-0445).
+    Invite,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Registration {
+    pub mode: RegistrationMode,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Federation {
+    pub enabled: bool,
+    /// DNS servers (`"ip:port"`) for SRV look-ups; empty uses the system's.
+    pub dns_servers: Vec<SocketAddr>,
+    /// When false, dialback is accepted with peers whose certificates do not
+    /// verify. Unset: true, except for the domain `localhost`.
+    pub require_valid_certificates: Option<bool>,
+    /// Static `"domain" = "host:port"` overrides of DNS.
+    pub hosts: BTreeMap<String, String>,
+}
+
+impl Default for Federation {
+    fn default() -> Self {
+        Federation {
+            enabled: false,
+            dns_servers: vec![],
+            require_valid_certificates: None,
+            hosts: BTreeMap::new(),
+        }
+    }
+}
+
+/// Protections against abusive or broken peers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest stanza accepted from a client, in bytes.
+    pub max_stanza_size: usize,
+    /// Deepest element nesting inside a stanza.
+    pub max_depth: usize,
+    /// Most attributes on one element.
+    pub max_attributes: usize,
+    /// Time a new connection has to finish authentication.
+    pub auth_timeout: Duration,
+    /// Failed authentication attempts allowed on one connection before it is closed.
+    pub max_auth_failures: u32,
+    /// Failed logins allowed from one IP address per minute before further attempts are refused.
+    pub max_auth_failures_per_ip: u32,
+    /// New connections accepted from one IP address per minute.
+    pub connections_per_ip_per_minute: u32,
+    /// Open connections allowed from one IP address.
+    pub max_connections_per_ip: u32,
+    /// A connection that sends nothing (not even a whitespace keepalive) for this long is closed.
+    pub idle_timeout: Duration,
+    /// Offline messages kept per account.
+    pub max_offline_messages: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_stanza_size: 256 * 1024,
+            max_depth: 32,
+            max_attributes: 64,
+            auth_timeout: Duration::from_secs(30),
+            max_auth_failures: 3,
+            max_auth_failures_per_ip: 20,
+            connections_per_ip_per_minute: 120,
+            max_connections_per_ip: 1000,
+            idle_timeout: Duration::from_secs(600),
+            max_offline_messages: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Log {
+    /// A tracing filter such as `info` or `pushbox=debug,info`; `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    /// Where Prometheus metrics are served (`/metrics`); `[]` is off.
+    pub listen: Vec<SocketAddr>,
+}
+
+/// Contact addresses published with XEP-0157 (URIs such as `mailto:` or `xmpp:`).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Contact {
+    pub abuse: Vec<String>,
+    pub admin: Vec<String>,
+    pub feedback: Vec<String>,
+    pub security: Vec<String>,
+    pub support: Vec<String>,
+}
+
+/// Keys whose tables take free-form keys.
+const OPEN_TABLES: &[&str] = &["federation.hosts"];
+
+/// One problem found in the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where the value came from: a file path, or the environment variable.
+    pub source: String,
+    /// Dotted key, e.g. `tls.mode`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.source, self.message)
+        } else {
+            write!(f, "{}: key `{}`: {}", self.source, self.key, self.message)
+        }
+    }
+}
+
+/// Every problem found, reported together.
+#[derive(Debug)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the configuration has {} problem(s):", self.0.len())?;
+        for p in &self.0 {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// Where to read the configuration from: `--config`, else `$PUSHBOX_CONFIG`,
+/// else `./pushbox.toml`, else `/etc/pushbox/pushbox.toml`. `None` means no
+/// file exists and the built-in defaults apply.
+pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("PUSHBOX_CONFIG") {
+        return Some(PathBuf::from(p));
+    }
+    for p in ["pushbox.toml", "/etc/pushbox/pushbox.toml"] {
+        if Path::new(p).exists() {
+            return Some(PathBuf::from(p));
+        }
+    }
+    None
+}
+
+impl Config {
+    /// Load and check the configuration. `path = None` uses defaults and the
+    /// environment only.
+    pub fn load(path: Option<&Path>) -> Result<Config, Problems> {
+        let file_name = path
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "<built-in defaults>".into());
+        if let Some(p) = path {
+            if let Err(e) = std::fs::metadata(p) {
+                return Err(Problems(vec![Problem {
+                    source: file_name,
+                    key: String::new(),
+                    message: format!("cannot read the configuration file: {e}"),
+                }]));
+            }
+        }
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(p) = path {
+            figment = figment.merge(Toml::file_exact(p));
+        }
+        figment = figment.merge(
+            Env::prefixed("PUSHBOX_")
+                .filter(|k| !k.as_str().eq_ignore_ascii_case("config"))
+                .split("__"),
+        );
+        Self::from_figment(figment, path, &file_name)
+    }
+
+    /// Load from a TOML string (tests and `check` of inline config).
+    pub fn from_toml_str(toml: &str, base: Option<&Path>) -> Result<Config, Problems> {
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml));
+        let mut c = Self::from_figment(figment, None, "<inline>")?;
+        if let Some(b) = base {
+            c.source = Some(b.join("pushbox.toml"));
+            c.data_dir = b.join(&c.data_dir);
+        }
+        Ok(c)
+    }
+
+    fn from_figment(figment: Figment, path: Option<&Path>, file_name: &str) -> Result<Config, Problems> {
+        let mut problems = Vec::new();
+        let source_of = |key: &str| -> String {
+            figment
+                .find_metadata(key)
+                .map(|m| match &m.source {
+                    Some(figment::Source::File(p)) => p.display().to_string(),
+                    _ if m.name.contains("environment") => {
+                        format!("environment variable PUSHBOX_{}", key.to_uppercase().replace('.', "__"))
+                    }
+                    _ => file_name.to_string(),
+                })
+                .unwrap_or_else(|| file_name.to_string())
+        };
+
+        // 1. Unknown keys, all of them, each with the nearest valid key.
+        let defaults = Figment::from(Serialized::defaults(Config::default()));
+        match (figment.data(), defaults.data()) {
+            (Ok(user), Ok(known)) => {
+                let user = user.into_values().next().unwrap_or_default();
+                let known = known.into_values().next().unwrap_or_default();
+                unknown_keys(&user, &known, "", &mut |key, msg| {
+                    problems.push(Problem {
+                        source: source_of(key),
+                        key: key.to_string(),
+                        message: msg,
+                    })
+                });
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                for e in e {
+                    problems.push(figment_problem(&e, file_name));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+
+        // 2. Types, one section at a time so that every section's problem shows.
+        let mut config = Config::default();
+        macro_rules! section {
+            ($field:ident, $key:literal) => {
+                match figment.extract_inner(concat!($key)) {
+                    Ok(v) => config.$field = v,
+                    Err(e) => {
+                        for e in e {
+                            let mut p = figment_problem(&e, file_name);
+                            // Paths of extract_inner errors are relative to the section.
+                            let rest: Vec<&str> = p.key.split('.').filter(|s| !s.is_empty() && *s != $key).collect();
+                            p.key = std::iter::once($key).chain(rest).collect::<Vec<_>>().join(".");
+                            p.source = source_of(&p.key);
+                            problems.push(p);
+                        }
+                    }
+                }
+            };
+        }
+        section!(domain, "domain");
+        section!(data_dir, "data_dir");
+        section!(listen, "listen");
+        section!(tls, "tls");
+        section!(registration, "registration");
+        section!(federation, "federation");
+        section!(relay, "relay");
+        section!(limits, "limits");
+        section!(log, "log");
+        section!(metrics, "metrics");
+        section!(contact, "contact");
+
+        // 3. Values and combinations.
+        let base = path
+            .and_then(|p| p.parent())
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        config.source = path.map(Path::to_path_buf);
+        if config.data_dir.is_relative() {
+            config.data_dir = base.join(&config.data_dir);
+        }
+        for f in [&mut config.tls.cert, &mut config.tls.key, &mut config.tls.acme.ca_roots] {
+            if let Some(p) = f {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        config.relay.resolve_paths(&base);
+        let mut semantic = Vec::new();
+        config.validate(&mut |key: &str, message: String| semantic.push((key.to_string(), message)));
+        for (key, message) in semantic {
+            problems.push(Problem {
+                source: source_of(&key),
+                key,
+                message,
+            });
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(Problems(problems))
+        }
+    }
+
+    fn validate(&self, report: &mut dyn FnMut(&str, String)) {
+        if let Err(e) = jid::BareJid::new(&self.domain) {
+            report("domain", format!("`{}` is not a valid XMPP domain: {e}", self.domain));
+        } else if self.domain.contains('@') || self.domain.contains('/') {
+            report("domain", format!("`{}` must be a bare domain, without `@` or `/`", self.domain));
+        }
+        match self.tls.mode {
+            TlsMode::Files => {
+                for (key, v) in [("tls.cert", &self.tls.cert), ("tls.key", &self.tls.key)] {
+                    match v {
+                        None => report(key, "is required when tls.mode = \"files\"".into()),
+                        Some(p) if !p.is_file() => {
+                            report(key, format!("file {} does not exist or is not readable", p.display()))
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            TlsMode::Acme => {
+                report(
+                    "tls.mode",
+                    "\"acme\" is not available in this version yet; use \"self-signed\" or \"files\"".into(),
+                );
+            }
+            TlsMode::SelfSigned => {}
+        }
+        if self.limits.max_stanza_size < 4096 {
+            report("limits.max_stanza_size", "must be at least 4096 bytes".into());
+        }
+        if self.limits.max_depth < 4 {
+            report("limits.max_depth", "must be at least 4".into());
+        }
+        if self.limits.max_auth_failures == 0 {
+            report("limits.max_auth_failures", "must be at least 1".into());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            report("log.level", format!("`{}` is not a valid filter: {e}", self.log.level));
+        }
+        for (k, list) in [
+            ("contact.abuse", &self.contact.abuse),
+            ("contact.admin", &self.contact.admin),
+            ("contact.feedback", &self.contact.feedback),
+            ("contact.security", &self.contact.security),
+            ("contact.support", &self.contact.support),
+        ] {
+            for uri in list {
+                if !uri.contains(':') {
+                    report(k, format!("`{uri}` is not a URI (expected e.g. mailto:abuse@example.org)"));
+                }
+            }
+        }
+        self.relay.validate(report);
+    }
+
+    /// Whether dialback with unverifiable certificates is acceptable.
+    pub fn require_valid_certificates(&self) -> bool {
+        self.federation
+            .require_valid_certificates
+            .unwrap_or(self.domain != "localhost")
+    }
+}
+
+fn figment_problem(e: &figment::Error, file_name: &str) -> Problem {
+    let key = e.path.iter().filter(|s| *s != "default").cloned().collect::<Vec<_>>().join(".");
+    let source = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+        Some(figment::Source::File(p)) => p.display().to_string(),
+        _ => file_name.to_string(),
+    };
+    Problem {
+        source,
+        key,
+        message: e.kind.to_string(),
+    }
+}
+
+/// Report keys of `user` that `known` does not have, suggesting the nearest one.
+fn unknown_keys(user: &Dict, known: &Dict, prefix: &str, report: &mut dyn FnMut(&str, String)) {
+    for (k, v) in user {
+        let full = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match known.get(k) {
+            Some(Value::Dict(_, kd)) => {
+                if OPEN_TABLES.contains(&full.as_str()) {
+                    continue;
+                }
+                if let Value::Dict(_, ud) = v {
+                    unknown_keys(ud, kd, &full, report);
+                }
+            }
+            Some(_) => {}
+            None => {
+                let nearest = known
+                    .keys()
+                    .map(|c| (strsim::jaro_winkler(k, c), c))
+                    .filter(|(score, _)| *score > 0.7)
+                    .max_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, c)| c.clone());
+                let msg = match nearest {
+                    Some(n) => {
+                        let n = if prefix.is_empty() { n } else { format!("{prefix}.{n}") };
+                        format!("unknown key; did you mean `{n}`?")
+                    }
+                    None => {
+                        let mut valid: Vec<_> = known.keys().cloned().collect();
+                        valid.sort();
+                        format!("unknown key; valid keys here: {}", valid.join(", "))
+                    }
+                };
+                report(&full, msg);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_toml_str("", None).unwrap();
+        assert_eq!(c.domain, "localhost");
+        assert_eq!(c.limits.max_stanza_size, 262144);
+    }
+
+    #[test]
+    fn unknown_keys_are_all_reported_with_suggestions() {
+        let e = Config::from_toml_str("domian = \"x\"\n[tls]\nmdoe = \"files\"\n", None).unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e}");
+        assert_eq!(e.0[0].key, "domian");
+        assert!(e.0[0].message.contains("`domain`"), "{}", e.0[0].message);
+        assert_eq!(e.0[1].key, "tls.mdoe");
+        assert!(e.0[1].message.contains("`tls.mode`"), "{}", e.0[1].message);
+    }
+
+    #[test]
+    fn type_errors_in_two_sections_are_both_reported() {
+        let e = Config::from_toml_str(
+            "[tls]\nmode = \"bogus\"\n[limits]\nmax_depth = \"deep\"\n",
+            None,
+        )
+        .unwrap_err();
+        let keys: Vec<_> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"tls.mode"), "{e}");
+        assert!(keys.contains(&"limits.max_depth"), "{e}");
+    }
+
+    #[test]
+    fn files_mode_needs_existing_files() {
+        let e = Config::from_toml_str("[tls]\nmode = \"files\"\ncert = \"/nonexistent.pem\"\n", None).unwrap_err();
+        let keys: Vec<_> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, vec!["tls.cert", "tls.key"], "{e}");
+    }
+
+    #[test]
+    fn federation_hosts_take_free_form_keys() {
+        let c = Config::from_toml_str("[federation.hosts]\n\"b.example\" = \"127.0.0.1:25269\"\n", None).unwrap();
+        assert_eq!(c.federation.hosts["b.example"], "127.0.0.1:25269");
+    }
+}

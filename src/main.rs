@@ -1,0 +1,252 @@
+//! The `pushbox` command: parse the command line, load the configuration,
+//! set up logging, bind listeners and run.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use pushbox::{config::Config, store};
+use std::{io::Read, path::PathBuf, process::ExitCode};
+
+#[derive(Parser)]
+#[command(name = "pushbox", version, about = "XMPP server, push relay and ACME certificates in one daemon")]
+struct Cli {
+    /// Configuration file [default: $PUSHBOX_CONFIG, ./pushbox.toml, /etc/pushbox/pushbox.toml]
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Serve,
+    /// Check the configuration and report every problem.
+    Check,
+    /// Manage XMPP accounts.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Manage invitations (XEP-0401).
+    #[command(subcommand)]
+    Invite(InviteCmd),
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create an account.
+    Add {
+        /// Username or JID.
+        user: String,
+        /// Read the password from standard input instead of prompting.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Make the account an administrator.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Delete an account and everything stored for it.
+    Del { user: String },
+    /// Change an account's password.
+    Passwd {
+        user: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List accounts.
+    List,
+}
+
+#[derive(Subcommand)]
+enum InviteCmd {
+    /// Create an invitation link.
+    Create {
+        /// The new account becomes an administrator.
+        #[arg(long)]
+        admin: bool,
+        /// How long the invitation stays valid.
+        #[arg(long, default_value = "7d")]
+        expires: String,
+        /// How many accounts it can create.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+    },
+    /// List invitations that are still valid.
+    List,
+    /// Revoke an invitation by the first characters of its token.
+    Revoke { token_prefix: String },
+}
+
+/// Exit status for a configuration problem.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = pushbox::config::locate(cli.config.as_deref());
+    let config = match Config::load(path.as_deref()) {
+        Ok(c) => c,
+        Err(problems) => {
+            eprint!("pushbox: {problems}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let r = match cli.command {
+        Command::Serve => serve(config),
+        Command::Check => check(&config),
+        Command::User(u) => user(&config, u),
+        Command::Invite(i) => invite(&config, i),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pushbox: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        pushbox::config::LogFormat::Json => b.json().init(),
+        pushbox::config::LogFormat::Text => b.init(),
+    }
+}
+
+fn serve(config: Config) -> Result<()> {
+    init_logging(&config);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listeners = pushbox::Listeners::bind(&config).await?;
+        pushbox::run(config, listeners, shutdown_signal(), || {}).await
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn check(config: &Config) -> Result<()> {
+    println!(
+        "configuration OK: {}",
+        config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into())
+    );
+    println!("  domain:   {}", config.domain);
+    println!("  data_dir: {}", config.data_dir.display());
+    println!("  tls:      {:?}", config.tls.mode);
+    println!("  c2s:      {:?} (STARTTLS), {:?} (direct TLS)", config.listen.c2s, config.listen.c2s_direct_tls);
+    Ok(())
+}
+
+fn open_store(config: &Config) -> Result<store::Store> {
+    store::Store::open_in(&config.data_dir).map_err(|e| anyhow!("{e}"))
+}
+
+fn username_of(config: &Config, user: &str) -> Result<String> {
+    match user.split_once('@') {
+        Some((u, d)) if d.eq_ignore_ascii_case(&config.domain) => Ok(u.to_string()),
+        Some((_, d)) => bail!("{user} is not on this server's domain ({}), but on {d}", config.domain),
+        None => Ok(user.to_string()),
+    }
+}
+
+fn read_password(from_stdin: bool) -> Result<String> {
+    let pw = if from_stdin {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading the password from standard input")?;
+        s.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        let a = rpassword::prompt_password("Password: ")?;
+        let b = rpassword::prompt_password("Again: ")?;
+        if a != b {
+            bail!("the passwords differ");
+        }
+        a
+    };
+    if pw.is_empty() {
+        bail!("the password is empty");
+    }
+    Ok(pw)
+}
+
+fn user(config: &Config, cmd: UserCmd) -> Result<()> {
+    let s = open_store(config)?;
+    let e = |e: store::StoreError| anyhow!("{e}");
+    match cmd {
+        UserCmd::Add { user, password_stdin, admin } => {
+            let name = username_of(config, &user)?;
+            let pw = read_password(password_stdin)?;
+            s.blocking(|c| store::accounts::create(c, &name, &pw, admin)).map_err(e)?;
+            println!("created {}@{}", store::accounts::normalize(&name).map_err(e)?, config.domain);
+        }
+        UserCmd::Del { user } => {
+            let name = username_of(config, &user)?;
+            if !s.blocking(|c| store::accounts::delete(c, &name)).map_err(e)? {
+                bail!("no account {name}");
+            }
+            println!("deleted {name}@{}", config.domain);
+        }
+        UserCmd::Passwd { user, password_stdin } => {
+            let name = username_of(config, &user)?;
+            let pw = read_password(password_stdin)?;
+            if !s.blocking(|c| store::accounts::set_password(c, &name, &pw)).map_err(e)? {
+                bail!("no account {name}");
+            }
+            println!("password changed for {name}@{}", config.domain);
+        }
+        UserCmd::List => {
+            for (name, admin, _) in s.blocking(|c| store::accounts::list(c)).map_err(e)? {
+                println!("{name}@{}{}", config.domain, if admin { " (admin)" } else { "" });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn invite(config: &Config, cmd: InviteCmd) -> Result<()> {
+    let s = open_store(config)?;
+    let e = |e: store::StoreError| anyhow!("{e}");
+    match cmd {
+        InviteCmd::Create { admin, expires, uses } => {
+            let ttl = humantime::parse_duration(&expires).with_context(|| format!("--expires {expires}"))?;
+            if uses == 0 {
+                bail!("--uses must be at least 1");
+            }
+            let token = s.blocking(|c| store::invites::create(c, ttl.as_secs() as i64, uses, admin)).map_err(e)?;
+            println!("https://{}/invite/{token}", config.domain);
+            println!("xmpp:{}?register;preauth={token}", config.domain);
+        }
+        InviteCmd::List => {
+            let now = store::now();
+            for i in s.blocking(|c| store::invites::list(c)).map_err(e)? {
+                if i.expires_at > now && i.uses_left > 0 {
+                    println!(
+                        "{}…  uses left {}  expires in {}{}",
+                        i.token_prefix,
+                        i.uses_left,
+                        humantime::format_duration(std::time::Duration::from_secs((i.expires_at - now) as u64)),
+                        if i.is_admin { "  (admin)" } else { "" }
+                    );
+                }
+            }
+        }
+        InviteCmd::Revoke { token_prefix } => {
+            let n = s.blocking(|c| store::invites::revoke(c, &token_prefix)).map_err(e)?;
+            if n == 0 {
+                bail!("no invitation starts with {token_prefix}");
+            }
+            println!("revoked {n} invitation(s)");
+        }
+    }
+    Ok(())
+}

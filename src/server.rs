@@ -1,0 +1,34 @@
+//! The shared state of a running daemon: a cheap-clone handle that every
+//! connection task holds.
+
+use crate::{certs::CertStore, config::Config, net::Limiter, store::Store, xmpp::modules::Modules, xmpp::sessions::Sessions};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+pub struct Server {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub certs: Arc<CertStore>,
+    pub sessions: Sessions,
+    pub modules: Modules,
+    pub limiter: Limiter,
+    /// Keys the fake SCRAM salts of unknown users, so probes cannot tell
+    /// unknown users from wrong passwords.
+    pub fake_salt_secret: [u8; 32],
+    /// Becomes `true` when the daemon shuts down.
+    pub shutdown: watch::Receiver<bool>,
+    pub started: std::time::Instant,
+}
+
+impl Server {
+    pub fn domain(&self) -> &str {
+        &self.config.domain
+    }
+
+    /// Whether `domain` is this server's domain.
+    pub fn is_local(&self, domain: &str) -> bool {
+        domain.eq_ignore_ascii_case(&self.config.domain)
+    }
+}
+
+pub type SharedServer = Arc<Server>;

@@ -1,0 +1,149 @@
+//! SQLite storage: one file under `data_dir`, WAL, foreign keys, versioned
+//! migrations applied at start-up. Queries are plain functions over a
+//! `rusqlite::Connection`, grouped per table; async code reaches them only
+//! through [`Store::call`], which runs them on tokio's blocking pool so that
+//! no SQLite work ever runs on an executor thread.
+
+pub mod accounts;
+pub mod invites;
+pub mod offline;
+pub mod roster;
+
+use rusqlite::Connection;
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+/// Migrations, in order. `PRAGMA user_version` records how many ran.
+/// Append only; never edit a migration that has shipped.
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("core", include_str!("migrations/0001_core.sql")),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the storage worker stopped: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Cheap-clone handle to the database.
+#[derive(Clone)]
+pub struct Store {
+    // A std Mutex: it is only ever taken inside `spawn_blocking` (or by the
+    // CLI, which has no executor), never across an `.await`.
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Open (creating if needed) `data_dir/pushbox.sqlite3` and migrate it.
+    pub fn open_in(data_dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Other(format!("cannot create data_dir {}: {e}", data_dir.display())))?;
+        Self::open(&data_dir.join("pushbox.sqlite3"))
+    }
+
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        migrate(&mut conn)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Run `f` on the blocking pool with the connection.
+    pub async fn call<F, R>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await?
+    }
+
+    /// Run `f` on the current thread: for the CLI and start-up, never from async code.
+    pub fn blocking<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R>) -> Result<R> {
+        let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let current = usize::try_from(current).unwrap_or(0);
+    if current > MIGRATIONS.len() {
+        return Err(StoreError::Other(format!(
+            "the database is at schema version {current}, newer than this pushbox knows ({}); \
+             refusing to run an older pushbox on it",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(current) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)
+            .map_err(|e| StoreError::Other(format!("migration {} ({name}) failed: {e}", i + 1)))?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, name, "applied database migration");
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_in(dir.path()).unwrap();
+        let v: i64 = s.blocking(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?)).unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+        drop(s);
+        let s = Store::open_in(dir.path()).unwrap();
+        let fk: i64 = s.blocking(|c| Ok(c.pragma_query_value(None, "foreign_keys", |r| r.get(0))?)).unwrap();
+        assert_eq!(fk, 1);
+        let mode: String = s.blocking(|c| Ok(c.pragma_query_value(None, "journal_mode", |r| r.get(0))?)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("db");
+        {
+            let c = Connection::open(&p).unwrap();
+            c.pragma_update(None, "user_version", 999).unwrap();
+        }
+        let e = Store::open(&p).err().unwrap();
+        assert!(e.to_string().contains("newer"), "{e}");
+    }
+}

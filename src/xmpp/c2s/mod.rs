@@ -1,0 +1,507 @@
+//! Client connections: STARTTLS (5222) and direct TLS (5223, XEP-0368),
+//! SASL, resource binding and the session loop. One task owns each
+//! connection; the rest of the server reaches it through its channel.
+
+use super::{
+    modules::register::{self, PreAuthState},
+    presence,
+    router::route,
+    sasl::{self, Failure, Mechanism, ScramServer},
+    sessions::{PresenceState, SessionHandle, ToSession},
+    stanza::{self, iq_result, Kind},
+    stream::{new_id, ConnError, XmlStream},
+    xml::{elem, ElementExt, Event, ParserLimits, StreamError, StreamHeader, NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_TLS},
+};
+use crate::{
+    certs::ALPN_XMPP_CLIENT,
+    server::Server,
+    store,
+};
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use jid::{BareJid, FullJid};
+use minidom::Element;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    sync::mpsc,
+};
+use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tracing::Instrument;
+
+type Tls = TlsStream<TcpStream>;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn limits(server: &Server) -> ParserLimits {
+    let l = &server.config.limits;
+    ParserLimits {
+        max_stanza_size: l.max_stanza_size,
+        max_depth: l.max_depth,
+        max_attributes: l.max_attributes,
+    }
+}
+
+/// Serve one connection on a STARTTLS listener.
+pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
+    let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let deadline = server.config.limits.auth_timeout.get();
+        let mut xs = XmlStream::new(tcp, limits(&server));
+        let r = tokio::time::timeout(deadline, starttls(&server, &mut xs)).await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return end(&server, &mut xs, e).await,
+            Err(_) => return end(&server, &mut xs, ConnError::Timeout).await,
+        }
+        if xs.has_buffered_input() {
+            // Bytes pipelined after <starttls/> were sent in the clear: refuse them.
+            return end(&server, &mut xs, ConnError::Stream(StreamError::PolicyViolation)).await;
+        }
+        let acceptor = TlsAcceptor::from(server.certs.server_config(&[]));
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(xs.into_inner())).await {
+            Ok(Ok(tls)) => after_tls(server, tls).await,
+            Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::info!("TLS handshake timed out"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Serve one connection on a direct TLS listener.
+pub async fn serve_direct_tls(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
+    let span = tracing::info_span!("c2s", %peer, tls = "direct", jid = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let acceptor = TlsAcceptor::from(server.certs.server_config(&[ALPN_XMPP_CLIENT]));
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => after_tls(server, tls).await,
+            Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::info!("TLS handshake timed out"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Log the end of a connection once and send the right stream error.
+async fn end<S: AsyncRead + AsyncWrite + Unpin>(server: &Server, xs: &mut XmlStream<S>, e: ConnError) {
+    let domain = server.domain();
+    match e {
+        ConnError::Stream(se) => {
+            tracing::info!(condition = se.condition(), "closing the stream with an error");
+            xs.stream_error(NS_CLIENT, domain, se, None).await;
+        }
+        ConnError::Timeout => {
+            tracing::info!("connection timed out");
+            xs.stream_error(NS_CLIENT, domain, StreamError::ConnectionTimeout, None).await;
+        }
+        ConnError::Eof => tracing::debug!("peer closed the connection"),
+        ConnError::Io(e) => tracing::debug!(error = %e, "connection error"),
+    }
+}
+
+/// Check a client's stream header: namespace, version and our domain.
+fn check_header(server: &Server, h: &StreamHeader) -> Result<(), StreamError> {
+    if h.default_ns.as_deref() != Some(NS_CLIENT) {
+        return Err(StreamError::InvalidNamespace);
+    }
+    if h.version.as_deref().is_some_and(|v| !v.starts_with("1.")) {
+        return Err(StreamError::UnsupportedVersion);
+    }
+    match &h.to {
+        Some(to) if server.is_local(to) => Ok(()),
+        _ => Err(StreamError::HostUnknown),
+    }
+}
+
+async fn expect_header<S: AsyncRead + AsyncWrite + Unpin>(server: &Server, xs: &mut XmlStream<S>) -> Result<(), ConnError> {
+    match xs.next_event().await? {
+        Event::Header(h) => check_header(server, &h).map_err(ConnError::Stream),
+        _ => Err(ConnError::Stream(StreamError::NotWellFormed)),
+    }
+}
+
+/// Plaintext phase: only `<starttls/>` is acceptable.
+async fn starttls(server: &Server, xs: &mut XmlStream<TcpStream>) -> Result<(), ConnError> {
+    expect_header(server, xs).await?;
+    xs.queue_header(NS_CLIENT, server.domain(), None, &new_id());
+    xs.queue(&elem("stream:features", super::xml::NS_STREAM).child(elem("starttls", NS_TLS).child(elem("required", NS_TLS))));
+    xs.flush().await?;
+    loop {
+        match xs.next_event().await? {
+            Event::Stanza(el) if el.name() == "starttls" && el.ns() == NS_TLS => {
+                xs.send(&elem("proceed", NS_TLS)).await?;
+                return Ok(());
+            }
+            Event::Stanza(el) if el.ns() == NS_SASL => {
+                tracing::info!("authentication attempted before TLS");
+                xs.queue(&elem("failure", NS_SASL).child(elem("encryption-required", NS_SASL)));
+                return Err(ConnError::Stream(StreamError::PolicyViolation));
+            }
+            Event::Stanza(_) => return Err(ConnError::Stream(StreamError::PolicyViolation)),
+            Event::Close => return Err(ConnError::Eof),
+            Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
+        }
+    }
+}
+
+/// The TLS 1.3 exporter value for `tls-exporter` channel binding (RFC 9266).
+fn channel_binding(tls: &Tls) -> Option<Vec<u8>> {
+    let conn = tls.get_ref().1;
+    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
+        return None;
+    }
+    conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None).ok()
+}
+
+async fn after_tls(server: Arc<Server>, tls: Tls) {
+    let cb = channel_binding(&tls);
+    let peer_ip = tls.get_ref().0.peer_addr().map(|a| a.ip()).ok();
+    let mut xs = XmlStream::new(tls, limits(&server));
+    let deadline = server.config.limits.auth_timeout.get();
+    let bound = tokio::time::timeout(deadline, authenticate_and_bind(&server, &mut xs, cb.as_deref(), peer_ip)).await;
+    let (jid, handle, rx) = match bound {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => return end(&server, &mut xs, e).await,
+        Err(_) => return end(&server, &mut xs, ConnError::Timeout).await,
+    };
+    tracing::Span::current().record("jid", tracing::field::display(&jid));
+    tracing::info!("session started");
+    let r = session_loop(&server, &mut xs, &handle, rx).await;
+    server.sessions.unbind(&jid, handle.id);
+    if handle.available() {
+        let p = elem("presence", NS_CLIENT).with("type", "unavailable").with("from", jid.to_string());
+        presence::broadcast(&server, &handle, p, false).await;
+    }
+    match r {
+        Ok(()) => tracing::info!("session ended"),
+        Err(e) => {
+            tracing::info!(reason = %e, "session ended");
+            end(&server, &mut xs, e).await
+        }
+    }
+}
+
+async fn authenticate_and_bind(
+    server: &Arc<Server>,
+    xs: &mut XmlStream<Tls>,
+    cb: Option<&[u8]>,
+    peer_ip: Option<std::net::IpAddr>,
+) -> Result<(FullJid, Arc<SessionHandle>, mpsc::UnboundedReceiver<ToSession>), ConnError> {
+    let username = authenticate(server, xs, cb, peer_ip).await?;
+    xs.restart();
+    expect_header(server, xs).await?;
+    xs.queue_header(NS_CLIENT, server.domain(), None, &new_id());
+    let mut features = elem("stream:features", super::xml::NS_STREAM)
+        .child(elem("bind", NS_BIND))
+        .child(elem("session", NS_SESSION).child(elem("optional", NS_SESSION)));
+    for m in server.modules.iter() {
+        for f in m.stream_features(server) {
+            features.append_child(f);
+        }
+    }
+    xs.queue(&features);
+    xs.flush().await?;
+    loop {
+        let el = match xs.next_event().await? {
+            Event::Stanza(el) => el,
+            Event::Close => return Err(ConnError::Eof),
+            Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
+        };
+        if Kind::of(&el) != Some(Kind::Iq) {
+            return Err(ConnError::Stream(StreamError::NotAuthorized));
+        }
+        let Some(bind) = el.get_child("bind", NS_BIND) else {
+            // Nothing but binding is possible before a resource is bound.
+            xs.send(&stanza::bounce(&el, stanza::Condition::NotAuthorized, server.domain()).unwrap_or_else(|| el.clone()))
+                .await?;
+            continue;
+        };
+        if stanza::typ(&el) != "set" {
+            if let Some(b) = stanza::bounce(&el, stanza::Condition::BadRequest, server.domain()) {
+                xs.send(&b).await?;
+            }
+            continue;
+        }
+        let wanted = bind.get_child("resource", NS_BIND).map(|r| r.text()).filter(|r| !r.is_empty());
+        let resource = match wanted {
+            Some(r) if r.len() <= 1023 => r,
+            Some(_) => {
+                xs.send(&stanza::bounce(&el, stanza::Condition::BadRequest, server.domain()).expect("iq set")).await?;
+                continue;
+            }
+            None => format!("pushbox-{}", &new_id()[..12]),
+        };
+        let Ok(jid) = FullJid::new(&format!("{username}@{}/{resource}", server.domain())) else {
+            xs.send(&stanza::bounce(&el, stanza::Condition::BadRequest, server.domain()).expect("iq set")).await?;
+            continue;
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = Arc::new(SessionHandle {
+            id: server.sessions.next_id(),
+            jid: jid.clone(),
+            tx,
+            presence: PresenceState::default(),
+        });
+        if let Some(old) = server.sessions.bind(handle.clone()) {
+            // RFC 6120 §7.7.2.2: the newer session wins.
+            tracing::info!(%jid, "resource conflict: replacing the older session");
+            let _ = old.tx.send(ToSession::Replaced);
+        }
+        let mut reply = iq_result(&el, Some(elem("bind", NS_BIND).child(elem("jid", NS_BIND).text_child(jid.to_string()))));
+        reply.unset("from");
+        xs.send(&reply).await?;
+        return Ok((jid, handle, rx));
+    }
+}
+
+/// SASL: returns the authenticated username.
+async fn authenticate(
+    server: &Arc<Server>,
+    xs: &mut XmlStream<Tls>,
+    cb: Option<&[u8]>,
+    peer_ip: Option<std::net::IpAddr>,
+) -> Result<String, ConnError> {
+    expect_header(server, xs).await?;
+    xs.queue_header(NS_CLIENT, server.domain(), None, &new_id());
+    let mut mechs = elem("mechanisms", NS_SASL);
+    for m in Mechanism::offered(cb.is_some()) {
+        mechs.append_child(elem("mechanism", NS_SASL).text_child(m.name()));
+    }
+    let mut features = elem("stream:features", super::xml::NS_STREAM).child(mechs);
+    if cb.is_some() {
+        // XEP-0440: which channel-binding types we support.
+        features.append_child(
+            elem("sasl-channel-binding", "urn:xmpp:sasl-cb:0")
+                .child(elem("channel-binding", "urn:xmpp:sasl-cb:0").with("type", "tls-exporter")),
+        );
+    }
+    for f in register::pre_auth_features(server) {
+        features.append_child(f);
+    }
+    xs.queue(&features);
+    xs.flush().await?;
+
+    let mut failures = 0u32;
+    let mut reg = PreAuthState::default();
+    let max_failures = server.config.limits.max_auth_failures;
+    loop {
+        let el = match xs.next_event().await? {
+            Event::Stanza(el) => el,
+            Event::Close => return Err(ConnError::Eof),
+            Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
+        };
+        if Kind::of(&el) == Some(Kind::Iq) {
+            let reply = match register::pre_auth(server, &el, &mut reg).await {
+                Ok(p) => Some(iq_result(&el, p)),
+                Err(e) => stanza::bounce(&el, e, server.domain()),
+            };
+            if let Some(mut r) = reply {
+                r.unset("to");
+                xs.send(&r).await?;
+            }
+            continue;
+        }
+        if el.ns() != NS_SASL || el.name() != "auth" {
+            return Err(ConnError::Stream(StreamError::NotAuthorized));
+        }
+        if peer_ip.is_some_and(|ip| server.limiter.login_blocked(ip)) {
+            tracing::warn!("login refused: too many failures from this address");
+            xs.send(&sasl_failure(Failure::NotAuthorized, Some("too many failed logins; try again later"))).await?;
+            return Err(ConnError::Stream(StreamError::PolicyViolation));
+        }
+        match sasl_exchange(server, xs, &el, cb).await? {
+            Ok(username) => return Ok(username),
+            Err(f) => {
+                failures += 1;
+                let blocked = f == Failure::NotAuthorized && peer_ip.is_some_and(|ip| server.limiter.login_failed(ip));
+                tracing::info!(condition = f.condition(), failures, "authentication failed");
+                // Slow down guessing: each failure costs the client a moment.
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
+                xs.send(&sasl_failure(f, None)).await?;
+                if failures >= max_failures || blocked {
+                    return Err(ConnError::Stream(StreamError::PolicyViolation));
+                }
+            }
+        }
+    }
+}
+
+fn sasl_failure(f: Failure, text: Option<&str>) -> Element {
+    let mut e = elem("failure", NS_SASL).child(elem(f.condition(), NS_SASL));
+    if let Some(t) = text {
+        e.append_child(elem("text", NS_SASL).with("xml:lang", "en").text_child(t));
+    }
+    e
+}
+
+fn decode_payload(el: &Element) -> Result<Vec<u8>, Failure> {
+    let t = el.text();
+    let t = t.trim();
+    if t.is_empty() || t == "=" {
+        return Ok(vec![]);
+    }
+    B64.decode(t).map_err(|_| Failure::MalformedRequest)
+}
+
+/// One SASL exchange. The outer `Result` is the connection; the inner one
+/// the authentication outcome.
+async fn sasl_exchange(
+    server: &Arc<Server>,
+    xs: &mut XmlStream<Tls>,
+    auth: &Element,
+    cb: Option<&[u8]>,
+) -> Result<Result<String, Failure>, ConnError> {
+    let mech = auth
+        .attr("mechanism")
+        .and_then(Mechanism::from_name)
+        .filter(|m| Mechanism::offered(cb.is_some()).contains(m));
+    let Some(mech) = mech else {
+        return Ok(Err(Failure::InvalidMechanism));
+    };
+    let initial = match decode_payload(auth) {
+        Ok(p) => p,
+        Err(f) => return Ok(Err(f)),
+    };
+    if mech == Mechanism::Plain {
+        let (authz, authc, pw) = match sasl::parse_plain(&initial) {
+            Ok(x) => x,
+            Err(f) => return Ok(Err(f)),
+        };
+        let username = match store::accounts::normalize(&authc) {
+            Ok(u) => u,
+            Err(_) => return Ok(Err(Failure::NotAuthorized)),
+        };
+        if let Some(a) = authz {
+            if BareJid::new(&a).ok().map(|j| j.to_string()) != Some(format!("{username}@{}", server.domain())) {
+                return Ok(Err(Failure::InvalidAuthzid));
+            }
+        }
+        let u = username.clone();
+        let ok = server
+            .store
+            .call(move |c| Ok(store::accounts::get(c, &u)?.is_some_and(|a| a.keys.verify_password(&pw))))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            return Ok(Err(Failure::NotAuthorized));
+        }
+        xs.send(&elem("success", NS_SASL)).await?;
+        return Ok(Ok(username));
+    }
+    let first = match sasl::scram_client_first(mech, &initial, cb.is_some()) {
+        Ok(f) => f,
+        Err(f) => return Ok(Err(f)),
+    };
+    let username = match store::accounts::normalize(&first.username) {
+        Ok(u) => u,
+        Err(_) => first.username.clone(),
+    };
+    let u = username.clone();
+    let keys = server
+        .store
+        .call(move |c| Ok(store::accounts::get(c, &u)?.map(|a| a.keys)))
+        .await
+        .unwrap_or(None);
+    let (scram, server_first) = ScramServer::new(mech, first, keys, &server.fake_salt_secret);
+    xs.send(&elem("challenge", NS_SASL).text_child(B64.encode(server_first))).await?;
+    let response = loop {
+        match xs.next_event().await? {
+            Event::Stanza(el) if el.ns() == NS_SASL && el.name() == "response" => break el,
+            Event::Stanza(el) if el.ns() == NS_SASL && el.name() == "abort" => return Ok(Err(Failure::Aborted)),
+            Event::Stanza(_) => return Ok(Err(Failure::MalformedRequest)),
+            Event::Close => return Err(ConnError::Eof),
+            Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
+        }
+    };
+    let final_msg = match decode_payload(&response) {
+        Ok(p) => p,
+        Err(f) => return Ok(Err(f)),
+    };
+    match scram.finish(&final_msg, cb) {
+        Ok(server_final) => {
+            xs.send(&elem("success", NS_SASL).text_child(B64.encode(server_final))).await?;
+            Ok(Ok(username))
+        }
+        Err(f) => Ok(Err(f)),
+    }
+}
+
+async fn session_loop(
+    server: &Arc<Server>,
+    xs: &mut XmlStream<Tls>,
+    me: &Arc<SessionHandle>,
+    mut rx: mpsc::UnboundedReceiver<ToSession>,
+) -> Result<(), ConnError> {
+    let idle = server.config.limits.idle_timeout.get();
+    let mut shutdown = server.shutdown.clone();
+    loop {
+        let idle_timer = tokio::time::sleep(idle);
+        tokio::select! {
+            ev = xs.next_event() => match ev? {
+                Event::Stanza(el) => client_stanza(server, me, el).await?,
+                Event::Close => {
+                    xs.close().await;
+                    return Ok(());
+                }
+                Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
+            },
+            msg = rx.recv() => {
+                let mut next = msg;
+                // Write everything queued, then flush once.
+                loop {
+                    match next {
+                        Some(ToSession::Stanza(el)) => xs.queue(&el),
+                        Some(ToSession::Replaced) => {
+                            xs.flush().await?;
+                            return Err(ConnError::Stream(StreamError::Conflict));
+                        }
+                        None => return Ok(()),
+                    }
+                    next = match rx.try_recv() {
+                        Ok(m) => Some(m),
+                        Err(_) => break,
+                    };
+                }
+                xs.flush().await?;
+            },
+            _ = shutdown.changed() => {
+                return Err(ConnError::Stream(StreamError::SystemShutdown));
+            },
+            _ = idle_timer => {
+                return Err(ConnError::Timeout);
+            },
+        }
+        xs.shrink();
+    }
+}
+
+/// A stanza from the client: check and stamp `from`, then hand it on.
+async fn client_stanza(server: &Arc<Server>, me: &Arc<SessionHandle>, mut el: Element) -> Result<(), ConnError> {
+    let Some(kind) = Kind::of(&el) else {
+        tracing::info!(name = el.name(), ns = %el.ns(), "unsupported top-level element");
+        return Err(ConnError::Stream(StreamError::UnsupportedStanzaType));
+    };
+    if let Some(f) = el.attr("from") {
+        let ok = f == me.jid.as_str() || jid::Jid::new(f).is_ok_and(|j| j == me.jid.to_bare() || j == me.jid);
+        if !ok {
+            return Err(ConnError::Stream(StreamError::InvalidFrom));
+        }
+    }
+    el.set("from", me.jid.to_string());
+    match kind {
+        Kind::Presence => presence::outbound(server, me, el).await,
+        Kind::Iq if el.get_child("session", NS_SESSION).is_some() && el.attr("to").is_none_or(|t| server.is_local(t)) => {
+            // RFC 3921 session establishment: a no-op kept for old clients.
+            let mut r = iq_result(&el, None);
+            r.unset("from");
+            me.send(r);
+        }
+        Kind::Message | Kind::Iq => route(server, el).await,
+    }
+    Ok(())
+}
+

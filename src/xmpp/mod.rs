@@ -1,0 +1,12 @@
+//! The XMPP server: wire format, streams, client connections, routing and
+//! feature modules.
+
+pub mod c2s;
+pub mod modules;
+pub mod presence;
+pub mod router;
+pub mod sasl;
+pub mod sessions;
+pub mod stanza;
+pub mod stream;
+pub mod xml;

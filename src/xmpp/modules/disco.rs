@@ -1,0 +1,121 @@
+//! Service discovery (XEP-0030) for the domain and for accounts, contact
+//! addresses (XEP-0157) and the entity-capabilities hash (XEP-0115) that
+//! goes into stream features.
+
+use super::{BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
+use crate::{server::Server, xmpp::xml::{elem, ElementExt}};
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use minidom::Element;
+use xmpp_parsers::{
+    caps,
+    data_forms::{DataForm, DataFormType, Field, FieldType},
+    disco::{DiscoInfoResult, Identity},
+    hashes::Algo,
+};
+
+pub const NS_INFO: &str = "http://jabber.org/protocol/disco#info";
+pub const NS_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+pub const NS_CAPS: &str = "http://jabber.org/protocol/caps";
+pub const CAPS_NODE: &str = "https://pushbox.example/caps";
+
+pub struct Disco;
+
+impl Module for Disco {
+    fn name(&self) -> &'static str {
+        "disco"
+    }
+    fn server_features(&self) -> &'static [&'static str] {
+        &[NS_INFO, NS_ITEMS, "msgoffline"]
+    }
+    fn account_features(&self) -> &'static [&'static str] {
+        &[NS_INFO, NS_ITEMS]
+    }
+    fn stream_features(&self, server: &Server) -> Vec<Element> {
+        let ver = caps_ver(server);
+        vec![elem("c", NS_CAPS).with("hash", "sha-1").with("node", CAPS_NODE).with("ver", ver)]
+    }
+    fn iqs(&self) -> &'static [IqRoute] {
+        &[
+            IqRoute { name: "query", ns: NS_INFO, target: Target::Server },
+            IqRoute { name: "query", ns: NS_ITEMS, target: Target::Server },
+            IqRoute { name: "query", ns: NS_INFO, target: Target::Account },
+            IqRoute { name: "query", ns: NS_ITEMS, target: Target::Account },
+        ]
+    }
+    fn handle_iq<'a>(&'a self, ctx: IqCtx<'a>) -> BoxFuture<'a, IqReply> {
+        Box::pin(async move {
+            if ctx.set {
+                return Err(crate::xmpp::stanza::Condition::BadRequest.into());
+            }
+            let node = ctx.payload.attr("node").map(str::to_string);
+            let items = ctx.payload.ns() == NS_ITEMS;
+            let account = ctx.to.node().is_some();
+            let out = match (items, account) {
+                (false, false) => {
+                    if node.as_deref().is_some_and(|n| !n.starts_with(CAPS_NODE)) {
+                        return Err(crate::xmpp::stanza::Condition::ItemNotFound.into());
+                    }
+                    let mut info = server_info(ctx.server);
+                    info.node = node;
+                    Element::from(info)
+                }
+                (false, true) => {
+                    let mut info = account_info(ctx.server);
+                    info.node = node;
+                    Element::from(info)
+                }
+                // No items (services such as upload and push register here later).
+                (true, _) => elem("query", NS_ITEMS).with_opt("node", node),
+            };
+            Ok(Some(out))
+        })
+    }
+}
+
+/// disco#info of the server's domain.
+pub fn server_info(server: &Server) -> DiscoInfoResult {
+    let mut extensions = vec![];
+    let c = &server.config.contact;
+    let pairs = [
+        ("abuse-addresses", &c.abuse),
+        ("admin-addresses", &c.admin),
+        ("feedback-addresses", &c.feedback),
+        ("security-addresses", &c.security),
+        ("support-addresses", &c.support),
+    ];
+    if pairs.iter().any(|(_, v)| !v.is_empty()) {
+        let mut fields = vec![];
+        for (var, values) in pairs {
+            if !values.is_empty() {
+                let mut f = Field::new(var, FieldType::ListMulti);
+                f.values = values.clone();
+                fields.push(f);
+            }
+        }
+        extensions.push(DataForm::new(DataFormType::Result_, "http://jabber.org/network/serverinfo", fields));
+    }
+    DiscoInfoResult {
+        node: None,
+        identities: vec![Identity::new("server", "im", "en", "pushbox")],
+        features: server.modules.server_features().into_iter().map(String::from).collect(),
+        extensions,
+    }
+}
+
+/// disco#info of an account's bare JID.
+pub fn account_info(server: &Server) -> DiscoInfoResult {
+    DiscoInfoResult {
+        node: None,
+        identities: vec![Identity::new_anonymous::<_, _, String, String>("account", "registered")],
+        features: server.modules.account_features().into_iter().map(String::from).collect(),
+        extensions: vec![],
+    }
+}
+
+/// XEP-0115 `ver` of the server's disco#info.
+pub fn caps_ver(server: &Server) -> String {
+    let data = caps::compute_disco(&server_info(server));
+    caps::hash_caps(&data, Algo::Sha_1)
+        .map(|h| B64.encode(h.hash))
+        .unwrap_or_default()
+}

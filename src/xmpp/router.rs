@@ -1,0 +1,227 @@
+//! Where a stanza goes: a local session, the server's own handlers, offline
+//! storage, or (later) a remote domain. Every stanza handled here already
+//! carries a `from` that its stream authenticated.
+
+use super::{
+    modules::{BoxFuture, IqCtx, Target},
+    presence,
+    stanza::{self, bounce, iq_payload, iq_result, Condition, Kind},
+    xml::{elem, ElementExt},
+};
+use crate::{server::Server, store};
+use jid::{BareJid, Jid};
+use minidom::Element;
+use std::sync::Arc;
+
+/// Route a stanza whose `from` is trusted. Boxed: routing recurses through
+/// presence handling and error bounces.
+pub fn route(server: &Arc<Server>, stanza: Element) -> BoxFuture<'_, ()> {
+    Box::pin(route_inner(server, stanza))
+}
+
+async fn route_inner(server: &Arc<Server>, stanza: Element) {
+    let Some(kind) = Kind::of(&stanza) else { return };
+    let Some(from) = stanza::from(&stanza) else {
+        tracing::warn!("dropping a stanza without a from address");
+        return;
+    };
+    let to = match stanza::to(&stanza) {
+        Ok(Some(t)) => t,
+        Ok(None) => Jid::from(from.to_bare()),
+        Err(c) => return reply(server, bounce(&stanza, c, server.domain())).await,
+    };
+    if !server.is_local(to.domain().as_str()) {
+        // Federation is not wired yet: tell the sender at once.
+        let e = stanza::StanzaError::new(Condition::RemoteServerNotFound, "federation is not available on this server");
+        return reply(server, bounce(&stanza, e, server.domain())).await;
+    }
+    match kind {
+        Kind::Message => deliver_message(server, stanza, &to).await,
+        Kind::Presence => presence::inbound(server, stanza, &from, &to).await,
+        Kind::Iq => route_iq(server, stanza, &from, &to).await,
+    }
+}
+
+/// Send a server-generated reply (an error bounce, an IQ result) to where it is addressed.
+pub async fn reply(server: &Arc<Server>, stanza: Option<Element>) {
+    if let Some(s) = stanza {
+        route(server, s).await
+    }
+}
+
+/// Deliver to a local full JID if that session exists.
+fn to_session(server: &Server, to: &Jid, stanza: Element) -> Result<(), Element> {
+    match to.try_as_full() {
+        Ok(full) => match server.sessions.get(full) {
+            Some(s) => {
+                s.send(stanza);
+                Ok(())
+            }
+            None => Err(stanza),
+        },
+        Err(_) => Err(stanza),
+    }
+}
+
+async fn deliver_message(server: &Arc<Server>, msg: Element, to: &Jid) {
+    if to.node().is_none() {
+        // Messages to the server itself: nothing consumes them yet.
+        if stanza::typ(&msg) != "error" {
+            tracing::debug!("message to the server dropped");
+        }
+        return;
+    }
+    let msg = match to_session(server, to, msg) {
+        Ok(()) => return,
+        Err(m) => m,
+    };
+    let t = stanza::typ(&msg).to_string();
+    if to.resource().is_some() && !matches!(t.as_str(), "" | "normal" | "chat") {
+        // RFC 6121 §8.5.3.2: groupchat bounces, headline and error are dropped.
+        if t == "groupchat" {
+            reply(server, bounce(&msg, Condition::ServiceUnavailable, server.domain())).await;
+        }
+        return;
+    }
+    let bare = to.to_bare();
+    let targets: Vec<_> = server
+        .sessions
+        .of(&bare)
+        .into_iter()
+        .filter(|s| s.available() && s.priority() >= 0)
+        .collect();
+    match t.as_str() {
+        "groupchat" => return reply(server, bounce(&msg, Condition::ServiceUnavailable, server.domain())).await,
+        "error" if targets.is_empty() => return,
+        _ => {}
+    }
+    if !targets.is_empty() {
+        for s in &targets {
+            s.send(msg.clone());
+        }
+        return;
+    }
+    if t == "headline" {
+        return;
+    }
+    store_offline(server, msg, &bare).await;
+}
+
+/// XEP-0160: keep a message for an account with no available resource.
+async fn store_offline(server: &Arc<Server>, mut msg: Element, bare: &BareJid) {
+    let username = bare.node().map(|n| n.to_string()).unwrap_or_default();
+    // Only messages a person would want later are stored (RFC 6121 §8.5.2.2.1).
+    let worth_storing = msg.children().any(|c| {
+        matches!(c.name(), "body" | "subject" | "encrypted" | "propose")
+            || c.ns() == "eu.siacs.conversations.axolotl"
+            || c.ns() == "urn:xmpp:omemo:2"
+    });
+    let max = server.config.limits.max_offline_messages;
+    let domain = server.domain().to_string();
+    msg.append_child(
+        elem("delay", "urn:xmpp:delay")
+            .with("from", domain)
+            .with("stamp", humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()),
+    );
+    let xml = msg.to_xml();
+    let res = server
+        .store
+        .call(move |c| {
+            let Some(id) = store::accounts::id_of(c, &username)? else {
+                return Ok(None);
+            };
+            if !worth_storing {
+                return Ok(Some(true));
+            }
+            Ok(Some(store::offline::push(c, id, &xml, max)?))
+        })
+        .await;
+    match res {
+        Ok(Some(true)) => {}
+        Ok(Some(false)) => {
+            let e = stanza::StanzaError::new(Condition::ServiceUnavailable, "the recipient's offline storage is full");
+            reply(server, bounce(&msg, e, server.domain())).await
+        }
+        Ok(None) => reply(server, bounce(&msg, Condition::ServiceUnavailable, server.domain())).await,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot store an offline message");
+            reply(server, bounce(&msg, Condition::InternalServerError, server.domain())).await
+        }
+    }
+}
+
+async fn route_iq(server: &Arc<Server>, iq: Element, from: &Jid, to: &Jid) {
+    let t = stanza::typ(&iq).to_string();
+    let request = t == "get" || t == "set";
+    if !request && t != "result" && t != "error" {
+        return reply(server, bounce(&iq, Condition::BadRequest, server.domain())).await;
+    }
+    if request && iq.attr("id").is_none() {
+        return reply(server, bounce(&iq, Condition::BadRequest, server.domain())).await;
+    }
+    if to.resource().is_some() {
+        match to_session(server, to, iq) {
+            Ok(()) => {}
+            Err(iq) if request => reply(server, bounce(&iq, Condition::ServiceUnavailable, server.domain())).await,
+            Err(_) => {}
+        }
+        return;
+    }
+    if !request {
+        // Results and errors addressed to the server or a bare JID: nothing waits for them.
+        return;
+    }
+    let payload = match iq_payload(&iq) {
+        Ok(p) => p,
+        Err(c) => return reply(server, bounce(&iq, c, server.domain())).await,
+    };
+    let targets: &[Target] = if to.node().is_none() {
+        &[Target::Server]
+    } else if to.to_bare() == from.to_bare() {
+        &[Target::OwnAccount, Target::Account]
+    } else {
+        &[Target::Account]
+    };
+    let module = targets.iter().find_map(|t| server.modules.find(payload, *t));
+    let Some(module) = module else {
+        return reply(server, bounce(&iq, Condition::ServiceUnavailable, server.domain())).await;
+    };
+    if to.node().is_some() && !account_exists(server, &to.to_bare()).await {
+        return reply(server, bounce(&iq, Condition::ServiceUnavailable, server.domain())).await;
+    }
+    let ctx = IqCtx {
+        server,
+        from,
+        to,
+        set: t == "set",
+        iq: &iq,
+        payload,
+    };
+    let answer = match module.handle_iq(ctx).await {
+        Ok(payload) => Some(iq_result(&iq, payload)),
+        Err(e) => bounce(&iq, e, server.domain()),
+    };
+    let answer = answer.map(|mut a| {
+        if iq.attr("to").is_none() {
+            a.unset("from");
+        }
+        a
+    });
+    if let Some(a) = answer {
+        // Answers go back to the requesting session only.
+        if let Err(a) = to_session(server, from, a) {
+            route(server, a).await;
+        }
+    }
+}
+
+/// Whether a local account exists (online accounts need no database look-up).
+pub async fn account_exists(server: &Arc<Server>, bare: &BareJid) -> bool {
+    if !server.sessions.of(bare).is_empty() {
+        return true;
+    }
+    let Some(node) = bare.node().map(|n| n.to_string()) else {
+        return false;
+    };
+    matches!(server.store.call(move |c| store::accounts::id_of(c, &node)).await, Ok(Some(_)))
+}

@@ -1,0 +1,119 @@
+//! The registry of bound client sessions: the only owner of "who is online".
+
+use jid::{BareJid, FullJid, Jid};
+use minidom::Element;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        atomic::{AtomicBool, AtomicI8, AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
+};
+use tokio::sync::mpsc;
+
+/// What the rest of the server can tell a session task.
+#[derive(Debug)]
+pub enum ToSession {
+    /// A stanza to write to the client.
+    Stanza(Element),
+    /// Another login bound the same resource: close with `<conflict/>`.
+    Replaced,
+}
+
+/// Presence state of a session, readable by other tasks.
+#[derive(Debug, Default)]
+pub struct PresenceState {
+    /// Sent initial presence and not yet unavailable.
+    pub available: AtomicBool,
+    pub priority: AtomicI8,
+    /// Requested the roster (RFC 6121 "interested resource").
+    pub interested: AtomicBool,
+    /// The last available presence broadcast, for probes.
+    // std Mutex: copied in and out, never held across an await.
+    pub last: Mutex<Option<Element>>,
+    /// Entities that got directed presence and must get our unavailable.
+    pub directed: Mutex<HashSet<Jid>>,
+}
+
+#[derive(Debug)]
+pub struct SessionHandle {
+    pub id: u64,
+    pub jid: FullJid,
+    pub tx: mpsc::UnboundedSender<ToSession>,
+    pub presence: PresenceState,
+}
+
+impl SessionHandle {
+    pub fn send(&self, stanza: Element) -> bool {
+        self.tx.send(ToSession::Stanza(stanza)).is_ok()
+    }
+    pub fn available(&self) -> bool {
+        self.presence.available.load(Ordering::Relaxed)
+    }
+    pub fn priority(&self) -> i8 {
+        self.presence.priority.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Default)]
+pub struct Sessions {
+    // std RwLock: held for map operations only, never across an await or a send.
+    map: RwLock<HashMap<BareJid, Vec<Arc<SessionHandle>>>>,
+    next_id: AtomicU64,
+}
+
+impl Sessions {
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Register a session; returns the session it replaces (same full JID).
+    pub fn bind(&self, h: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let list = map.entry(h.jid.to_bare()).or_default();
+        let old = list
+            .iter()
+            .position(|s| s.jid == h.jid)
+            .map(|i| list.swap_remove(i));
+        list.push(h);
+        old
+    }
+
+    /// Remove a session if it is still the one registered under its JID.
+    pub fn unbind(&self, jid: &FullJid, id: u64) {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        let bare = jid.to_bare();
+        if let Some(list) = map.get_mut(&bare) {
+            list.retain(|s| s.id != id);
+            if list.is_empty() {
+                map.remove(&bare);
+            }
+        }
+    }
+
+    pub fn get(&self, jid: &FullJid) -> Option<Arc<SessionHandle>> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&jid.to_bare())?.iter().find(|s| &s.jid == jid).cloned()
+    }
+
+    /// Every session of an account.
+    pub fn of(&self, bare: &BareJid) -> Vec<Arc<SessionHandle>> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(bare).cloned().unwrap_or_default()
+    }
+
+    pub fn is_resource_taken(&self, jid: &FullJid) -> bool {
+        self.get(jid).is_some()
+    }
+
+    /// Every session (for shutdown and metrics).
+    pub fn all(&self) -> Vec<Arc<SessionHandle>> {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.values().flatten().cloned().collect()
+    }
+
+    pub fn count(&self) -> usize {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.values().map(Vec::len).sum()
+    }
+}

@@ -1,0 +1,197 @@
+//! Stanza-level helpers: kinds, addressing and RFC 6120 §8.3 errors.
+
+use super::xml::{elem, ElementExt, NS_CLIENT, NS_STANZAS};
+use jid::Jid;
+use minidom::Element;
+
+/// RFC 6120 §8.3.3 conditions, with the error type each one carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    BadRequest,
+    Conflict,
+    FeatureNotImplemented,
+    Forbidden,
+    InternalServerError,
+    ItemNotFound,
+    JidMalformed,
+    NotAcceptable,
+    NotAllowed,
+    NotAuthorized,
+    PolicyViolation,
+    RecipientUnavailable,
+    RemoteServerNotFound,
+    RemoteServerTimeout,
+    ResourceConstraint,
+    ServiceUnavailable,
+    UndefinedCondition,
+    UnexpectedRequest,
+}
+
+impl Condition {
+    pub fn name(self) -> &'static str {
+        use Condition::*;
+        match self {
+            BadRequest => "bad-request",
+            Conflict => "conflict",
+            FeatureNotImplemented => "feature-not-implemented",
+            Forbidden => "forbidden",
+            InternalServerError => "internal-server-error",
+            ItemNotFound => "item-not-found",
+            JidMalformed => "jid-malformed",
+            NotAcceptable => "not-acceptable",
+            NotAllowed => "not-allowed",
+            NotAuthorized => "not-authorized",
+            PolicyViolation => "policy-violation",
+            RecipientUnavailable => "recipient-unavailable",
+            RemoteServerNotFound => "remote-server-not-found",
+            RemoteServerTimeout => "remote-server-timeout",
+            ResourceConstraint => "resource-constraint",
+            ServiceUnavailable => "service-unavailable",
+            UndefinedCondition => "undefined-condition",
+            UnexpectedRequest => "unexpected-request",
+        }
+    }
+
+    /// The `type` attribute RFC 6120 suggests for the condition.
+    pub fn error_type(self) -> &'static str {
+        use Condition::*;
+        match self {
+            BadRequest | JidMalformed | NotAcceptable | PolicyViolation | UnexpectedRequest => "modify",
+            Conflict | FeatureNotImplemented | Forbidden | ItemNotFound | NotAllowed | NotAuthorized
+            | RemoteServerNotFound | ServiceUnavailable => "cancel",
+            InternalServerError | RecipientUnavailable | RemoteServerTimeout | ResourceConstraint => "wait",
+            UndefinedCondition => "cancel",
+        }
+    }
+}
+
+/// A stanza error with an optional human-readable text and extra child.
+#[derive(Debug, Clone)]
+pub struct StanzaError {
+    pub condition: Condition,
+    pub text: Option<String>,
+    pub extra: Option<Element>,
+}
+
+impl From<Condition> for StanzaError {
+    fn from(condition: Condition) -> Self {
+        StanzaError {
+            condition,
+            text: None,
+            extra: None,
+        }
+    }
+}
+
+impl StanzaError {
+    pub fn new(condition: Condition, text: impl Into<String>) -> Self {
+        StanzaError {
+            condition,
+            text: Some(text.into()),
+            extra: None,
+        }
+    }
+
+    pub fn to_element(&self, by: Option<&str>) -> Element {
+        let mut e = elem("error", NS_CLIENT)
+            .with("type", self.condition.error_type())
+            .with_opt("by", by)
+            .child(elem(self.condition.name(), NS_STANZAS));
+        if let Some(t) = &self.text {
+            e = e.child(elem("text", NS_STANZAS).with("xml:lang", "en").text_child(t.clone()));
+        }
+        if let Some(x) = &self.extra {
+            e = e.child(x.clone());
+        }
+        e
+    }
+}
+
+/// The three stanza kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Message,
+    Presence,
+    Iq,
+}
+
+impl Kind {
+    pub fn of(el: &Element) -> Option<Kind> {
+        if el.ns() != NS_CLIENT {
+            return None;
+        }
+        match el.name() {
+            "message" => Some(Kind::Message),
+            "presence" => Some(Kind::Presence),
+            "iq" => Some(Kind::Iq),
+            _ => None,
+        }
+    }
+}
+
+pub fn typ(el: &Element) -> &str {
+    el.attr("type").unwrap_or("")
+}
+
+/// Parse the `to` attribute. `Ok(None)` when absent.
+pub fn to(el: &Element) -> Result<Option<Jid>, Condition> {
+    el.attr("to").map(|t| Jid::new(t).map_err(|_| Condition::JidMalformed)).transpose()
+}
+
+pub fn from(el: &Element) -> Option<Jid> {
+    el.attr("from").and_then(|f| Jid::new(f).ok())
+}
+
+/// Turn `stanza` into the error reply for it, or `None` when it must not be
+/// answered (it is an error itself, or an IQ result).
+pub fn bounce(stanza: &Element, err: impl Into<StanzaError>, server: &str) -> Option<Element> {
+    let t = typ(stanza);
+    if t == "error" || (stanza.name() == "iq" && t == "result") {
+        return None;
+    }
+    let err = err.into();
+    let mut reply = elem(stanza.name(), NS_CLIENT).with("type", "error");
+    if let Some(id) = stanza.attr("id") {
+        reply.set("id", id);
+    }
+    if let Some(f) = stanza.attr("from") {
+        reply.set("to", f);
+    }
+    reply.set("from", stanza.attr("to").unwrap_or(server));
+    // Include the original payload so the sender can tell which request failed.
+    if stanza.name() != "iq" || t == "get" || t == "set" {
+        for c in stanza.children() {
+            if c.name() != "error" {
+                reply.append_child(c.clone());
+            }
+        }
+    }
+    Some(reply.child(err.to_element(None)))
+}
+
+/// An IQ result for `iq` with an optional payload.
+pub fn iq_result(iq: &Element, payload: Option<Element>) -> Element {
+    let mut r = elem("iq", NS_CLIENT).with("type", "result");
+    if let Some(id) = iq.attr("id") {
+        r.set("id", id);
+    }
+    if let Some(f) = iq.attr("from") {
+        r.set("to", f);
+    }
+    if let Some(t) = iq.attr("to") {
+        r.set("from", t);
+    }
+    if let Some(p) = payload {
+        r.append_child(p);
+    }
+    r
+}
+
+/// The single payload child of an IQ get/set, or `bad-request`.
+pub fn iq_payload(iq: &Element) -> Result<&Element, Condition> {
+    let mut it = iq.children();
+    match (it.next(), it.next()) {
+        (Some(c), None) => Ok(c),
+        _ => Err(Condition::BadRequest),
+    }
+}

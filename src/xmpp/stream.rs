@@ -1,0 +1,202 @@
+//! A byte stream carrying XML: reads events through [`StreamParser`],
+//! writes headers, elements and stream errors.
+
+use super::xml::{Event, ParserLimits, StreamError, StreamParser, NS_STREAMS_ERR};
+use minidom::Element;
+use std::{io, time::Duration};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// How a connection ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("peer closed the connection")]
+    Eof,
+    #[error("stream error: {}", .0.condition())]
+    Stream(StreamError),
+    #[error("timed out")]
+    Timeout,
+}
+
+const READ_CHUNK: usize = 4096;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct XmlStream<S> {
+    io: S,
+    parser: StreamParser,
+    limits: ParserLimits,
+    rbuf: Vec<u8>,
+    pos: usize,
+    len: usize,
+    wbuf: Vec<u8>,
+    /// Whether our stream header went out (errors need one first).
+    pub header_sent: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> XmlStream<S> {
+    pub fn new(io: S, limits: ParserLimits) -> Self {
+        XmlStream {
+            io,
+            parser: StreamParser::new(limits),
+            limits,
+            rbuf: Vec::new(),
+            pos: 0,
+            len: 0,
+            wbuf: Vec::new(),
+            header_sent: false,
+        }
+    }
+
+    /// Start a new stream on the same transport (after SASL success).
+    pub fn restart(&mut self) {
+        self.parser = StreamParser::new(self.limits);
+        self.header_sent = false;
+    }
+
+    /// Bytes received but not parsed yet (must be none at STARTTLS).
+    pub fn has_buffered_input(&self) -> bool {
+        self.pos < self.len
+    }
+
+    pub fn into_inner(self) -> S {
+        self.io
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.io
+    }
+
+    /// The next event. Cancel-safe: the only await is the socket read.
+    pub async fn next_event(&mut self) -> Result<Event, ConnError> {
+        loop {
+            // Always ask the parser first: it may hold events from earlier bytes.
+            let mut slice = &self.rbuf[self.pos..self.len];
+            let before = slice.len();
+            let r = self.parser.next(&mut slice);
+            self.pos += before - slice.len();
+            match r {
+                Ok(Some(ev)) => return Ok(ev),
+                Ok(None) => {}
+                Err(e) => return Err(ConnError::Stream(e)),
+            }
+            if self.rbuf.is_empty() {
+                self.rbuf = vec![0; READ_CHUNK];
+            }
+            self.pos = 0;
+            self.len = 0;
+            let n = self.io.read(&mut self.rbuf).await?;
+            if n == 0 {
+                return Err(ConnError::Eof);
+            }
+            self.len = n;
+        }
+    }
+
+    /// Give the read buffer back while the connection is idle.
+    pub fn shrink(&mut self) {
+        if self.pos >= self.len {
+            self.rbuf = Vec::new();
+            self.pos = 0;
+            self.len = 0;
+        }
+        if self.wbuf.capacity() > READ_CHUNK {
+            self.wbuf = Vec::new();
+        }
+    }
+
+    /// Queue an element; [`XmlStream::flush`] sends it.
+    pub fn queue(&mut self, el: &Element) {
+        if el.write_to(&mut self.wbuf).is_err() {
+            tracing::error!("an element could not be serialised and was dropped");
+        }
+    }
+
+    pub fn queue_raw(&mut self, s: &str) {
+        self.wbuf.extend_from_slice(s.as_bytes());
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let io = &mut self.io;
+        let buf = &self.wbuf;
+        let r = tokio::time::timeout(WRITE_TIMEOUT, async {
+            io.write_all(buf).await?;
+            io.flush().await
+        })
+        .await;
+        self.wbuf.clear();
+        match r {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ConnError::Timeout),
+        }
+    }
+
+    pub async fn send(&mut self, el: &Element) -> Result<(), ConnError> {
+        self.queue(el);
+        self.flush().await
+    }
+
+    pub async fn send_raw(&mut self, s: &str) -> Result<(), ConnError> {
+        self.queue_raw(s);
+        self.flush().await
+    }
+
+    /// Our `<stream:stream>` header.
+    pub fn queue_header(&mut self, ns: &str, from: &str, to: Option<&str>, id: &str) {
+        let to = to.map(|t| format!(" to='{}'", escape(t))).unwrap_or_default();
+        self.queue_raw(&format!(
+            "<?xml version='1.0'?><stream:stream xmlns='{ns}' xmlns:stream='http://etherx.jabber.org/streams' \
+             from='{}'{to} id='{id}' version='1.0' xml:lang='en'>",
+            escape(from)
+        ));
+        self.header_sent = true;
+    }
+
+    /// Send a stream error and close the stream (RFC 6120 §4.9).
+    pub async fn stream_error(&mut self, ns: &str, from: &str, e: StreamError, text: Option<&str>) {
+        if !self.header_sent {
+            self.queue_header(ns, from, None, &new_id());
+        }
+        let text = text
+            .map(|t| format!("<text xmlns='{NS_STREAMS_ERR}' xml:lang='en'>{}</text>", escape(t)))
+            .unwrap_or_default();
+        self.queue_raw(&format!(
+            "<stream:error><{} xmlns='{NS_STREAMS_ERR}'/>{text}</stream:error></stream:stream>",
+            e.condition()
+        ));
+        let _ = self.flush().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.io.shutdown()).await;
+    }
+
+    /// Close our side cleanly.
+    pub async fn close(&mut self) {
+        self.queue_raw("</stream:stream>");
+        let _ = self.flush().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.io.shutdown()).await;
+    }
+}
+
+/// A fresh random stream id.
+pub fn new_id() -> String {
+    let r: [u8; 12] = rand::random();
+    r.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Escape text for an XML attribute or text node.
+pub fn escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => o.push_str("&amp;"),
+            '<' => o.push_str("&lt;"),
+            '>' => o.push_str("&gt;"),
+            '\'' => o.push_str("&apos;"),
+            '"' => o.push_str("&quot;"),
+            c => o.push(c),
+        }
+    }
+    o
+}

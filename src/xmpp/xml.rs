@@ -1,0 +1,390 @@
+//! The XML stream parser: bytes in, stream header / stanzas / close out,
+//! with the limits rxml does not enforce (stanza size, nesting depth,
+//! attribute count). Also small helpers to build and edit elements.
+
+use minidom::{tree_builder::TreeBuilder, Element};
+use rxml::{error::EndOrError, Parse, RawEvent, RawParser};
+
+pub const NS_STREAM: &str = "http://etherx.jabber.org/streams";
+pub const NS_CLIENT: &str = "jabber:client";
+pub const NS_SERVER: &str = "jabber:server";
+pub const NS_STREAMS_ERR: &str = "urn:ietf:params:xml:ns:xmpp-streams";
+pub const NS_STANZAS: &str = "urn:ietf:params:xml:ns:xmpp-stanzas";
+pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+
+/// Limits applied while parsing.
+#[derive(Debug, Clone, Copy)]
+pub struct ParserLimits {
+    pub max_stanza_size: usize,
+    pub max_depth: usize,
+    pub max_attributes: usize,
+}
+
+/// The attributes of a `<stream:stream>` header.
+#[derive(Debug, Clone, Default)]
+pub struct StreamHeader {
+    pub to: Option<String>,
+    pub from: Option<String>,
+    pub version: Option<String>,
+    pub lang: Option<String>,
+    /// The default namespace (`jabber:client` or `jabber:server`).
+    pub default_ns: Option<String>,
+    /// Namespaces declared with other prefixes (`db` for dialback).
+    pub prefixes: Vec<(String, String)>,
+}
+
+#[derive(Debug)]
+pub enum Event {
+    Header(StreamHeader),
+    Stanza(Element),
+    /// `</stream:stream>`.
+    Close,
+}
+
+/// A stream-level error condition (RFC 6120 §4.9.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamError {
+    BadFormat,
+    HostUnknown,
+    InvalidFrom,
+    InvalidNamespace,
+    NotAuthorized,
+    NotWellFormed,
+    PolicyViolation,
+    ResourceConstraint,
+    RestrictedXml,
+    SystemShutdown,
+    UnsupportedStanzaType,
+    UnsupportedVersion,
+    Conflict,
+    ConnectionTimeout,
+    InternalServerError,
+    UndefinedCondition,
+    Reset,
+}
+
+impl StreamError {
+    pub fn condition(self) -> &'static str {
+        use StreamError::*;
+        match self {
+            BadFormat => "bad-format",
+            HostUnknown => "host-unknown",
+            InvalidFrom => "invalid-from",
+            InvalidNamespace => "invalid-namespace",
+            NotAuthorized => "not-authorized",
+            NotWellFormed => "not-well-formed",
+            PolicyViolation => "policy-violation",
+            ResourceConstraint => "resource-constraint",
+            RestrictedXml => "restricted-xml",
+            SystemShutdown => "system-shutdown",
+            UnsupportedStanzaType => "unsupported-stanza-type",
+            UnsupportedVersion => "unsupported-version",
+            Conflict => "conflict",
+            ConnectionTimeout => "connection-timeout",
+            InternalServerError => "internal-server-error",
+            UndefinedCondition => "undefined-condition",
+            Reset => "reset",
+        }
+    }
+}
+
+/// Incremental parser for one stream (a new one after each stream restart).
+pub struct StreamParser {
+    raw: RawParser,
+    tree: TreeBuilder,
+    limits: ParserLimits,
+    depth: usize,
+    /// Bytes in the stanza being parsed so far.
+    stanza_bytes: usize,
+    attrs_here: usize,
+    header: Option<StreamHeader>,
+    in_header: bool,
+    header_open_ok: bool,
+}
+
+impl StreamParser {
+    pub fn new(limits: ParserLimits) -> StreamParser {
+        let mut options = rxml::Options::default();
+        // No single name, attribute value or text chunk may outgrow a stanza.
+        options.max_token_length = limits.max_stanza_size;
+        let mut raw = <RawParser as rxml::WithOptions>::with_options(options);
+        raw.set_text_buffering(true);
+        StreamParser {
+            raw,
+            tree: TreeBuilder::new(),
+            limits,
+            depth: 0,
+            stanza_bytes: 0,
+            attrs_here: 0,
+            header: None,
+            in_header: false,
+            header_open_ok: false,
+        }
+    }
+
+    /// Parse from `buf`, consuming what was used. `Ok(None)` means more data
+    /// is needed.
+    pub fn next(&mut self, buf: &mut &[u8]) -> Result<Option<Event>, StreamError> {
+        loop {
+            // Called even with an empty buffer: the parser may hold queued events.
+            let ev = match self.raw.parse(buf, false) {
+                Ok(Some(ev)) => ev,
+                Ok(None) => return Ok(None),
+                // Bytes held in the lexer are bounded by max_token_length.
+                Err(EndOrError::NeedMoreData) => return Ok(None),
+                Err(EndOrError::Error(e)) => return Err(map_rxml_error(&e)),
+            };
+            if let Some(out) = self.handle(ev)? {
+                return Ok(Some(out));
+            }
+        }
+    }
+
+    fn handle(&mut self, ev: RawEvent) -> Result<Option<Event>, StreamError> {
+        let len = ev.metrics().len();
+        if self.depth >= 2 || matches!(ev, RawEvent::ElementHeadOpen(..) if self.depth == 1) {
+            self.stanza_bytes += len;
+            if self.stanza_bytes > self.limits.max_stanza_size {
+                return Err(StreamError::PolicyViolation);
+            }
+        }
+        match ev {
+            RawEvent::XmlDeclaration(..) => Ok(None),
+            RawEvent::ElementHeadOpen(m, (prefix, name)) => {
+                self.attrs_here = 0;
+                if self.depth == 0 {
+                    self.in_header = true;
+                    self.header_open_ok = prefix.as_deref().map(|p| p.as_str()) == Some("stream") && name.as_str() == "stream";
+                    self.header = Some(StreamHeader::default());
+                } else {
+                    if self.depth == 1 {
+                        self.stanza_bytes = len;
+                    }
+                    if self.depth > self.limits.max_depth {
+                        return Err(StreamError::PolicyViolation);
+                    }
+                }
+                self.tree
+                    .process_event(RawEvent::ElementHeadOpen(m, (prefix, name)))
+                    .map_err(|_| StreamError::NotWellFormed)?;
+                Ok(None)
+            }
+            RawEvent::Attribute(m, (prefix, name), value) => {
+                self.attrs_here += 1;
+                if self.attrs_here > self.limits.max_attributes {
+                    return Err(StreamError::PolicyViolation);
+                }
+                if self.in_header {
+                    let h = self.header.as_mut().expect("header started");
+                    match (prefix.as_deref().map(|p| p.as_str()), name.as_str()) {
+                        (None, "to") => h.to = Some(value.to_string()),
+                        (None, "from") => h.from = Some(value.to_string()),
+                        (None, "version") => h.version = Some(value.to_string()),
+                        (None, "xmlns") => h.default_ns = Some(value.to_string()),
+                        (Some("xml"), "lang") => h.lang = Some(value.to_string()),
+                        (Some("xmlns"), p) => h.prefixes.push((p.to_string(), value.to_string())),
+                        _ => {}
+                    }
+                }
+                self.tree
+                    .process_event(RawEvent::Attribute(m, (prefix, name), value))
+                    .map_err(|_| StreamError::NotWellFormed)?;
+                Ok(None)
+            }
+            RawEvent::ElementHeadClose(m) => {
+                self.tree.process_event(RawEvent::ElementHeadClose(m)).map_err(|e| {
+                    if self.in_header {
+                        StreamError::InvalidNamespace
+                    } else {
+                        tracing::debug!(error = %e, "element with an undeclared prefix");
+                        StreamError::NotWellFormed
+                    }
+                })?;
+                self.depth += 1;
+                if self.in_header {
+                    self.in_header = false;
+                    let h = self.header.take().expect("header started");
+                    let stream_ns_ok = h.prefixes.iter().any(|(p, ns)| p == "stream" && ns == NS_STREAM);
+                    if !self.header_open_ok || !stream_ns_ok {
+                        return Err(StreamError::InvalidNamespace);
+                    }
+                    return Ok(Some(Event::Header(h)));
+                }
+                Ok(None)
+            }
+            RawEvent::Text(m, text) => {
+                if self.depth <= 1 {
+                    // Whitespace keepalives between stanzas. Text at stream
+                    // level is not allowed (RFC 6120 §11.7); don't keep it.
+                    if !text.trim_matches(|c: char| c.is_ascii_whitespace()).is_empty() {
+                        return Err(StreamError::NotWellFormed);
+                    }
+                    return Ok(None);
+                }
+                self.tree
+                    .process_event(RawEvent::Text(m, text))
+                    .map_err(|_| StreamError::NotWellFormed)?;
+                Ok(None)
+            }
+            RawEvent::ElementFoot(m) => {
+                self.depth -= 1;
+                if self.depth == 0 {
+                    return Ok(Some(Event::Close));
+                }
+                self.tree
+                    .process_event(RawEvent::ElementFoot(m))
+                    .map_err(|_| StreamError::NotWellFormed)?;
+                if self.depth == 1 {
+                    self.stanza_bytes = 0;
+                    let el = self.tree.unshift_child().ok_or(StreamError::InternalServerError)?;
+                    return Ok(Some(Event::Stanza(el)));
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn map_rxml_error(e: &rxml::Error) -> StreamError {
+    match e {
+        rxml::Error::RestrictedXml(_) => StreamError::RestrictedXml,
+        _ => StreamError::NotWellFormed,
+    }
+}
+
+/// Small conveniences over minidom's builder API.
+pub trait ElementExt: Sized {
+    /// Set (or replace) an unprefixed attribute.
+    fn set(&mut self, name: &str, value: impl Into<String>);
+    /// Remove an unprefixed attribute.
+    fn unset(&mut self, name: &str);
+    /// Builder form of [`ElementExt::set`].
+    fn with(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.set(name, value);
+        self
+    }
+    /// Builder form of `Option` attributes.
+    fn with_opt(self, name: &str, value: Option<impl Into<String>>) -> Self {
+        match value {
+            Some(v) => self.with(name, v),
+            None => self,
+        }
+    }
+    fn child(self, c: Element) -> Self;
+    fn text_child(self, t: impl Into<String>) -> Self;
+    /// Serialise to a string (no XML declaration).
+    fn to_xml(&self) -> String;
+}
+
+fn ncname(name: &str) -> rxml::NcName {
+    rxml::NcName::try_from(name).expect("attribute names used by pushbox are valid")
+}
+
+impl ElementExt for Element {
+    fn set(&mut self, name: &str, value: impl Into<String>) {
+        self.attrs_mut().insert(rxml::Namespace::NONE, ncname(name), value.into());
+    }
+    fn unset(&mut self, name: &str) {
+        self.attrs_mut().remove(&rxml::Namespace::NONE, name);
+    }
+    fn child(mut self, c: Element) -> Self {
+        self.append_child(c);
+        self
+    }
+    fn text_child(mut self, t: impl Into<String>) -> Self {
+        self.append_text_node(t.into());
+        self
+    }
+    fn to_xml(&self) -> String {
+        let mut out = Vec::with_capacity(256);
+        // Writing to a Vec cannot fail for well-formed elements.
+        if self.write_to(&mut out).is_err() {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// A new element with no attributes.
+pub fn elem(name: &str, ns: &str) -> Element {
+    Element::bare(name, ns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIM: ParserLimits = ParserLimits {
+        max_stanza_size: 1000,
+        max_depth: 5,
+        max_attributes: 8,
+    };
+
+    fn parse_all(input: &[u8], chunk: usize) -> Result<Vec<Event>, StreamError> {
+        let mut p = StreamParser::new(LIM);
+        let mut out = vec![];
+        for c in input.chunks(chunk) {
+            let mut b = c;
+            while let Some(ev) = p.next(&mut b)? {
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+
+    const HDR: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+
+    #[test]
+    fn header_stanzas_close_in_any_chunking() {
+        let doc = format!("{HDR} <message to='a@b'><body>hi &amp; bye</body></message>\n<presence/></stream:stream>");
+        for chunk in [1, 3, 7, 1000] {
+            let evs = parse_all(doc.as_bytes(), chunk).unwrap();
+            assert_eq!(evs.len(), 4, "chunk {chunk}");
+            let Event::Header(h) = &evs[0] else { panic!() };
+            assert_eq!(h.to.as_deref(), Some("localhost"));
+            assert_eq!(h.default_ns.as_deref(), Some(NS_CLIENT));
+            let Event::Stanza(m) = &evs[1] else { panic!() };
+            assert_eq!(m.name(), "message");
+            assert_eq!(m.ns(), NS_CLIENT);
+            assert_eq!(m.get_child("body", NS_CLIENT).unwrap().text(), "hi & bye");
+            assert!(matches!(evs[3], Event::Close));
+        }
+    }
+
+    #[test]
+    fn limits_and_errors() {
+        let deep = format!("{HDR}<a><b><c><d><e><f><g/></f></e></d></c></b></a>");
+        assert_eq!(parse_all(deep.as_bytes(), 50).unwrap_err(), StreamError::PolicyViolation);
+        let big = format!("{HDR}<message><body>{}</body></message>", "x".repeat(5000));
+        assert_eq!(parse_all(big.as_bytes(), 100).unwrap_err(), StreamError::PolicyViolation);
+        let attrs = format!("{HDR}<message {}/>", (0..20).map(|i| format!("a{i}='x' ")).collect::<String>());
+        assert_eq!(parse_all(attrs.as_bytes(), 100).unwrap_err(), StreamError::PolicyViolation);
+        let bad = format!("{HDR}<message></presence>");
+        assert_eq!(parse_all(bad.as_bytes(), 100).unwrap_err(), StreamError::NotWellFormed);
+        let dtd = "<?xml version='1.0'?><!DOCTYPE foo [<!ENTITY x 'y'>]><stream:stream/>";
+        assert!(matches!(
+            parse_all(dtd.as_bytes(), 100).unwrap_err(),
+            StreamError::RestrictedXml | StreamError::NotWellFormed
+        ));
+        let wrong_ns = "<stream:stream xmlns='jabber:client' xmlns:stream='urn:wrong'>";
+        assert_eq!(parse_all(wrong_ns.as_bytes(), 100).unwrap_err(), StreamError::InvalidNamespace);
+        let text = format!("{HDR}garbage<presence/>");
+        assert_eq!(parse_all(text.as_bytes(), 100).unwrap_err(), StreamError::NotWellFormed);
+    }
+
+    #[test]
+    fn whitespace_keepalives_do_not_accumulate() {
+        let mut p = StreamParser::new(LIM);
+        let mut b = HDR.as_bytes();
+        assert!(matches!(p.next(&mut b).unwrap(), Some(Event::Header(_))));
+        for _ in 0..10_000 {
+            let mut b = &b" "[..];
+            assert!(p.next(&mut b).unwrap().is_none());
+        }
+        let mut b = &b"<iq type='get' id='1'/>"[..];
+        assert!(matches!(p.next(&mut b).unwrap(), Some(Event::Stanza(_))));
+    }
+}
