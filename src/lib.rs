@@ -21,7 +21,10 @@ use anyhow::{Context, Result};
 use config::Config;
 use server::Server;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
-use tokio::{net::TcpListener, sync::{mpsc, watch}};
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+};
 
 /// Bound sockets, one list per `[listen]` key.
 #[derive(Default)]
@@ -37,7 +40,11 @@ impl Listeners {
         async fn all(key: &str, addrs: &[SocketAddr]) -> Result<Vec<TcpListener>> {
             let mut v = vec![];
             for a in addrs {
-                v.push(TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a} (listen.{key})"))?);
+                v.push(
+                    TcpListener::bind(a)
+                        .await
+                        .with_context(|| format!("cannot listen on {a} (listen.{key})"))?,
+                );
             }
             Ok(v)
         }
@@ -54,7 +61,11 @@ pub fn build_server(config: Config, shutdown: watch::Receiver<bool>) -> Result<A
     let store = store::Store::open_in(&config.data_dir).context("opening the database")?;
     let certs = certs::CertStore::new(&config).context("loading TLS certificates")?;
     let l = &config.limits;
-    let limiter = net::Limiter::new(l.connections_per_ip_per_minute, l.max_connections_per_ip, l.max_auth_failures_per_ip);
+    let limiter = net::Limiter::new(
+        l.connections_per_ip_per_minute,
+        l.max_connections_per_ip,
+        l.max_auth_failures_per_ip,
+    );
     Ok(Arc::new(Server {
         config: Arc::new(config),
         store,
@@ -93,7 +104,10 @@ pub async fn run(
     tracing::info!(domain = server.domain(), "pushbox is ready");
 
     shutdown.await;
-    tracing::info!(sessions = server.sessions.count(), "shutting down: closing every stream");
+    tracing::info!(
+        sessions = server.sessions.count(),
+        "shutting down: closing every stream"
+    );
     let _ = stop_tx.send(true);
     drop(alive);
     // Give sessions time to write their closing bytes.
@@ -121,7 +135,7 @@ fn spawn_accept(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<
                         continue;
                     }
                 },
-                _ = stop.changed() => return,
+                _ = server::stopped(&mut stop) => return,
             };
             let server = server.clone();
             let alive = alive.clone();
@@ -146,18 +160,22 @@ fn spawn_accept(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<
 #[cfg(unix)]
 fn spawn_reload(server: Arc<Server>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
     let mut stop = server.shutdown.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 s = hup.recv() => if s.is_none() { return },
-                _ = stop.changed() => return,
+                _ = server::stopped(&mut stop) => return,
             }
             let certs = server.certs.clone();
             match tokio::task::spawn_blocking(move || certs.reload()).await {
                 Ok(Ok(())) => tracing::info!("SIGHUP: certificates reloaded"),
-                Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: certificate reload failed; keeping the old ones"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "SIGHUP: certificate reload failed; keeping the old ones")
+                }
                 Err(e) => tracing::error!(error = %e, "SIGHUP: reload task failed"),
             }
         }

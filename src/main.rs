@@ -7,7 +7,11 @@ use pushbox::{config::Config, store};
 use std::{io::Read, path::PathBuf, process::ExitCode};
 
 #[derive(Parser)]
-#[command(name = "pushbox", version, about = "XMPP server, push relay and ACME certificates in one daemon")]
+#[command(
+    name = "pushbox",
+    version,
+    about = "XMPP server, push relay and ACME certificates in one daemon"
+)]
 struct Cli {
     /// Configuration file [default: $PUSHBOX_CONFIG, ./pushbox.toml, /etc/pushbox/pushbox.toml]
     #[arg(long, short, global = true)]
@@ -106,7 +110,9 @@ fn main() -> ExitCode {
 fn init_logging(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log.format {
         pushbox::config::LogFormat::Json => b.json().init(),
         pushbox::config::LogFormat::Text => b.init(),
@@ -139,12 +145,19 @@ async fn shutdown_signal() {
 fn check(config: &Config) -> Result<()> {
     println!(
         "configuration OK: {}",
-        config.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into())
+        config
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".into())
     );
     println!("  domain:   {}", config.domain);
     println!("  data_dir: {}", config.data_dir.display());
     println!("  tls:      {:?}", config.tls.mode);
-    println!("  c2s:      {:?} (STARTTLS), {:?} (direct TLS)", config.listen.c2s, config.listen.c2s_direct_tls);
+    println!(
+        "  c2s:      {:?} (STARTTLS), {:?} (direct TLS)",
+        config.listen.c2s, config.listen.c2s_direct_tls
+    );
     Ok(())
 }
 
@@ -163,7 +176,9 @@ fn username_of(config: &Config, user: &str) -> Result<String> {
 fn read_password(from_stdin: bool) -> Result<String> {
     let pw = if from_stdin {
         let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading the password from standard input")?;
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the password from standard input")?;
         s.trim_end_matches(['\n', '\r']).to_string()
     } else {
         let a = rpassword::prompt_password("Password: ")?;
@@ -183,11 +198,20 @@ fn user(config: &Config, cmd: UserCmd) -> Result<()> {
     let s = open_store(config)?;
     let e = |e: store::StoreError| anyhow!("{e}");
     match cmd {
-        UserCmd::Add { user, password_stdin, admin } => {
+        UserCmd::Add {
+            user,
+            password_stdin,
+            admin,
+        } => {
             let name = username_of(config, &user)?;
             let pw = read_password(password_stdin)?;
-            s.blocking(|c| store::accounts::create(c, &name, &pw, admin)).map_err(e)?;
-            println!("created {}@{}", store::accounts::normalize(&name).map_err(e)?, config.domain);
+            s.blocking(|c| store::accounts::create(c, &name, &pw, admin))
+                .map_err(e)?;
+            println!(
+                "created {}@{}",
+                store::accounts::normalize(&name).map_err(e)?,
+                config.domain
+            );
         }
         UserCmd::Del { user } => {
             let name = username_of(config, &user)?;
@@ -199,7 +223,10 @@ fn user(config: &Config, cmd: UserCmd) -> Result<()> {
         UserCmd::Passwd { user, password_stdin } => {
             let name = username_of(config, &user)?;
             let pw = read_password(password_stdin)?;
-            if !s.blocking(|c| store::accounts::set_password(c, &name, &pw)).map_err(e)? {
+            if !s
+                .blocking(|c| store::accounts::set_password(c, &name, &pw))
+                .map_err(e)?
+            {
                 bail!("no account {name}");
             }
             println!("password changed for {name}@{}", config.domain);
@@ -222,7 +249,9 @@ fn invite(config: &Config, cmd: InviteCmd) -> Result<()> {
             if uses == 0 {
                 bail!("--uses must be at least 1");
             }
-            let token = s.blocking(|c| store::invites::create(c, ttl.as_secs() as i64, uses, admin)).map_err(e)?;
+            let token = s
+                .blocking(|c| store::invites::create(c, ttl.as_secs() as i64, uses, admin))
+                .map_err(e)?;
             println!("https://{}/invite/{token}", config.domain);
             println!("xmpp:{}?register;preauth={token}", config.domain);
         }

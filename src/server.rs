@@ -1,7 +1,9 @@
 //! The shared state of a running daemon: a cheap-clone handle that every
 //! connection task holds.
 
-use crate::{certs::CertStore, config::Config, net::Limiter, store::Store, xmpp::modules::Modules, xmpp::sessions::Sessions};
+use crate::{
+    certs::CertStore, config::Config, net::Limiter, store::Store, xmpp::modules::Modules, xmpp::sessions::Sessions,
+};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -32,3 +34,8 @@ impl Server {
 }
 
 pub type SharedServer = Arc<Server>;
+
+/// Resolves once the daemon is shutting down (at once if it already is).
+pub async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

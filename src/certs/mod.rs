@@ -40,7 +40,10 @@ pub struct CertStore {
 
 impl std::fmt::Debug for CertStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertStore").field("mode", &self.mode).field("names", &self.names).finish()
+        f.debug_struct("CertStore")
+            .field("mode", &self.mode)
+            .field("names", &self.names)
+            .finish()
     }
 }
 
@@ -73,7 +76,10 @@ impl CertStore {
         let key = match self.mode {
             TlsMode::SelfSigned => self_signed(&self.tls_dir, &self.names)?,
             TlsMode::Files => {
-                let (c, k) = self.files.as_ref().ok_or_else(|| anyhow!("tls.cert and tls.key are required"))?;
+                let (c, k) = self
+                    .files
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("tls.cert and tls.key are required"))?;
                 load_pem(c, k)?
             }
             // Filled by the ACME worker once it has a certificate.
@@ -96,7 +102,9 @@ impl CertStore {
 
     /// A rustls server configuration using this store, with the given ALPN list.
     pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<ServerConfig> {
-        let mut cfg = ServerConfig::builder().with_no_client_auth().with_cert_resolver(self.clone());
+        let mut cfg = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_cert_resolver(self.clone());
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(cfg)
     }
@@ -155,7 +163,8 @@ fn write_private(path: &Path, data: &str) -> Result<()> {
 fn ca_params() -> Result<rcgen::CertificateParams> {
     let mut p = rcgen::CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(rcgen::DnType::CommonName, "pushbox local CA");
-    p.distinguished_name.push(rcgen::DnType::OrganizationName, "pushbox self-signed");
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "pushbox self-signed");
     p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
     p.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::CrlSign];
     p.not_before = rcgen::date_time_ymd(2024, 1, 1);
@@ -176,7 +185,7 @@ fn self_signed(dir: &Path, names: &[String]) -> Result<Arc<CertifiedKey>> {
     let (cert_pem, key_pem, names_file) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("names"));
     let want = names.join("\n");
     // `names` holds the names and the expiry; remake 30 days before expiry.
-    if let Some(saved) = std::fs::read_to_string(&names_file).ok() {
+    if let Ok(saved) = std::fs::read_to_string(&names_file) {
         let (saved_names, expiry) = saved.rsplit_once("\n#expires=").unwrap_or((&saved, "0"));
         let expiry: i64 = expiry.trim().parse().unwrap_or(0);
         if cert_pem.exists() && key_pem.exists() && saved_names == want && expiry > crate::store::now() + 30 * 86400 {
@@ -197,7 +206,10 @@ fn self_signed(dir: &Path, names: &[String]) -> Result<Arc<CertifiedKey>> {
     let mut p = rcgen::CertificateParams::new(names.to_vec())?;
     p.distinguished_name.push(rcgen::DnType::CommonName, names[0].clone());
     p.use_authority_key_identifier_extension = true;
-    p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature, rcgen::KeyUsagePurpose::KeyEncipherment];
+    p.key_usages = vec![
+        rcgen::KeyUsagePurpose::DigitalSignature,
+        rcgen::KeyUsagePurpose::KeyEncipherment,
+    ];
     p.extended_key_usages = vec![
         rcgen::ExtendedKeyUsagePurpose::ServerAuth,
         rcgen::ExtendedKeyUsagePurpose::ClientAuth,

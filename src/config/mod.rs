@@ -179,7 +179,7 @@ pub struct Registration {
     pub mode: RegistrationMode,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Federation {
     pub enabled: bool,
@@ -190,17 +190,6 @@ pub struct Federation {
     pub require_valid_certificates: Option<bool>,
     /// Static `"domain" = "host:port"` overrides of DNS.
     pub hosts: BTreeMap<String, String>,
-}
-
-impl Default for Federation {
-    fn default() -> Self {
-        Federation {
-            enabled: false,
-            dns_servers: vec![],
-            require_valid_certificates: None,
-            hosts: BTreeMap::new(),
-        }
-    }
 }
 
 /// Protections against abusive or broken peers.
@@ -465,11 +454,12 @@ impl Config {
         if config.data_dir.is_relative() {
             config.data_dir = base.join(&config.data_dir);
         }
-        for f in [&mut config.tls.cert, &mut config.tls.key, &mut config.tls.acme.ca_roots] {
-            if let Some(p) = f {
-                if p.is_relative() {
-                    *p = base.join(&*p);
-                }
+        for p in [&mut config.tls.cert, &mut config.tls.key, &mut config.tls.acme.ca_roots]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = base.join(&*p);
             }
         }
         config.relay.resolve_paths(&base);
@@ -493,7 +483,10 @@ impl Config {
         if let Err(e) = jid::BareJid::new(&self.domain) {
             report("domain", format!("`{}` is not a valid XMPP domain: {e}", self.domain));
         } else if self.domain.contains('@') || self.domain.contains('/') {
-            report("domain", format!("`{}` must be a bare domain, without `@` or `/`", self.domain));
+            report(
+                "domain",
+                format!("`{}` must be a bare domain, without `@` or `/`", self.domain),
+            );
         }
         match self.tls.mode {
             TlsMode::Files => {
@@ -536,7 +529,10 @@ impl Config {
         ] {
             for uri in list {
                 if !uri.contains(':') {
-                    report(k, format!("`{uri}` is not a URI (expected e.g. mailto:abuse@example.org)"));
+                    report(
+                        k,
+                        format!("`{uri}` is not a URI (expected e.g. mailto:abuse@example.org)"),
+                    );
                 }
             }
         }
@@ -552,7 +548,13 @@ impl Config {
 }
 
 fn figment_problem(e: &figment::Error, file_name: &str) -> Problem {
-    let key = e.path.iter().filter(|s| *s != "default").cloned().collect::<Vec<_>>().join(".");
+    let key = e
+        .path
+        .iter()
+        .filter(|s| *s != "default")
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(".");
     let source = match e.metadata.as_ref().and_then(|m| m.source.as_ref()) {
         Some(figment::Source::File(p)) => p.display().to_string(),
         _ => file_name.to_string(),
@@ -567,7 +569,11 @@ fn figment_problem(e: &figment::Error, file_name: &str) -> Problem {
 /// Report keys of `user` that `known` does not have, suggesting the nearest one.
 fn unknown_keys(user: &Dict, known: &Dict, prefix: &str, report: &mut dyn FnMut(&str, String)) {
     for (k, v) in user {
-        let full = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let full = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match known.get(k) {
             Some(Value::Dict(_, kd)) => {
                 if OPEN_TABLES.contains(&full.as_str()) {
@@ -625,11 +631,7 @@ mod tests {
 
     #[test]
     fn type_errors_in_two_sections_are_both_reported() {
-        let e = Config::from_toml_str(
-            "[tls]\nmode = \"bogus\"\n[limits]\nmax_depth = \"deep\"\n",
-            None,
-        )
-        .unwrap_err();
+        let e = Config::from_toml_str("[tls]\nmode = \"bogus\"\n[limits]\nmax_depth = \"deep\"\n", None).unwrap_err();
         let keys: Vec<_> = e.0.iter().map(|p| p.key.as_str()).collect();
         assert!(keys.contains(&"tls.mode"), "{e}");
         assert!(keys.contains(&"limits.max_depth"), "{e}");

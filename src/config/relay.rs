@@ -103,7 +103,10 @@ impl RelayConfig {
         }
         if let Some(a) = &self.apns {
             if !a.key.is_file() {
-                report("relay.apns.key", format!("file {} does not exist or is not readable", a.key.display()));
+                report(
+                    "relay.apns.key",
+                    format!("file {} does not exist or is not readable", a.key.display()),
+                );
             }
         }
         if let Some(f) = &self.fcm {

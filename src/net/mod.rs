@@ -92,10 +92,7 @@ impl Limiter {
     pub fn login_blocked(&self, ip: IpAddr) -> bool {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         map.get(&ip)
-            .map(|s| {
-                s.failures > self.max_failures
-                    && s.failures_start.is_some_and(|t| t.elapsed() < WINDOW)
-            })
+            .map(|s| s.failures > self.max_failures && s.failures_start.is_some_and(|t| t.elapsed() < WINDOW))
             .unwrap_or(false)
     }
 }

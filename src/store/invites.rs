@@ -46,18 +46,18 @@ pub fn redeem(c: &Connection, token: &str) -> Result<Option<bool>> {
 
 /// Whether a token would be accepted, without using it.
 pub fn is_valid(c: &Connection, token: &str) -> Result<bool> {
-    Ok(c
-        .query_row(
-            "SELECT 1 FROM invites WHERE token_hash=?1 AND uses_left > 0 AND expires_at > ?2",
-            params![hash(token), now()],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some())
+    Ok(c.query_row(
+        "SELECT 1 FROM invites WHERE token_hash=?1 AND uses_left > 0 AND expires_at > ?2",
+        params![hash(token), now()],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
 }
 
 pub fn list(c: &Connection) -> Result<Vec<Invite>> {
-    let mut st = c.prepare("SELECT note, created_at, expires_at, uses_left, is_admin FROM invites ORDER BY created_at")?;
+    let mut st =
+        c.prepare("SELECT note, created_at, expires_at, uses_left, is_admin FROM invites ORDER BY created_at")?;
     let rows = st.query_map([], |r| {
         Ok(Invite {
             token_prefix: r.get(0)?,
@@ -72,7 +72,10 @@ pub fn list(c: &Connection) -> Result<Vec<Invite>> {
 
 /// Revoke every invite whose token starts with `prefix` (at least 6 characters).
 pub fn revoke(c: &Connection, prefix: &str) -> Result<usize> {
-    Ok(c.execute("DELETE FROM invites WHERE note = ?1", params![&prefix[..prefix.len().min(6)]])?)
+    Ok(c.execute(
+        "DELETE FROM invites WHERE note = ?1",
+        params![&prefix[..prefix.len().min(6)]],
+    )?)
 }
 
 #[cfg(test)]

@@ -17,9 +17,7 @@ use std::{
 
 /// Migrations, in order. `PRAGMA user_version` records how many ran.
 /// Append only; never edit a migration that has shipped.
-const MIGRATIONS: &[(&str, &str)] = &[
-    ("core", include_str!("migrations/0001_core.sql")),
-];
+const MIGRATIONS: &[(&str, &str)] = &[("core", include_str!("migrations/0001_core.sql"))];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -125,13 +123,19 @@ mod tests {
     fn migrations_apply_once_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open_in(dir.path()).unwrap();
-        let v: i64 = s.blocking(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?)).unwrap();
+        let v: i64 = s
+            .blocking(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .unwrap();
         assert_eq!(v as usize, MIGRATIONS.len());
         drop(s);
         let s = Store::open_in(dir.path()).unwrap();
-        let fk: i64 = s.blocking(|c| Ok(c.pragma_query_value(None, "foreign_keys", |r| r.get(0))?)).unwrap();
+        let fk: i64 = s
+            .blocking(|c| Ok(c.pragma_query_value(None, "foreign_keys", |r| r.get(0))?))
+            .unwrap();
         assert_eq!(fk, 1);
-        let mode: String = s.blocking(|c| Ok(c.pragma_query_value(None, "journal_mode", |r| r.get(0))?)).unwrap();
+        let mode: String = s
+            .blocking(|c| Ok(c.pragma_query_value(None, "journal_mode", |r| r.get(0))?))
+            .unwrap();
         assert_eq!(mode, "wal");
     }
 

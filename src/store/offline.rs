@@ -5,7 +5,11 @@ use rusqlite::{params, Connection};
 
 /// Store a message; returns false when the account's queue is full.
 pub fn push(c: &Connection, account: i64, stanza: &str, max: u32) -> Result<bool> {
-    let count: i64 = c.query_row("SELECT COUNT(*) FROM offline WHERE account_id=?1", params![account], |r| r.get(0))?;
+    let count: i64 = c.query_row(
+        "SELECT COUNT(*) FROM offline WHERE account_id=?1",
+        params![account],
+        |r| r.get(0),
+    )?;
     if count >= i64::from(max) {
         return Ok(false);
     }
@@ -30,5 +34,9 @@ pub fn take_all(c: &mut Connection, account: i64) -> Result<Vec<(i64, String)>> 
 }
 
 pub fn count(c: &Connection, account: i64) -> Result<i64> {
-    Ok(c.query_row("SELECT COUNT(*) FROM offline WHERE account_id=?1", params![account], |r| r.get(0))?)
+    Ok(c.query_row(
+        "SELECT COUNT(*) FROM offline WHERE account_id=?1",
+        params![account],
+        |r| r.get(0),
+    )?)
 }

@@ -91,7 +91,8 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     })
 }
 
-const COLS: &str = "contact, name, groups, subscription, ask_out, pending_in, pending_in_stanza, preapproved, in_roster";
+const COLS: &str =
+    "contact, name, groups, subscription, ask_out, pending_in, pending_in_stanza, preapproved, in_roster";
 
 pub fn get(c: &Connection, account: i64, contact: &str) -> Result<Option<Item>> {
     Ok(c.query_row(
@@ -104,7 +105,9 @@ pub fn get(c: &Connection, account: i64, contact: &str) -> Result<Option<Item>> 
 
 /// Every row, including state-only rows (`in_roster = false`).
 pub fn all(c: &Connection, account: i64) -> Result<Vec<Item>> {
-    let mut st = c.prepare_cached(&format!("SELECT {COLS} FROM roster WHERE account_id=?1 ORDER BY contact"))?;
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {COLS} FROM roster WHERE account_id=?1 ORDER BY contact"
+    ))?;
     let rows = st.query_map(params![account], row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -139,12 +142,19 @@ pub fn put(c: &Connection, account: i64, item: &Item) -> Result<i64> {
 /// Remove an item; returns the new roster version.
 pub fn remove(c: &Connection, account: i64, contact: &str) -> Result<i64> {
     let ver = bump(c, account)?;
-    c.execute("DELETE FROM roster WHERE account_id=?1 AND contact=?2", params![account, contact])?;
+    c.execute(
+        "DELETE FROM roster WHERE account_id=?1 AND contact=?2",
+        params![account, contact],
+    )?;
     Ok(ver)
 }
 
 pub fn version(c: &Connection, account: i64) -> Result<i64> {
-    Ok(c.query_row("SELECT roster_version FROM accounts WHERE id=?1", params![account], |r| r.get(0))?)
+    Ok(c.query_row(
+        "SELECT roster_version FROM accounts WHERE id=?1",
+        params![account],
+        |r| r.get(0),
+    )?)
 }
 
 fn bump(c: &Connection, account: i64) -> Result<i64> {

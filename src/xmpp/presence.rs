@@ -10,7 +10,10 @@ use super::{
 };
 use crate::{
     server::Server,
-    store::{self, roster::{Item, Sub}},
+    store::{
+        self,
+        roster::{Item, Sub},
+    },
 };
 use jid::{BareJid, Jid};
 use minidom::Element;
@@ -45,7 +48,13 @@ pub async fn outbound(server: &Arc<Server>, session: &Arc<SessionHandle>, mut p:
             route(server, p).await
         }
         (Some(_), "probe") => route(server, p).await,
-        (Some(_), _) => router::reply(server, stanza::bounce(&p, stanza::Condition::BadRequest, server.domain())).await,
+        (Some(_), _) => {
+            router::reply(
+                server,
+                stanza::bounce(&p, stanza::Condition::BadRequest, server.domain()),
+            )
+            .await
+        }
     }
 }
 
@@ -80,9 +89,18 @@ pub async fn broadcast(server: &Arc<Server>, session: &Arc<SessionHandle>, p: El
         }
     }
     if !available {
-        let directed: Vec<Jid> = session.presence.directed.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        let directed: Vec<Jid> = session
+            .presence
+            .directed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .collect();
         for to in directed {
-            if items.iter().any(|i| i.sub.from() && i.contact == to.to_bare().to_string()) {
+            if items
+                .iter()
+                .any(|i| i.sub.from() && i.contact == to.to_bare().to_string())
+            {
                 continue;
             }
             let mut copy = p.clone();
@@ -130,11 +148,15 @@ pub async fn broadcast(server: &Arc<Server>, session: &Arc<SessionHandle>, p: El
 
 /// XEP-0160: hand stored messages to the first available resource.
 async fn deliver_offline(server: &Arc<Server>, session: &Arc<SessionHandle>) {
-    let Some(username) = session.jid.node().map(|n| n.to_string()) else { return };
+    let Some(username) = session.jid.node().map(|n| n.to_string()) else {
+        return;
+    };
     let res = server
         .store
         .call(move |c| {
-            let Some(id) = store::accounts::id_of(c, &username)? else { return Ok(vec![]) };
+            let Some(id) = store::accounts::id_of(c, &username)? else {
+                return Ok(vec![]);
+            };
             store::offline::take_all(c, id)
         })
         .await;
@@ -154,7 +176,9 @@ async fn deliver_offline(server: &Arc<Server>, session: &Arc<SessionHandle>) {
 }
 
 async fn roster_items(server: &Arc<Server>, bare: &BareJid) -> Vec<Item> {
-    let Some(username) = bare.node().map(|n| n.to_string()) else { return vec![] };
+    let Some(username) = bare.node().map(|n| n.to_string()) else {
+        return vec![];
+    };
     server
         .store
         .call(move |c| match store::accounts::id_of(c, &username)? {
@@ -204,7 +228,9 @@ async fn answer_probe(server: &Arc<Server>, from: &Jid, to: &BareJid) {
         server
             .store
             .call(move |c| {
-                let Some(id) = store::accounts::id_of(c, &owner)? else { return Ok(false) };
+                let Some(id) = store::accounts::id_of(c, &owner)? else {
+                    return Ok(false);
+                };
                 Ok(store::roster::get(c, id, &contact)?.is_some_and(|i| i.sub.from()))
             })
             .await
@@ -230,7 +256,9 @@ async fn load(server: &Arc<Server>, owner: &BareJid, contact: &BareJid) -> Optio
     server
         .store
         .call(move |c| {
-            let Some(id) = store::accounts::id_of(c, &username)? else { return Ok(None) };
+            let Some(id) = store::accounts::id_of(c, &username)? else {
+                return Ok(None);
+            };
             Ok(Some((id, store::roster::get(c, id, &contact)?)))
         })
         .await
@@ -248,7 +276,9 @@ async fn save(server: &Arc<Server>, owner: &BareJid, id: i64, item: Item, push: 
 }
 
 async fn outbound_subscription(server: &Arc<Server>, user: &BareJid, contact: &BareJid, t: &str, p: Element) {
-    let Some((id, item)) = load(server, user, contact).await else { return };
+    let Some((id, item)) = load(server, user, contact).await else {
+        return;
+    };
     let mut item = item.unwrap_or_else(|| Item::new(&contact.to_string()));
     let was_in_roster = item.in_roster;
     match t {
@@ -330,7 +360,9 @@ async fn inbound_subscription(server: &Arc<Server>, from: &BareJid, owner: &Bare
         }
         return;
     }
-    let Some((id, item)) = load(server, owner, from).await else { return };
+    let Some((id, item)) = load(server, owner, from).await else {
+        return;
+    };
     let existed = item.is_some();
     let mut item = item.unwrap_or_else(|| {
         let mut i = Item::new(&from.to_string());
@@ -380,42 +412,36 @@ async fn inbound_subscription(server: &Arc<Server>, from: &BareJid, owner: &Bare
                 deliver(p);
             }
         }
-        "subscribed" => {
-            if item.ask_out {
-                item.ask_out = false;
-                item.sub = Sub::with(true, item.sub.from());
+        "subscribed" if item.ask_out => {
+            item.ask_out = false;
+            item.sub = Sub::with(true, item.sub.from());
+            save(server, owner, id, item, true).await;
+            deliver(p);
+            // Now that we see the contact, ask for its current presence.
+            let probe = elem("presence", NS_CLIENT)
+                .with("type", "probe")
+                .with("from", owner.to_string())
+                .with("to", from.to_string());
+            route(server, probe).await;
+        }
+        "unsubscribe" if item.sub.from() || item.pending_in => {
+            let had_from = item.sub.from();
+            item.pending_in = false;
+            item.pending_in_stanza = None;
+            item.sub = Sub::with(item.sub.to(), false);
+            if existed {
                 save(server, owner, id, item, true).await;
-                deliver(p);
-                // Now that we see the contact, ask for its current presence.
-                let probe = elem("presence", NS_CLIENT)
-                    .with("type", "probe")
-                    .with("from", owner.to_string())
-                    .with("to", from.to_string());
-                route(server, probe).await;
+            }
+            deliver(p);
+            if had_from {
+                send_unavailable(server, owner, from).await;
             }
         }
-        "unsubscribe" => {
-            if item.sub.from() || item.pending_in {
-                let had_from = item.sub.from();
-                item.pending_in = false;
-                item.pending_in_stanza = None;
-                item.sub = Sub::with(item.sub.to(), false);
-                if existed {
-                    save(server, owner, id, item, true).await;
-                }
-                deliver(p);
-                if had_from {
-                    send_unavailable(server, owner, from).await;
-                }
-            }
-        }
-        "unsubscribed" => {
-            if item.sub.to() || item.ask_out {
-                item.ask_out = false;
-                item.sub = Sub::with(false, item.sub.from());
-                save(server, owner, id, item, true).await;
-                deliver(p);
-            }
+        "unsubscribed" if item.sub.to() || item.ask_out => {
+            item.ask_out = false;
+            item.sub = Sub::with(false, item.sub.from());
+            save(server, owner, id, item, true).await;
+            deliver(p);
         }
         _ => {}
     }

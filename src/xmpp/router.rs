@@ -20,7 +20,9 @@ pub fn route(server: &Arc<Server>, stanza: Element) -> BoxFuture<'_, ()> {
 }
 
 async fn route_inner(server: &Arc<Server>, stanza: Element) {
-    let Some(kind) = Kind::of(&stanza) else { return };
+    let Some(kind) = Kind::of(&stanza) else {
+        return;
+    };
     let Some(from) = stanza::from(&stanza) else {
         tracing::warn!("dropping a stanza without a from address");
         return;
@@ -32,7 +34,10 @@ async fn route_inner(server: &Arc<Server>, stanza: Element) {
     };
     if !server.is_local(to.domain().as_str()) {
         // Federation is not wired yet: tell the sender at once.
-        let e = stanza::StanzaError::new(Condition::RemoteServerNotFound, "federation is not available on this server");
+        let e = stanza::StanzaError::new(
+            Condition::RemoteServerNotFound,
+            "federation is not available on this server",
+        );
         return reply(server, bounce(&stanza, e, server.domain())).await;
     }
     match kind {
@@ -118,11 +123,10 @@ async fn store_offline(server: &Arc<Server>, mut msg: Element, bare: &BareJid) {
     });
     let max = server.config.limits.max_offline_messages;
     let domain = server.domain().to_string();
-    msg.append_child(
-        elem("delay", "urn:xmpp:delay")
-            .with("from", domain)
-            .with("stamp", humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()),
-    );
+    msg.append_child(elem("delay", "urn:xmpp:delay").with("from", domain).with(
+        "stamp",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+    ));
     let xml = msg.to_xml();
     let res = server
         .store
@@ -223,5 +227,8 @@ pub async fn account_exists(server: &Arc<Server>, bare: &BareJid) -> bool {
     let Some(node) = bare.node().map(|n| n.to_string()) else {
         return false;
     };
-    matches!(server.store.call(move |c| store::accounts::id_of(c, &node)).await, Ok(Some(_)))
+    matches!(
+        server.store.call(move |c| store::accounts::id_of(c, &node)).await,
+        Ok(Some(_))
+    )
 }

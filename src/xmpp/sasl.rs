@@ -236,7 +236,9 @@ pub fn scram_client_first(mech: Mechanism, msg: &[u8], channel_binding: bool) ->
         }
     }
     let username = username.ok_or(Failure::MalformedRequest)?;
-    let client_nonce = nonce.filter(|n| !n.is_empty() && n.is_ascii()).ok_or(Failure::MalformedRequest)?;
+    let client_nonce = nonce
+        .filter(|n| !n.is_empty() && n.is_ascii())
+        .ok_or(Failure::MalformedRequest)?;
     if !authzid.is_empty() {
         let az = unescape_saslname(&authzid[2..])?;
         // Only "act as myself" is allowed; the c2s layer compares it with the bare JID.
@@ -285,7 +287,12 @@ pub struct ScramServer {
 impl ScramServer {
     /// `keys` is `None` for an unknown user; `fake_secret` then makes a
     /// stable fake salt so that repeated probes look alike.
-    pub fn new(mech: Mechanism, first: ClientFirst, keys: Option<ScramKeys>, fake_secret: &[u8]) -> (ScramServer, Vec<u8>) {
+    pub fn new(
+        mech: Mechanism,
+        first: ClientFirst,
+        keys: Option<ScramKeys>,
+        fake_secret: &[u8],
+    ) -> (ScramServer, Vec<u8>) {
         let real = keys.is_some();
         let keys = keys.unwrap_or_else(|| {
             let salt = hmac(Hash::Sha256, fake_secret, first.username.as_bytes());
@@ -400,19 +407,31 @@ mod tests {
         let first = format!("{gs2}n=alice,r=abcdef");
         let cf = scram_client_first(mech, first.as_bytes(), cb.is_some())?;
         let (srv, sf) = ScramServer::new(mech, cf, Some(keys), b"k");
-        let fin = client_final(mech.hash(), pw, "n=alice,r=abcdef", std::str::from_utf8(&sf).unwrap(), gs2, cb.unwrap_or(&[]));
+        let fin = client_final(
+            mech.hash(),
+            pw,
+            "n=alice,r=abcdef",
+            std::str::from_utf8(&sf).unwrap(),
+            gs2,
+            cb.unwrap_or(&[]),
+        );
         srv.finish(fin.as_bytes(), cb)
     }
 
     #[test]
     fn scram_sha256_and_sha1_accept_right_password() {
-        assert!(run(Mechanism::ScramSha256, "pw", "pw", "n,,", None).unwrap().starts_with(b"v="));
+        assert!(run(Mechanism::ScramSha256, "pw", "pw", "n,,", None)
+            .unwrap()
+            .starts_with(b"v="));
         assert!(run(Mechanism::ScramSha1, "pw", "pw", "n,,", None).is_ok());
     }
 
     #[test]
     fn scram_rejects_wrong_password() {
-        assert_eq!(run(Mechanism::ScramSha256, "pw", "nope", "n,,", None), Err(Failure::NotAuthorized));
+        assert_eq!(
+            run(Mechanism::ScramSha256, "pw", "nope", "n,,", None),
+            Err(Failure::NotAuthorized)
+        );
     }
 
     #[test]
@@ -423,7 +442,14 @@ mod tests {
         let keys = ScramKeys::derive("pw", 4096);
         let cf = scram_client_first(Mechanism::ScramSha256Plus, b"p=tls-exporter,,n=alice,r=x", true).unwrap();
         let (srv, sf) = ScramServer::new(Mechanism::ScramSha256Plus, cf, Some(keys), b"k");
-        let fin = client_final(Hash::Sha256, "pw", "n=alice,r=x", std::str::from_utf8(&sf).unwrap(), "p=tls-exporter,,", &[1u8; 32]);
+        let fin = client_final(
+            Hash::Sha256,
+            "pw",
+            "n=alice,r=x",
+            std::str::from_utf8(&sf).unwrap(),
+            "p=tls-exporter,,",
+            &[1u8; 32],
+        );
         assert_eq!(srv.finish(fin.as_bytes(), Some(&cb)), Err(Failure::NotAuthorized));
     }
 
@@ -440,14 +466,33 @@ mod tests {
     fn unknown_user_fails_at_the_end() {
         let cf = scram_client_first(Mechanism::ScramSha256, b"n,,n=ghost,r=x", false).unwrap();
         let (srv, sf) = ScramServer::new(Mechanism::ScramSha256, cf, None, b"k");
-        let fin = client_final(Hash::Sha256, "", "n=ghost,r=x", std::str::from_utf8(&sf).unwrap(), "n,,", &[]);
+        let fin = client_final(
+            Hash::Sha256,
+            "",
+            "n=ghost,r=x",
+            std::str::from_utf8(&sf).unwrap(),
+            "n,,",
+            &[],
+        );
         assert_eq!(srv.finish(fin.as_bytes(), None), Err(Failure::NotAuthorized));
     }
 
     #[test]
     fn garbage_is_malformed() {
-        for g in [&b""[..], b"n", b"x,,n=a,r=b", b"n,,r=b", b"n,,n=a", b"n,,n=a=ZZ,r=b", b"\xff\xfe"] {
-            assert_eq!(scram_client_first(Mechanism::ScramSha256, g, false).err(), Some(Failure::MalformedRequest), "{g:?}");
+        for g in [
+            &b""[..],
+            b"n",
+            b"x,,n=a,r=b",
+            b"n,,r=b",
+            b"n,,n=a",
+            b"n,,n=a=ZZ,r=b",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(
+                scram_client_first(Mechanism::ScramSha256, g, false).err(),
+                Some(Failure::MalformedRequest),
+                "{g:?}"
+            );
         }
         assert!(parse_plain(b"\0alice").is_err());
         assert_eq!(parse_plain(b"\0alice\0pw").unwrap().1, "alice");

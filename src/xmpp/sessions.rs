@@ -71,10 +71,7 @@ impl Sessions {
     pub fn bind(&self, h: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         let list = map.entry(h.jid.to_bare()).or_default();
-        let old = list
-            .iter()
-            .position(|s| s.jid == h.jid)
-            .map(|i| list.swap_remove(i));
+        let old = list.iter().position(|s| s.jid == h.jid).map(|i| list.swap_remove(i));
         list.push(h);
         old
     }

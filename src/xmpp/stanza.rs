@@ -57,8 +57,14 @@ impl Condition {
         use Condition::*;
         match self {
             BadRequest | JidMalformed | NotAcceptable | PolicyViolation | UnexpectedRequest => "modify",
-            Conflict | FeatureNotImplemented | Forbidden | ItemNotFound | NotAllowed | NotAuthorized
-            | RemoteServerNotFound | ServiceUnavailable => "cancel",
+            Conflict
+            | FeatureNotImplemented
+            | Forbidden
+            | ItemNotFound
+            | NotAllowed
+            | NotAuthorized
+            | RemoteServerNotFound
+            | ServiceUnavailable => "cancel",
             InternalServerError | RecipientUnavailable | RemoteServerTimeout | ResourceConstraint => "wait",
             UndefinedCondition => "cancel",
         }
@@ -98,7 +104,7 @@ impl StanzaError {
             .with_opt("by", by)
             .child(elem(self.condition.name(), NS_STANZAS));
         if let Some(t) = &self.text {
-            e = e.child(elem("text", NS_STANZAS).with("xml:lang", "en").text_child(t.clone()));
+            e = e.child(elem("text", NS_STANZAS).text_child(t.clone()));
         }
         if let Some(x) = &self.extra {
             e = e.child(x.clone());
@@ -135,7 +141,9 @@ pub fn typ(el: &Element) -> &str {
 
 /// Parse the `to` attribute. `Ok(None)` when absent.
 pub fn to(el: &Element) -> Result<Option<Jid>, Condition> {
-    el.attr("to").map(|t| Jid::new(t).map_err(|_| Condition::JidMalformed)).transpose()
+    el.attr("to")
+        .map(|t| Jid::new(t).map_err(|_| Condition::JidMalformed))
+        .transpose()
 }
 
 pub fn from(el: &Element) -> Option<Jid> {

@@ -112,6 +112,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> XmlStream<S> {
         }
     }
 
+    /// `<stream:features>` with these children (written with the `stream:`
+    /// prefix, which some clients compare literally).
+    pub fn queue_features(&mut self, children: &[Element]) {
+        self.queue_raw("<stream:features>");
+        for c in children {
+            self.queue(c);
+        }
+        self.queue_raw("</stream:features>");
+    }
+
     pub fn queue_raw(&mut self, s: &str) {
         self.wbuf.extend_from_slice(s.as_bytes());
     }

@@ -107,9 +107,11 @@ pub struct StreamParser {
 
 impl StreamParser {
     pub fn new(limits: ParserLimits) -> StreamParser {
-        let mut options = rxml::Options::default();
         // No single name, attribute value or text chunk may outgrow a stanza.
-        options.max_token_length = limits.max_stanza_size;
+        let options = rxml::Options {
+            max_token_length: limits.max_stanza_size,
+            ..Default::default()
+        };
         let mut raw = <RawParser as rxml::WithOptions>::with_options(options);
         raw.set_text_buffering(true);
         StreamParser {
@@ -157,7 +159,8 @@ impl StreamParser {
                 self.attrs_here = 0;
                 if self.depth == 0 {
                     self.in_header = true;
-                    self.header_open_ok = prefix.as_deref().map(|p| p.as_str()) == Some("stream") && name.as_str() == "stream";
+                    self.header_open_ok =
+                        prefix.as_deref().map(|p| p.as_str()) == Some("stream") && name.as_str() == "stream";
                     self.header = Some(StreamHeader::default());
                 } else {
                     if self.depth == 1 {
@@ -285,7 +288,8 @@ fn ncname(name: &str) -> rxml::NcName {
 
 impl ElementExt for Element {
     fn set(&mut self, name: &str, value: impl Into<String>) {
-        self.attrs_mut().insert(rxml::Namespace::NONE, ncname(name), value.into());
+        self.attrs_mut()
+            .insert(rxml::Namespace::NONE, ncname(name), value.into());
     }
     fn unset(&mut self, name: &str) {
         self.attrs_mut().remove(&rxml::Namespace::NONE, name);
@@ -357,11 +361,23 @@ mod tests {
     #[test]
     fn limits_and_errors() {
         let deep = format!("{HDR}<a><b><c><d><e><f><g/></f></e></d></c></b></a>");
-        assert_eq!(parse_all(deep.as_bytes(), 50).unwrap_err(), StreamError::PolicyViolation);
+        assert_eq!(
+            parse_all(deep.as_bytes(), 50).unwrap_err(),
+            StreamError::PolicyViolation
+        );
         let big = format!("{HDR}<message><body>{}</body></message>", "x".repeat(5000));
-        assert_eq!(parse_all(big.as_bytes(), 100).unwrap_err(), StreamError::PolicyViolation);
-        let attrs = format!("{HDR}<message {}/>", (0..20).map(|i| format!("a{i}='x' ")).collect::<String>());
-        assert_eq!(parse_all(attrs.as_bytes(), 100).unwrap_err(), StreamError::PolicyViolation);
+        assert_eq!(
+            parse_all(big.as_bytes(), 100).unwrap_err(),
+            StreamError::PolicyViolation
+        );
+        let attrs = format!(
+            "{HDR}<message {}/>",
+            (0..20).map(|i| format!("a{i}='x' ")).collect::<String>()
+        );
+        assert_eq!(
+            parse_all(attrs.as_bytes(), 100).unwrap_err(),
+            StreamError::PolicyViolation
+        );
         let bad = format!("{HDR}<message></presence>");
         assert_eq!(parse_all(bad.as_bytes(), 100).unwrap_err(), StreamError::NotWellFormed);
         let dtd = "<?xml version='1.0'?><!DOCTYPE foo [<!ENTITY x 'y'>]><stream:stream/>";
@@ -370,7 +386,10 @@ mod tests {
             StreamError::RestrictedXml | StreamError::NotWellFormed
         ));
         let wrong_ns = "<stream:stream xmlns='jabber:client' xmlns:stream='urn:wrong'>";
-        assert_eq!(parse_all(wrong_ns.as_bytes(), 100).unwrap_err(), StreamError::InvalidNamespace);
+        assert_eq!(
+            parse_all(wrong_ns.as_bytes(), 100).unwrap_err(),
+            StreamError::InvalidNamespace
+        );
         let text = format!("{HDR}garbage<presence/>");
         assert_eq!(parse_all(text.as_bytes(), 100).unwrap_err(), StreamError::NotWellFormed);
     }

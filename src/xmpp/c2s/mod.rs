@@ -10,13 +10,12 @@ use super::{
     sessions::{PresenceState, SessionHandle, ToSession},
     stanza::{self, iq_result, Kind},
     stream::{new_id, ConnError, XmlStream},
-    xml::{elem, ElementExt, Event, ParserLimits, StreamError, StreamHeader, NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_TLS},
+    xml::{
+        elem, ElementExt, Event, ParserLimits, StreamError, StreamHeader, NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION,
+        NS_TLS,
+    },
 };
-use crate::{
-    certs::ALPN_XMPP_CLIENT,
-    server::Server,
-    store,
-};
+use crate::{certs::ALPN_XMPP_CLIENT, server::Server, store};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use jid::{BareJid, FullJid};
 use minidom::Element;
@@ -49,11 +48,9 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
         let _ = tcp.set_nodelay(true);
         let deadline = server.config.limits.auth_timeout.get();
         let mut xs = XmlStream::new(tcp, limits(&server));
-        let r = tokio::time::timeout(deadline, starttls(&server, &mut xs)).await;
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return end(&server, &mut xs, e).await,
-            Err(_) => return end(&server, &mut xs, ConnError::Timeout).await,
+        let r = until_shutdown(&server, deadline, starttls(&server, &mut xs)).await;
+        if let Err(e) = r {
+            return end(&server, &mut xs, e).await;
         }
         if xs.has_buffered_input() {
             // Bytes pipelined after <starttls/> were sent in the clear: refuse them.
@@ -86,6 +83,19 @@ pub async fn serve_direct_tls(server: Arc<Server>, tcp: TcpStream, peer: SocketA
     .await
 }
 
+/// Run a negotiation phase with a deadline, ending it if the daemon stops.
+async fn until_shutdown<T>(
+    server: &Server,
+    deadline: Duration,
+    phase: impl std::future::Future<Output = Result<T, ConnError>>,
+) -> Result<T, ConnError> {
+    let mut stop = server.shutdown.clone();
+    tokio::select! {
+        r = tokio::time::timeout(deadline, phase) => r.unwrap_or(Err(ConnError::Timeout)),
+        _ = crate::server::stopped(&mut stop) => Err(ConnError::Stream(StreamError::SystemShutdown)),
+    }
+}
+
 /// Log the end of a connection once and send the right stream error.
 async fn end<S: AsyncRead + AsyncWrite + Unpin>(server: &Server, xs: &mut XmlStream<S>, e: ConnError) {
     let domain = server.domain();
@@ -96,7 +106,8 @@ async fn end<S: AsyncRead + AsyncWrite + Unpin>(server: &Server, xs: &mut XmlStr
         }
         ConnError::Timeout => {
             tracing::info!("connection timed out");
-            xs.stream_error(NS_CLIENT, domain, StreamError::ConnectionTimeout, None).await;
+            xs.stream_error(NS_CLIENT, domain, StreamError::ConnectionTimeout, None)
+                .await;
         }
         ConnError::Eof => tracing::debug!("peer closed the connection"),
         ConnError::Io(e) => tracing::debug!(error = %e, "connection error"),
@@ -117,7 +128,10 @@ fn check_header(server: &Server, h: &StreamHeader) -> Result<(), StreamError> {
     }
 }
 
-async fn expect_header<S: AsyncRead + AsyncWrite + Unpin>(server: &Server, xs: &mut XmlStream<S>) -> Result<(), ConnError> {
+async fn expect_header<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server,
+    xs: &mut XmlStream<S>,
+) -> Result<(), ConnError> {
     match xs.next_event().await? {
         Event::Header(h) => check_header(server, &h).map_err(ConnError::Stream),
         _ => Err(ConnError::Stream(StreamError::NotWellFormed)),
@@ -128,23 +142,21 @@ async fn expect_header<S: AsyncRead + AsyncWrite + Unpin>(server: &Server, xs: &
 async fn starttls(server: &Server, xs: &mut XmlStream<TcpStream>) -> Result<(), ConnError> {
     expect_header(server, xs).await?;
     xs.queue_header(NS_CLIENT, server.domain(), None, &new_id());
-    xs.queue(&elem("stream:features", super::xml::NS_STREAM).child(elem("starttls", NS_TLS).child(elem("required", NS_TLS))));
+    xs.queue_features(&[elem("starttls", NS_TLS).child(elem("required", NS_TLS))]);
     xs.flush().await?;
-    loop {
-        match xs.next_event().await? {
-            Event::Stanza(el) if el.name() == "starttls" && el.ns() == NS_TLS => {
-                xs.send(&elem("proceed", NS_TLS)).await?;
-                return Ok(());
-            }
-            Event::Stanza(el) if el.ns() == NS_SASL => {
-                tracing::info!("authentication attempted before TLS");
-                xs.queue(&elem("failure", NS_SASL).child(elem("encryption-required", NS_SASL)));
-                return Err(ConnError::Stream(StreamError::PolicyViolation));
-            }
-            Event::Stanza(_) => return Err(ConnError::Stream(StreamError::PolicyViolation)),
-            Event::Close => return Err(ConnError::Eof),
-            Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
+    match xs.next_event().await? {
+        Event::Stanza(el) if el.name() == "starttls" && el.ns() == NS_TLS => {
+            xs.send(&elem("proceed", NS_TLS)).await?;
+            Ok(())
         }
+        Event::Stanza(el) if el.ns() == NS_SASL => {
+            tracing::info!("authentication attempted before TLS");
+            xs.queue(&elem("failure", NS_SASL).child(elem("encryption-required", NS_SASL)));
+            Err(ConnError::Stream(StreamError::PolicyViolation))
+        }
+        Event::Stanza(_) => Err(ConnError::Stream(StreamError::PolicyViolation)),
+        Event::Close => Err(ConnError::Eof),
+        Event::Header(_) => Err(ConnError::Stream(StreamError::NotWellFormed)),
     }
 }
 
@@ -154,7 +166,8 @@ fn channel_binding(tls: &Tls) -> Option<Vec<u8>> {
     if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
         return None;
     }
-    conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None).ok()
+    conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+        .ok()
 }
 
 async fn after_tls(server: Arc<Server>, tls: Tls) {
@@ -162,7 +175,11 @@ async fn after_tls(server: Arc<Server>, tls: Tls) {
     let peer_ip = tls.get_ref().0.peer_addr().map(|a| a.ip()).ok();
     let mut xs = XmlStream::new(tls, limits(&server));
     let deadline = server.config.limits.auth_timeout.get();
-    let bound = tokio::time::timeout(deadline, authenticate_and_bind(&server, &mut xs, cb.as_deref(), peer_ip)).await;
+    let bound = tokio::time::timeout(
+        deadline,
+        authenticate_and_bind(&server, &mut xs, cb.as_deref(), peer_ip),
+    )
+    .await;
     let (jid, handle, rx) = match bound {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => return end(&server, &mut xs, e).await,
@@ -173,7 +190,9 @@ async fn after_tls(server: Arc<Server>, tls: Tls) {
     let r = session_loop(&server, &mut xs, &handle, rx).await;
     server.sessions.unbind(&jid, handle.id);
     if handle.available() {
-        let p = elem("presence", NS_CLIENT).with("type", "unavailable").with("from", jid.to_string());
+        let p = elem("presence", NS_CLIENT)
+            .with("type", "unavailable")
+            .with("from", jid.to_string());
         presence::broadcast(&server, &handle, p, false).await;
     }
     match r {
@@ -195,15 +214,14 @@ async fn authenticate_and_bind(
     xs.restart();
     expect_header(server, xs).await?;
     xs.queue_header(NS_CLIENT, server.domain(), None, &new_id());
-    let mut features = elem("stream:features", super::xml::NS_STREAM)
-        .child(elem("bind", NS_BIND))
-        .child(elem("session", NS_SESSION).child(elem("optional", NS_SESSION)));
+    let mut features = vec![
+        elem("bind", NS_BIND),
+        elem("session", NS_SESSION).child(elem("optional", NS_SESSION)),
+    ];
     for m in server.modules.iter() {
-        for f in m.stream_features(server) {
-            features.append_child(f);
-        }
+        features.extend(m.stream_features(server));
     }
-    xs.queue(&features);
+    xs.queue_features(&features);
     xs.flush().await?;
     loop {
         let el = match xs.next_event().await? {
@@ -216,8 +234,10 @@ async fn authenticate_and_bind(
         }
         let Some(bind) = el.get_child("bind", NS_BIND) else {
             // Nothing but binding is possible before a resource is bound.
-            xs.send(&stanza::bounce(&el, stanza::Condition::NotAuthorized, server.domain()).unwrap_or_else(|| el.clone()))
-                .await?;
+            xs.send(
+                &stanza::bounce(&el, stanza::Condition::NotAuthorized, server.domain()).unwrap_or_else(|| el.clone()),
+            )
+            .await?;
             continue;
         };
         if stanza::typ(&el) != "set" {
@@ -226,17 +246,22 @@ async fn authenticate_and_bind(
             }
             continue;
         }
-        let wanted = bind.get_child("resource", NS_BIND).map(|r| r.text()).filter(|r| !r.is_empty());
+        let wanted = bind
+            .get_child("resource", NS_BIND)
+            .map(|r| r.text())
+            .filter(|r| !r.is_empty());
         let resource = match wanted {
             Some(r) if r.len() <= 1023 => r,
             Some(_) => {
-                xs.send(&stanza::bounce(&el, stanza::Condition::BadRequest, server.domain()).expect("iq set")).await?;
+                xs.send(&stanza::bounce(&el, stanza::Condition::BadRequest, server.domain()).expect("iq set"))
+                    .await?;
                 continue;
             }
             None => format!("pushbox-{}", &new_id()[..12]),
         };
         let Ok(jid) = FullJid::new(&format!("{username}@{}/{resource}", server.domain())) else {
-            xs.send(&stanza::bounce(&el, stanza::Condition::BadRequest, server.domain()).expect("iq set")).await?;
+            xs.send(&stanza::bounce(&el, stanza::Condition::BadRequest, server.domain()).expect("iq set"))
+                .await?;
             continue;
         };
         let (tx, rx) = mpsc::unbounded_channel();
@@ -251,7 +276,10 @@ async fn authenticate_and_bind(
             tracing::info!(%jid, "resource conflict: replacing the older session");
             let _ = old.tx.send(ToSession::Replaced);
         }
-        let mut reply = iq_result(&el, Some(elem("bind", NS_BIND).child(elem("jid", NS_BIND).text_child(jid.to_string()))));
+        let mut reply = iq_result(
+            &el,
+            Some(elem("bind", NS_BIND).child(elem("jid", NS_BIND).text_child(jid.to_string()))),
+        );
         reply.unset("from");
         xs.send(&reply).await?;
         return Ok((jid, handle, rx));
@@ -271,18 +299,16 @@ async fn authenticate(
     for m in Mechanism::offered(cb.is_some()) {
         mechs.append_child(elem("mechanism", NS_SASL).text_child(m.name()));
     }
-    let mut features = elem("stream:features", super::xml::NS_STREAM).child(mechs);
+    let mut features = vec![mechs];
     if cb.is_some() {
         // XEP-0440: which channel-binding types we support.
-        features.append_child(
+        features.push(
             elem("sasl-channel-binding", "urn:xmpp:sasl-cb:0")
                 .child(elem("channel-binding", "urn:xmpp:sasl-cb:0").with("type", "tls-exporter")),
         );
     }
-    for f in register::pre_auth_features(server) {
-        features.append_child(f);
-    }
-    xs.queue(&features);
+    features.extend(register::pre_auth_features(server));
+    xs.queue_features(&features);
     xs.flush().await?;
 
     let mut failures = 0u32;
@@ -310,7 +336,11 @@ async fn authenticate(
         }
         if peer_ip.is_some_and(|ip| server.limiter.login_blocked(ip)) {
             tracing::warn!("login refused: too many failures from this address");
-            xs.send(&sasl_failure(Failure::NotAuthorized, Some("too many failed logins; try again later"))).await?;
+            xs.send(&sasl_failure(
+                Failure::NotAuthorized,
+                Some("too many failed logins; try again later"),
+            ))
+            .await?;
             return Err(ConnError::Stream(StreamError::PolicyViolation));
         }
         match sasl_exchange(server, xs, &el, cb).await? {
@@ -333,7 +363,7 @@ async fn authenticate(
 fn sasl_failure(f: Failure, text: Option<&str>) -> Element {
     let mut e = elem("failure", NS_SASL).child(elem(f.condition(), NS_SASL));
     if let Some(t) = text {
-        e.append_child(elem("text", NS_SASL).with("xml:lang", "en").text_child(t));
+        e.append_child(elem("text", NS_SASL).text_child(t));
     }
     e
 }
@@ -407,15 +437,14 @@ async fn sasl_exchange(
         .await
         .unwrap_or(None);
     let (scram, server_first) = ScramServer::new(mech, first, keys, &server.fake_salt_secret);
-    xs.send(&elem("challenge", NS_SASL).text_child(B64.encode(server_first))).await?;
-    let response = loop {
-        match xs.next_event().await? {
-            Event::Stanza(el) if el.ns() == NS_SASL && el.name() == "response" => break el,
-            Event::Stanza(el) if el.ns() == NS_SASL && el.name() == "abort" => return Ok(Err(Failure::Aborted)),
-            Event::Stanza(_) => return Ok(Err(Failure::MalformedRequest)),
-            Event::Close => return Err(ConnError::Eof),
-            Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
-        }
+    xs.send(&elem("challenge", NS_SASL).text_child(B64.encode(server_first)))
+        .await?;
+    let response = match xs.next_event().await? {
+        Event::Stanza(el) if el.ns() == NS_SASL && el.name() == "response" => el,
+        Event::Stanza(el) if el.ns() == NS_SASL && el.name() == "abort" => return Ok(Err(Failure::Aborted)),
+        Event::Stanza(_) => return Ok(Err(Failure::MalformedRequest)),
+        Event::Close => return Err(ConnError::Eof),
+        Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
     };
     let final_msg = match decode_payload(&response) {
         Ok(p) => p,
@@ -423,7 +452,8 @@ async fn sasl_exchange(
     };
     match scram.finish(&final_msg, cb) {
         Ok(server_final) => {
-            xs.send(&elem("success", NS_SASL).text_child(B64.encode(server_final))).await?;
+            xs.send(&elem("success", NS_SASL).text_child(B64.encode(server_final)))
+                .await?;
             Ok(Ok(username))
         }
         Err(f) => Ok(Err(f)),
@@ -468,7 +498,7 @@ async fn session_loop(
                 }
                 xs.flush().await?;
             },
-            _ = shutdown.changed() => {
+            _ = crate::server::stopped(&mut shutdown) => {
                 return Err(ConnError::Stream(StreamError::SystemShutdown));
             },
             _ = idle_timer => {
@@ -494,7 +524,9 @@ async fn client_stanza(server: &Arc<Server>, me: &Arc<SessionHandle>, mut el: El
     el.set("from", me.jid.to_string());
     match kind {
         Kind::Presence => presence::outbound(server, me, el).await,
-        Kind::Iq if el.get_child("session", NS_SESSION).is_some() && el.attr("to").is_none_or(|t| server.is_local(t)) => {
+        Kind::Iq
+            if el.get_child("session", NS_SESSION).is_some() && el.attr("to").is_none_or(|t| server.is_local(t)) =>
+        {
             // RFC 3921 session establishment: a no-op kept for old clients.
             let mut r = iq_result(&el, None);
             r.unset("from");
@@ -504,4 +536,3 @@ async fn client_stanza(server: &Arc<Server>, me: &Arc<SessionHandle>, mut el: El
     }
     Ok(())
 }
-

@@ -3,7 +3,10 @@
 //! goes into stream features.
 
 use super::{BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
-use crate::{server::Server, xmpp::xml::{elem, ElementExt}};
+use crate::{
+    server::Server,
+    xmpp::xml::{elem, ElementExt},
+};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use minidom::Element;
 use xmpp_parsers::{
@@ -32,14 +35,33 @@ impl Module for Disco {
     }
     fn stream_features(&self, server: &Server) -> Vec<Element> {
         let ver = caps_ver(server);
-        vec![elem("c", NS_CAPS).with("hash", "sha-1").with("node", CAPS_NODE).with("ver", ver)]
+        vec![elem("c", NS_CAPS)
+            .with("hash", "sha-1")
+            .with("node", CAPS_NODE)
+            .with("ver", ver)]
     }
     fn iqs(&self) -> &'static [IqRoute] {
         &[
-            IqRoute { name: "query", ns: NS_INFO, target: Target::Server },
-            IqRoute { name: "query", ns: NS_ITEMS, target: Target::Server },
-            IqRoute { name: "query", ns: NS_INFO, target: Target::Account },
-            IqRoute { name: "query", ns: NS_ITEMS, target: Target::Account },
+            IqRoute {
+                name: "query",
+                ns: NS_INFO,
+                target: Target::Server,
+            },
+            IqRoute {
+                name: "query",
+                ns: NS_ITEMS,
+                target: Target::Server,
+            },
+            IqRoute {
+                name: "query",
+                ns: NS_INFO,
+                target: Target::Account,
+            },
+            IqRoute {
+                name: "query",
+                ns: NS_ITEMS,
+                target: Target::Account,
+            },
         ]
     }
     fn handle_iq<'a>(&'a self, ctx: IqCtx<'a>) -> BoxFuture<'a, IqReply> {
@@ -92,7 +114,11 @@ pub fn server_info(server: &Server) -> DiscoInfoResult {
                 fields.push(f);
             }
         }
-        extensions.push(DataForm::new(DataFormType::Result_, "http://jabber.org/network/serverinfo", fields));
+        extensions.push(DataForm::new(
+            DataFormType::Result_,
+            "http://jabber.org/network/serverinfo",
+            fields,
+        ));
     }
     DiscoInfoResult {
         node: None,
@@ -107,7 +133,12 @@ pub fn account_info(server: &Server) -> DiscoInfoResult {
     DiscoInfoResult {
         node: None,
         identities: vec![Identity::new_anonymous::<_, _, String, String>("account", "registered")],
-        features: server.modules.account_features().into_iter().map(String::from).collect(),
+        features: server
+            .modules
+            .account_features()
+            .into_iter()
+            .map(String::from)
+            .collect(),
         extensions: vec![],
     }
 }

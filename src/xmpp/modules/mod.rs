@@ -118,14 +118,22 @@ impl Modules {
     }
 
     pub fn server_features(&self) -> Vec<&'static str> {
-        let mut v: Vec<_> = self.list.iter().flat_map(|m| m.server_features().iter().copied()).collect();
+        let mut v: Vec<_> = self
+            .list
+            .iter()
+            .flat_map(|m| m.server_features().iter().copied())
+            .collect();
         v.sort_unstable();
         v.dedup();
         v
     }
 
     pub fn account_features(&self) -> Vec<&'static str> {
-        let mut v: Vec<_> = self.list.iter().flat_map(|m| m.account_features().iter().copied()).collect();
+        let mut v: Vec<_> = self
+            .list
+            .iter()
+            .flat_map(|m| m.account_features().iter().copied())
+            .collect();
         v.sort_unstable();
         v.dedup();
         v

@@ -15,8 +15,16 @@ impl Module for Ping {
     }
     fn iqs(&self) -> &'static [IqRoute] {
         &[
-            IqRoute { name: "ping", ns: NS, target: Target::Server },
-            IqRoute { name: "ping", ns: NS, target: Target::Account },
+            IqRoute {
+                name: "ping",
+                ns: NS,
+                target: Target::Server,
+            },
+            IqRoute {
+                name: "ping",
+                ns: NS,
+                target: Target::Account,
+            },
         ]
     }
     fn handle_iq<'a>(&'a self, ctx: IqCtx<'a>) -> BoxFuture<'a, IqReply> {

@@ -32,8 +32,16 @@ impl Module for Register {
     }
     fn iqs(&self) -> &'static [IqRoute] {
         &[
-            IqRoute { name: "query", ns: NS, target: Target::Server },
-            IqRoute { name: "query", ns: NS, target: Target::OwnAccount },
+            IqRoute {
+                name: "query",
+                ns: NS,
+                target: Target::Server,
+            },
+            IqRoute {
+                name: "query",
+                ns: NS,
+                target: Target::OwnAccount,
+            },
         ]
     }
     fn handle_iq<'a>(&'a self, ctx: IqCtx<'a>) -> BoxFuture<'a, IqReply> {
@@ -65,8 +73,14 @@ impl Module for Register {
             let Some(password) = password.filter(|p| !p.is_empty()) else {
                 return Err(StanzaError::new(Condition::BadRequest, "a password is required"));
             };
-            if given_user.as_deref().is_some_and(|g| store::accounts::normalize(g).ok().as_deref() != Some(user.as_str())) {
-                return Err(StanzaError::new(Condition::NotAuthorized, "you can change only your own password"));
+            if given_user
+                .as_deref()
+                .is_some_and(|g| store::accounts::normalize(g).ok().as_deref() != Some(user.as_str()))
+            {
+                return Err(StanzaError::new(
+                    Condition::NotAuthorized,
+                    "you can change only your own password",
+                ));
             }
             let u = user.clone();
             let ok = ctx
@@ -120,7 +134,10 @@ pub async fn pre_auth(server: &Arc<Server>, iq: &Element, state: &mut PreAuthSta
                 state.token = Some(token);
                 Ok(None)
             } else {
-                Err(StanzaError::new(Condition::ItemNotFound, "the invitation is unknown, used up or expired"))
+                Err(StanzaError::new(
+                    Condition::ItemNotFound,
+                    "the invitation is unknown, used up or expired",
+                ))
             }
         }
         ("query", NS) if mode != RegistrationMode::Closed => {
@@ -133,15 +150,24 @@ pub async fn pre_auth(server: &Arc<Server>, iq: &Element, state: &mut PreAuthSta
                 ));
             }
             if mode == RegistrationMode::Invite && state.token.is_none() {
-                return Err(StanzaError::new(Condition::NotAllowed, "registration on this server needs an invitation"));
+                return Err(StanzaError::new(
+                    Condition::NotAllowed,
+                    "registration on this server needs an invitation",
+                ));
             }
             let username = payload.get_child("username", NS).map(|e| e.text()).unwrap_or_default();
             let password = payload.get_child("password", NS).map(|e| e.text()).unwrap_or_default();
             if username.is_empty() || password.is_empty() {
-                return Err(StanzaError::new(Condition::NotAcceptable, "username and password are required"));
+                return Err(StanzaError::new(
+                    Condition::NotAcceptable,
+                    "username and password are required",
+                ));
             }
             if store::accounts::normalize(&username).is_err() || username.len() > 64 {
-                return Err(StanzaError::new(Condition::JidMalformed, "that username is not allowed"));
+                return Err(StanzaError::new(
+                    Condition::JidMalformed,
+                    "that username is not allowed",
+                ));
             }
             let token = state.token.clone();
             let res = server

@@ -5,7 +5,6 @@ use crate::{
     server::Server,
     store::{self, roster::Item},
     xmpp::{
-
         router::route,
         stanza::{Condition, StanzaError},
         xml::{elem, ElementExt, NS_CLIENT},
@@ -94,7 +93,8 @@ async fn get(ctx: &IqCtx<'_>) -> IqReply {
         .server
         .store
         .call(move |c| {
-            let id = store::accounts::id_of(c, &username)?.ok_or_else(|| store::StoreError::Other("no account".into()))?;
+            let id =
+                store::accounts::id_of(c, &username)?.ok_or_else(|| store::StoreError::Other("no account".into()))?;
             Ok((store::roster::version(c, id)?, store::roster::all(c, id)?))
         })
         .await
@@ -114,7 +114,10 @@ async fn get(ctx: &IqCtx<'_>) -> IqReply {
 async fn set(ctx: &IqCtx<'_>) -> IqReply {
     let mut items = ctx.payload.children().filter(|c| c.name() == "item" && c.ns() == NS);
     let (Some(x), None) = (items.next(), items.next()) else {
-        return Err(StanzaError::new(Condition::BadRequest, "a roster set carries exactly one item"));
+        return Err(StanzaError::new(
+            Condition::BadRequest,
+            "a roster set carries exactly one item",
+        ));
     };
     let contact = x
         .attr("jid")
@@ -125,7 +128,10 @@ async fn set(ctx: &IqCtx<'_>) -> IqReply {
     }
     let owner = ctx.from.to_bare();
     if contact.to_bare() == owner {
-        return Err(StanzaError::new(Condition::NotAllowed, "an account cannot be its own contact"));
+        return Err(StanzaError::new(
+            Condition::NotAllowed,
+            "an account cannot be its own contact",
+        ));
     }
     let contact = contact.to_bare();
     let name = x.attr("name").filter(|n| !n.is_empty()).map(str::to_string);
@@ -138,7 +144,10 @@ async fn set(ctx: &IqCtx<'_>) -> IqReply {
         return Err(StanzaError::new(Condition::BadRequest, "duplicate group"));
     }
     if groups.iter().any(|g| g.is_empty() || g.len() > 1024) {
-        return Err(StanzaError::new(Condition::NotAcceptable, "empty or too long group name"));
+        return Err(StanzaError::new(
+            Condition::NotAcceptable,
+            "empty or too long group name",
+        ));
     }
     let remove = x.attr("subscription") == Some("remove");
     let username = owner.node().map(|n| n.to_string()).unwrap_or_default();
@@ -147,7 +156,8 @@ async fn set(ctx: &IqCtx<'_>) -> IqReply {
         .server
         .store
         .call(move |c| {
-            let id = store::accounts::id_of(c, &username)?.ok_or_else(|| store::StoreError::Other("no account".into()))?;
+            let id =
+                store::accounts::id_of(c, &username)?.ok_or_else(|| store::StoreError::Other("no account".into()))?;
             Ok((id, store::roster::get(c, id, &c_str)?))
         })
         .await
@@ -166,7 +176,9 @@ async fn set(ctx: &IqCtx<'_>) -> IqReply {
         push_element(
             server,
             &owner,
-            elem("item", NS).with("jid", contact.to_string()).with("subscription", "remove"),
+            elem("item", NS)
+                .with("jid", contact.to_string())
+                .with("subscription", "remove"),
             ver,
         );
         // RFC 6121 §2.5.2: cancel the subscriptions both ways.
@@ -208,4 +220,3 @@ async fn send(server: &Arc<Server>, owner: &BareJid, contact: &BareJid, t: &str)
         .with("to", contact.to_string());
     route(server, p).await;
 }
-

@@ -15,7 +15,11 @@ impl Module for Version {
         &[NS]
     }
     fn iqs(&self) -> &'static [IqRoute] {
-        &[IqRoute { name: "query", ns: NS, target: Target::Server }]
+        &[IqRoute {
+            name: "query",
+            ns: NS,
+            target: Target::Server,
+        }]
     }
     fn handle_iq<'a>(&'a self, ctx: IqCtx<'a>) -> BoxFuture<'a, IqReply> {
         Box::pin(async move {

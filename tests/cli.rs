@@ -1,0 +1,147 @@
+//! The `pushbox` binary: configuration errors, user management, SIGTERM.
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+};
+
+fn pushbox() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pushbox"));
+    c.env_remove("PUSHBOX_CONFIG").env_remove("RUST_LOG");
+    c
+}
+
+fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
+    let p = dir.join("pushbox.toml");
+    std::fs::write(&p, body).unwrap();
+    p
+}
+
+#[test]
+fn unknown_key_exits_2_naming_file_key_and_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "domian = \"example.org\"\n[limits]\nmax_stanza_sise = 5\n");
+    let out = pushbox().arg("--config").arg(&cfg).arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&cfg.display().to_string()), "names the file: {err}");
+    assert!(err.contains("`domian`") && err.contains("did you mean `domain`"), "{err}");
+    assert!(err.contains("`limits.max_stanza_sise`") && err.contains("`limits.max_stanza_size`"), "both reported: {err}");
+}
+
+#[test]
+fn bad_type_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[limits]\nmax_depth = \"deep\"\n");
+    let out = pushbox().arg("--config").arg(&cfg).arg("serve").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "serve refuses to start");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`limits.max_depth`"), "{err}");
+}
+
+#[test]
+fn missing_cert_file_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "[tls]\nmode = \"files\"\ncert = \"nope.pem\"\nkey = \"nope.key\"\n");
+    let out = pushbox().arg("--config").arg(&cfg).arg("serve").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`tls.cert`") && err.contains("`tls.key`"), "{err}");
+    assert!(!dir.path().join("data").exists(), "nothing was started or created");
+}
+
+#[test]
+fn environment_overrides_are_checked_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let out = pushbox()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .env("PUSHBOX_TLS__MODE", "bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("PUSHBOX_TLS__MODE") && err.contains("`tls.mode`"), "{err}");
+    let ok = pushbox()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .env("PUSHBOX_DOMAIN", "chat.example")
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("chat.example"));
+}
+
+#[test]
+fn user_add_list_passwd_del() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut c = pushbox().arg("--config").arg(&cfg).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        if let Some(s) = stdin {
+            c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+        }
+        drop(c.stdin.take());
+        c.wait_with_output().unwrap()
+    };
+    assert!(run(&["user", "add", "alice", "--password-stdin"], Some("pw\n")).status.success());
+    let dup = run(&["user", "add", "alice@localhost", "--password-stdin"], Some("pw\n"));
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    let list = run(&["user", "list"], None);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "alice@localhost");
+    assert!(run(&["user", "passwd", "alice", "--password-stdin"], Some("new\n")).status.success());
+    // The password is not stored anywhere in the database file.
+    let db = std::fs::read(dir.path().join("data/pushbox.sqlite3")).unwrap();
+    assert!(!db.windows(3).any(|w| w == b"new"), "no plaintext password at rest");
+    assert!(run(&["user", "del", "alice"], None).status.success());
+    assert!(String::from_utf8_lossy(&run(&["user", "list"], None).stdout).trim().is_empty());
+    let inv = run(&["invite", "create", "--uses", "2"], None);
+    let out = String::from_utf8_lossy(&inv.stdout);
+    assert!(out.contains("https://localhost/invite/") && out.contains("xmpp:localhost?register;preauth="), "{out}");
+}
+
+#[test]
+fn version_flag() {
+    let out = pushbox().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_closes_streams_and_exits_0() {
+    use std::io::{BufRead, BufReader, Read};
+    let dir = tempfile::tempdir().unwrap();
+    // Find a free port for the daemon.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = write_config(
+        dir.path(),
+        &format!("[listen]\nc2s = [\"127.0.0.1:{port}\"]\nc2s_direct_tls = []\nhttps = []\n"),
+    );
+    let mut child = pushbox().arg("--config").arg(&cfg).arg("serve").stderr(Stdio::piped()).spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("pushbox is ready") {
+        line.clear();
+        assert!(err.read_line(&mut line).unwrap() > 0, "daemon exited before ready");
+    }
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.write_all(b"<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>").unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = tcp.read(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("starttls"));
+    // SAFETY-free: plain libc-less kill through the kill command.
+    let st = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    assert!(st.success());
+    let mut rest = Vec::new();
+    let _ = tcp.read_to_end(&mut rest);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "clean exit on SIGTERM");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.contains("</stream:stream>"), "stream closed: {rest}");
+}

@@ -1,0 +1,405 @@
+//! Test harness: boots the real daemon in-process on 127.0.0.1 port 0 with a
+//! temporary data directory, plus clients to drive it (tokio-xmpp, and a raw
+//! TLS client for hostile input).
+
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+
+use futures_util::StreamExt;
+use pushbox::config::Config;
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::oneshot,
+};
+use tokio_xmpp::{
+    connect::DnsConfig,
+    parsers::{jid::BareJid, minidom::Element},
+    xmlstream::Timeouts,
+    Client, Event, Stanza,
+};
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// One CA for the whole test process, made at start (never committed).
+/// Each daemon's `self-signed` mode signs its certificate with it, and
+/// `SSL_CERT_FILE` makes tokio-xmpp's native-roots loader trust it.
+pub fn test_ca() -> &'static Path {
+    static CA: OnceLock<PathBuf> = OnceLock::new();
+    CA.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("pushbox-test-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Let a throwaway daemon data dir create the CA the same way production does.
+        let cfg = Config::from_toml_str("", Some(&dir)).unwrap();
+        pushbox::certs::CertStore::new(&cfg).unwrap();
+        let ca = dir.join("data/tls/ca.pem");
+        // SAFETY-free: set before any client thread reads it; tests call this first.
+        unsafe { std::env::set_var("SSL_CERT_FILE", &ca) };
+        dir.join("data/tls")
+    })
+}
+
+pub struct TestServer {
+    pub c2s: SocketAddr,
+    pub c2s_tls: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with("").await
+    }
+
+    /// Start with extra TOML appended to the test defaults.
+    pub async fn start_with(extra: &str) -> TestServer {
+        let ca_dir = test_ca();
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("data/tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        for f in ["ca.pem", "ca.key"] {
+            std::fs::copy(ca_dir.join(f), tls.join(f)).unwrap();
+        }
+        let toml = format!(
+            "domain = \"localhost\"\n\
+             [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = [\"127.0.0.1:0\"]\nhttps = []\n\
+             {extra}\n"
+        );
+        let toml = merge_limits(&toml);
+        let config = Config::from_toml_str(&toml, Some(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+        let listeners = pushbox::Listeners::bind(&config).await.unwrap();
+        let c2s = listeners.c2s[0].local_addr().unwrap();
+        let c2s_tls = listeners.c2s_direct_tls[0].local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let cfg = config.clone();
+        let task = tokio::spawn(async move {
+            pushbox::run(
+                cfg,
+                listeners,
+                async {
+                    let _ = stopped.await;
+                },
+                move || {
+                    let _ = ready_tx.send(());
+                },
+            )
+            .await
+        });
+        tokio::time::timeout(WAIT, ready_rx)
+            .await
+            .expect("daemon ready")
+            .unwrap();
+        TestServer {
+            c2s,
+            c2s_tls,
+            dir,
+            config,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn add_user(&self, name: &str, pw: &str) {
+        let s = pushbox::store::Store::open_in(&self.config.data_dir).unwrap();
+        s.blocking(|c| pushbox::store::accounts::create(c, name, pw, false))
+            .unwrap();
+    }
+
+    pub fn jid(&self, name: &str) -> BareJid {
+        BareJid::new(&format!("{name}@localhost")).unwrap()
+    }
+
+    /// A tokio-xmpp client over STARTTLS (or direct TLS), already online.
+    pub async fn client(&self, name: &str, pw: &str, direct_tls: bool) -> TestClient {
+        let jid = self.jid(name);
+        let client = if direct_tls {
+            Client::new_direct_tls_with_config(jid, pw, DnsConfig::addr(&self.c2s_tls.to_string()), Timeouts::default())
+        } else {
+            Client::new_starttls(jid, pw, DnsConfig::addr(&self.c2s.to_string()), Timeouts::default())
+        };
+        let mut c = TestClient {
+            client,
+            jid: None,
+            backlog: Default::default(),
+        };
+        c.wait_online().await;
+        c
+    }
+
+    /// Stop the daemon and wait for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(WAIT, t)
+                .await
+                .expect("daemon stops")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+/// Tests log in many times from 127.0.0.1: raise the per-IP limits unless a test sets them.
+fn merge_limits(toml: &str) -> String {
+    if toml.contains("[limits]") {
+        toml.to_string()
+    } else {
+        format!("{toml}\n[limits]\nconnections_per_ip_per_minute = 10000\nmax_auth_failures_per_ip = 1000\n")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub struct TestClient {
+    pub client: Client,
+    pub jid: Option<tokio_xmpp::parsers::jid::Jid>,
+    /// Stanzas received while waiting for something else, oldest first.
+    pub backlog: std::collections::VecDeque<Element>,
+}
+
+impl TestClient {
+    pub async fn wait_online(&mut self) {
+        loop {
+            match tokio::time::timeout(WAIT, self.client.next())
+                .await
+                .expect("online in time")
+            {
+                Some(Event::Online { bound_jid, .. }) => {
+                    self.jid = Some(bound_jid);
+                    return;
+                }
+                Some(Event::Disconnected(e)) => panic!("disconnected before online: {e}"),
+                Some(Event::Stanza(_)) => {}
+                None => panic!("client stream ended"),
+            }
+        }
+    }
+
+    pub fn full_jid(&self) -> String {
+        self.jid.as_ref().unwrap().to_string()
+    }
+
+    pub async fn send(&mut self, s: impl Into<Stanza>) {
+        self.client.send_stanza(s.into()).await.unwrap();
+    }
+
+    /// Send a raw element (message, presence or iq).
+    pub async fn send_el(&mut self, el: Element) {
+        let s = Stanza::try_from(el).expect("a stanza");
+        self.send(s).await;
+    }
+
+    /// Wait for a stanza matching `pred`, skipping others.
+    pub async fn expect(&mut self, what: &str, mut pred: impl FnMut(&Element) -> bool) -> Element {
+        if let Some(i) = self.backlog.iter().position(&mut pred) {
+            return self.backlog.remove(i).unwrap();
+        }
+        let fut = async {
+            loop {
+                match self.client.next().await {
+                    Some(Event::Stanza(s)) => {
+                        let el: Element = s.into();
+                        if pred(&el) {
+                            return el;
+                        }
+                        self.backlog.push_back(el);
+                    }
+                    Some(Event::Disconnected(e)) => {
+                        panic!("disconnected while waiting for {what}: {e}")
+                    }
+                    Some(Event::Online { .. }) => {}
+                    None => panic!("stream ended while waiting for {what}"),
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, fut)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
+    /// Send an IQ (as an element with `id`) and wait for its answer.
+    pub async fn iq(&mut self, mut iq: Element) -> Element {
+        let id = format!("t{}", rand_id());
+        iq.set_attr(
+            tokio_xmpp::parsers::minidom::rxml::Namespace::NONE,
+            "id".try_into().unwrap(),
+            id.clone(),
+        );
+        self.send_el(iq).await;
+        self.expect("iq reply", |e| e.name() == "iq" && e.attr("id") == Some(id.as_str()))
+            .await
+    }
+
+    pub async fn close(self) {
+        let _ = tokio::time::timeout(WAIT, self.client.send_end()).await;
+    }
+}
+
+pub fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Parse XML text into an element (for building test stanzas).
+pub fn xml(s: &str) -> Element {
+    s.parse().unwrap_or_else(|e| panic!("bad test XML {s}: {e}"))
+}
+
+/// A raw client: plain TCP, then STARTTLS by hand, then arbitrary bytes.
+pub struct RawClient {
+    tls: Option<tokio_rustls::client::TlsStream<TcpStream>>,
+    tcp: Option<TcpStream>,
+    pub received: String,
+}
+
+pub const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
+
+fn client_tls_config() -> Arc<rustls::ClientConfig> {
+    let ca = test_ca().join("ca.pem");
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+impl RawClient {
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        RawClient {
+            tls: None,
+            tcp: Some(tcp),
+            received: String::new(),
+        }
+    }
+
+    /// Connect and negotiate STARTTLS, leaving a fresh TLS stream before its header.
+    pub async fn connect_tls(addr: SocketAddr) -> RawClient {
+        let mut c = Self::connect(addr).await;
+        c.send(HEADER).await;
+        c.read_until("</stream:features>").await;
+        c.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
+        c.read_until("<proceed").await;
+        let tcp = c.tcp.take().unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(client_tls_config())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        c.tls = Some(tls);
+        c.received.clear();
+        c
+    }
+
+    /// STARTTLS, then SASL PLAIN, then restart and bind a resource.
+    pub async fn login(addr: SocketAddr, user: &str, pw: &str) -> RawClient {
+        Self::login_as(addr, user, pw, None).await
+    }
+
+    /// Like [`RawClient::login`], asking for a given resource.
+    pub async fn login_as(addr: SocketAddr, user: &str, pw: &str, resource: Option<&str>) -> RawClient {
+        use base64::Engine;
+        let mut c = Self::connect_tls(addr).await;
+        c.send(HEADER).await;
+        c.read_until("</stream:features>").await;
+        let cred = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pw}"));
+        c.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>"
+        ))
+        .await;
+        c.read_until("<success").await;
+        c.received.clear();
+        c.send(HEADER).await;
+        c.read_until("</stream:features>").await;
+        let res = resource
+            .map(|r| format!("<resource>{r}</resource>"))
+            .unwrap_or_default();
+        c.send(&format!(
+            "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{res}</bind></iq>"
+        ))
+        .await;
+        c.read_until("</iq>").await;
+        c.received.clear();
+        c
+    }
+
+    pub async fn send(&mut self, s: &str) {
+        self.send_bytes(s.as_bytes()).await
+    }
+
+    pub async fn send_bytes(&mut self, b: &[u8]) {
+        let r = match (&mut self.tls, &mut self.tcp) {
+            (Some(t), _) => t.write_all(b).await,
+            (None, Some(t)) => t.write_all(b).await,
+            _ => unreachable!(),
+        };
+        r.unwrap();
+    }
+
+    /// Read until `needle` appears (panics on timeout); returns everything read so far.
+    pub async fn read_until(&mut self, needle: &str) -> String {
+        let fut = async {
+            let mut buf = [0u8; 8192];
+            while !self.received.contains(needle) {
+                let n = match (&mut self.tls, &mut self.tcp) {
+                    (Some(t), _) => t.read(&mut buf).await.unwrap_or(0),
+                    (None, Some(t)) => t.read(&mut buf).await.unwrap_or(0),
+                    _ => unreachable!(),
+                };
+                if n == 0 {
+                    panic!("connection closed before {needle:?}; got: {}", self.received);
+                }
+                self.received.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            self.received.clone()
+        };
+        tokio::time::timeout(WAIT, fut)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {needle:?}; got: {}", self.received))
+    }
+
+    /// Read until the peer closes; returns everything read.
+    pub async fn read_to_end(&mut self) -> String {
+        let fut = async {
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = match (&mut self.tls, &mut self.tcp) {
+                    (Some(t), _) => t.read(&mut buf).await.unwrap_or(0),
+                    (None, Some(t)) => t.read(&mut buf).await.unwrap_or(0),
+                    _ => unreachable!(),
+                };
+                if n == 0 {
+                    return self.received.clone();
+                }
+                self.received.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        };
+        tokio::time::timeout(WAIT, fut)
+            .await
+            .unwrap_or_else(|_| panic!("peer did not close; got: {}", self.received))
+    }
+}
