@@ -25,8 +25,14 @@ fn unknown_key_exits_2_naming_file_key_and_suggestion() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&cfg.display().to_string()), "names the file: {err}");
-    assert!(err.contains("`domian`") && err.contains("did you mean `domain`"), "{err}");
-    assert!(err.contains("`limits.max_stanza_sise`") && err.contains("`limits.max_stanza_size`"), "both reported: {err}");
+    assert!(
+        err.contains("`domian`") && err.contains("did you mean `domain`"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`limits.max_stanza_sise`") && err.contains("`limits.max_stanza_size`"),
+        "both reported: {err}"
+    );
 }
 
 #[test]
@@ -42,7 +48,10 @@ fn bad_type_exits_2_naming_the_key() {
 #[test]
 fn missing_cert_file_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "[tls]\nmode = \"files\"\ncert = \"nope.pem\"\nkey = \"nope.key\"\n");
+    let cfg = write_config(
+        dir.path(),
+        "[tls]\nmode = \"files\"\ncert = \"nope.pem\"\nkey = \"nope.key\"\n",
+    );
     let out = pushbox().arg("--config").arg(&cfg).arg("serve").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -80,28 +89,45 @@ fn user_add_list_passwd_del() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), "");
     let run = |args: &[&str], stdin: Option<&str>| {
-        let mut c = pushbox().arg("--config").arg(&cfg).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut c = pushbox()
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         if let Some(s) = stdin {
             c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
         }
         drop(c.stdin.take());
         c.wait_with_output().unwrap()
     };
-    assert!(run(&["user", "add", "alice", "--password-stdin"], Some("pw\n")).status.success());
+    assert!(run(&["user", "add", "alice", "--password-stdin"], Some("pw\n"))
+        .status
+        .success());
     let dup = run(&["user", "add", "alice@localhost", "--password-stdin"], Some("pw\n"));
     assert!(!dup.status.success());
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
     let list = run(&["user", "list"], None);
     assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "alice@localhost");
-    assert!(run(&["user", "passwd", "alice", "--password-stdin"], Some("new\n")).status.success());
+    assert!(run(&["user", "passwd", "alice", "--password-stdin"], Some("new\n"))
+        .status
+        .success());
     // The password is not stored anywhere in the database file.
     let db = std::fs::read(dir.path().join("data/pushbox.sqlite3")).unwrap();
     assert!(!db.windows(3).any(|w| w == b"new"), "no plaintext password at rest");
     assert!(run(&["user", "del", "alice"], None).status.success());
-    assert!(String::from_utf8_lossy(&run(&["user", "list"], None).stdout).trim().is_empty());
+    assert!(String::from_utf8_lossy(&run(&["user", "list"], None).stdout)
+        .trim()
+        .is_empty());
     let inv = run(&["invite", "create", "--uses", "2"], None);
     let out = String::from_utf8_lossy(&inv.stdout);
-    assert!(out.contains("https://localhost/invite/") && out.contains("xmpp:localhost?register;preauth="), "{out}");
+    assert!(
+        out.contains("https://localhost/invite/") && out.contains("xmpp:localhost?register;preauth="),
+        "{out}"
+    );
 }
 
 #[test]
@@ -117,12 +143,22 @@ fn sigterm_closes_streams_and_exits_0() {
     use std::io::{BufRead, BufReader, Read};
     let dir = tempfile::tempdir().unwrap();
     // Find a free port for the daemon.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cfg = write_config(
         dir.path(),
         &format!("[listen]\nc2s = [\"127.0.0.1:{port}\"]\nc2s_direct_tls = []\nhttps = []\n"),
     );
-    let mut child = pushbox().arg("--config").arg(&cfg).arg("serve").stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = pushbox()
+        .arg("--config")
+        .arg(&cfg)
+        .arg("serve")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     while !line.contains("pushbox is ready") {
@@ -136,7 +172,11 @@ fn sigterm_closes_streams_and_exits_0() {
     let n = tcp.read(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).contains("starttls"));
     // SAFETY-free: plain libc-less kill through the kill command.
-    let st = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    let st = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
     assert!(st.success());
     let mut rest = Vec::new();
     let _ = tcp.read_to_end(&mut rest);

@@ -52,10 +52,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> XmlStream<S> {
     pub fn restart(&mut self) {
         self.parser = StreamParser::new(self.limits);
         self.header_sent = false;
+        self.skip_whitespace();
     }
 
-    /// Bytes received but not parsed yet (must be none at STARTTLS).
-    pub fn has_buffered_input(&self) -> bool {
+    /// Drop whitespace left after the last element of a stream (many
+    /// clients end each element with a newline); the next stream must begin
+    /// with its own header.
+    fn skip_whitespace(&mut self) {
+        while self.pos < self.len && self.rbuf[self.pos].is_ascii_whitespace() {
+            self.pos += 1;
+        }
+    }
+
+    /// Bytes received but not parsed yet, other than whitespace (there must
+    /// be none at STARTTLS).
+    pub fn has_buffered_input(&mut self) -> bool {
+        self.skip_whitespace();
         self.pos < self.len
     }
 
