@@ -72,6 +72,7 @@ pub fn build_server(config: Config, shutdown: watch::Receiver<bool>) -> Result<A
         certs,
         sessions: Default::default(),
         modules: Default::default(),
+        archive: Default::default(),
         limiter,
         fake_salt_secret: rand::random(),
         shutdown,
@@ -89,6 +90,7 @@ pub async fn run(
 ) -> Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::task::spawn_blocking(move || build_server(config, stop_rx)).await??;
+    xmpp::modules::mam::Archive::spawn_workers(&server);
     // Every connection task holds a clone of `alive`; when all are gone, we are done.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
 

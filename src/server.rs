@@ -13,6 +13,8 @@ pub struct Server {
     pub certs: Arc<CertStore>,
     pub sessions: Sessions,
     pub modules: Modules,
+    /// The XEP-0313 archive writer.
+    pub archive: crate::xmpp::modules::mam::Archive,
     pub limiter: Limiter,
     /// Keys the fake SCRAM salts of unknown users, so probes cannot tell
     /// unknown users from wrong passwords.

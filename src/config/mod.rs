@@ -40,6 +40,7 @@ pub struct Config {
     pub log: Log,
     pub metrics: Metrics,
     pub contact: Contact,
+    pub archive: Archive,
     /// Where this configuration came from (not a key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -59,6 +60,7 @@ impl Default for Config {
             log: Log::default(),
             metrics: Metrics::default(),
             contact: Contact::default(),
+            archive: Archive::default(),
             source: None,
         }
     }
@@ -216,6 +218,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Offline messages kept per account.
     pub max_offline_messages: u32,
+    /// How long a session whose connection was lost waits for the client to
+    /// resume it (XEP-0198) before its unacknowledged messages go offline.
+    pub hibernation_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -231,6 +236,7 @@ impl Default for Limits {
             max_connections_per_ip: 1000,
             idle_timeout: Duration::from_secs(600),
             max_offline_messages: 1000,
+            hibernation_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -276,6 +282,22 @@ pub struct Contact {
     pub feedback: Vec<String>,
     pub security: Vec<String>,
     pub support: Vec<String>,
+}
+
+/// `[archive]`: the XEP-0313 message archive.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Archive {
+    /// How long archived messages are kept; unset keeps them forever.
+    pub retention: Option<Duration>,
+}
+
+impl Default for Archive {
+    fn default() -> Self {
+        Archive {
+            retention: Some(Duration::from_secs(30 * 86400)),
+        }
+    }
 }
 
 /// Keys whose tables take free-form keys.
@@ -443,6 +465,7 @@ impl Config {
         section!(log, "log");
         section!(metrics, "metrics");
         section!(contact, "contact");
+        section!(archive, "archive");
 
         // 3. Values and combinations.
         let base = path

@@ -5,6 +5,7 @@
 //! no SQLite work ever runs on an executor thread.
 
 pub mod accounts;
+pub mod archive;
 pub mod invites;
 pub mod offline;
 pub mod roster;
@@ -17,7 +18,11 @@ use std::{
 
 /// Migrations, in order. `PRAGMA user_version` records how many ran.
 /// Append only; never edit a migration that has shipped.
-const MIGRATIONS: &[(&str, &str)] = &[("core", include_str!("migrations/0001_core.sql"))];
+#[rustfmt::skip]
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("core", include_str!("migrations/0001_core.sql")),
+    ("archive", include_str!("migrations/0002_archive.sql")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -3,7 +3,7 @@
 //! carries a `from` that its stream authenticated.
 
 use super::{
-    modules::{BoxFuture, IqCtx, Target},
+    modules::{carbons, mam, BoxFuture, IqCtx, Target},
     presence,
     stanza::{self, bounce, iq_payload, iq_result, Condition, Kind},
     xml::{elem, ElementExt},
@@ -71,45 +71,64 @@ fn to_session(server: &Server, to: &Jid, stanza: Element) -> Result<(), Element>
 async fn deliver_message(server: &Arc<Server>, msg: Element, to: &Jid) {
     if to.node().is_none() {
         // Messages to the server itself: nothing consumes them yet.
-        if stanza::typ(&msg) != "error" {
-            tracing::debug!("message to the server dropped");
-        }
         return;
     }
-    let msg = match to_session(server, to, msg) {
-        Ok(()) => return,
-        Err(m) => m,
-    };
     let t = stanza::typ(&msg).to_string();
-    if to.resource().is_some() && !matches!(t.as_str(), "" | "normal" | "chat") {
-        // RFC 6121 §8.5.3.2: groupchat bounces, headline and error are dropped.
-        if t == "groupchat" {
-            reply(server, bounce(&msg, Condition::ServiceUnavailable, server.domain())).await;
-        }
+    let bare = to.to_bare();
+    let full_target = to.try_as_full().ok().and_then(|f| server.sessions.get(f));
+    if t == "groupchat" {
+        return reply(server, bounce(&msg, Condition::ServiceUnavailable, server.domain())).await;
+    }
+    if full_target.is_none() && to.resource().is_some() && !matches!(t.as_str(), "" | "normal" | "chat") {
+        // RFC 6121 §8.5.3.2: headline and error to an offline resource are dropped.
         return;
     }
-    let bare = to.to_bare();
-    let targets: Vec<_> = server
-        .sessions
-        .of(&bare)
-        .into_iter()
-        .filter(|s| s.available() && s.priority() >= 0)
-        .collect();
-    match t.as_str() {
-        "groupchat" => return reply(server, bounce(&msg, Condition::ServiceUnavailable, server.domain())).await,
-        "error" if targets.is_empty() => return,
-        _ => {}
+    let msg = mam::archive_incoming(server, &bare, msg).await;
+    let mut delivered = Vec::with_capacity(2);
+    if let Some(s) = full_target {
+        s.send(msg.clone());
+        delivered.push(s.id);
+    } else {
+        for s in server.sessions.of(&bare) {
+            if s.available() && s.priority() >= 0 {
+                s.send(msg.clone());
+                delivered.push(s.id);
+            }
+        }
     }
-    if !targets.is_empty() {
-        for s in &targets {
+    if delivered.is_empty() {
+        if t == "headline" || t == "error" {
+            return;
+        }
+        return store_offline(server, msg, &bare).await;
+    }
+    carbons::copy_received(server, &msg, &bare, &delivered);
+}
+
+/// A message that reached a session but was never acknowledged (stream
+/// management): give it to the account's other awake resources, or keep it
+/// offline. Copies and archive results are not redelivered.
+pub async fn store_undelivered(server: &Arc<Server>, msg: Element, bare: &BareJid) {
+    if msg.has_child("received", carbons::NS) || msg.has_child("sent", carbons::NS) || msg.has_child("result", mam::NS)
+    {
+        return;
+    }
+    if matches!(stanza::typ(&msg), "error" | "headline" | "groupchat") {
+        return;
+    }
+    let others: Vec<_> = server
+        .sessions
+        .of(bare)
+        .into_iter()
+        .filter(|s| s.available() && s.priority() >= 0 && !s.hibernating.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    if others.is_empty() {
+        store_offline(server, msg, bare).await;
+    } else {
+        for s in others {
             s.send(msg.clone());
         }
-        return;
     }
-    if t == "headline" {
-        return;
-    }
-    store_offline(server, msg, &bare).await;
 }
 
 /// XEP-0160: keep a message for an account with no available resource.

@@ -18,6 +18,8 @@ pub enum ToSession {
     Stanza(Element),
     /// Another login bound the same resource: close with `<conflict/>`.
     Replaced,
+    /// A new connection resumes this session (XEP-0198).
+    Resume(Box<crate::xmpp::c2s::session::ResumeRequest>),
 }
 
 /// Presence state of a session, readable by other tasks.
@@ -41,9 +43,33 @@ pub struct SessionHandle {
     pub jid: FullJid,
     pub tx: mpsc::UnboundedSender<ToSession>,
     pub presence: PresenceState,
+    /// XEP-0280 carbons enabled.
+    pub carbons: AtomicBool,
+    /// XEP-0352: the client said it is inactive.
+    pub inactive: AtomicBool,
+    /// XEP-0198: the connection is gone and the session waits for resumption.
+    pub hibernating: AtomicBool,
 }
 
 impl SessionHandle {
+    pub fn new(id: u64, jid: FullJid, tx: mpsc::UnboundedSender<ToSession>) -> SessionHandle {
+        SessionHandle {
+            id,
+            jid,
+            tx,
+            presence: PresenceState::default(),
+            carbons: AtomicBool::new(false),
+            inactive: AtomicBool::new(false),
+            hibernating: AtomicBool::new(false),
+        }
+    }
+    pub fn set_inactive(&self, v: bool) {
+        self.inactive.store(v, Ordering::Relaxed);
+    }
+    /// Whether the client is asleep: hibernated (XEP-0198) or inactive (XEP-0352).
+    pub fn asleep(&self) -> bool {
+        self.hibernating.load(Ordering::Relaxed) || self.inactive.load(Ordering::Relaxed)
+    }
     pub fn send(&self, stanza: Element) -> bool {
         self.tx.send(ToSession::Stanza(stanza)).is_ok()
     }
@@ -59,6 +85,8 @@ impl SessionHandle {
 pub struct Sessions {
     // std RwLock: held for map operations only, never across an await or a send.
     map: RwLock<HashMap<BareJid, Vec<Arc<SessionHandle>>>>,
+    /// XEP-0198 resumption ids of sessions that may be resumed.
+    resumable: Mutex<HashMap<String, Arc<SessionHandle>>>,
     next_id: AtomicU64,
 }
 
@@ -76,8 +104,23 @@ impl Sessions {
         old
     }
 
+    pub fn make_resumable(&self, resume_id: &str, h: &Arc<SessionHandle>) {
+        let mut m = self.resumable.lock().unwrap_or_else(|p| p.into_inner());
+        m.insert(resume_id.to_string(), h.clone());
+    }
+
+    /// The session a resumption id names, if it belongs to `owner`.
+    pub fn resumable(&self, resume_id: &str, owner: &BareJid) -> Option<Arc<SessionHandle>> {
+        let m = self.resumable.lock().unwrap_or_else(|p| p.into_inner());
+        m.get(resume_id).filter(|h| &h.jid.to_bare() == owner).cloned()
+    }
+
     /// Remove a session if it is still the one registered under its JID.
     pub fn unbind(&self, jid: &FullJid, id: u64) {
+        {
+            let mut m = self.resumable.lock().unwrap_or_else(|p| p.into_inner());
+            m.retain(|_, h| h.id != id);
+        }
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         let bare = jid.to_bare();
         if let Some(list) = map.get_mut(&bare) {

@@ -76,7 +76,7 @@ impl Condition {
 pub struct StanzaError {
     pub condition: Condition,
     pub text: Option<String>,
-    pub extra: Option<Element>,
+    pub extra: Option<Box<Element>>,
 }
 
 impl From<Condition> for StanzaError {
@@ -107,7 +107,7 @@ impl StanzaError {
             e = e.child(elem("text", NS_STANZAS).text_child(t.clone()));
         }
         if let Some(x) = &self.extra {
-            e = e.child(x.clone());
+            e = e.child((**x).clone());
         }
         e
     }

@@ -312,6 +312,19 @@ impl ElementExt for Element {
     }
 }
 
+/// A copy of `el` keeping only the child elements `keep` accepts (text
+/// directly inside `el` is dropped; stanzas carry none that matters).
+pub fn retain_children(el: &Element, mut keep: impl FnMut(&Element) -> bool) -> Element {
+    let mut fresh = Element::bare(el.name(), el.ns());
+    for ((ns, name), v) in el.attrs().iter() {
+        fresh.attrs_mut().insert(ns.clone(), name.clone(), v.clone());
+    }
+    for c in el.children().filter(|c| keep(c)) {
+        fresh.append_child(c.clone());
+    }
+    fresh
+}
+
 /// A new element with no attributes.
 pub fn elem(name: &str, ns: &str) -> Element {
     Element::bare(name, ns)

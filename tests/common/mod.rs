@@ -315,6 +315,23 @@ impl RawClient {
         c
     }
 
+    /// SASL PLAIN on a fresh TLS stream, then the stream restart; `received`
+    /// holds the post-authentication features afterwards.
+    pub async fn auth_plain(&mut self, user: &str, pw: &str) {
+        use base64::Engine;
+        self.send(HEADER).await;
+        self.read_until("</stream:features>").await;
+        let cred = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pw}"));
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>"
+        ))
+        .await;
+        self.read_until("<success").await;
+        self.received.clear();
+        self.send(HEADER).await;
+        self.read_until("</stream:features>").await;
+    }
+
     /// STARTTLS, then SASL PLAIN, then restart and bind a resource.
     pub async fn login(addr: SocketAddr, user: &str, pw: &str) -> RawClient {
         Self::login_as(addr, user, pw, None).await

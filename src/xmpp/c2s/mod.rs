@@ -2,12 +2,12 @@
 //! SASL, resource binding and the session loop. One task owns each
 //! connection; the rest of the server reaches it through its channel.
 
+pub mod session;
+
 use super::{
     modules::register::{self, PreAuthState},
-    presence,
-    router::route,
     sasl::{self, Failure, Mechanism, ScramServer},
-    sessions::{PresenceState, SessionHandle, ToSession},
+    sessions::{SessionHandle, ToSession},
     stanza::{self, iq_result, Kind},
     stream::{new_id, ConnError, XmlStream},
     xml::{
@@ -28,7 +28,7 @@ use tokio::{
 use tokio_rustls::{server::TlsStream, TlsAcceptor};
 use tracing::Instrument;
 
-type Tls = TlsStream<TcpStream>;
+pub type Tls = TlsStream<TcpStream>;
 
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -97,7 +97,7 @@ async fn until_shutdown<T>(
 }
 
 /// Log the end of a connection once and send the right stream error.
-async fn end<S: AsyncRead + AsyncWrite + Unpin>(server: &Server, xs: &mut XmlStream<S>, e: ConnError) {
+pub(crate) async fn end<S: AsyncRead + AsyncWrite + Unpin>(server: &Server, xs: &mut XmlStream<S>, e: ConnError) {
     let domain = server.domain();
     match e {
         ConnError::Stream(se) => {
@@ -175,33 +175,39 @@ async fn after_tls(server: Arc<Server>, tls: Tls) {
     let peer_ip = tls.get_ref().0.peer_addr().map(|a| a.ip()).ok();
     let mut xs = XmlStream::new(tls, limits(&server));
     let deadline = server.config.limits.auth_timeout.get();
-    let bound = tokio::time::timeout(
+    let bound = until_shutdown(
+        &server,
         deadline,
         authenticate_and_bind(&server, &mut xs, cb.as_deref(), peer_ip),
     )
     .await;
-    let (jid, handle, rx) = match bound {
-        Ok(Ok(b)) => b,
-        Ok(Err(e)) => return end(&server, &mut xs, e).await,
-        Err(_) => return end(&server, &mut xs, ConnError::Timeout).await,
-    };
-    tracing::Span::current().record("jid", tracing::field::display(&jid));
-    tracing::info!("session started");
-    let r = session_loop(&server, &mut xs, &handle, rx).await;
-    server.sessions.unbind(&jid, handle.id);
-    if handle.available() {
-        let p = elem("presence", NS_CLIENT)
-            .with("type", "unavailable")
-            .with("from", jid.to_string());
-        presence::broadcast(&server, &handle, p, false).await;
-    }
-    match r {
-        Ok(()) => tracing::info!("session ended"),
-        Err(e) => {
-            tracing::info!(reason = %e, "session ended");
-            end(&server, &mut xs, e).await
+    match bound {
+        Ok(Bound::New(jid, handle, rx)) => {
+            tracing::Span::current().record("jid", tracing::field::display(&jid));
+            tracing::info!("session started");
+            session::Session::new(server, handle, rx).run(xs).await
         }
+        Ok(Bound::Resume(target, h)) => {
+            tracing::Span::current().record("jid", tracing::field::display(&target.jid));
+            // Hand this connection to the session task; it answers <resumed/>.
+            let req = Box::new(session::ResumeRequest { xs, h });
+            if let Err(e) = target.tx.send(ToSession::Resume(req)) {
+                if let ToSession::Resume(req) = e.0 {
+                    let mut xs = req.xs;
+                    let _ = xs.send(&session::failed("item-not-found")).await;
+                    xs.close().await;
+                }
+            }
+        }
+        Err(e) => end(&server, &mut xs, e).await,
     }
+}
+
+/// What a negotiated connection becomes.
+enum Bound {
+    New(FullJid, Arc<SessionHandle>, mpsc::UnboundedReceiver<ToSession>),
+    /// XEP-0198 resumption of this session with this `h`.
+    Resume(Arc<SessionHandle>, u32),
 }
 
 async fn authenticate_and_bind(
@@ -209,7 +215,7 @@ async fn authenticate_and_bind(
     xs: &mut XmlStream<Tls>,
     cb: Option<&[u8]>,
     peer_ip: Option<std::net::IpAddr>,
-) -> Result<(FullJid, Arc<SessionHandle>, mpsc::UnboundedReceiver<ToSession>), ConnError> {
+) -> Result<Bound, ConnError> {
     let username = authenticate(server, xs, cb, peer_ip).await?;
     xs.restart();
     expect_header(server, xs).await?;
@@ -217,6 +223,8 @@ async fn authenticate_and_bind(
     let mut features = vec![
         elem("bind", NS_BIND),
         elem("session", NS_SESSION).child(elem("optional", NS_SESSION)),
+        elem("sm", session::NS_SM),
+        elem("csi", session::NS_CSI),
     ];
     for m in server.modules.iter() {
         features.extend(m.stream_features(server));
@@ -229,6 +237,24 @@ async fn authenticate_and_bind(
             Event::Close => return Err(ConnError::Eof),
             Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
         };
+        if el.ns() == session::NS_SM && el.name() == "resume" {
+            let owner = BareJid::new(&format!("{username}@{}", server.domain()))
+                .map_err(|_| ConnError::Stream(StreamError::InternalServerError))?;
+            let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
+            let target = el.attr("previd").and_then(|id| server.sessions.resumable(id, &owner));
+            match (target, h) {
+                (Some(t), Some(h)) => return Ok(Bound::Resume(t, h)),
+                _ => {
+                    xs.send(&session::failed("item-not-found")).await?;
+                    continue;
+                }
+            }
+        }
+        if el.ns() == session::NS_SM && el.name() == "enable" {
+            // Enabling needs a bound resource (XEP-0198 §3).
+            xs.send(&session::failed("unexpected-request")).await?;
+            continue;
+        }
         if Kind::of(&el) != Some(Kind::Iq) {
             return Err(ConnError::Stream(StreamError::NotAuthorized));
         }
@@ -265,12 +291,7 @@ async fn authenticate_and_bind(
             continue;
         };
         let (tx, rx) = mpsc::unbounded_channel();
-        let handle = Arc::new(SessionHandle {
-            id: server.sessions.next_id(),
-            jid: jid.clone(),
-            tx,
-            presence: PresenceState::default(),
-        });
+        let handle = Arc::new(SessionHandle::new(server.sessions.next_id(), jid.clone(), tx));
         if let Some(old) = server.sessions.bind(handle.clone()) {
             // RFC 6120 §7.7.2.2: the newer session wins.
             tracing::info!(%jid, "resource conflict: replacing the older session");
@@ -282,7 +303,7 @@ async fn authenticate_and_bind(
         );
         reply.unset("from");
         xs.send(&reply).await?;
-        return Ok((jid, handle, rx));
+        return Ok(Bound::New(jid, handle, rx));
     }
 }
 
@@ -458,81 +479,4 @@ async fn sasl_exchange(
         }
         Err(f) => Ok(Err(f)),
     }
-}
-
-async fn session_loop(
-    server: &Arc<Server>,
-    xs: &mut XmlStream<Tls>,
-    me: &Arc<SessionHandle>,
-    mut rx: mpsc::UnboundedReceiver<ToSession>,
-) -> Result<(), ConnError> {
-    let idle = server.config.limits.idle_timeout.get();
-    let mut shutdown = server.shutdown.clone();
-    loop {
-        let idle_timer = tokio::time::sleep(idle);
-        tokio::select! {
-            ev = xs.next_event() => match ev? {
-                Event::Stanza(el) => client_stanza(server, me, el).await?,
-                Event::Close => {
-                    xs.close().await;
-                    return Ok(());
-                }
-                Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
-            },
-            msg = rx.recv() => {
-                let mut next = msg;
-                // Write everything queued, then flush once.
-                loop {
-                    match next {
-                        Some(ToSession::Stanza(el)) => xs.queue(&el),
-                        Some(ToSession::Replaced) => {
-                            xs.flush().await?;
-                            return Err(ConnError::Stream(StreamError::Conflict));
-                        }
-                        None => return Ok(()),
-                    }
-                    next = match rx.try_recv() {
-                        Ok(m) => Some(m),
-                        Err(_) => break,
-                    };
-                }
-                xs.flush().await?;
-            },
-            _ = crate::server::stopped(&mut shutdown) => {
-                return Err(ConnError::Stream(StreamError::SystemShutdown));
-            },
-            _ = idle_timer => {
-                return Err(ConnError::Timeout);
-            },
-        }
-        xs.shrink();
-    }
-}
-
-/// A stanza from the client: check and stamp `from`, then hand it on.
-async fn client_stanza(server: &Arc<Server>, me: &Arc<SessionHandle>, mut el: Element) -> Result<(), ConnError> {
-    let Some(kind) = Kind::of(&el) else {
-        tracing::info!(name = el.name(), ns = %el.ns(), "unsupported top-level element");
-        return Err(ConnError::Stream(StreamError::UnsupportedStanzaType));
-    };
-    if let Some(f) = el.attr("from") {
-        let ok = f == me.jid.as_str() || jid::Jid::new(f).is_ok_and(|j| j == me.jid.to_bare() || j == me.jid);
-        if !ok {
-            return Err(ConnError::Stream(StreamError::InvalidFrom));
-        }
-    }
-    el.set("from", me.jid.to_string());
-    match kind {
-        Kind::Presence => presence::outbound(server, me, el).await,
-        Kind::Iq
-            if el.get_child("session", NS_SESSION).is_some() && el.attr("to").is_none_or(|t| server.is_local(t)) =>
-        {
-            // RFC 3921 session establishment: a no-op kept for old clients.
-            let mut r = iq_result(&el, None);
-            r.unset("from");
-            me.send(r);
-        }
-        Kind::Message | Kind::Iq => route(server, el).await,
-    }
-    Ok(())
 }

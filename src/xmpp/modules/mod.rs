@@ -2,7 +2,9 @@
 //! stream features and the IQ payloads it answers. Adding one is a new file
 //! plus one line in [`Modules::new`]; the router never changes.
 
+pub mod carbons;
 pub mod disco;
+pub mod mam;
 pub mod ping;
 pub mod register;
 pub mod roster;
@@ -96,6 +98,8 @@ impl Modules {
             Arc::new(version::Version),
             Arc::new(roster::Roster),
             Arc::new(register::Register),
+            Arc::new(carbons::Carbons),
+            Arc::new(mam::Mam),
         ];
         let mut routes: HashMap<_, Vec<_>> = HashMap::new();
         for (i, m) in list.iter().enumerate() {

@@ -1,0 +1,313 @@
+//! The `archive` and `archive_prefs` tables (XEP-0313).
+
+use super::Result;
+use rusqlite::{params, params_from_iter, types::Value, Connection, OptionalExtension};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultMode {
+    Always,
+    Never,
+    Roster,
+}
+
+impl DefaultMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefaultMode::Always => "always",
+            DefaultMode::Never => "never",
+            DefaultMode::Roster => "roster",
+        }
+    }
+    pub fn parse(s: &str) -> Option<DefaultMode> {
+        Some(match s {
+            "always" => DefaultMode::Always,
+            "never" => DefaultMode::Never,
+            "roster" => DefaultMode::Roster,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prefs {
+    pub default: DefaultMode,
+    pub always: Vec<String>,
+    pub never: Vec<String>,
+}
+
+impl Default for Prefs {
+    fn default() -> Self {
+        Prefs {
+            default: DefaultMode::Always,
+            always: vec![],
+            never: vec![],
+        }
+    }
+}
+
+pub fn prefs(c: &Connection, account: i64) -> Result<Prefs> {
+    let row: Option<(String, String, String)> = c
+        .query_row(
+            "SELECT default_mode, always, never FROM archive_prefs WHERE account_id=?1",
+            params![account],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        None => Prefs::default(),
+        Some((d, a, n)) => Prefs {
+            default: DefaultMode::parse(&d).unwrap_or(DefaultMode::Always),
+            always: serde_json::from_str(&a).unwrap_or_default(),
+            never: serde_json::from_str(&n).unwrap_or_default(),
+        },
+    })
+}
+
+pub fn set_prefs(c: &Connection, account: i64, p: &Prefs) -> Result<()> {
+    c.execute(
+        "INSERT INTO archive_prefs (account_id, default_mode, always, never) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(account_id) DO UPDATE SET default_mode=excluded.default_mode, always=excluded.always, never=excluded.never",
+        params![
+            account,
+            p.default.as_str(),
+            serde_json::to_string(&p.always).unwrap_or_default(),
+            serde_json::to_string(&p.never).unwrap_or_default()
+        ],
+    )?;
+    Ok(())
+}
+
+/// Whether a message with `with` goes into `account`'s archive under its prefs.
+pub fn wanted(c: &Connection, account: i64, with: &str) -> Result<bool> {
+    let p = prefs(c, account)?;
+    if p.never.iter().any(|j| j == with) {
+        return Ok(false);
+    }
+    if p.always.iter().any(|j| j == with) {
+        return Ok(true);
+    }
+    Ok(match p.default {
+        DefaultMode::Always => true,
+        DefaultMode::Never => false,
+        DefaultMode::Roster => super::roster::get(c, account, with)?.is_some_and(|i| i.in_roster),
+    })
+}
+
+pub fn insert(c: &Connection, account: i64, stanza_id: &str, ts: i64, with: &str, stanza: &str) -> Result<()> {
+    c.prepare_cached(
+        "INSERT OR IGNORE INTO archive (account_id, stanza_id, ts, with_jid, stanza) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![account, stanza_id, ts, with, stanza])?;
+    Ok(())
+}
+
+/// A query over one account's archive.
+#[derive(Debug, Default, Clone)]
+pub struct Query {
+    pub with: Option<String>,
+    pub start: Option<i64>,
+    pub end: Option<i64>,
+    /// Results after this archive id (exclusive), oldest first.
+    pub after: Option<String>,
+    /// Results before this archive id (exclusive), newest page; `Some("")` = the last page.
+    pub before: Option<String>,
+    pub ids: Vec<String>,
+    pub max: usize,
+}
+
+#[derive(Debug)]
+pub struct Row {
+    pub stanza_id: String,
+    pub ts: i64,
+    pub stanza: String,
+}
+
+/// A page of results and whether it reaches the end in its direction.
+#[derive(Debug)]
+pub struct Page {
+    pub rows: Vec<Row>,
+    pub complete: bool,
+    pub count: i64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum QueryError {
+    /// An `after`/`before` id that is not in the archive.
+    UnknownId,
+}
+
+fn row_id(c: &Connection, account: i64, stanza_id: &str) -> Result<Option<i64>> {
+    Ok(c.query_row(
+        "SELECT id FROM archive WHERE account_id=?1 AND stanza_id=?2",
+        params![account, stanza_id],
+        |r| r.get(0),
+    )
+    .optional()?)
+}
+
+pub fn query(c: &Connection, account: i64, q: &Query) -> Result<std::result::Result<Page, QueryError>> {
+    let mut filter = String::from("account_id = ?");
+    let mut args: Vec<Value> = vec![Value::Integer(account)];
+    if let Some(w) = &q.with {
+        filter.push_str(" AND with_jid = ?");
+        args.push(Value::Text(w.clone()));
+    }
+    if let Some(s) = q.start {
+        filter.push_str(" AND ts >= ?");
+        args.push(Value::Integer(s));
+    }
+    if let Some(e) = q.end {
+        filter.push_str(" AND ts <= ?");
+        args.push(Value::Integer(e));
+    }
+    if !q.ids.is_empty() {
+        filter.push_str(&format!(" AND stanza_id IN ({})", vec!["?"; q.ids.len()].join(",")));
+        args.extend(q.ids.iter().map(|i| Value::Text(i.clone())));
+    }
+    let count: i64 = c.query_row(
+        &format!("SELECT COUNT(*) FROM archive WHERE {filter}"),
+        params_from_iter(args.iter()),
+        |r| r.get(0),
+    )?;
+    let mut page_filter = filter.clone();
+    let mut page_args = args.clone();
+    let backwards = q.before.is_some();
+    if let Some(a) = q.after.as_deref().filter(|a| !a.is_empty()) {
+        let Some(id) = row_id(c, account, a)? else {
+            return Ok(Err(QueryError::UnknownId));
+        };
+        page_filter.push_str(" AND id > ?");
+        page_args.push(Value::Integer(id));
+    }
+    if let Some(b) = q.before.as_deref().filter(|b| !b.is_empty()) {
+        let Some(id) = row_id(c, account, b)? else {
+            return Ok(Err(QueryError::UnknownId));
+        };
+        page_filter.push_str(" AND id < ?");
+        page_args.push(Value::Integer(id));
+    }
+    let order = if backwards { "DESC" } else { "ASC" };
+    let sql = format!(
+        "SELECT stanza_id, ts, stanza FROM archive WHERE {page_filter} ORDER BY id {order} LIMIT {}",
+        q.max + 1
+    );
+    let mut st = c.prepare(&sql)?;
+    let mut rows: Vec<Row> = st
+        .query_map(params_from_iter(page_args.iter()), |r| {
+            Ok(Row {
+                stanza_id: r.get(0)?,
+                ts: r.get(1)?,
+                stanza: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let complete = rows.len() <= q.max;
+    rows.truncate(q.max);
+    if backwards {
+        rows.reverse();
+    }
+    Ok(Ok(Page { rows, complete, count }))
+}
+
+/// Delete entries older than `before_ts` (microseconds); returns how many.
+pub fn expire(c: &Connection, before_ts: i64) -> Result<usize> {
+    Ok(c.execute("DELETE FROM archive WHERE ts < ?1", params![before_ts])?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{accounts, Store};
+
+    #[test]
+    fn paging_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_in(dir.path()).unwrap();
+        s.blocking(|c| {
+            let a = accounts::create(c, "alice", "pw", false)?;
+            for i in 0..10 {
+                insert(
+                    c,
+                    a,
+                    &format!("id{i}"),
+                    1000 + i,
+                    if i % 2 == 0 { "bob@x" } else { "carol@x" },
+                    "<message/>",
+                )?;
+            }
+            let q = |q: Query| query(c, a, &q).map(|r| r.unwrap());
+            let p = q(Query {
+                max: 4,
+                ..Default::default()
+            })?;
+            assert_eq!(
+                p.rows.iter().map(|r| r.stanza_id.as_str()).collect::<Vec<_>>(),
+                ["id0", "id1", "id2", "id3"]
+            );
+            assert!(!p.complete);
+            assert_eq!(p.count, 10);
+            let p = q(Query {
+                max: 4,
+                after: Some("id7".into()),
+                ..Default::default()
+            })?;
+            assert_eq!(p.rows.len(), 2);
+            assert!(p.complete);
+            let p = q(Query {
+                max: 3,
+                before: Some(String::new()),
+                ..Default::default()
+            })?;
+            assert_eq!(
+                p.rows.iter().map(|r| r.stanza_id.as_str()).collect::<Vec<_>>(),
+                ["id7", "id8", "id9"]
+            );
+            assert!(!p.complete);
+            let p = q(Query {
+                max: 3,
+                before: Some("id2".into()),
+                ..Default::default()
+            })?;
+            assert_eq!(
+                p.rows.iter().map(|r| r.stanza_id.as_str()).collect::<Vec<_>>(),
+                ["id0", "id1"]
+            );
+            assert!(p.complete);
+            let p = q(Query {
+                max: 50,
+                with: Some("bob@x".into()),
+                ..Default::default()
+            })?;
+            assert_eq!(p.rows.len(), 5);
+            let p = q(Query {
+                max: 50,
+                start: Some(1005),
+                end: Some(1006),
+                ..Default::default()
+            })?;
+            assert_eq!(p.rows.len(), 2);
+            let p = q(Query {
+                max: 50,
+                ids: vec!["id3".into(), "id9".into()],
+                ..Default::default()
+            })?;
+            assert_eq!(p.rows.len(), 2);
+            assert_eq!(
+                query(
+                    c,
+                    a,
+                    &Query {
+                        max: 5,
+                        after: Some("nope".into()),
+                        ..Default::default()
+                    }
+                )?
+                .unwrap_err(),
+                QueryError::UnknownId
+            );
+            assert_eq!(expire(c, 1005)?, 5);
+            Ok(())
+        })
+        .unwrap();
+    }
+}

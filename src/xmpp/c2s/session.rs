@@ -1,0 +1,493 @@
+//! A bound client session: the loop that moves stanzas between the client
+//! and the router, with stream management (XEP-0198: acks, hibernation and
+//! resumption), client state indication (XEP-0352) and carbons (XEP-0280).
+//!
+//! The session outlives its TCP connection when resumption is enabled: the
+//! task keeps the session's queue while hibernating, and a new connection
+//! hands its stream over through the session's channel.
+
+use super::{end, Tls};
+use crate::{
+    server::{stopped, Server},
+    xmpp::{
+        modules::{carbons, mam},
+        presence,
+        router::{self, route},
+        sessions::{SessionHandle, ToSession},
+        stanza::{iq_result, Kind},
+        stream::{new_id, ConnError, XmlStream},
+        xml::{elem, ElementExt, Event, StreamError, NS_CLIENT, NS_SESSION},
+    },
+};
+use minidom::Element;
+use std::{collections::VecDeque, sync::Arc};
+use tokio::sync::mpsc;
+
+pub const NS_SM: &str = "urn:xmpp:sm:3";
+pub const NS_CSI: &str = "urn:xmpp:csi:0";
+
+/// A new connection taking over a hibernating (or still connected) session.
+pub struct ResumeRequest {
+    pub xs: XmlStream<Tls>,
+    /// How many of our stanzas the client says it handled.
+    pub h: u32,
+}
+
+impl std::fmt::Debug for ResumeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ResumeRequest(h={})", self.h)
+    }
+}
+
+/// XEP-0198 state of a session.
+struct Sm {
+    /// Set when resumption was granted.
+    resume_id: Option<String>,
+    /// Stanzas received from the client.
+    h_in: u32,
+    /// Stanzas sent to the client, and those not yet acknowledged (oldest first).
+    out: u32,
+    unacked: VecDeque<Element>,
+    ack_pending: bool,
+}
+
+impl Sm {
+    /// Drop what the client acknowledged (`h` counts all stanzas ever sent).
+    fn ack(&mut self, h: u32) -> Result<(), StreamError> {
+        let acked_before = self.out.wrapping_sub(self.unacked.len() as u32);
+        let newly = h.wrapping_sub(acked_before);
+        if newly as usize > self.unacked.len() {
+            // The client acknowledges more than we ever sent.
+            return Err(StreamError::UndefinedCondition);
+        }
+        self.unacked.drain(..newly as usize);
+        Ok(())
+    }
+}
+
+/// CSI: stanzas held while the client says it is inactive.
+#[derive(Default)]
+struct Csi {
+    inactive: bool,
+    held: Vec<Element>,
+}
+
+/// Most stanzas held for an inactive client before everything is flushed.
+const CSI_MAX_HELD: usize = 64;
+/// Most unacknowledged stanzas kept for one session.
+const SM_MAX_UNACKED: usize = 10_000;
+
+pub struct Session {
+    server: Arc<Server>,
+    me: Arc<SessionHandle>,
+    rx: mpsc::UnboundedReceiver<ToSession>,
+    sm: Option<Sm>,
+    csi: Csi,
+}
+
+/// How one connection of a session ended.
+enum End {
+    /// `</stream:stream>` from the client.
+    Closed,
+    /// The daemon stops.
+    Shutdown,
+    /// Another connection resumed this session.
+    Resumed(Box<ResumeRequest>),
+    /// A protocol error: the stream is ended with this error, no hibernation.
+    Fatal(ConnError),
+    /// The connection was lost (I/O error, EOF, timeout): hibernate if resumable.
+    Lost(ConnError),
+}
+
+impl Session {
+    pub fn new(server: Arc<Server>, me: Arc<SessionHandle>, rx: mpsc::UnboundedReceiver<ToSession>) -> Session {
+        Session {
+            server,
+            me,
+            rx,
+            sm: None,
+            csi: Csi::default(),
+        }
+    }
+
+    /// Serve the session across connections until it ends for good.
+    pub async fn run(mut self, mut xs: XmlStream<Tls>) {
+        loop {
+            let end = self.serve(&mut xs).await;
+            match end {
+                End::Closed => {
+                    xs.close().await;
+                    tracing::info!("session closed by the client");
+                    break;
+                }
+                End::Shutdown => {
+                    end_stream(&self.server, &mut xs, ConnError::Stream(StreamError::SystemShutdown)).await;
+                    break;
+                }
+                End::Fatal(e) => {
+                    tracing::info!(reason = %e, "session ended");
+                    end_stream(&self.server, &mut xs, e).await;
+                    break;
+                }
+                End::Resumed(req) => {
+                    // The old connection is abandoned for the new one.
+                    drop(xs);
+                    xs = req.xs;
+                    if !self.resumed(&mut xs, req.h).await {
+                        break;
+                    }
+                }
+                End::Lost(e) => {
+                    let resumable = self.sm.as_ref().is_some_and(|s| s.resume_id.is_some());
+                    if !resumable {
+                        tracing::info!(reason = %e, "session ended");
+                        break;
+                    }
+                    tracing::info!(reason = %e, "connection lost; session hibernates");
+                    match self.hibernate().await {
+                        Some(req) => {
+                            xs = req.xs;
+                            if !self.resumed(&mut xs, req.h).await {
+                                break;
+                            }
+                        }
+                        None => break,
+                    }
+                }
+            }
+        }
+        self.finish().await;
+    }
+
+    /// Tell the new connection the session is back and retransmit.
+    async fn resumed(&mut self, xs: &mut XmlStream<Tls>, h: u32) -> bool {
+        let Some(sm) = self.sm.as_mut() else { return false };
+        if sm.ack(h).is_err() {
+            end_stream(&self.server, xs, ConnError::Stream(StreamError::UndefinedCondition)).await;
+            return false;
+        }
+        let id = sm.resume_id.clone().unwrap_or_default();
+        xs.queue(&elem("resumed", NS_SM).with("h", sm.h_in.to_string()).with("previd", id));
+        for s in &sm.unacked {
+            xs.queue(s);
+        }
+        sm.ack_pending = false;
+        self.csi = Csi::default();
+        if !sm.unacked.is_empty() {
+            xs.queue(&elem("r", NS_SM));
+            sm.ack_pending = true;
+        }
+        tracing::info!(retransmitted = sm.unacked.len(), "session resumed");
+        xs.flush().await.is_ok()
+    }
+
+    /// Wait for a resumption, queueing stanzas meanwhile. `None`: timed out or stopping.
+    async fn hibernate(&mut self) -> Option<Box<ResumeRequest>> {
+        let timeout = tokio::time::sleep(self.server.config.limits.hibernation_timeout.get());
+        tokio::pin!(timeout);
+        let mut stop = self.server.shutdown.clone();
+        self.me.hibernating.store(true, std::sync::atomic::Ordering::Relaxed);
+        let r = loop {
+            tokio::select! {
+                m = self.rx.recv() => match m {
+                    Some(ToSession::Stanza(el)) => self.record_sent(el),
+                    Some(ToSession::Resume(req)) => break Some(req),
+                    Some(ToSession::Replaced) | None => break None,
+                },
+                _ = &mut timeout => {
+                    tracing::info!("hibernation timed out");
+                    break None;
+                }
+                _ = stopped(&mut stop) => break None,
+            }
+        };
+        self.me.hibernating.store(false, std::sync::atomic::Ordering::Relaxed);
+        r
+    }
+
+    /// Count a stanza as sent to the client (it is in the unacked queue).
+    fn record_sent(&mut self, el: Element) {
+        if let Some(sm) = self.sm.as_mut() {
+            sm.out = sm.out.wrapping_add(1);
+            sm.unacked.push_back(el);
+            if sm.unacked.len() > SM_MAX_UNACKED {
+                // Keep memory bounded: the oldest go back to the router as undeliverable here.
+                if let Some(old) = sm.unacked.pop_front() {
+                    tracing::warn!("unacknowledged queue full; the oldest stanza is stored instead");
+                    let server = self.server.clone();
+                    let bare = self.me.jid.to_bare();
+                    tokio::spawn(async move { router::store_undelivered(&server, old, &bare).await });
+                }
+            }
+        }
+    }
+
+    /// The session is over: unregister, announce unavailable, and make sure
+    /// nothing the client did not acknowledge is lost.
+    async fn finish(mut self) {
+        let server = self.server.clone();
+        server.sessions.unbind(&self.me.jid, self.me.id);
+        self.rx.close();
+        // Stanzas that raced into the channel are undelivered too.
+        let mut pending: Vec<Element> = self
+            .sm
+            .take()
+            .map(|s| s.unacked.into_iter().collect())
+            .unwrap_or_default();
+        while let Ok(m) = self.rx.try_recv() {
+            if let ToSession::Stanza(el) = m {
+                pending.push(el);
+            }
+        }
+        if self.me.available() {
+            let p = elem("presence", NS_CLIENT)
+                .with("type", "unavailable")
+                .with("from", self.me.jid.to_string());
+            presence::broadcast(&server, &self.me, p, false).await;
+        }
+        let bare = self.me.jid.to_bare();
+        let mut rerouted = 0;
+        for el in pending {
+            if el.name() == "message" {
+                rerouted += 1;
+                router::store_undelivered(&server, el, &bare).await;
+            }
+        }
+        if rerouted > 0 {
+            tracing::info!(rerouted, "unacknowledged messages redelivered or stored");
+        }
+    }
+
+    async fn serve(&mut self, xs: &mut XmlStream<Tls>) -> End {
+        let idle = self.server.config.limits.idle_timeout.get();
+        let mut shutdown = self.server.shutdown.clone();
+        loop {
+            let idle_timer = tokio::time::sleep(idle);
+            let r: Result<Option<End>, ConnError> = tokio::select! {
+                ev = xs.next_event() => match ev {
+                    Ok(Event::Stanza(el)) => self.handle_client_element(xs, el).await,
+                    Ok(Event::Close) => Ok(Some(End::Closed)),
+                    Ok(Event::Header(_)) => Err(ConnError::Stream(StreamError::NotWellFormed)),
+                    Err(e) => Err(e),
+                },
+                msg = self.rx.recv() => self.deliver(xs, msg).await,
+                _ = stopped(&mut shutdown) => Ok(Some(End::Shutdown)),
+                _ = idle_timer => Err(ConnError::Timeout),
+            };
+            match r {
+                Ok(None) => {}
+                Ok(Some(end)) => return end,
+                Err(e @ (ConnError::Io(_) | ConnError::Eof | ConnError::Timeout)) => return End::Lost(e),
+                Err(e) => return End::Fatal(e),
+            }
+            xs.shrink();
+        }
+    }
+
+    /// Write what the router sent (and everything queued behind it).
+    async fn deliver(&mut self, xs: &mut XmlStream<Tls>, first: Option<ToSession>) -> Result<Option<End>, ConnError> {
+        let mut next = first;
+        let mut wrote = false;
+        loop {
+            match next {
+                Some(ToSession::Stanza(el)) => {
+                    if self.csi.inactive && !important(&el) {
+                        self.hold(el);
+                        if self.csi.held.len() > CSI_MAX_HELD {
+                            // Bounded memory: an overfull hold is flushed at once.
+                            for h in std::mem::take(&mut self.csi.held) {
+                                self.write(xs, h);
+                            }
+                            wrote = true;
+                        }
+                    } else {
+                        if self.csi.inactive && el.name() == "message" {
+                            // An important message: flush what was held first, in order.
+                            for h in std::mem::take(&mut self.csi.held) {
+                                self.write(xs, h);
+                            }
+                        }
+                        self.write(xs, el);
+                        wrote = true;
+                    }
+                }
+                Some(ToSession::Replaced) => {
+                    xs.flush().await?;
+                    return Err(ConnError::Stream(StreamError::Conflict));
+                }
+                Some(ToSession::Resume(req)) => {
+                    xs.flush().await.ok();
+                    return Ok(Some(End::Resumed(req)));
+                }
+                None => return Ok(Some(End::Fatal(ConnError::Stream(StreamError::InternalServerError)))),
+            }
+            next = match self.rx.try_recv() {
+                Ok(m) => Some(m),
+                Err(_) => break,
+            };
+        }
+        if wrote {
+            if let Some(sm) = self.sm.as_mut() {
+                if !sm.ack_pending && !sm.unacked.is_empty() {
+                    xs.queue(&elem("r", NS_SM));
+                    sm.ack_pending = true;
+                }
+            }
+        }
+        xs.flush().await?;
+        Ok(None)
+    }
+
+    fn write(&mut self, xs: &mut XmlStream<Tls>, el: Element) {
+        xs.queue(&el);
+        self.record_sent(el);
+    }
+
+    /// CSI: keep only the latest presence per sender, and chat states.
+    fn hold(&mut self, el: Element) {
+        if el.name() == "presence" {
+            let from = el.attr("from").map(str::to_string);
+            self.csi
+                .held
+                .retain(|h| h.name() != "presence" || h.attr("from").map(str::to_string) != from);
+        }
+        self.csi.held.push(el);
+    }
+
+    /// Handle one element from the client.
+    async fn handle_client_element(&mut self, xs: &mut XmlStream<Tls>, mut el: Element) -> Result<Option<End>, ConnError> {
+        let ns = el.ns();
+        if ns == NS_SM {
+            return self.sm_nonza(xs, &el).await.map(|_| None);
+        }
+        if ns == NS_CSI {
+            match el.name() {
+                "inactive" => self.csi.inactive = true,
+                "active" => {
+                    self.csi.inactive = false;
+                    for h in std::mem::take(&mut self.csi.held) {
+                        self.write(xs, h);
+                    }
+                    xs.flush().await?;
+                }
+                _ => return Err(ConnError::Stream(StreamError::UnsupportedStanzaType)),
+            }
+            self.me.set_inactive(self.csi.inactive);
+            return Ok(None);
+        }
+        let Some(kind) = Kind::of(&el) else {
+            tracing::info!(name = el.name(), ns = %ns, "unsupported top-level element");
+            return Err(ConnError::Stream(StreamError::UnsupportedStanzaType));
+        };
+        if let Some(sm) = self.sm.as_mut() {
+            sm.h_in = sm.h_in.wrapping_add(1);
+        }
+        let me = &self.me;
+        if let Some(f) = el.attr("from") {
+            let ok = f == me.jid.as_str() || jid::Jid::new(f).is_ok_and(|j| j == me.jid.to_bare() || j == me.jid);
+            if !ok {
+                return Err(ConnError::Stream(StreamError::InvalidFrom));
+            }
+        }
+        el.set("from", me.jid.to_string());
+        let server = &self.server;
+        match kind {
+            Kind::Presence => presence::outbound(server, me, el).await,
+            Kind::Iq
+                if el.get_child("session", NS_SESSION).is_some()
+                    && el.attr("to").is_none_or(|t| server.is_local(t)) =>
+            {
+                // RFC 3921 session establishment: a no-op kept for old clients.
+                let mut r = iq_result(&el, None);
+                r.unset("from");
+                me.send(r);
+            }
+            Kind::Message => {
+                let el = mam::archive_outgoing(server, me, el).await;
+                carbons::copy_sent(server, me, &el);
+                route(server, carbons::strip_private(el)).await
+            }
+            Kind::Iq => route(server, el).await,
+        }
+        Ok(None)
+    }
+
+    async fn sm_nonza(&mut self, xs: &mut XmlStream<Tls>, el: &Element) -> Result<(), ConnError> {
+        match el.name() {
+            "enable" => {
+                if self.sm.is_some() {
+                    xs.send(&failed("unexpected-request")).await?;
+                    return Ok(());
+                }
+                let wants_resume = matches!(el.attr("resume"), Some("true" | "1"));
+                let resume_id = wants_resume.then(new_id);
+                let mut enabled = elem("enabled", NS_SM);
+                if let Some(id) = &resume_id {
+                    let max = self.server.config.limits.hibernation_timeout.get().as_secs();
+                    enabled = enabled
+                        .with("id", id.clone())
+                        .with("resume", "true")
+                        .with("max", max.to_string());
+                    self.server.sessions.make_resumable(id, &self.me);
+                }
+                self.sm = Some(Sm {
+                    resume_id,
+                    h_in: 0,
+                    out: 0,
+                    unacked: VecDeque::new(),
+                    ack_pending: false,
+                });
+                xs.send(&enabled).await?;
+            }
+            "r" => {
+                let Some(sm) = self.sm.as_ref() else {
+                    return Err(ConnError::Stream(StreamError::UnsupportedStanzaType));
+                };
+                xs.send(&elem("a", NS_SM).with("h", sm.h_in.to_string())).await?;
+            }
+            "a" => {
+                let Some(sm) = self.sm.as_mut() else {
+                    return Err(ConnError::Stream(StreamError::UnsupportedStanzaType));
+                };
+                let h = el
+                    .attr("h")
+                    .and_then(|h| h.parse::<u32>().ok())
+                    .ok_or(ConnError::Stream(StreamError::BadFormat))?;
+                sm.ack(h).map_err(ConnError::Stream)?;
+                sm.ack_pending = false;
+            }
+            "resume" => {
+                // Resumption happens before binding; on a bound stream it is out of place.
+                xs.send(&failed("unexpected-request")).await?;
+            }
+            _ => return Err(ConnError::Stream(StreamError::UnsupportedStanzaType)),
+        }
+        Ok(())
+    }
+}
+
+/// `<failed/>` with a stanza error condition.
+pub fn failed(condition: &str) -> Element {
+    elem("failed", NS_SM).child(elem(condition, crate::xmpp::xml::NS_STANZAS))
+}
+
+/// Whether a stanza must reach an inactive (CSI) client at once.
+fn important(el: &Element) -> bool {
+    match el.name() {
+        "message" => el.children().any(|c| {
+            matches!(
+                c.name(),
+                "body" | "subject" | "encrypted" | "propose" | "received" | "sent" | "result"
+            ) || c.ns() == "urn:xmpp:jingle-message:0"
+        }),
+        "presence" => matches!(
+            el.attr("type"),
+            Some("subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" | "error")
+        ),
+        _ => true, // IQs always go through
+    }
+}
+
+async fn end_stream(server: &Server, xs: &mut XmlStream<Tls>, e: ConnError) {
+    end(server, xs, e).await
+}

@@ -1,0 +1,446 @@
+//! Message Archive Management (XEP-0313, `urn:xmpp:mam:2`) with unique
+//! stanza ids (XEP-0359) and result paging (XEP-0059).
+//!
+//! Writes go through one background writer that batches inserts into a
+//! transaction, so delivering a message never waits for SQLite; a query
+//! first waits for the writer to drain, so it sees every message delivered
+//! before it.
+
+use super::{BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
+use crate::{
+    server::Server,
+    store::{self, archive as db},
+    xmpp::{
+        sessions::SessionHandle,
+        stanza::{self, Condition, StanzaError},
+        xml::{elem, ElementExt, NS_CLIENT},
+    },
+};
+use jid::{BareJid, Jid};
+use minidom::Element;
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+use tokio::sync::{mpsc, oneshot};
+
+pub const NS: &str = "urn:xmpp:mam:2";
+pub const NS_SID: &str = "urn:xmpp:sid:0";
+pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
+pub const NS_DATA: &str = "jabber:x:data";
+const DEFAULT_MAX: usize = 50;
+const MAX_MAX: usize = 250;
+
+enum Op {
+    Insert {
+        username: String,
+        stanza_id: String,
+        ts: i64,
+        with: String,
+        xml: String,
+    },
+    Barrier(oneshot::Sender<()>),
+}
+
+/// Handle to the archive writer.
+pub struct Archive {
+    tx: mpsc::UnboundedSender<Op>,
+    // Taken once by `spawn_writer`.
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
+}
+
+impl Default for Archive {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Archive {
+            tx,
+            rx: Mutex::new(Some(rx)),
+        }
+    }
+}
+
+impl Archive {
+    /// Start the writer and the retention sweeper (once, from `run`).
+    pub fn spawn_workers(server: &Arc<Server>) {
+        let rx = server.archive.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(mut rx) = rx else { return };
+        let store = server.store.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < 512 {
+                    match rx.try_recv() {
+                        Ok(op) => batch.push(op),
+                        Err(_) => break,
+                    }
+                }
+                let (inserts, barriers): (Vec<_>, Vec<_>) =
+                    batch.into_iter().partition(|o| matches!(o, Op::Insert { .. }));
+                if !inserts.is_empty() {
+                    let r = store
+                        .call(move |c| {
+                            let tx = c.transaction()?;
+                            for op in inserts {
+                                if let Op::Insert {
+                                    username,
+                                    stanza_id,
+                                    ts,
+                                    with,
+                                    xml,
+                                } = op
+                                {
+                                    let Some(id) = store::accounts::id_of(&tx, &username)? else {
+                                        continue;
+                                    };
+                                    if db::wanted(&tx, id, &with)? {
+                                        db::insert(&tx, id, &stanza_id, ts, &with, &xml)?;
+                                    }
+                                }
+                            }
+                            tx.commit()?;
+                            Ok(())
+                        })
+                        .await;
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "archive write failed");
+                    }
+                }
+                for b in barriers {
+                    if let Op::Barrier(done) = b {
+                        let _ = done.send(());
+                    }
+                }
+            }
+        });
+        let Some(retention) = server.config.archive.retention.map(|d| d.get()) else {
+            return;
+        };
+        let store = server.store.clone();
+        let mut stop = server.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let cutoff = now_micros() - retention.as_micros() as i64;
+                match store.call(move |c| db::expire(c, cutoff)).await {
+                    Ok(n) if n > 0 => tracing::info!(removed = n, "expired archive entries"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "archive expiry failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(3600)) => {},
+                    _ = crate::server::stopped(&mut stop) => return,
+                }
+            }
+        });
+    }
+
+    fn insert(&self, owner: &BareJid, stanza_id: String, with: String, msg: &Element) {
+        let Some(username) = owner.node().map(|n| n.to_string()) else {
+            return;
+        };
+        let _ = self.tx.send(Op::Insert {
+            username,
+            stanza_id,
+            ts: now_micros(),
+            with,
+            xml: msg.to_xml(),
+        });
+    }
+
+    /// Wait until everything queued so far is written.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Op::Barrier(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+fn new_stanza_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// Whether a message belongs in an archive: it carries a body or an
+/// encrypted payload and does not ask not to be stored.
+pub fn archivable(msg: &Element) -> bool {
+    if matches!(stanza::typ(msg), "error" | "groupchat" | "headline") {
+        return false;
+    }
+    if msg.has_child("no-store", "urn:xmpp:hints") || msg.has_child("no-permanent-store", "urn:xmpp:hints") {
+        return false;
+    }
+    msg.children().any(|c| {
+        matches!(c.name(), "body" | "encrypted")
+            || c.ns() == "eu.siacs.conversations.axolotl"
+            || c.ns() == "urn:xmpp:omemo:2"
+            || c.ns() == "urn:xmpp:jingle-message:0"
+    })
+}
+
+/// A message for local account `owner` from `from`: stamp it with a
+/// stanza-id (removing any that claims to be ours) and archive it.
+pub async fn archive_incoming(server: &Server, owner: &BareJid, mut msg: Element) -> Element {
+    let by = owner.to_string();
+    // XEP-0359 §5: a stanza-id by us that we did not add is a forgery.
+    if msg
+        .children()
+        .any(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(by.as_str()))
+    {
+        msg = crate::xmpp::xml::retain_children(&msg, |c| {
+            !(c.is("stanza-id", NS_SID) && c.attr("by") == Some(by.as_str()))
+        });
+    }
+    if !archivable(&msg) {
+        return msg;
+    }
+    let id = new_stanza_id();
+    msg.append_child(elem("stanza-id", NS_SID).with("id", id.clone()).with("by", by));
+    let with = stanza::from(&msg).map(|j| j.to_bare().to_string()).unwrap_or_default();
+    server.archive.insert(owner, id, with, &msg);
+    msg
+}
+
+/// A message sent by a local session: archive it in the sender's archive.
+pub async fn archive_outgoing(server: &Server, me: &Arc<SessionHandle>, msg: Element) -> Element {
+    if archivable(&msg) {
+        let with = msg
+            .attr("to")
+            .and_then(|t| Jid::new(t).ok())
+            .map(|j| j.to_bare().to_string())
+            .unwrap_or_else(|| me.jid.to_bare().to_string());
+        server.archive.insert(&me.jid.to_bare(), new_stanza_id(), with, &msg);
+    }
+    msg
+}
+
+pub struct Mam;
+
+impl Module for Mam {
+    fn name(&self) -> &'static str {
+        "mam"
+    }
+    fn account_features(&self) -> &'static [&'static str] {
+        &[NS, "urn:xmpp:mam:2#extended", NS_SID]
+    }
+    fn iqs(&self) -> &'static [IqRoute] {
+        &[
+            IqRoute {
+                name: "query",
+                ns: NS,
+                target: Target::OwnAccount,
+            },
+            IqRoute {
+                name: "prefs",
+                ns: NS,
+                target: Target::OwnAccount,
+            },
+        ]
+    }
+    fn handle_iq<'a>(&'a self, ctx: IqCtx<'a>) -> BoxFuture<'a, IqReply> {
+        Box::pin(async move {
+            match (ctx.payload.name(), ctx.set) {
+                ("query", true) => query(&ctx).await,
+                ("query", false) => Ok(Some(query_form())),
+                ("prefs", false) => get_prefs(&ctx).await,
+                ("prefs", true) => set_prefs(&ctx).await,
+                _ => Err(Condition::BadRequest.into()),
+            }
+        })
+    }
+}
+
+fn query_form() -> Element {
+    let field = |var: &str, t: &str| elem("field", NS_DATA).with("var", var).with("type", t);
+    elem("query", NS).child(
+        elem("x", NS_DATA)
+            .with("type", "form")
+            .child(field("FORM_TYPE", "hidden").child(elem("value", NS_DATA).text_child(NS)))
+            .child(field("with", "jid-single"))
+            .child(field("start", "text-single"))
+            .child(field("end", "text-single"))
+            .child(field("before-id", "text-single"))
+            .child(field("after-id", "text-single"))
+            .child(field("ids", "text-multi")),
+    )
+}
+
+fn parse_time(s: &str) -> Result<i64, StanzaError> {
+    humantime::parse_rfc3339_weak(s.trim_end_matches('Z'))
+        .or_else(|_| humantime::parse_rfc3339(s))
+        .map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0))
+        .map_err(|_| StanzaError::new(Condition::BadRequest, format!("`{s}` is not an XEP-0082 date-time")))
+}
+
+fn user_of(ctx: &IqCtx<'_>) -> String {
+    ctx.from.node().map(|n| n.to_string()).unwrap_or_default()
+}
+
+async fn query(ctx: &IqCtx<'_>) -> IqReply {
+    let mut q = db::Query {
+        max: DEFAULT_MAX,
+        ..Default::default()
+    };
+    if let Some(x) = ctx.payload.get_child("x", NS_DATA) {
+        for f in x.children().filter(|f| f.name() == "field") {
+            let values: Vec<String> = f.children().filter(|v| v.name() == "value").map(|v| v.text()).collect();
+            let first = values.first().cloned().unwrap_or_default();
+            match f.attr("var").unwrap_or("") {
+                "FORM_TYPE" => {
+                    if first != NS {
+                        return Err(StanzaError::new(Condition::BadRequest, "unknown FORM_TYPE"));
+                    }
+                }
+                "with" => {
+                    let j = Jid::new(&first).map_err(|_| StanzaError::from(Condition::JidMalformed))?;
+                    q.with = Some(j.to_bare().to_string());
+                }
+                "start" => q.start = Some(parse_time(&first)?),
+                "end" => q.end = Some(parse_time(&first)?),
+                "after-id" => q.after = Some(first),
+                "before-id" => q.before = Some(first),
+                "ids" => q.ids = values,
+                other => {
+                    return Err(StanzaError::new(
+                        Condition::FeatureNotImplemented,
+                        format!("unsupported field `{other}`"),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(set) = ctx.payload.get_child("set", NS_RSM) {
+        if let Some(m) = set.get_child("max", NS_RSM) {
+            q.max = m
+                .text()
+                .trim()
+                .parse()
+                .map_err(|_| StanzaError::from(Condition::BadRequest))?;
+        }
+        if let Some(a) = set.get_child("after", NS_RSM) {
+            q.after = Some(a.text());
+        }
+        if let Some(b) = set.get_child("before", NS_RSM) {
+            q.before = Some(b.text());
+        }
+    }
+    q.max = q.max.min(MAX_MAX);
+    ctx.server.archive.flush().await;
+    let username = user_of(ctx);
+    let page = ctx
+        .server
+        .store
+        .call(move |c| {
+            let Some(id) = store::accounts::id_of(c, &username)? else {
+                return Ok(None);
+            };
+            Ok(Some(db::query(c, id, &q)?))
+        })
+        .await
+        .map_err(|_| StanzaError::from(Condition::InternalServerError))?
+        .ok_or_else(|| StanzaError::from(Condition::ItemNotFound))?
+        .map_err(|_| StanzaError::new(Condition::ItemNotFound, "no archived message has that id"))?;
+    let queryid = ctx.payload.attr("queryid").map(str::to_string);
+    let to = ctx.from.to_string();
+    let session = ctx.from.try_as_full().ok().and_then(|f| ctx.server.sessions.get(f));
+    for r in &page.rows {
+        let Ok(original) = r.stanza.parse::<Element>() else {
+            continue;
+        };
+        let stamp = humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_micros(r.ts as u64)).to_string();
+        let result = elem("message", NS_CLIENT)
+            .with("to", to.clone())
+            .with("from", ctx.from.to_bare().to_string())
+            .child(
+                elem("result", NS)
+                    .with_opt("queryid", queryid.clone())
+                    .with("id", r.stanza_id.clone())
+                    .child(
+                        elem("forwarded", super::carbons::NS_FORWARD)
+                            .child(elem("delay", "urn:xmpp:delay").with("stamp", stamp))
+                            .child(original),
+                    ),
+            );
+        if let Some(s) = &session {
+            s.send(result);
+        }
+    }
+    let mut set = elem("set", NS_RSM);
+    if let (Some(first), Some(last)) = (page.rows.first(), page.rows.last()) {
+        set.append_child(elem("first", NS_RSM).text_child(first.stanza_id.clone()));
+        set.append_child(elem("last", NS_RSM).text_child(last.stanza_id.clone()));
+    }
+    set.append_child(elem("count", NS_RSM).text_child(page.count.to_string()));
+    let mut fin = elem("fin", NS).with_opt("queryid", queryid).child(set);
+    if page.complete {
+        fin.set("complete", "true");
+    }
+    Ok(Some(fin))
+}
+
+fn prefs_element(p: &db::Prefs) -> Element {
+    let list = |name: &str, jids: &[String]| {
+        let mut e = elem(name, NS);
+        for j in jids {
+            e.append_child(elem("jid", NS).text_child(j.clone()));
+        }
+        e
+    };
+    elem("prefs", NS)
+        .with("default", p.default.as_str())
+        .child(list("always", &p.always))
+        .child(list("never", &p.never))
+}
+
+async fn get_prefs(ctx: &IqCtx<'_>) -> IqReply {
+    let username = user_of(ctx);
+    let p = ctx
+        .server
+        .store
+        .call(move |c| match store::accounts::id_of(c, &username)? {
+            Some(id) => db::prefs(c, id),
+            None => Ok(db::Prefs::default()),
+        })
+        .await
+        .map_err(|_| StanzaError::from(Condition::InternalServerError))?;
+    Ok(Some(prefs_element(&p)))
+}
+
+async fn set_prefs(ctx: &IqCtx<'_>) -> IqReply {
+    let default = ctx
+        .payload
+        .attr("default")
+        .and_then(db::DefaultMode::parse)
+        .ok_or_else(|| StanzaError::new(Condition::BadRequest, "default must be always, never or roster"))?;
+    let jids = |name: &str| -> Result<Vec<String>, StanzaError> {
+        let mut v = vec![];
+        if let Some(l) = ctx.payload.get_child(name, NS) {
+            for j in l.children().filter(|j| j.name() == "jid") {
+                let jid = Jid::new(&j.text()).map_err(|_| StanzaError::from(Condition::JidMalformed))?;
+                v.push(jid.to_bare().to_string());
+            }
+        }
+        Ok(v)
+    };
+    let p = db::Prefs {
+        default,
+        always: jids("always")?,
+        never: jids("never")?,
+    };
+    let username = user_of(ctx);
+    let saved = p.clone();
+    ctx.server
+        .store
+        .call(move |c| match store::accounts::id_of(c, &username)? {
+            Some(id) => db::set_prefs(c, id, &saved),
+            None => Ok(()),
+        })
+        .await
+        .map_err(|_| StanzaError::from(Condition::InternalServerError))?;
+    Ok(Some(prefs_element(&p)))
+}

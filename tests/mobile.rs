@@ -1,0 +1,286 @@
+//! Mobile-grade XMPP against the real daemon: stream management with
+//! resumption (XEP-0198), carbons (XEP-0280), MAM (XEP-0313), CSI (XEP-0352).
+
+mod common;
+use common::*;
+use pushbox::xmpp::xml::ElementExt;
+
+fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}
+
+/// The value of `attr='…'` after `tag` in raw XML.
+fn attr_after(xml: &str, tag: &str, attr: &str) -> String {
+    let i = xml.find(tag).unwrap_or_else(|| panic!("{tag} not in {xml}"));
+    let rest = &xml[i..];
+    let a = format!("{attr}='");
+    let j = rest.find(&a).unwrap_or_else(|| panic!("{attr} not in {rest}")) + a.len();
+    rest[j..j + rest[j..].find('\'').unwrap()].to_string()
+}
+
+async fn send_chat(c: &mut RawClient, to: &str, body: &str) {
+    c.send(&format!("<message type='chat' to='{to}'><body>{body}</body></message>"))
+        .await;
+}
+
+#[tokio::test]
+async fn sm_resume_after_cut_connection_loses_and_duplicates_nothing() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let mut a = RawClient::login_as(s.c2s, "alice", "pw", Some("phone")).await;
+    let f = a.received.clone();
+    drop(f);
+    a.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
+    let en = a.read_until("<enabled").await;
+    let en = a
+        .read_until("/>")
+        .await
+        .split("<enabled")
+        .nth(1)
+        .map(|x| format!("<enabled{x}"))
+        .unwrap_or(en);
+    let id = attr_after(&en, "<enabled", "id");
+    a.send("<presence/>").await;
+    a.received.clear();
+    let mut b = RawClient::login(s.c2s, "bob", "pw").await;
+    for i in 1..=3 {
+        send_chat(&mut b, "alice@localhost/phone", &format!("m{i}")).await;
+    }
+    a.read_until("m3</body>").await;
+    // Alice handled only the first message, then her network dies.
+    drop(a);
+    for i in 4..=5 {
+        send_chat(&mut b, "alice@localhost/phone", &format!("m{i}")).await;
+    }
+    // Make sure bob's messages were routed before resuming.
+    b.send("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    b.read_until("id='sync'").await;
+    let mut a2 = RawClient::connect_tls(s.c2s).await;
+    a2.auth_plain("alice", "pw").await;
+    a2.send(&format!("<resume xmlns='urn:xmpp:sm:3' h='1' previd='{id}'/>"))
+        .await;
+    let got = a2.read_until("m5</body>").await;
+    assert!(got.contains("<resumed"), "{got}");
+    for m in ["m2", "m3", "m4", "m5"] {
+        assert_eq!(count(&got, &format!(">{m}<")), 1, "{m} exactly once: {got}");
+    }
+    assert_eq!(count(&got, ">m1<"), 0, "m1 was acknowledged: {got}");
+    // The resumed stream is a working session.
+    a2.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    a2.read_until("id='p'").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn resume_with_unknown_id_fails_cleanly() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    let mut a = RawClient::connect_tls(s.c2s).await;
+    a.auth_plain("alice", "pw").await;
+    a.send("<resume xmlns='urn:xmpp:sm:3' h='0' previd='nope'/>").await;
+    let r = a.read_until("</failed>").await;
+    assert!(r.contains("item-not-found"), "{r}");
+    // The client can still bind normally.
+    a.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+        .await;
+    a.read_until("</bind>").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn hibernation_timeout_moves_unacked_messages_offline() {
+    let s =
+        TestServer::start_with("[limits]\nhibernation_timeout = \"1s\"\nconnections_per_ip_per_minute = 1000\n").await;
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let mut a = RawClient::login_as(s.c2s, "alice", "pw", Some("phone")).await;
+    a.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
+    a.read_until("<enabled").await;
+    a.send("<presence/>").await;
+    let mut b = RawClient::login(s.c2s, "bob", "pw").await;
+    send_chat(&mut b, "alice@localhost", "never acked").await;
+    a.read_until("never acked").await;
+    drop(a);
+    send_chat(&mut b, "alice@localhost", "sent while asleep").await;
+    // After the hibernation window the session ends and both messages wait offline.
+    let mut got = String::new();
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        let mut c = RawClient::login(s.c2s, "alice", "pw").await;
+        c.send("<presence/>").await;
+        c.send("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+            .await;
+        got = c.read_until("id='sync'").await;
+        if got.contains("sent while asleep") {
+            break;
+        }
+    }
+    assert_eq!(count(&got, "never acked"), 1, "{got}");
+    assert_eq!(count(&got, "sent while asleep"), 1, "{got}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn acks_are_answered_and_counted() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    let mut a = RawClient::login(s.c2s, "alice", "pw").await;
+    a.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
+    a.read_until("<enabled").await;
+    a.send("<iq type='get' id='1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq><iq type='get' id='2' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq><r xmlns='urn:xmpp:sm:3'/>").await;
+    a.read_until("<a ").await;
+    let r = a.read_until("/>").await;
+    let h = attr_after(&r[r.find("<a ").unwrap()..], "<a ", "h");
+    assert_eq!(h, "2", "{r}");
+    // The server asks for acks of what it sent.
+    assert!(r.contains("<r xmlns='urn:xmpp:sm:3'/>"), "{r}");
+    a.send("<a xmlns='urn:xmpp:sm:3' h='2'/>").await;
+    // Acknowledging more than was sent is an error.
+    a.send("<a xmlns='urn:xmpp:sm:3' h='99'/>").await;
+    let e = a.read_to_end().await;
+    assert!(e.contains("<undefined-condition"), "{e}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn carbons_reach_the_other_resource() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let mut phone = RawClient::login_as(s.c2s, "alice", "pw", Some("phone")).await;
+    let mut laptop = RawClient::login_as(s.c2s, "alice", "pw", Some("laptop")).await;
+    for c in [&mut phone, &mut laptop] {
+        c.send("<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
+            .await;
+        c.read_until("id='c'").await;
+        c.send("<presence/>").await;
+        c.received.clear();
+    }
+    let mut b = RawClient::login(s.c2s, "bob", "pw").await;
+    b.send("<presence/>").await;
+    send_chat(&mut b, "alice@localhost/phone", "to the phone").await;
+    phone.read_until("to the phone").await;
+    let r = laptop.read_until("to the phone").await;
+    assert!(r.contains("<received xmlns='urn:xmpp:carbons:2'>"), "{r}");
+    send_chat(&mut phone, "bob@localhost", "from the phone").await;
+    let r = laptop.read_until("from the phone").await;
+    assert!(r.contains("<sent xmlns='urn:xmpp:carbons:2'>"), "{r}");
+    // <private/> is not copied.
+    phone.send("<message type='chat' to='bob@localhost'><body>secret</body><private xmlns='urn:xmpp:carbons:2'/></message>").await;
+    b.read_until("secret").await;
+    laptop
+        .send("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let r = laptop.read_until("id='sync'").await;
+    assert!(!r.contains("secret"), "{r}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn mam_returns_history_paged_both_ways() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let mut a = s.client("alice", "pw", false).await;
+    let info = a.iq(xml("<iq xmlns='jabber:client' type='get' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")).await;
+    assert!(info.to_xml().contains("urn:xmpp:mam:2"));
+    let mut b = RawClient::login(s.c2s, "bob", "pw").await;
+    for i in 1..=5 {
+        send_chat(&mut b, "alice@localhost", &format!("hist{i}")).await;
+    }
+    b.send("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    b.read_until("id='sync'").await;
+    a.close().await;
+    let mut a = RawClient::login(s.c2s, "alice", "pw").await;
+    let q = |id: &str, rsm: &str| {
+        format!("<iq type='set' id='{id}'><query xmlns='urn:xmpp:mam:2' queryid='{id}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field><field var='with'><value>bob@localhost</value></field></x><set xmlns='http://jabber.org/protocol/rsm'>{rsm}</set></query></iq>")
+    };
+    a.send(&q("q1", "<max>2</max>")).await;
+    let r = a.read_until("</fin>").await;
+    assert!(
+        r.contains("hist1") && r.contains("hist2") && !r.contains("hist3"),
+        "{r}"
+    );
+    assert!(!r.contains("complete='true'"), "{r}");
+    let last = r[r.find("<last>").unwrap() + 6..r.find("</last>").unwrap()].to_string();
+    a.received.clear();
+    a.send(&q("q2", &format!("<max>10</max><after>{last}</after>"))).await;
+    let r = a.read_until("</fin>").await;
+    assert!(
+        r.contains("hist3") && r.contains("hist5") && !r.contains("hist2"),
+        "{r}"
+    );
+    assert!(r.contains("complete='true'"), "{r}");
+    assert!(r.contains("<stanza-id") || r.contains("<result"), "{r}");
+    a.received.clear();
+    a.send(&q("q3", "<max>2</max><before/>")).await;
+    let r = a.read_until("</fin>").await;
+    assert!(
+        r.contains("hist4") && r.contains("hist5") && !r.contains("hist3"),
+        "last page: {r}"
+    );
+    a.received.clear();
+    a.send(&q("q4", "<after>no-such-id</after>")).await;
+    assert!(a.read_until("</iq>").await.contains("item-not-found"));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn csi_holds_presence_and_lets_messages_through() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let mut a = RawClient::login_as(s.c2s, "alice", "pw", Some("phone")).await;
+    a.send("<presence/>").await;
+    a.send("<inactive xmlns='urn:xmpp:csi:0'/>").await;
+    a.send("<iq type='get' id='p0' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    a.read_until("id='p0'").await;
+    let mut b = RawClient::login(s.c2s, "bob", "pw").await;
+    b.send("<presence to='alice@localhost/phone'><status>held</status></presence>")
+        .await;
+    b.send("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    b.read_until("id='sync'").await;
+    a.received.clear();
+    // An IQ answer is not held: it overtakes the presence routed before it.
+    a.send("<iq type='get' id='p1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let r = a.read_until("id='p1'").await;
+    assert!(!r.contains(">held<"), "presence is held while inactive: {r}");
+    // A message with a body goes through at once (held presence first).
+    send_chat(&mut b, "alice@localhost/phone", "wake").await;
+    let r = a.read_until(">wake<").await;
+    assert!(r.contains(">held<"), "{r}");
+    a.received.clear();
+    b.send("<presence to='alice@localhost/phone'><status>again</status></presence>")
+        .await;
+    b.send("<iq type='get' id='sync2' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    b.read_until("id='sync2'").await;
+    a.send("<active xmlns='urn:xmpp:csi:0'/>").await;
+    a.read_until(">again<").await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn stream_features_advertise_mobile_support() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    let mut a = RawClient::connect_tls(s.c2s).await;
+    a.auth_plain("alice", "pw").await;
+    let f = a.received.clone();
+    for x in [
+        "urn:xmpp:sm:3",
+        "urn:xmpp:csi:0",
+        "urn:xmpp:features:rosterver",
+        "http://jabber.org/protocol/caps",
+    ] {
+        assert!(f.contains(x), "{x} missing from {f}");
+    }
+    s.stop().await;
+}
