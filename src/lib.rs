@@ -66,12 +66,13 @@ pub fn build_server(config: Config, shutdown: watch::Receiver<bool>) -> Result<A
         l.max_connections_per_ip,
         l.max_auth_failures_per_ip,
     );
+    let modules = xmpp::modules::Modules::for_config(&config);
     Ok(Arc::new(Server {
         config: Arc::new(config),
         store,
         certs,
         sessions: Default::default(),
-        modules: Default::default(),
+        modules,
         archive: Default::default(),
         limiter,
         fake_salt_secret: rand::random(),

@@ -461,3 +461,36 @@ async fn shutdown_closes_streams_cleanly() {
     assert!(r.contains("<system-shutdown"), "{r}");
     assert!(r.ends_with("</stream:stream>"), "{r}");
 }
+
+#[tokio::test]
+async fn external_services_hand_out_turn_credentials() {
+    let s = TestServer::start_with(
+        "[turn]\nhost = \"turn.localhost\"\nsecret = \"0123456789abcdef0123\"\ntls_port = 5349\n",
+    )
+    .await;
+    s.add_user("alice", "pw");
+    let mut a = s.client("alice", "pw", false).await;
+    let info = a
+        .iq(xml("<iq xmlns='jabber:client' type='get' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"))
+        .await;
+    assert!(info.to_xml().contains("urn:xmpp:extdisco:2"));
+    let r = a
+        .iq(xml(
+            "<iq xmlns='jabber:client' type='get' to='localhost'><services xmlns='urn:xmpp:extdisco:2'/></iq>",
+        ))
+        .await;
+    let t = r.to_xml();
+    assert!(
+        t.contains("type='stun'") && t.contains("type='turn'") && t.contains("type='turns'"),
+        "{t}"
+    );
+    assert!(
+        t.contains("username='") && t.contains(":alice@localhost'") && t.contains("password='"),
+        "{t}"
+    );
+    assert!(
+        !t.contains("0123456789abcdef0123"),
+        "the shared secret never leaves the server"
+    );
+    s.stop().await;
+}

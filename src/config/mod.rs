@@ -41,6 +41,8 @@ pub struct Config {
     pub metrics: Metrics,
     pub contact: Contact,
     pub archive: Archive,
+    /// STUN/TURN servers announced with XEP-0215; unset announces none.
+    pub turn: Option<Turn>,
     /// Where this configuration came from (not a key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -61,6 +63,7 @@ impl Default for Config {
             metrics: Metrics::default(),
             contact: Contact::default(),
             archive: Archive::default(),
+            turn: None,
             source: None,
         }
     }
@@ -300,6 +303,38 @@ impl Default for Archive {
     }
 }
 
+/// `[turn]`: a STUN/TURN server (such as coturn with `use-auth-secret`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Turn {
+    /// Host name clients connect to.
+    pub host: String,
+    /// STUN/TURN port (UDP and TCP).
+    #[serde(default = "default_turn_port")]
+    pub port: u16,
+    /// TURN over TLS port, if the server offers it.
+    #[serde(default)]
+    pub tls_port: Option<u16>,
+    /// Transports offered for TURN.
+    #[serde(default = "default_turn_transports")]
+    pub transports: Vec<String>,
+    /// The secret shared with the TURN server (coturn `static-auth-secret`).
+    pub secret: String,
+    /// How long handed-out credentials stay valid.
+    #[serde(default = "default_turn_ttl")]
+    pub ttl: Duration,
+}
+
+fn default_turn_port() -> u16 {
+    3478
+}
+fn default_turn_transports() -> Vec<String> {
+    vec!["udp".into(), "tcp".into()]
+}
+fn default_turn_ttl() -> Duration {
+    Duration::from_secs(86400)
+}
+
 /// Keys whose tables take free-form keys.
 const OPEN_TABLES: &[&str] = &["federation.hosts"];
 
@@ -466,6 +501,7 @@ impl Config {
         section!(metrics, "metrics");
         section!(contact, "contact");
         section!(archive, "archive");
+        section!(turn, "turn");
 
         // 3. Values and combinations.
         let base = path
@@ -556,6 +592,19 @@ impl Config {
                         k,
                         format!("`{uri}` is not a URI (expected e.g. mailto:abuse@example.org)"),
                     );
+                }
+            }
+        }
+        if let Some(t) = &self.turn {
+            if t.secret.len() < 16 {
+                report("turn.secret", "must be at least 16 characters".into());
+            }
+            if t.host.is_empty() {
+                report("turn.host", "must not be empty".into());
+            }
+            for tr in &t.transports {
+                if tr != "udp" && tr != "tcp" {
+                    report("turn.transports", format!("`{tr}` is not udp or tcp"));
                 }
             }
         }

@@ -355,7 +355,11 @@ impl Session {
     }
 
     /// Handle one element from the client.
-    async fn handle_client_element(&mut self, xs: &mut XmlStream<Tls>, mut el: Element) -> Result<Option<End>, ConnError> {
+    async fn handle_client_element(
+        &mut self,
+        xs: &mut XmlStream<Tls>,
+        mut el: Element,
+    ) -> Result<Option<End>, ConnError> {
         let ns = el.ns();
         if ns == NS_SM {
             return self.sm_nonza(xs, &el).await.map(|_| None);

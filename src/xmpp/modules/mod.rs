@@ -4,6 +4,7 @@
 
 pub mod carbons;
 pub mod disco;
+pub mod extdisco;
 pub mod mam;
 pub mod ping;
 pub mod register;
@@ -91,6 +92,23 @@ pub struct Modules {
 }
 
 impl Modules {
+    /// The modules every server has, plus those `config` turns on.
+    pub fn for_config(config: &crate::config::Config) -> Modules {
+        let mut m = Self::new();
+        if let Some(turn) = &config.turn {
+            m.add(Arc::new(extdisco::ExtDisco { turn: turn.clone() }));
+        }
+        m
+    }
+
+    fn add(&mut self, module: Arc<dyn Module>) {
+        let i = self.list.len();
+        for r in module.iqs() {
+            self.routes.entry((r.name, r.ns)).or_default().push((r.target, i));
+        }
+        self.list.push(module);
+    }
+
     pub fn new() -> Modules {
         let list: Vec<Arc<dyn Module>> = vec![
             Arc::new(disco::Disco),
