@@ -74,6 +74,8 @@ pub fn build_server(config: Config, shutdown: watch::Receiver<bool>) -> Result<A
         sessions: Default::default(),
         modules,
         archive: Default::default(),
+        iq_tracker: Default::default(),
+        push_state: Default::default(),
         limiter,
         fake_salt_secret: rand::random(),
         shutdown,

@@ -13,6 +13,10 @@ pub struct Server {
     pub certs: Arc<CertStore>,
     pub sessions: Sessions,
     pub modules: Modules,
+    /// Answers to IQs the server sent itself.
+    pub iq_tracker: crate::xmpp::iq_tracker::IqTracker,
+    /// XEP-0357 event counts per sleeping account.
+    pub push_state: crate::xmpp::modules::push::PushState,
     /// The XEP-0313 archive writer.
     pub archive: crate::xmpp::modules::mam::Archive,
     pub limiter: Limiter,

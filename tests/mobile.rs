@@ -284,3 +284,78 @@ async fn stream_features_advertise_mobile_support() {
     }
     s.stop().await;
 }
+
+const ENABLE_PUSH: &str = "<iq type='set' id='push'><enable xmlns='urn:xmpp:push:0' jid='app@localhost/server' node='n1'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field><field var='secret'><value>s3cr3t</value></field></x></enable></iq>";
+
+#[tokio::test]
+async fn push_published_for_offline_and_hibernated_accounts() {
+    let s = TestServer::start().await;
+    for u in ["alice", "bob", "app"] {
+        s.add_user(u, "pw");
+    }
+    // A client plays the app server: it receives the XEP-0357 publishes.
+    let mut app = RawClient::login_as(s.c2s, "app", "pw", Some("server")).await;
+    let mut a = RawClient::login_as(s.c2s, "alice", "pw", Some("phone")).await;
+    let info = {
+        a.send(
+            "<iq type='get' id='d' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        )
+        .await;
+        a.read_until("id='d'").await;
+        a.read_until("</iq>").await
+    };
+    assert!(info.contains("urn:xmpp:push:0"), "{info}");
+    a.send(ENABLE_PUSH).await;
+    let r = a.read_until("id='push'").await;
+    assert!(r.contains("id='push'") && !r.contains("type='error'"), "{r}");
+    a.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
+    a.read_until("<enabled").await;
+    a.send("<presence/>").await;
+    a.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    a.read_until("id='p'").await;
+    // Alice's phone loses its connection: the session hibernates.
+    drop(a);
+    let mut b = RawClient::login(s.c2s, "bob", "pw").await;
+    send_chat(&mut b, "alice@localhost", "are you there?").await;
+    let p = app.read_until("</iq>").await;
+    assert!(p.contains("<publish node='n1'>"), "{p}");
+    assert!(p.contains("<notification xmlns='urn:xmpp:push:0'>"), "{p}");
+    assert!(
+        p.contains("urn:xmpp:push:summary") && p.contains("message-count"),
+        "{p}"
+    );
+    assert!(p.contains("New message"), "a fixed body marks an important push: {p}");
+    assert!(!p.contains("are you there?"), "no message text by default: {p}");
+    assert!(!p.contains("bob@localhost"), "no sender by default: {p}");
+    assert!(p.contains("s3cr3t"), "publish-options are echoed: {p}");
+    assert!(p.contains("from='alice@localhost'"), "{p}");
+    let id = attr_after(&p, "<iq", "id");
+    app.send(&format!("<iq type='result' id='{id}' to='alice@localhost'/>"))
+        .await;
+    // A chat state alone wakes nobody; a second message does.
+    app.received.clear();
+    b.send("<message type='chat' to='alice@localhost'><composing xmlns='http://jabber.org/protocol/chatstates'/></message>").await;
+    send_chat(&mut b, "alice@localhost", "second").await;
+    let p = app.read_until("</iq>").await;
+    assert_eq!(count(&p, "<publish "), 1, "{p}");
+    // The app server says the registration is gone: pushbox forgets it.
+    let id = attr_after(&p, "<iq", "id");
+    app.send(&format!("<iq type='error' id='{id}' to='alice@localhost'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")).await;
+    let store = pushbox::store::Store::open_in(&s.config.data_dir).unwrap();
+    let mut left = 1;
+    for _ in 0..100 {
+        left = store
+            .blocking(|c| {
+                let id = pushbox::store::accounts::id_of(c, "alice")?.unwrap();
+                Ok(pushbox::store::push::list(c, id)?.len())
+            })
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, 0, "registration removed after item-not-found");
+    s.stop().await;
+}

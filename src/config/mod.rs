@@ -41,6 +41,7 @@ pub struct Config {
     pub metrics: Metrics,
     pub contact: Contact,
     pub archive: Archive,
+    pub push: Push,
     /// STUN/TURN servers announced with XEP-0215; unset announces none.
     pub turn: Option<Turn>,
     /// Where this configuration came from (not a key).
@@ -63,6 +64,7 @@ impl Default for Config {
             metrics: Metrics::default(),
             contact: Contact::default(),
             archive: Archive::default(),
+            push: Push::default(),
             turn: None,
             source: None,
         }
@@ -303,6 +305,31 @@ impl Default for Archive {
     }
 }
 
+/// `[push]`: XEP-0357 notifications this server sends to app servers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Push {
+    /// Include the sender's bare JID (`last-message-sender`) in notifications.
+    pub include_sender: bool,
+    /// Include the message text (`last-message-body`); otherwise a fixed text marks important pushes.
+    pub include_body: bool,
+    /// Most app-server registrations per account.
+    pub max_registrations: u32,
+    /// Failed publishes in a row after which a registration is removed.
+    pub max_failures: u32,
+}
+
+impl Default for Push {
+    fn default() -> Self {
+        Push {
+            include_sender: false,
+            include_body: false,
+            max_registrations: 10,
+            max_failures: 5,
+        }
+    }
+}
+
 /// `[turn]`: a STUN/TURN server (such as coturn with `use-auth-secret`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -502,6 +529,7 @@ impl Config {
         section!(contact, "contact");
         section!(archive, "archive");
         section!(turn, "turn");
+        section!(push, "push");
 
         // 3. Values and combinations.
         let base = path

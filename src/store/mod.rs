@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod archive;
 pub mod invites;
 pub mod offline;
+pub mod push;
 pub mod roster;
 
 use rusqlite::Connection;
@@ -22,6 +23,7 @@ use std::{
 const MIGRATIONS: &[(&str, &str)] = &[
     ("core", include_str!("migrations/0001_core.sql")),
     ("archive", include_str!("migrations/0002_archive.sql")),
+    ("push", include_str!("migrations/0003_push.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

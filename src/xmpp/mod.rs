@@ -2,6 +2,7 @@
 //! feature modules.
 
 pub mod c2s;
+pub mod iq_tracker;
 pub mod modules;
 pub mod presence;
 pub mod router;

@@ -110,6 +110,7 @@ pub async fn broadcast(server: &Arc<Server>, session: &Arc<SessionHandle>, p: El
         return;
     }
     if initial {
+        server.push_state.reset(&bare);
         // Probes: local contacts answer at once from their sessions' state.
         for item in items.iter().filter(|i| i.sub.to()) {
             let probe = elem("presence", NS_CLIENT)
@@ -409,6 +410,16 @@ async fn inbound_subscription(server: &Arc<Server>, from: &BareJid, owner: &Bare
                 item.pending_in = true;
                 item.pending_in_stanza = Some(p.to_xml());
                 save(server, owner, id, item, false).await;
+                let awake = server.sessions.of(owner).iter().any(|s| s.available() && !s.asleep());
+                if !awake {
+                    let ev = crate::xmpp::modules::push::Event {
+                        sender: Some(from.clone().into()),
+                        body: None,
+                        important: false,
+                        subscription: true,
+                    };
+                    crate::xmpp::modules::push::notify(server, owner, ev);
+                }
                 deliver(p);
             }
         }

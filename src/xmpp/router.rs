@@ -3,7 +3,7 @@
 //! carries a `from` that its stream authenticated.
 
 use super::{
-    modules::{carbons, mam, BoxFuture, IqCtx, Target},
+    modules::{carbons, mam, push, BoxFuture, IqCtx, Target},
     presence,
     stanza::{self, bounce, iq_payload, iq_result, Condition, Kind},
     xml::{elem, ElementExt},
@@ -100,7 +100,22 @@ async fn deliver_message(server: &Arc<Server>, msg: Element, to: &Jid) {
         if t == "headline" || t == "error" {
             return;
         }
+        if let Some(ev) = push::event_for(&msg) {
+            push::notify(server, &bare, ev);
+        }
         return store_offline(server, msg, &bare).await;
+    }
+    // Every client that got it is asleep (hibernated or inactive): wake one up.
+    let asleep = server
+        .sessions
+        .of(&bare)
+        .iter()
+        .filter(|s| delivered.contains(&s.id))
+        .all(|s| s.asleep());
+    if asleep {
+        if let Some(ev) = push::event_for(&msg) {
+            push::notify(server, &bare, ev);
+        }
     }
     carbons::copy_received(server, &msg, &bare, &delivered);
 }
@@ -191,7 +206,9 @@ async fn route_iq(server: &Arc<Server>, iq: Element, from: &Jid, to: &Jid) {
         return;
     }
     if !request {
-        // Results and errors addressed to the server or a bare JID: nothing waits for them.
+        // Results and errors addressed to the server or a bare JID: answers to
+        // IQs the server sent on its own, or nobody's.
+        server.iq_tracker.resolve(&iq);
         return;
     }
     let payload = match iq_payload(&iq) {

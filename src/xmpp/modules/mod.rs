@@ -7,6 +7,7 @@ pub mod disco;
 pub mod extdisco;
 pub mod mam;
 pub mod ping;
+pub mod push;
 pub mod register;
 pub mod roster;
 pub mod version;
@@ -118,6 +119,7 @@ impl Modules {
             Arc::new(register::Register),
             Arc::new(carbons::Carbons),
             Arc::new(mam::Mam),
+            Arc::new(push::Push),
         ];
         let mut routes: HashMap<_, Vec<_>> = HashMap::new();
         for (i, m) in list.iter().enumerate() {

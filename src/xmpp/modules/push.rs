@@ -1,0 +1,335 @@
+//! Push Notifications, server side (XEP-0357, `urn:xmpp:push:0`): clients
+//! register app servers with `<enable/>`; when a message a person would want
+//! arrives while every client of the account is offline, hibernated or
+//! inactive, the server publishes a summary to each registered app server.
+
+use super::{BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
+use crate::{
+    server::Server,
+    store,
+    xmpp::{
+        router::route,
+        stanza::{self, Condition, StanzaError},
+        xml::{elem, ElementExt, NS_CLIENT},
+    },
+};
+use jid::{BareJid, Jid};
+use minidom::Element;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+pub const NS: &str = "urn:xmpp:push:0";
+pub const NS_SUMMARY: &str = "urn:xmpp:push:summary";
+pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+pub const NS_DATA: &str = "jabber:x:data";
+pub const PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
+/// How long to wait for an app server's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a push is sent.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub sender: Option<Jid>,
+    pub body: Option<String>,
+    /// Encrypted message or call invite: show an alert even without content.
+    pub important: bool,
+    pub subscription: bool,
+}
+
+/// Per-account counts of events since the account was last online.
+#[derive(Default)]
+pub struct PushState {
+    // std Mutex: counter updates only.
+    counts: Mutex<HashMap<BareJid, u32>>,
+}
+
+impl PushState {
+    fn bump(&self, who: &BareJid) -> u32 {
+        let mut m = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let c = m.entry(who.clone()).or_default();
+        *c = c.saturating_add(1);
+        *c
+    }
+
+    /// The account came online: start counting afresh.
+    pub fn reset(&self, who: &BareJid) {
+        self.counts.lock().unwrap_or_else(|p| p.into_inner()).remove(who);
+    }
+}
+
+/// Whether a message should wake a sleeping client, and how.
+pub fn event_for(msg: &Element) -> Option<Event> {
+    if matches!(stanza::typ(msg), "error" | "groupchat" | "headline") {
+        return None;
+    }
+    let body = msg.get_child("body", NS_CLIENT).map(|b| b.text());
+    let encrypted = msg
+        .children()
+        .any(|c| c.name() == "encrypted" || c.ns() == "eu.siacs.conversations.axolotl" || c.ns() == "urn:xmpp:omemo:2");
+    let call = msg
+        .children()
+        .any(|c| c.name() == "propose" && c.ns() == "urn:xmpp:jingle-message:0");
+    if body.is_none() && !encrypted && !call {
+        return None;
+    }
+    Some(Event {
+        sender: stanza::from(msg),
+        body: if encrypted { None } else { body },
+        important: encrypted || call,
+        subscription: false,
+    })
+}
+
+/// Send `event` to every app server `owner` registered (in the background).
+pub fn notify(server: &Arc<Server>, owner: &BareJid, event: Event) {
+    let server = server.clone();
+    let owner = owner.clone();
+    tokio::spawn(async move {
+        let Some(username) = owner.node().map(|n| n.to_string()) else {
+            return;
+        };
+        let regs = server
+            .store
+            .call(move |c| match store::accounts::id_of(c, &username)? {
+                Some(id) => Ok(Some((id, store::push::list(c, id)?))),
+                None => Ok(None),
+            })
+            .await;
+        let Ok(Some((account, regs))) = regs else { return };
+        if regs.is_empty() {
+            return;
+        }
+        let count = server.push_state.bump(&owner);
+        for r in regs {
+            let server = server.clone();
+            let owner = owner.clone();
+            let event = event.clone();
+            tokio::spawn(async move { publish(&server, account, &owner, r, &event, count).await });
+        }
+    });
+}
+
+fn summary(server: &Server, event: &Event, count: u32) -> Element {
+    let field = |var: &str, value: String| {
+        elem("field", NS_DATA)
+            .with("var", var)
+            .child(elem("value", NS_DATA).text_child(value))
+    };
+    let cfg = &server.config.push;
+    let mut x = elem("x", NS_DATA)
+        .with("type", "submit")
+        .child(field("FORM_TYPE", NS_SUMMARY.into()));
+    if event.subscription {
+        x.append_child(field("pending-subscription-count", "1".into()));
+    } else {
+        x.append_child(field("message-count", count.to_string()));
+    }
+    if cfg.include_sender {
+        if let Some(s) = &event.sender {
+            x.append_child(field("last-message-sender", s.to_bare().to_string()));
+        }
+    }
+    let body = match (&event.body, cfg.include_body) {
+        (Some(b), true) => Some(b.chars().take(256).collect::<String>()),
+        // A body present is what tells app servers to show an alert.
+        (_, _) if event.important || event.body.is_some() => Some("New message".to_string()),
+        _ => None,
+    };
+    if let Some(b) = body {
+        x.append_child(field("last-message-body", b));
+    }
+    x
+}
+
+async fn publish(
+    server: &Arc<Server>,
+    account: i64,
+    owner: &BareJid,
+    r: store::push::Registration,
+    event: &Event,
+    count: u32,
+) {
+    let (id, rx) = server.iq_tracker.register();
+    let mut publish_el = elem("pubsub", NS_PUBSUB).child(
+        elem("publish", NS_PUBSUB)
+            .with("node", r.node.clone())
+            .child(elem("item", NS_PUBSUB).child(elem("notification", NS).child(summary(server, event, count)))),
+    );
+    if let Some(opts) = r.options.as_deref().and_then(|o| o.parse::<Element>().ok()) {
+        publish_el.append_child(elem("publish-options", NS_PUBSUB).child(opts));
+    }
+    let iq = elem("iq", NS_CLIENT)
+        .with("type", "set")
+        .with("id", id.clone())
+        .with("from", owner.to_string())
+        .with("to", r.service.clone())
+        .child(publish_el);
+    tracing::debug!(service = %r.service, "publishing a push notification");
+    route(server, iq).await;
+    let answer = server.iq_tracker.wait(&id, rx, ANSWER_TIMEOUT).await;
+    let (service, node) = (r.service.clone(), r.node.clone());
+    match answer.as_ref().map(|a| (stanza::typ(a).to_string(), a)) {
+        Some((t, _)) if t == "result" => {
+            let _ = server
+                .store
+                .call(move |c| store::push::succeeded(c, account, &service, &node))
+                .await;
+        }
+        Some((_, a)) => {
+            let err = a.get_child("error", NS_CLIENT);
+            let etype = err.and_then(|e| e.attr("type")).unwrap_or("cancel").to_string();
+            let cond = err
+                .and_then(|e| e.children().find(|c| c.ns() == crate::xmpp::xml::NS_STANZAS))
+                .map(|c| c.name().to_string())
+                .unwrap_or_else(|| "undefined-condition".into());
+            registration_failed(server, account, &r, &etype, &cond).await;
+        }
+        None => registration_failed(server, account, &r, "wait", "timeout").await,
+    }
+}
+
+/// Count a failed publish; remove the registration after too many (a
+/// `wait` error counts too, but only `max_failures` in a row remove it).
+async fn registration_failed(
+    server: &Arc<Server>,
+    account: i64,
+    r: &store::push::Registration,
+    etype: &str,
+    cond: &str,
+) {
+    let max = server.config.push.max_failures;
+    let (service, node) = (r.service.clone(), r.node.clone());
+    let fatal = cond == "item-not-found" || cond == "forbidden" || cond == "not-authorized";
+    let failures = server
+        .store
+        .call(move |c| store::push::failed(c, account, &service, &node))
+        .await
+        .unwrap_or(0);
+    if fatal || (etype != "wait" && failures >= i64::from(max)) || failures >= i64::from(max) * 4 {
+        let (service, node) = (r.service.clone(), r.node.clone());
+        let _ = server
+            .store
+            .call(move |c| store::push::disable(c, account, &service, Some(&node)))
+            .await;
+        tracing::warn!(service = %r.service, condition = cond, failures, "push registration removed after errors from the app server");
+    } else {
+        tracing::info!(service = %r.service, condition = cond, error_type = etype, failures, "push publish failed");
+    }
+}
+
+pub struct Push;
+
+impl Module for Push {
+    fn name(&self) -> &'static str {
+        "push"
+    }
+    fn account_features(&self) -> &'static [&'static str] {
+        &[NS]
+    }
+    fn iqs(&self) -> &'static [IqRoute] {
+        &[
+            IqRoute {
+                name: "enable",
+                ns: NS,
+                target: Target::OwnAccount,
+            },
+            IqRoute {
+                name: "disable",
+                ns: NS,
+                target: Target::OwnAccount,
+            },
+        ]
+    }
+    fn handle_iq<'a>(&'a self, ctx: IqCtx<'a>) -> BoxFuture<'a, IqReply> {
+        Box::pin(async move {
+            if !ctx.set {
+                return Err(Condition::BadRequest.into());
+            }
+            let service = ctx
+                .payload
+                .attr("jid")
+                .and_then(|j| Jid::new(j).ok())
+                .ok_or_else(|| StanzaError::new(Condition::BadRequest, "a valid jid attribute is required"))?
+                .to_string();
+            let node = ctx.payload.attr("node").map(str::to_string);
+            let username = ctx.from.node().map(|n| n.to_string()).unwrap_or_default();
+            if ctx.payload.name() == "disable" {
+                ctx.server
+                    .store
+                    .call(move |c| match store::accounts::id_of(c, &username)? {
+                        Some(id) => store::push::disable(c, id, &service, node.as_deref()),
+                        None => Ok(0),
+                    })
+                    .await
+                    .map_err(|_| StanzaError::from(Condition::InternalServerError))?;
+                return Ok(None);
+            }
+            let node = node.ok_or_else(|| StanzaError::new(Condition::BadRequest, "a node attribute is required"))?;
+            let options = match ctx.payload.get_child("x", NS_DATA) {
+                Some(x) => {
+                    let form_type = x
+                        .children()
+                        .find(|f| f.attr("var") == Some("FORM_TYPE"))
+                        .and_then(|f| f.get_child("value", NS_DATA))
+                        .map(|v| v.text());
+                    if form_type.as_deref() != Some(PUBLISH_OPTIONS) {
+                        return Err(StanzaError::new(
+                            Condition::BadRequest,
+                            "publish options need FORM_TYPE pubsub#publish-options",
+                        ));
+                    }
+                    if x.to_xml().len() > 4096 {
+                        return Err(StanzaError::new(Condition::NotAcceptable, "publish options too large"));
+                    }
+                    Some(x.to_xml())
+                }
+                None => None,
+            };
+            let max = ctx.server.config.push.max_registrations;
+            let ok = ctx
+                .server
+                .store
+                .call(move |c| match store::accounts::id_of(c, &username)? {
+                    Some(id) => store::push::enable(c, id, &service, &node, options.as_deref(), max),
+                    None => Ok(false),
+                })
+                .await
+                .map_err(|_| StanzaError::from(Condition::InternalServerError))?;
+            if ok {
+                Ok(None)
+            } else {
+                Err(StanzaError::new(
+                    Condition::ResourceConstraint,
+                    format!("at most {max} push registrations per account"),
+                ))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_messages_wake_a_client() {
+        let m = |s: &str| s.parse::<Element>().unwrap();
+        assert!(event_for(&m(
+            "<message xmlns='jabber:client' type='chat' from='a@b/c'><body>hi</body></message>"
+        ))
+        .is_some());
+        let e = event_for(&m(
+            "<message xmlns='jabber:client' from='a@b/c'><encrypted xmlns='eu.siacs.conversations.axolotl'/></message>",
+        ))
+        .unwrap();
+        assert!(e.important && e.body.is_none());
+        assert!(event_for(&m("<message xmlns='jabber:client' type='chat'><active xmlns='http://jabber.org/protocol/chatstates'/></message>")).is_none());
+        assert!(event_for(&m(
+            "<message xmlns='jabber:client' type='error'><body>x</body></message>"
+        ))
+        .is_none());
+    }
+}
