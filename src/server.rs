@@ -14,6 +14,8 @@ pub struct Server {
     pub sessions: Sessions,
     pub modules: Modules,
     pub limiter: Limiter,
+    /// The push core: the relay API and the XEP-0357 app server submit through it.
+    pub relay: crate::push::Relay,
     /// Keys the fake SCRAM salts of unknown users, so probes cannot tell
     /// unknown users from wrong passwords.
     pub fake_salt_secret: [u8; 32],

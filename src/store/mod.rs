@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod invites;
 pub mod offline;
+pub mod relay;
 pub mod roster;
 
 use rusqlite::Connection;
@@ -17,7 +18,10 @@ use std::{
 
 /// Migrations, in order. `PRAGMA user_version` records how many ran.
 /// Append only; never edit a migration that has shipped.
-const MIGRATIONS: &[(&str, &str)] = &[("core", include_str!("migrations/0001_core.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("core", include_str!("migrations/0001_core.sql")),
+    ("relay", include_str!("migrations/0002_relay.sql")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
