@@ -9,10 +9,14 @@
 //! - [`net`]: per-IP limits shared by all listeners
 //! - [`xmpp`]: streams, SASL, sessions, router, feature modules
 //! - [`server`]: the shared state every connection holds
+//! - [`push`]: the push core (relay accounts, tokens, outbox, providers)
+//! - [`http`]: the HTTPS listener and the relay's JSON API
 
 pub mod certs;
 pub mod config;
+pub mod http;
 pub mod net;
+pub mod push;
 pub mod server;
 pub mod store;
 pub mod xmpp;
@@ -51,7 +55,7 @@ impl Listeners {
         Ok(Listeners {
             c2s: all("c2s", &config.listen.c2s).await?,
             c2s_direct_tls: all("c2s_direct_tls", &config.listen.c2s_direct_tls).await?,
-            https: vec![],
+            https: all("https", &config.listen.https).await?,
         })
     }
 }
@@ -67,6 +71,8 @@ pub fn build_server(config: Config, shutdown: watch::Receiver<bool>) -> Result<A
         l.max_auth_failures_per_ip,
     );
     let modules = xmpp::modules::Modules::for_config(&config);
+    let relay = push::Relay::new(store.clone(), &config.relay, &config.data_dir, &http::public_url(&config))
+        .context("starting the push relay")?;
     Ok(Arc::new(Server {
         config: Arc::new(config),
         store,
@@ -77,6 +83,7 @@ pub fn build_server(config: Config, shutdown: watch::Receiver<bool>) -> Result<A
         iq_tracker: Default::default(),
         push_state: Default::default(),
         limiter,
+        relay,
         fake_salt_secret: rand::random(),
         shutdown,
         started: std::time::Instant::now(),
@@ -102,6 +109,10 @@ pub async fn run(
     }
     for l in listeners.c2s_direct_tls {
         spawn_accept(server.clone(), l, alive.clone(), Kind::C2sDirectTls);
+    }
+    server.relay.start(server.shutdown.clone());
+    for l in listeners.https {
+        http::spawn(server.clone(), l, alive.clone());
     }
     #[cfg(unix)]
     spawn_reload(server.clone());

@@ -20,6 +20,8 @@ pub struct Server {
     /// The XEP-0313 archive writer.
     pub archive: crate::xmpp::modules::mam::Archive,
     pub limiter: Limiter,
+    /// The push core: the relay API and the XEP-0357 app server submit through it.
+    pub relay: crate::push::Relay,
     /// Keys the fake SCRAM salts of unknown users, so probes cannot tell
     /// unknown users from wrong passwords.
     pub fake_salt_secret: [u8; 32],

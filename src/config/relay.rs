@@ -1,5 +1,6 @@
 //! `[relay]`: the push relay's HTTP API and its providers.
 
+use super::Duration;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -22,6 +23,20 @@ pub struct RelayConfig {
     /// Unset: `https://<domain>` (with the port of the first https listener if not 443).
     pub public_url: Option<String>,
     pub signup: Signup,
+    /// How long a whitelist token lives unless its creator asks for less (`date_expires`).
+    pub token_lifetime: Duration,
+    /// How long a push is kept and retried when the sender names no TTL.
+    pub push_ttl: Duration,
+    /// Largest `data` of a push, in bytes of JSON (APNs allows 4 KiB for a whole payload).
+    pub max_data_bytes: usize,
+    /// Pushes per minute per whitelist token (a token may ask for less).
+    pub token_rate: u32,
+    /// API requests per minute per client IP address.
+    pub ip_rate: u32,
+    /// Extra PEM roots to trust for Web Push endpoints and upstream relays.
+    pub ca_roots: Option<PathBuf>,
+    /// The VAPID `sub` claim (a `mailto:` or `https:` URL); unset: the public URL.
+    pub vapid_subject: Option<String>,
     pub apns: Option<Apns>,
     pub fcm: Option<Fcm>,
 }
@@ -32,6 +47,13 @@ impl Default for RelayConfig {
             enabled: true,
             public_url: None,
             signup: Signup::Open,
+            token_lifetime: Duration::from_secs(30 * 86400),
+            push_ttl: Duration::from_secs(86400),
+            max_data_bytes: 3072,
+            token_rate: 60,
+            ip_rate: 600,
+            ca_roots: None,
+            vapid_subject: None,
             apns: None,
             fcm: None,
         }
@@ -81,6 +103,9 @@ impl RelayConfig {
                 *p = base.join(&*p);
             }
         };
+        if let Some(r) = &mut self.ca_roots {
+            fix(r);
+        }
         if let Some(a) = &mut self.apns {
             fix(&mut a.key);
             if let Some(r) = &mut a.ca_roots {
@@ -101,7 +126,23 @@ impl RelayConfig {
                 report("relay.public_url", format!("`{u}` is not an http(s) URL"));
             }
         }
+        if self.token_rate == 0 {
+            report("relay.token_rate", "must be at least 1".into());
+        }
+        if self.ip_rate == 0 {
+            report("relay.ip_rate", "must be at least 1".into());
+        }
+        if let Some(r) = &self.ca_roots {
+            if !r.is_file() {
+                report("relay.ca_roots", format!("file {} does not exist or is not readable", r.display()));
+            }
+        }
         if let Some(a) = &self.apns {
+            if let Some(e) = &a.endpoint {
+                if !e.starts_with("https://") {
+                    report("relay.apns.endpoint", format!("`{e}` is not an https URL"));
+                }
+            }
             if !a.key.is_file() {
                 report(
                     "relay.apns.key",
@@ -110,6 +151,11 @@ impl RelayConfig {
             }
         }
         if let Some(f) = &self.fcm {
+            if let Some(e) = &f.endpoint {
+                if !e.starts_with("https://") {
+                    report("relay.fcm.endpoint", format!("`{e}` is not an https URL"));
+                }
+            }
             if !f.service_account.is_file() {
                 report(
                     "relay.fcm.service_account",

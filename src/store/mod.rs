@@ -9,6 +9,7 @@ pub mod archive;
 pub mod invites;
 pub mod offline;
 pub mod push;
+pub mod relay;
 pub mod roster;
 
 use rusqlite::Connection;
@@ -24,6 +25,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("core", include_str!("migrations/0001_core.sql")),
     ("archive", include_str!("migrations/0002_archive.sql")),
     ("push", include_str!("migrations/0003_push.sql")),
+    ("relay", include_str!("migrations/0004_relay.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

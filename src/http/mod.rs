@@ -1,0 +1,97 @@
+//! The HTTPS listener: TLS from the shared certificate store (ALPN h2 and
+//! http/1.1), hyper's auto server, and the routes. This module and its
+//! children are the only code that knows HTTP routes and JSON shapes.
+
+pub mod relay_api;
+
+use crate::{config::Config, server::Server};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, Request, Response, StatusCode};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{net::TcpListener, sync::mpsc};
+
+pub type Resp = Response<Full<Bytes>>;
+
+/// Time allowed for a TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The URL clients reach the relay at: `[relay] public_url`, else `https://<domain>`.
+pub fn public_url(config: &Config) -> String {
+    if let Some(u) = &config.relay.public_url {
+        return u.trim_end_matches('/').to_string();
+    }
+    match config.listen.https.first().map(|a| a.port()) {
+        Some(443) | None => format!("https://{}", config.domain),
+        Some(p) => format!("https://{}:{p}", config.domain),
+    }
+}
+
+/// Serve HTTPS on `listener` until shutdown.
+pub fn spawn(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<()>) {
+    let tls = tokio_rustls::TlsAcceptor::from(server.certs.server_config(&[b"h2", b"http/1.1"]));
+    let mut stop = server.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "https accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            let (server, tls, alive) = (server.clone(), tls.clone(), alive.clone());
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "https TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let mut stop = server.shutdown.clone();
+                let svc = hyper::service::service_fn(move |req| handle(server.clone(), peer, req));
+                let builder = auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    r = conn.as_mut() => if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "https connection ended with an error");
+                    },
+                    _ = stop.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+                    }
+                }
+                drop(alive);
+            });
+        }
+    });
+}
+
+async fn handle(server: Arc<Server>, peer: SocketAddr, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_string();
+    let resp = if path.starts_with("/api/v1/") && server.config.relay.enabled {
+        relay_api::handle(&server, peer, req).await
+    } else {
+        json(StatusCode::NOT_FOUND, serde_json::json!({ "detail": "Not found." }))
+    };
+    Ok(resp)
+}
+
+pub fn json(status: StatusCode, v: serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
+}

@@ -1,0 +1,219 @@
+//! A small HTTPS client for the providers: rustls (ring) over tokio, HTTP/2
+//! when the server offers it (one long-lived, multiplexed connection per
+//! origin, replaced when it closes or is sent GOAWAY), else one HTTP/1.1
+//! connection per request. One client per credential, so each credential
+//! has its own connection.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{client::conn::http2, Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
+use std::{collections::HashMap, path::Path, sync::Arc, sync::Mutex, time::Duration};
+use tokio::net::TcpStream;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest response body read from a provider.
+const MAX_RESPONSE: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad URL {0}")]
+    BadUrl(String),
+    #[error("connection: {0}")]
+    Connect(String),
+    #[error("request: {0}")]
+    Request(String),
+    #[error("timed out")]
+    Timeout,
+}
+
+pub struct HttpsClient {
+    tls: Arc<ClientConfig>,
+    // A std Mutex: held only to clone or replace a sender, never across `.await`.
+    h2: Mutex<HashMap<String, http2::SendRequest<Full<Bytes>>>>,
+    // Serializes connection set-up so that a burst shares one new connection
+    // instead of racing to open several. Local to this client.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+/// The platform's roots plus the PEM certificates in `extra`.
+pub fn tls_config(extra: Option<&Path>) -> anyhow::Result<Arc<ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for c in native.certs {
+        let _ = roots.add(c);
+    }
+    if let Some(p) = extra {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(p)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("parsing {}: {e}", p.display()))?;
+        if certs.is_empty() {
+            anyhow::bail!("{} holds no certificate", p.display());
+        }
+        for c in certs {
+            roots.add(c).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        }
+    }
+    let mut cfg = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+impl HttpsClient {
+    pub fn new(extra_roots: Option<&Path>) -> anyhow::Result<HttpsClient> {
+        Ok(Self::with_tls(tls_config(extra_roots)?))
+    }
+
+    pub fn with_tls(tls: Arc<ClientConfig>) -> HttpsClient {
+        HttpsClient { tls, h2: Mutex::new(HashMap::new()), connecting: tokio::sync::Mutex::new(()) }
+    }
+
+    /// The TLS configuration (trust roots) of this client.
+    pub fn tls(&self) -> Arc<ClientConfig> {
+        self.tls.clone()
+    }
+
+    /// Send `req` (an absolute https URL) and read the whole answer.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Bytes>, ClientError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, self.send_inner(req)).await.map_err(|_| ClientError::Timeout)?
+    }
+
+    async fn send_inner(&self, mut req: Request<Full<Bytes>>) -> Result<Response<Bytes>, ClientError> {
+        let uri = req.uri().clone();
+        if uri.scheme_str() != Some("https") {
+            return Err(ClientError::BadUrl(uri.to_string()));
+        }
+        let host = uri.host().ok_or_else(|| ClientError::BadUrl(uri.to_string()))?.to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let origin = format!("{host}:{port}");
+        let mut gate = None;
+        let mut cached = self.cached(&origin);
+        if cached.is_none() {
+            gate = Some(self.connecting.lock().await);
+            cached = self.cached(&origin);
+        }
+        let mut sender = match cached {
+            Some(s) => s,
+            None => match self.connect(&host, port).await? {
+                Conn::H2(s) => {
+                    self.h2.lock().unwrap_or_else(|p| p.into_inner()).insert(origin.clone(), s.clone());
+                    s
+                }
+                Conn::H1(mut s) => {
+                    drop(gate);
+                    // HTTP/1.1 wants origin-form and a Host header.
+                    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+                    *req.uri_mut() = pq.parse().map_err(|_| ClientError::BadUrl(uri.to_string()))?;
+                    let host_hdr = if port == 443 { host.clone() } else { origin.clone() };
+                    req.headers_mut()
+                        .insert(hyper::header::HOST, host_hdr.parse().map_err(|_| ClientError::BadUrl(uri.to_string()))?);
+                    let resp = s.send_request(req).await.map_err(|e| ClientError::Request(e.to_string()))?;
+                    return read(resp).await;
+                }
+            },
+        };
+        drop(gate);
+        match sender.ready().await {
+            Ok(()) => {}
+            Err(e) => {
+                self.forget(&origin);
+                return Err(ClientError::Connect(e.to_string()));
+            }
+        }
+        match sender.send_request(req).await {
+            Ok(resp) => read(resp).await,
+            Err(e) => {
+                // GOAWAY, reset connection: the next push opens a new one.
+                self.forget(&origin);
+                Err(ClientError::Request(e.to_string()))
+            }
+        }
+    }
+
+    fn cached(&self, origin: &str) -> Option<http2::SendRequest<Full<Bytes>>> {
+        let mut map = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(origin) {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                map.remove(origin);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn forget(&self, origin: &str) {
+        self.h2.lock().unwrap_or_else(|p| p.into_inner()).remove(origin);
+    }
+
+    async fn connect(&self, host: &str, port: u16) -> Result<Conn, ClientError> {
+        let connect = async {
+            let tcp = TcpStream::connect((host, port)).await.map_err(|e| ClientError::Connect(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::try_from(host.to_string()).map_err(|_| ClientError::BadUrl(host.to_string()))?;
+            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| ClientError::Connect(format!("TLS with {host}: {e}")))?;
+            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(tls);
+            if h2 {
+                let (s, conn) = http2::Builder::new(TokioExecutor::new())
+                    .keep_alive_interval(Duration::from_secs(60))
+                    .keep_alive_timeout(Duration::from_secs(20))
+                    .handshake(io)
+                    .await
+                    .map_err(|e| ClientError::Connect(e.to_string()))?;
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "provider connection ended");
+                    }
+                });
+                Ok(Conn::H2(s))
+            } else {
+                let (s, conn) = hyper::client::conn::http1::handshake(io)
+                    .await
+                    .map_err(|e| ClientError::Connect(e.to_string()))?;
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                Ok(Conn::H1(s))
+            }
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| ClientError::Timeout)?
+    }
+}
+
+enum Conn {
+    H2(http2::SendRequest<Full<Bytes>>),
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+}
+
+async fn read(resp: Response<hyper::body::Incoming>) -> Result<Response<Bytes>, ClientError> {
+    let (parts, body) = resp.into_parts();
+    let body = http_body_util::Limited::new(body, MAX_RESPONSE)
+        .collect()
+        .await
+        .map_err(|e| ClientError::Request(format!("reading the answer: {e}")))?
+        .to_bytes();
+    Ok(Response::from_parts(parts, body))
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from push services).
+pub fn retry_after(resp: &Response<Bytes>) -> Option<Duration> {
+    resp.headers()
+        .get(hyper::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}

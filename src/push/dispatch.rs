@@ -1,0 +1,154 @@
+//! The dispatcher: takes due deliveries from the outbox, sends each through
+//! its provider and records the outcome. A delivery row is claimed by one
+//! task at a time (the in-flight set) and marked done as soon as the
+//! provider accepts it, so one accepted push reaches a device once. Rows
+//! survive restarts: what was pending at a crash is sent after it.
+
+use super::{now_ms, providers::Outcome, secret, Kind, Relay};
+use crate::store::relay::{self as db, Delivery};
+use std::{
+    collections::HashSet,
+    sync::{atomic::Ordering, Arc, Mutex},
+    time::Duration,
+};
+use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
+
+/// Deliveries in flight at once.
+const CONCURRENCY: usize = 512;
+/// Deliveries fetched per look at the outbox.
+const BATCH: usize = 512;
+/// Longest wait between retries.
+const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// How often the outbox is looked at when nothing wakes the dispatcher.
+const POLL: Duration = Duration::from_secs(1);
+
+type Key = (i64, String);
+
+pub(crate) async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
+    // A std Mutex: held for set operations only, never across `.await`.
+    let inflight: Arc<Mutex<HashSet<Key>>> = Arc::default();
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let store = relay.inner.store.clone();
+        let now = now_ms();
+        let due = match store.call(move |c| db::due(c, now, BATCH)).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "outbox read failed");
+                Vec::new()
+            }
+        };
+        let mut started = 0;
+        for d in due {
+            let key = (d.push_id, d.device.id.clone());
+            if !inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()) {
+                continue;
+            }
+            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            started += 1;
+            let (relay, inflight) = (relay.clone(), inflight.clone());
+            let span = tracing::info_span!("push", push_id = d.push_id, device = %d.device.id, kind = %d.device.kind,
+                token = secret::prefix(&d.token));
+            tokio::spawn(
+                async move {
+                    deliver(&relay, d).await;
+                    inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                    drop(permit);
+                    relay.inner.wake.notify_one();
+                }
+                .instrument(span),
+            );
+        }
+        if started == BATCH {
+            continue;
+        }
+        let next = store.call(|c| db::next_due(c)).await.ok().flatten();
+        let wait = match next {
+            Some(t) if t > now_ms() => Duration::from_millis((t - now_ms()) as u64).min(POLL),
+            _ => POLL,
+        };
+        tokio::select! {
+            _ = relay.inner.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn deliver(relay: &Relay, d: Delivery) {
+    let store = &relay.inner.store;
+    let kind = Kind::parse(&d.device.kind);
+    let counters = kind.map(|k| relay.inner.counters.provider(k));
+    let (push_id, dev) = (d.push_id, d.device.id.clone());
+    let finish = |state: &'static str| {
+        let dev = dev.clone();
+        store.call(move |c| db::finish(c, push_id, &dev, state))
+    };
+    let expired = d.expires <= crate::store::now();
+    let outcome = match kind {
+        _ if expired => Outcome::Drop("expired before delivery".into()),
+        _ if !d.device.active => Outcome::Drop("device inactive".into()),
+        None => Outcome::Drop(format!("unknown device kind {}", d.device.kind)),
+        Some(k) => relay.inner.providers.send(k, &d).await,
+    };
+    let result = match outcome {
+        Outcome::Delivered(id) => {
+            tracing::info!(provider_id = id.as_deref().unwrap_or(""), "delivered");
+            counters.map(|c| c.delivered.fetch_add(1, Ordering::Relaxed));
+            finish("done").await
+        }
+        Outcome::Retry { after, reason } => {
+            let delay = backoff(d.attempts).max(after.unwrap_or_default());
+            let at = now_ms() + delay.as_millis() as i64;
+            if at / 1000 >= d.expires {
+                tracing::warn!(%reason, "giving up: the push expires before the next attempt");
+                counters.map(|c| c.failed.fetch_add(1, Ordering::Relaxed));
+                finish("failed").await
+            } else {
+                tracing::info!(%reason, attempt = d.attempts + 1, retry_in_ms = delay.as_millis() as u64, "will retry");
+                counters.map(|c| c.retried.fetch_add(1, Ordering::Relaxed));
+                store.call(move |c| db::reschedule(c, push_id, &dev, at)).await
+            }
+        }
+        Outcome::Dead(reason) => {
+            tracing::warn!(%reason, "device token is dead; device deactivated");
+            counters.map(|c| c.pruned.fetch_add(1, Ordering::Relaxed));
+            let dev = dev.clone();
+            match store.call(move |c| db::deactivate_device(c, &dev)).await {
+                Ok(()) => store.call(|c| db::sweep(c)).await.map(|_| ()),
+                Err(e) => Err(e),
+            }
+        }
+        Outcome::Drop(reason) => {
+            tracing::warn!(%reason, "push dropped");
+            counters.map(|c| c.failed.fetch_add(1, Ordering::Relaxed));
+            finish("failed").await
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "recording the delivery outcome failed");
+    }
+}
+
+/// Exponential backoff from one second, capped, with full jitter on the upper half.
+fn backoff(attempts: u32) -> Duration {
+    let base = Duration::from_secs(1).saturating_mul(1u32 << attempts.min(20)).min(MAX_BACKOFF);
+    let jitter: f64 = rand::random::<f64>() * 0.5 + 0.5;
+    base.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(0) <= Duration::from_secs(1) && backoff(0) >= Duration::from_millis(500));
+        assert!(backoff(3) >= Duration::from_secs(4) && backoff(3) <= Duration::from_secs(8));
+        assert!(backoff(40) <= MAX_BACKOFF);
+    }
+}

@@ -1,0 +1,168 @@
+//! APNs over HTTP/2 with token authentication (.p8 key, ES256 JWT reused
+//! for 40 minutes: Apple refuses tokens older than an hour and throttles
+//! refreshes more often than every 20 minutes). Headers are built per push;
+//! the JSON payload is built here (the `a2` crate's client cannot be pointed
+//! at another host and brings its own TLS set-up).
+
+use super::{message_dict, priority, Outcome};
+use crate::{
+    config::relay::{Apns as ApnsConfig, ApnsEnvironment},
+    push::{
+        client::{retry_after, HttpsClient},
+        jwt, Priority,
+    },
+    store::relay::Delivery,
+};
+use bytes::Bytes;
+use http_body_util::Full;
+use ring::signature::EcdsaKeyPair;
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+pub const PRODUCTION: &str = "https://api.push.apple.com";
+pub const SANDBOX: &str = "https://api.sandbox.push.apple.com";
+/// Age at which the provider token is replaced (Apple: between 20 and 60 minutes).
+const JWT_REUSE: Duration = Duration::from_secs(40 * 60);
+/// The alert shown for a `high` push: a localization key the app may
+/// translate; iOS shows the key itself when the app has no translation.
+pub const ALERT_LOC_KEY: &str = "New message";
+
+pub struct Apns {
+    client: HttpsClient,
+    base: String,
+    topic: String,
+    key_id: String,
+    team_id: String,
+    key: EcdsaKeyPair,
+    // A std Mutex: held to read or replace the cached token, never across `.await`.
+    jwt: Mutex<Option<(String, Instant)>>,
+}
+
+impl Apns {
+    pub fn new(c: &ApnsConfig) -> anyhow::Result<Apns> {
+        let pem = std::fs::read_to_string(&c.key).map_err(|e| anyhow::anyhow!("reading {}: {e}", c.key.display()))?;
+        let key = jwt::es256_key(&jwt::pkcs8_from_pem(&pem)?)?;
+        let base = c.endpoint.clone().unwrap_or_else(|| {
+            match c.environment {
+                ApnsEnvironment::Production => PRODUCTION,
+                ApnsEnvironment::Sandbox => SANDBOX,
+            }
+            .to_string()
+        });
+        Ok(Apns {
+            client: HttpsClient::new(c.ca_roots.as_deref())?,
+            base: base.trim_end_matches('/').to_string(),
+            topic: c.topic.clone(),
+            key_id: c.key_id.clone(),
+            team_id: c.team_id.clone(),
+            key,
+            jwt: Mutex::new(None),
+        })
+    }
+
+    fn provider_token(&self) -> anyhow::Result<String> {
+        let mut cached = self.jwt.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, at)) = &*cached {
+            if at.elapsed() < JWT_REUSE {
+                return Ok(t.clone());
+            }
+        }
+        let header = serde_json::json!({ "alg": "ES256", "kid": self.key_id });
+        let claims = serde_json::json!({ "iss": self.team_id, "iat": crate::store::now() });
+        let t = jwt::es256(&self.key, &header, &claims)?;
+        *cached = Some((t.clone(), Instant::now()));
+        Ok(t)
+    }
+
+    fn forget_token(&self) {
+        *self.jwt.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    pub async fn send(&self, d: &Delivery) -> Outcome {
+        let jwt = match self.provider_token() {
+            Ok(t) => t,
+            Err(e) => return Outcome::Drop(format!("APNs provider token: {e}")),
+        };
+        let (push_type, prio, aps) = match priority(d) {
+            Priority::High => (
+                "alert",
+                "10",
+                serde_json::json!({ "alert": { "loc-key": ALERT_LOC_KEY }, "sound": "default", "mutable-content": 1 }),
+            ),
+            Priority::Low => ("background", "5", serde_json::json!({ "content-available": 1 })),
+        };
+        let body = serde_json::json!({ "aps": aps, "message": message_dict(d) });
+        let url = format!("{}/3/device/{}", self.base, d.device.registration_id);
+        let req = hyper::Request::post(url)
+            .header("authorization", format!("bearer {jwt}"))
+            .header("apns-topic", &self.topic)
+            .header("apns-push-type", push_type)
+            .header("apns-priority", prio)
+            // Per push: when this push stops being worth delivering.
+            .header("apns-expiration", d.expires.to_string())
+            .header("apns-collapse-id", &d.collapse)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())));
+        let req = match req {
+            Ok(r) => r,
+            Err(e) => return Outcome::Dead(format!("device token unusable in a URL: {e}")),
+        };
+        let resp = match self.client.send(req).await {
+            Ok(r) => r,
+            Err(e) => return Outcome::Retry { after: None, reason: format!("APNs: {e}") },
+        };
+        let status = resp.status().as_u16();
+        if status == 200 {
+            let id = resp.headers().get("apns-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+            return Outcome::Delivered(id);
+        }
+        let reason = serde_json::from_slice::<serde_json::Value>(resp.body())
+            .ok()
+            .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_string))
+            .unwrap_or_default();
+        classify(status, &reason, retry_after(&resp), || self.forget_token())
+    }
+}
+
+/// Map an APNs answer onto an outcome (Apple's documented status codes and reasons).
+fn classify(status: u16, reason: &str, after: Option<Duration>, forget_token: impl FnOnce()) -> Outcome {
+    let why = format!("APNs {status} {reason}");
+    match (status, reason) {
+        (410, _) | (400, "BadDeviceToken") | (400, "DeviceTokenNotForTopic") => Outcome::Dead(why),
+        (403, "ExpiredProviderToken") => {
+            forget_token();
+            Outcome::Retry { after: None, reason: why }
+        }
+        (403, "InvalidProviderToken") => {
+            forget_token();
+            Outcome::Drop(why)
+        }
+        (429, _) | (500..=599, _) => Outcome::Retry { after, reason: why },
+        _ => Outcome::Drop(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_tokens_retries_and_drops() {
+        let n = || {};
+        assert!(matches!(classify(410, "Unregistered", None, n), Outcome::Dead(_)));
+        assert!(matches!(classify(400, "BadDeviceToken", None, n), Outcome::Dead(_)));
+        assert!(matches!(classify(400, "DeviceTokenNotForTopic", None, n), Outcome::Dead(_)));
+        assert!(matches!(classify(400, "BadCollapseId", None, n), Outcome::Drop(_)));
+        let after = Some(Duration::from_secs(3));
+        assert_eq!(
+            classify(429, "TooManyRequests", after, n),
+            Outcome::Retry { after, reason: "APNs 429 TooManyRequests".into() }
+        );
+        assert!(matches!(classify(503, "ServiceUnavailable", None, n), Outcome::Retry { .. }));
+        let mut forgot = false;
+        assert!(matches!(classify(403, "ExpiredProviderToken", None, || forgot = true), Outcome::Retry { .. }));
+        assert!(forgot);
+    }
+}

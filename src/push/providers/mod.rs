@@ -1,0 +1,91 @@
+//! Providers: how a delivery reaches a device, and what the answer means.
+//! Each maps the vendor's answer onto one [`Outcome`].
+
+pub mod apns;
+pub mod fcm;
+pub mod upstream;
+pub mod webpush;
+
+use super::{client::HttpsClient, Kind, Priority};
+use crate::{config::RelayConfig, store::relay::Delivery};
+use std::{path::Path, time::Duration};
+
+/// What became of one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Accepted by the provider (with its id, if it gave one).
+    Delivered(Option<String>),
+    /// Try again later (429, 5xx, connection trouble), not before `after` if given.
+    Retry { after: Option<Duration>, reason: String },
+    /// The device token is dead: deactivate the device now.
+    Dead(String),
+    /// Refused for a reason retrying cannot fix: drop this delivery.
+    Drop(String),
+}
+
+pub struct Providers {
+    pub apns: Option<apns::Apns>,
+    pub fcm: Option<fcm::Fcm>,
+    pub webpush: webpush::WebPush,
+    pub upstream: upstream::Upstream,
+}
+
+impl Providers {
+    pub fn new(config: &RelayConfig, data_dir: &Path, public_url: &str) -> anyhow::Result<Providers> {
+        use anyhow::Context;
+        let shared = super::client::tls_config(config.ca_roots.as_deref()).context("relay.ca_roots")?;
+        Ok(Providers {
+            apns: config.apns.as_ref().map(apns::Apns::new).transpose().context("relay.apns")?,
+            fcm: config.fcm.as_ref().map(fcm::Fcm::new).transpose().context("relay.fcm")?,
+            webpush: webpush::WebPush::new(
+                HttpsClient::with_tls(shared.clone()),
+                data_dir,
+                config.vapid_subject.clone().unwrap_or_else(|| public_url.to_string()),
+            )
+            .context("Web Push (VAPID key)")?,
+            upstream: upstream::Upstream::new(HttpsClient::with_tls(shared)),
+        })
+    }
+
+    pub async fn send(&self, kind: Kind, d: &Delivery) -> Outcome {
+        match kind {
+            Kind::Apns => match &self.apns {
+                Some(p) => p.send(d).await,
+                None => Outcome::Drop("no [relay.apns] credentials configured".into()),
+            },
+            Kind::Fcm => match &self.fcm {
+                Some(p) => p.send(d).await,
+                None => Outcome::Drop("no [relay.fcm] credentials configured".into()),
+            },
+            Kind::WebPush => self.webpush.send(d).await,
+            Kind::Relay => self.upstream.send(d).await,
+        }
+    }
+}
+
+/// The ChatSecure message dictionary every payload carries:
+/// `{"token": <whitelist token>, "data": <data>}`.
+pub fn message_dict(d: &Delivery) -> serde_json::Value {
+    let data = d.data.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or(serde_json::Value::Null);
+    serde_json::json!({ "token": d.token, "data": data })
+}
+
+pub fn priority(d: &Delivery) -> Priority {
+    Priority::parse(&d.priority).unwrap_or_default()
+}
+
+/// Seconds the push has left to live (0 when expired).
+pub fn ttl_left(d: &Delivery) -> u64 {
+    (d.expires - crate::store::now()).max(0) as u64
+}
+
+/// A generic mapping of an HTTP status for providers without special cases.
+pub fn by_status(status: u16, retry_after: Option<Duration>, what: &str) -> Outcome {
+    match status {
+        200..=299 => Outcome::Delivered(None),
+        404 | 410 => Outcome::Dead(format!("{what} answered {status}")),
+        429 | 500..=599 => Outcome::Retry { after: retry_after, reason: format!("{what} answered {status}") },
+        408 => Outcome::Retry { after: retry_after, reason: format!("{what} answered {status}") },
+        _ => Outcome::Drop(format!("{what} answered {status}")),
+    }
+}

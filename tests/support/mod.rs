@@ -1,0 +1,523 @@
+//! Test support: a CA made at test start, faithful stand-ins for APNs, FCM
+//! and a Web Push service (real TLS servers on loopback that check requests
+//! as the vendors document and answer as they do), and a booted daemon
+//! with an API client. No key material is stored in the repository.
+#![allow(dead_code)] // each test binary uses a different part of this module
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, HeaderMap, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pushbox::push::{client::HttpsClient, jwt};
+use ring::{
+    rand::SystemRandom,
+    signature::{self, EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING},
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde_json::{json, Value};
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+use tokio::{net::TcpListener, sync::Notify};
+
+/// Generous bound for anything a test waits for; only there to avoid hangs.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+/// A CA made for this test run, and a `localhost` certificate signed by it.
+pub struct TestCa {
+    pub ca_pem: PathBuf,
+    chain: Vec<CertificateDer<'static>>,
+    key: Vec<u8>,
+}
+
+impl TestCa {
+    pub fn new(dir: &Path) -> TestCa {
+        let mut cap = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        cap.distinguished_name.push(rcgen::DnType::CommonName, "pushbox test CA");
+        cap.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        cap.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = cap.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(cap, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let mut lp = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        lp.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+        let leaf = lp.signed_by(&leaf_key, &issuer).unwrap();
+        let ca_pem = dir.join("test-ca.pem");
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        TestCa { ca_pem, chain: vec![leaf.der().clone(), ca.der().clone()], key: leaf_key.serialize_der() }
+    }
+
+    pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone()));
+        let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), key)
+            .unwrap();
+        c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(c)
+    }
+}
+
+pub type Reply = Response<Full<Bytes>>;
+pub type Handler = Arc<dyn Fn(Request<Bytes>) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
+
+pub fn reply(status: u16, body: Value, headers: &[(&str, String)]) -> Reply {
+    let mut r = Response::new(Full::new(Bytes::from(if body.is_null() { String::new() } else { body.to_string() })));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap();
+    for (k, v) in headers {
+        r.headers_mut().insert(hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+    }
+    r
+}
+
+/// Serve `handler` over TLS on `listener`: HTTP/2 only when `h2_only`
+/// (APNs), else HTTP/2 or HTTP/1.1 by ALPN.
+pub fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, h2_only: bool, handler: Handler) -> tokio::task::JoinHandle<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let (acceptor, handler) = (acceptor.clone(), handler.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let handler = handler.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                        Ok::<_, std::convert::Infallible>(handler(Request::from_parts(parts, body)).await)
+                    }
+                });
+                let io = TokioIo::new(tls);
+                if h2_only {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
+                } else {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await;
+                }
+            });
+        }
+    })
+}
+
+/// One request as a stand-in saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub at: Instant,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub version: hyper::Version,
+}
+
+/// What the stand-ins share: the requests seen and rule violations found.
+#[derive(Default)]
+pub struct Log {
+    seen: Mutex<Vec<Seen>>,
+    violations: Mutex<Vec<String>>,
+    changed: Notify,
+}
+
+impl Log {
+    fn push(&self, s: Seen) {
+        self.seen.lock().unwrap().push(s);
+        self.changed.notify_waiters();
+    }
+    pub fn violation(&self, v: String) {
+        eprintln!("stand-in: rule violated: {v}");
+        self.violations.lock().unwrap().push(v);
+    }
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    pub fn violations(&self) -> Vec<String> {
+        self.violations.lock().unwrap().clone()
+    }
+    /// Wait until `n` requests matching `f` were seen (panics after PATIENCE).
+    pub async fn wait_for(&self, n: usize, f: impl Fn(&Seen) -> bool) -> Vec<Seen> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let notified = self.changed.notified();
+            let v: Vec<Seen> = self.seen().into_iter().filter(|s| f(s)).collect();
+            if v.len() >= n {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {n} provider requests; saw {v:?}");
+            let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
+        }
+    }
+}
+
+fn verify_es256(jwt_text: &str, public_key: &[u8]) -> Result<(Value, Value), String> {
+    let mut parts = jwt_text.split('.');
+    let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        return Err("not a compact JWS".into());
+    };
+    let sig = jwt::b64_decode(s).ok_or("signature not base64url")?;
+    signature::UnparsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, public_key)
+        .verify(format!("{h}.{c}").as_bytes(), &sig)
+        .map_err(|_| "bad ES256 signature".to_string())?;
+    let header: Value = serde_json::from_slice(&jwt::b64_decode(h).ok_or("header")?).map_err(|e| e.to_string())?;
+    let claims: Value = serde_json::from_slice(&jwt::b64_decode(c).ok_or("claims")?).map_err(|e| e.to_string())?;
+    Ok((header, claims))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+// ---------------------------------------------------------------- APNs
+
+pub const APNS_KEY_ID: &str = "ABC123DEFG";
+pub const APNS_TEAM_ID: &str = "DEF123GHIJ";
+pub const APNS_TOPIC: &str = "org.example.chat";
+
+/// APNs as Apple documents it: HTTP/2 only, `POST /3/device/<token>`,
+/// provider-token JWT checked against the team's key, header rules checked.
+pub struct ApnsStandIn {
+    pub addr: SocketAddr,
+    pub url: String,
+    /// The `.p8` key file to put in the daemon's config.
+    pub key_path: PathBuf,
+    pub log: Arc<Log>,
+    pub state: Arc<ApnsState>,
+}
+
+#[derive(Default)]
+pub struct ApnsState {
+    /// Tokens APNs no longer knows: 410 Unregistered.
+    pub unregistered: Mutex<HashSet<String>>,
+    /// Tokens APNs never issued: 400 BadDeviceToken.
+    pub bad: Mutex<HashSet<String>>,
+    /// Per token: how many 429s to answer first, with this Retry-After.
+    pub throttle: Mutex<HashMap<String, (u32, u64)>>,
+}
+
+impl ApnsStandIn {
+    pub async fn start(ca: &TestCa, dir: &Path) -> ApnsStandIn {
+        Self::start_on(ca, dir, TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+    }
+
+    pub async fn start_on(ca: &TestCa, dir: &Path, listener: TcpListener) -> ApnsStandIn {
+        let key_path = dir.join("AuthKey_test.p8");
+        let public = if key_path.exists() {
+            let pem = std::fs::read_to_string(&key_path).unwrap();
+            jwt::es256_key(&jwt::pkcs8_from_pem(&pem).unwrap()).unwrap().public_key().as_ref().to_vec()
+        } else {
+            let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
+            std::fs::write(&key_path, pem("PRIVATE KEY", doc.as_ref())).unwrap();
+            jwt::es256_key(doc.as_ref()).unwrap().public_key().as_ref().to_vec()
+        };
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Log::default());
+        let state = Arc::new(ApnsState::default());
+        let (l, s) = (log.clone(), state.clone());
+        let handler: Handler = Arc::new(move |req| {
+            let (l, s, public) = (l.clone(), s.clone(), public.clone());
+            Box::pin(async move { apns_answer(&l, &s, &public, req) })
+        });
+        serve(listener, ca.server_config(&[b"h2"]), true, handler);
+        ApnsStandIn { addr, url: format!("https://localhost:{}", addr.port()), key_path, log, state }
+    }
+
+    pub fn config(&self, ca: &TestCa) -> String {
+        format!(
+            "[relay.apns]\nkey = {:?}\nkey_id = {APNS_KEY_ID:?}\nteam_id = {APNS_TEAM_ID:?}\ntopic = {APNS_TOPIC:?}\n\
+             environment = \"sandbox\"\nendpoint = {:?}\nca_roots = {:?}\n",
+            self.key_path.display().to_string(),
+            self.url,
+            ca.ca_pem.display().to_string()
+        )
+    }
+}
+
+fn apns_error(status: u16, reason: &str) -> Reply {
+    let mut body = json!({ "reason": reason });
+    if status == 410 {
+        body["timestamp"] = json!(now() * 1000);
+    }
+    reply(status, body, &[("apns-id", uuid::Uuid::new_v4().to_string())])
+}
+
+fn apns_answer(log: &Log, state: &ApnsState, public: &[u8], req: Request<Bytes>) -> Reply {
+    let h = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body: Value = serde_json::from_slice(req.body()).unwrap_or(Value::Null);
+    log.push(Seen {
+        at: Instant::now(),
+        path: req.uri().path().to_string(),
+        headers: req.headers().clone(),
+        body: body.clone(),
+        version: req.version(),
+    });
+    if req.version() != hyper::Version::HTTP_2 {
+        log.violation("APNs requires HTTP/2".into());
+        return apns_error(400, "BadRequest");
+    }
+    if req.method() != hyper::Method::POST {
+        return apns_error(405, "MethodNotAllowed");
+    }
+    let Some(token) = req.uri().path().strip_prefix("/3/device/").map(str::to_string) else {
+        return apns_error(404, "BadPath");
+    };
+    // Provider token.
+    let Some(auth) = h("authorization").and_then(|a| a.strip_prefix("bearer ").map(str::to_string)) else {
+        log.violation("no bearer provider token".into());
+        return apns_error(403, "MissingProviderToken");
+    };
+    match verify_es256(&auth, public) {
+        Ok((header, claims)) => {
+            if header["alg"] != "ES256" || header["kid"] != APNS_KEY_ID || claims["iss"] != APNS_TEAM_ID {
+                log.violation(format!("provider token header/claims wrong: {header} {claims}"));
+                return apns_error(403, "InvalidProviderToken");
+            }
+            let iat = claims["iat"].as_i64().unwrap_or(0);
+            if iat < now() - 3600 || iat > now() + 60 {
+                return apns_error(403, "ExpiredProviderToken");
+            }
+        }
+        Err(e) => {
+            log.violation(format!("provider token: {e}"));
+            return apns_error(403, "InvalidProviderToken");
+        }
+    }
+    if h("apns-topic").as_deref() != Some(APNS_TOPIC) {
+        log.violation(format!("apns-topic {:?}", h("apns-topic")));
+        return apns_error(400, "TopicDisallowed");
+    }
+    let push_type = h("apns-push-type").unwrap_or_default();
+    let priority = h("apns-priority").unwrap_or_else(|| "10".into());
+    match (push_type.as_str(), priority.as_str()) {
+        ("alert", "10" | "5" | "1") | ("background", "5") => {}
+        ("background", _) => {
+            log.violation("background push with a priority other than 5".into());
+            return apns_error(400, "BadPriority");
+        }
+        _ => {
+            log.violation(format!("push type {push_type:?} / priority {priority:?}"));
+            return apns_error(400, "InvalidPushType");
+        }
+    }
+    if let Some(e) = h("apns-expiration") {
+        match e.parse::<i64>() {
+            Ok(0) => {}
+            Ok(t) if t > now() - 60 => {}
+            _ => {
+                log.violation(format!("apns-expiration {e} lies in the past"));
+                return apns_error(400, "BadExpirationDate");
+            }
+        }
+    }
+    if h("apns-collapse-id").is_some_and(|c| c.len() > 64) {
+        log.violation("apns-collapse-id longer than 64 bytes".into());
+        return apns_error(400, "BadCollapseId");
+    }
+    if req.body().len() > 4096 {
+        return apns_error(413, "PayloadTooLarge");
+    }
+    let aps = &body["aps"];
+    if !aps.is_object() {
+        log.violation("payload without aps".into());
+        return apns_error(400, "PayloadEmpty");
+    }
+    if push_type == "background" && (aps.get("alert").is_some() || aps["content-available"] != 1) {
+        log.violation("background push must carry only content-available".into());
+    }
+    if push_type == "alert" && aps.get("alert").is_none() {
+        log.violation("alert push without an alert".into());
+    }
+    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_hexdigit()) || state.bad.lock().unwrap().contains(&token) {
+        return apns_error(400, "BadDeviceToken");
+    }
+    if state.unregistered.lock().unwrap().contains(&token) {
+        return apns_error(410, "Unregistered");
+    }
+    if let Some((n, after)) = state.throttle.lock().unwrap().get_mut(&token) {
+        if *n > 0 {
+            *n -= 1;
+            let mut r = apns_error(429, "TooManyRequests");
+            r.headers_mut().insert("retry-after", (*after).into());
+            return r;
+        }
+    }
+    reply(200, Value::Null, &[("apns-id", uuid::Uuid::new_v4().to_string().to_uppercase())])
+}
+
+/// A random APNs device token (32 bytes, hex).
+pub fn apns_token() -> String {
+    let b: [u8; 32] = rand_bytes();
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn rand_bytes<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    ring::rand::SecureRandom::fill(&SystemRandom::new(), &mut b).unwrap();
+    b
+}
+
+// ---------------------------------------------------------------- the daemon
+
+/// A daemon booted in-process with `pushbox::run` on 127.0.0.1:0.
+pub struct Daemon {
+    pub url: String,
+    pub ca: PathBuf,
+    pub data_dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Boot with `extra` TOML appended to a base test config in `dir`.
+    pub async fn start(dir: &Path, extra: &str) -> Daemon {
+        let toml = format!(
+            "domain = \"localhost\"\ndata_dir = \"data\"\n[listen]\nc2s = []\nc2s_direct_tls = []\nhttps = []\n{extra}"
+        );
+        let toml = if toml.contains("[relay]") { toml } else { format!("{toml}\n[relay]\nip_rate = 100000\n") };
+        let config = pushbox::config::Config::from_toml_str(&toml, Some(dir)).unwrap_or_else(|p| panic!("{p}"));
+        let data_dir = config.data_dir.clone();
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let listeners = pushbox::Listeners { https: vec![l], ..Default::default() };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            pushbox::run(config, listeners, async { let _ = stopped.await; }, move || {
+                let _ = ready_tx.send(());
+            })
+            .await
+            .unwrap();
+        });
+        tokio::time::timeout(PATIENCE, ready_rx).await.expect("daemon ready").expect("daemon started");
+        Daemon {
+            url: format!("https://localhost:{port}"),
+            ca: data_dir.join("tls/ca.pem"),
+            data_dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(&self.url, &self.ca)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(PATIENCE, t).await;
+        }
+    }
+
+    /// Open the daemon's database beside it (for checks the API cannot show).
+    pub fn store(&self) -> pushbox::store::Store {
+        pushbox::store::Store::open_in(&self.data_dir).unwrap()
+    }
+}
+
+/// An HTTPS JSON client of the relay API.
+pub struct Api {
+    client: HttpsClient,
+    base: String,
+    pub key: Option<String>,
+}
+
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub headers: HeaderMap,
+}
+
+impl Api {
+    pub fn new(base: &str, ca: &Path) -> Api {
+        Api { client: HttpsClient::new(Some(ca)).unwrap(), base: base.to_string(), key: None }
+    }
+
+    pub fn with_key(mut self, key: &str) -> Api {
+        self.key = Some(key.to_string());
+        self
+    }
+
+    /// Send raw bytes with a content type.
+    pub async fn raw(&self, method: &str, path: &str, content_type: &str, body: Vec<u8>) -> Answer {
+        let mut b = Request::builder().method(method).uri(format!("{}{path}", self.base));
+        if !body.is_empty() {
+            b = b.header("content-type", content_type);
+        }
+        if let Some(k) = &self.key {
+            b = b.header("authorization", format!("Token {k}"));
+        }
+        let resp = self.client.send(b.body(Full::new(Bytes::from(body))).unwrap()).await.expect("relay API reachable");
+        let status = resp.status().as_u16();
+        let body = if resp.body().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(resp.body()).unwrap_or_else(|e| panic!("non-JSON answer {status}: {e}: {:?}", resp.body()))
+        };
+        Answer { status, body, headers: resp.headers().clone() }
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        self.raw(method, path, "application/json", bytes).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.call("POST", path, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.call("GET", path, None).await
+    }
+
+    /// Create an account and return a client logged in as it.
+    pub async fn signup(&self, username: &str) -> Api {
+        let a = self.post("/api/v1/accounts/", json!({ "username": username, "password": "correct horse" })).await;
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        self.as_key(a.body["token"].as_str().unwrap())
+    }
+
+    /// Another client of the same relay using `key`.
+    pub fn as_key(&self, key: &str) -> Api {
+        Api { client: HttpsClient::with_tls(self.client.tls()), base: self.base.clone(), key: Some(key.to_string()) }
+    }
+
+    /// Register an APNs device and issue a whitelist token for it.
+    pub async fn apns_device_and_token(&self, registration_id: &str) -> (String, String) {
+        let d = self.post("/api/v1/device/apns/", json!({ "registration_id": registration_id, "name": "phone" })).await;
+        assert_eq!(d.status, 201, "{:?}", d.body);
+        let id = d.body["id"].as_str().unwrap().to_string();
+        let t = self.post("/api/v1/tokens/", json!({ "apns_device": id, "name": "for a friend" })).await;
+        assert_eq!(t.status, 201, "{:?}", t.body);
+        (id, t.body["token"].as_str().unwrap().to_string())
+    }
+}
+
+/// Poll `f` until it returns Some (panics after PATIENCE).
+pub async fn eventually<T, F: Future<Output = Option<T>>>(mut f: impl FnMut() -> F) -> T {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "condition not met in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
