@@ -26,6 +26,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("archive", include_str!("migrations/0002_archive.sql")),
     ("push", include_str!("migrations/0003_push.sql")),
     ("relay", include_str!("migrations/0004_relay.sql")),
+    ("app_server", include_str!("migrations/0005_app_server.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,7 @@ pub mod modules;
 pub mod presence;
 pub mod router;
 pub mod sasl;
+pub mod services;
 pub mod sessions;
 pub mod stanza;
 pub mod stream;

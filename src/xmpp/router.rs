@@ -32,6 +32,9 @@ async fn route_inner(server: &Arc<Server>, stanza: Element) {
         Ok(None) => Jid::from(from.to_bare()),
         Err(c) => return reply(server, bounce(&stanza, c, server.domain())).await,
     };
+    if let Some(service) = super::services::for_domain(server, to.domain().as_str()) {
+        return super::services::handle(server, service, stanza).await;
+    }
     if !server.is_local(to.domain().as_str()) {
         // Federation is not wired yet: tell the sender at once.
         let e = stanza::StanzaError::new(
