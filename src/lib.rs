@@ -70,8 +70,13 @@ pub fn build_server(config: Config, shutdown: watch::Receiver<bool>) -> Result<A
         l.max_connections_per_ip,
         l.max_auth_failures_per_ip,
     );
-    let relay = push::Relay::new(store.clone(), &config.relay, &config.data_dir, &http::public_url(&config))
-        .context("starting the push relay")?;
+    let relay = push::Relay::new(
+        store.clone(),
+        &config.relay,
+        &config.data_dir,
+        &http::public_url(&config),
+    )
+    .context("starting the push relay")?;
     Ok(Arc::new(Server {
         config: Arc::new(config),
         store,

@@ -48,7 +48,9 @@ pub(crate) async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
             if !inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()) {
                 continue;
             }
-            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
             started += 1;
             let (relay, inflight) = (relay.clone(), inflight.clone());
             let span = tracing::info_span!("push", push_id = d.push_id, device = %d.device.id, kind = %d.device.kind,
@@ -136,7 +138,9 @@ async fn deliver(relay: &Relay, d: Delivery) {
 
 /// Exponential backoff from one second, capped, with full jitter on the upper half.
 fn backoff(attempts: u32) -> Duration {
-    let base = Duration::from_secs(1).saturating_mul(1u32 << attempts.min(20)).min(MAX_BACKOFF);
+    let base = Duration::from_secs(1)
+        .saturating_mul(1u32 << attempts.min(20))
+        .min(MAX_BACKOFF);
     let jitter: f64 = rand::random::<f64>() * 0.5 + 0.5;
     base.mul_f64(jitter)
 }
