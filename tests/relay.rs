@@ -789,3 +789,57 @@ async fn register_and_submit_through_the_push_core() {
     eventually(|| async { (relay.totals(pushbox::push::Kind::Apns).delivered == 1).then_some(()) }).await;
     w.daemon.stop().await;
 }
+
+/// A push accepted (202) while APNs is down survives `kill -9` and is
+/// delivered exactly once by the restarted daemon.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_accepted_before_sigkill_is_delivered_once_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    // Start APNs once to make its key and learn its config, then take it down.
+    let apns = ApnsStandIn::start(&ca, dir.path()).await;
+    let (apns_addr, apns_cfg) = (apns.addr, apns.config(&ca));
+    apns.stop();
+    let port = free_port();
+    let config = dir.path().join("pushbox.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "domain = \"localhost\"\ndata_dir = \"data\"\n[listen]\nc2s = []\nc2s_direct_tls = []\n\
+             https = [\"127.0.0.1:{port}\"]\n[relay]\nip_rate = 100000\n{apns_cfg}"
+        ),
+    )
+    .unwrap();
+    let data_dir = dir.path().join("data");
+    let p = Process::start(&config, port, &data_dir).await;
+    let u = p.api().signup("olga").await;
+    let reg = apns_token();
+    let (_, token) = u.apns_device_and_token(&reg).await;
+    let r = p
+        .api()
+        .post("/api/v1/messages/", json!({ "token": token, "data": { "id": "m1" } }))
+        .await;
+    assert_eq!(r.status, 202);
+    p.kill();
+
+    let store = pushbox::store::Store::open_in(&data_dir).unwrap();
+    let pending = store.call(|c| pushbox::store::relay::pending_count(c)).await.unwrap();
+    assert_eq!(pending, 1, "the accepted push is in the outbox");
+    drop(store);
+
+    let apns = ApnsStandIn::start_on(&ca, dir.path(), tokio::net::TcpListener::bind(apns_addr).await.unwrap()).await;
+    let p = Process::start(&config, port, &data_dir).await;
+    let seen = apns.log.wait_for(1, |_| true).await;
+    assert_eq!(seen[0].path, format!("/3/device/{reg}"));
+    assert_eq!(seen[0].body["message"]["data"], json!({ "id": "m1" }));
+    let store = pushbox::store::Store::open_in(&data_dir).unwrap();
+    eventually(|| {
+        let store = store.clone();
+        async move { (store.call(|c| pushbox::store::relay::pending_count(c)).await.unwrap() == 0).then_some(()) }
+    })
+    .await;
+    // Give a duplicate every chance to show up before counting.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(apns.log.seen().len(), 1, "delivered once");
+    p.kill();
+}

@@ -227,6 +227,7 @@ pub struct ApnsStandIn {
     pub key_path: PathBuf,
     pub log: Arc<Log>,
     pub state: Arc<ApnsState>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Default)]
@@ -266,14 +267,20 @@ impl ApnsStandIn {
             let (l, s, public) = (l.clone(), s.clone(), public.clone());
             Box::pin(async move { apns_answer(&l, &s, &public, req) })
         });
-        serve(listener, ca.server_config(&[b"h2"]), true, handler);
+        let task = serve(listener, ca.server_config(&[b"h2"]), true, handler);
         ApnsStandIn {
             addr,
             url: format!("https://localhost:{}", addr.port()),
             key_path,
             log,
             state,
+            task,
         }
+    }
+
+    /// Stop listening (APNs "down"); connections not yet made are refused.
+    pub fn stop(self) {
+        self.task.abort();
     }
 
     pub fn config(&self, ca: &TestCa) -> String {
@@ -952,5 +959,64 @@ fn webpush_answer(log: &Log, state: &WebPushState, origin: &str, req: Request<By
             &[("location", format!("{origin}/message/{}", uuid::Uuid::new_v4()))],
         ),
         Err(s) => reply(s, Value::Null, &[]),
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real `pushbox` binary, started with `serve` on a config file.
+pub struct Process {
+    pub child: std::process::Child,
+    pub url: String,
+    pub ca: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl Process {
+    pub async fn start(config_path: &Path, port: u16, data_dir: &Path) -> Process {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pushbox"))
+            .arg("--config")
+            .arg(config_path)
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        eventually(|| async move { tokio::net::TcpStream::connect(addr).await.ok() }).await;
+        let ready = data_dir.join("tls/cert.pem");
+        eventually(|| {
+            let ready = ready.clone();
+            async move { ready.exists().then_some(()) }
+        })
+        .await;
+        Process {
+            child,
+            url: format!("https://localhost:{port}"),
+            ca: data_dir.join("tls/ca.pem"),
+            data_dir: data_dir.into(),
+        }
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(&self.url, &self.ca)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 }
