@@ -264,17 +264,21 @@ async fn each_active_device_of_the_owner_gets_exactly_one_push() {
         )
         .await;
     assert_eq!((d.status, &d.body["active"]), (201, &json!(false)));
-    for i in 0..3 {
-        let m = w
-            .api
-            .post("/api/v1/messages/", json!({ "token": token, "data": { "n": i } }))
-            .await;
-        assert_eq!(m.status, 202);
-    }
-    w.apns.log.wait_for(6, |_| true).await;
+    // 30 pushes sent concurrently: every (device, push) pair exactly once.
+    let sends = (0..30).map(|i| {
+        let (api, token) = (&w.api, &token);
+        async move {
+            api.post("/api/v1/messages/", json!({ "token": token, "data": { "n": i } }))
+                .await
+                .status
+        }
+    });
+    let statuses = futures_util::future::join_all(sends).await;
+    assert!(statuses.iter().all(|s| *s == 202), "{statuses:?}");
+    w.apns.log.wait_for(60, |_| true).await;
     settled(&w.daemon).await;
     let seen = w.apns.log.seen();
-    assert_eq!(seen.len(), 6, "3 pushes x 2 active devices");
+    assert_eq!(seen.len(), 60, "30 pushes x 2 active devices");
     for reg in [&a, &b] {
         let mut ns: Vec<i64> = seen
             .iter()
@@ -282,7 +286,7 @@ async fn each_active_device_of_the_owner_gets_exactly_one_push() {
             .map(|s| s.body["message"]["data"]["n"].as_i64().unwrap())
             .collect();
         ns.sort();
-        assert_eq!(ns, vec![0, 1, 2], "device {reg}");
+        assert_eq!(ns, (0..30).collect::<Vec<i64>>(), "device {reg}");
     }
     assert!(
         !seen.iter().any(|s| s.path.ends_with(off.as_str())),

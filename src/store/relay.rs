@@ -214,7 +214,7 @@ pub fn deactivate_device(c: &mut Connection, id: &str) -> Result<()> {
     let tx = c.transaction()?;
     tx.execute("UPDATE relay_devices SET active = 0 WHERE id = ?1", [id])?;
     tx.execute(
-        "UPDATE relay_deliveries SET state = 'failed' WHERE device_id = ?1 AND state = 'pending'",
+        "UPDATE relay_deliveries SET state = 'failed' WHERE device_id = ?1 AND state IN ('pending', 'sending')",
         [id],
     )?;
     tx.commit()?;
@@ -317,15 +317,17 @@ pub fn enqueue(c: &mut Connection, p: &NewPush<'_>, now_ms: i64) -> Result<(i64,
     Ok((id, n))
 }
 
-/// Deliveries due at `now_ms`, oldest first.
-pub fn due(c: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Delivery>> {
-    let mut st = c.prepare(&format!(
-        "SELECT o.id, o.token, o.collapse, o.data, o.priority, o.created, o.expires, x.attempts, {DEVICE_COLS}
-         FROM relay_deliveries x JOIN relay_outbox o ON o.id = x.push_id JOIN relay_devices d ON d.id = x.device_id
-         WHERE x.state = 'pending' AND x.next_at <= ?1 ORDER BY x.next_at LIMIT ?2"
-    ))?;
-    let v = st
-        .query_map(params![now_ms, limit as i64], |r| {
+/// Claim the deliveries due at `now_ms`, oldest first: they move from
+/// `pending` to `sending`, so no other look at the outbox picks them again.
+pub fn claim(c: &mut Connection, now_ms: i64, limit: usize) -> Result<Vec<Delivery>> {
+    let tx = c.transaction()?;
+    let v: Vec<Delivery> = {
+        let mut st = tx.prepare(&format!(
+            "SELECT o.id, o.token, o.collapse, o.data, o.priority, o.created, o.expires, x.attempts, {DEVICE_COLS}
+             FROM relay_deliveries x JOIN relay_outbox o ON o.id = x.push_id JOIN relay_devices d ON d.id = x.device_id
+             WHERE x.state = 'pending' AND x.next_at <= ?1 ORDER BY x.next_at LIMIT ?2"
+        ))?;
+        let rows = st.query_map(params![now_ms, limit as i64], |r| {
             Ok(Delivery {
                 push_id: r.get(0)?,
                 token: r.get(1)?,
@@ -337,9 +339,27 @@ pub fn due(c: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Delivery>> {
                 attempts: r.get(7)?,
                 device: device_row(r, 8)?,
             })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    {
+        let mut up =
+            tx.prepare("UPDATE relay_deliveries SET state = 'sending' WHERE push_id = ?1 AND device_id = ?2")?;
+        for d in &v {
+            up.execute(params![d.push_id, d.device.id])?;
+        }
+    }
+    tx.commit()?;
     Ok(v)
+}
+
+/// After a crash, deliveries that were being sent are pending again (the
+/// provider may or may not have them; sending again is the safe side).
+pub fn release_claims(c: &Connection) -> Result<usize> {
+    Ok(c.execute(
+        "UPDATE relay_deliveries SET state = 'pending' WHERE state = 'sending'",
+        [],
+    )?)
 }
 
 /// The earliest `next_at` of a pending delivery.
@@ -363,7 +383,7 @@ pub fn finish(c: &mut Connection, push_id: i64, device_id: &str, state: &str) ->
     )?;
     tx.execute(
         "DELETE FROM relay_outbox WHERE id = ?1
-         AND NOT EXISTS (SELECT 1 FROM relay_deliveries WHERE push_id = ?1 AND state = 'pending')",
+         AND NOT EXISTS (SELECT 1 FROM relay_deliveries WHERE push_id = ?1 AND state IN ('pending', 'sending'))",
         [push_id],
     )?;
     tx.commit()?;
@@ -372,7 +392,8 @@ pub fn finish(c: &mut Connection, push_id: i64, device_id: &str, state: &str) ->
 
 pub fn reschedule(c: &Connection, push_id: i64, device_id: &str, next_at_ms: i64) -> Result<()> {
     c.execute(
-        "UPDATE relay_deliveries SET attempts = attempts + 1, next_at = ?3 WHERE push_id = ?1 AND device_id = ?2",
+        "UPDATE relay_deliveries SET state = 'pending', attempts = attempts + 1, next_at = ?3
+         WHERE push_id = ?1 AND device_id = ?2 AND state = 'sending'",
         params![push_id, device_id, next_at_ms],
     )?;
     Ok(())
@@ -382,7 +403,7 @@ pub fn reschedule(c: &Connection, push_id: i64, device_id: &str, next_at_ms: i64
 pub fn sweep(c: &Connection) -> Result<usize> {
     Ok(c.execute(
         "DELETE FROM relay_outbox WHERE NOT EXISTS
-           (SELECT 1 FROM relay_deliveries x WHERE x.push_id = relay_outbox.id AND x.state = 'pending')",
+           (SELECT 1 FROM relay_deliveries x WHERE x.push_id = relay_outbox.id AND x.state IN ('pending', 'sending'))",
         [],
     )?)
 }
@@ -390,7 +411,7 @@ pub fn sweep(c: &Connection) -> Result<usize> {
 /// Count of deliveries still pending (for tests and diagnostics).
 pub fn pending_count(c: &Connection) -> Result<i64> {
     Ok(c.query_row(
-        "SELECT COUNT(*) FROM relay_deliveries WHERE state = 'pending'",
+        "SELECT COUNT(*) FROM relay_deliveries WHERE state IN ('pending', 'sending')",
         [],
         |r| r.get(0),
     )?)
