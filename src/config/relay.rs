@@ -134,7 +134,10 @@ impl RelayConfig {
         }
         if let Some(r) = &self.ca_roots {
             if !r.is_file() {
-                report("relay.ca_roots", format!("file {} does not exist or is not readable", r.display()));
+                report(
+                    "relay.ca_roots",
+                    format!("file {} does not exist or is not readable", r.display()),
+                );
             }
         }
         if let Some(a) = &self.apns {

@@ -22,12 +22,18 @@ pub const MAX_BODY: usize = 64 * 1024;
 type Fields = Map<String, Value>;
 
 /// An early answer: every handler error becomes one of these.
-struct Answer(Resp);
+struct Answer(Box<Resp>);
+
+impl Answer {
+    fn new(r: Resp) -> Answer {
+        Answer(Box::new(r))
+    }
+}
 
 impl From<crate::store::StoreError> for Answer {
     fn from(e: crate::store::StoreError) -> Self {
         tracing::error!(error = %e, "relay API storage error");
-        Answer(detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error."))
+        Answer::new(detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error."))
     }
 }
 
@@ -38,7 +44,7 @@ fn detail(status: StatusCode, msg: &str) -> Resp {
 }
 
 fn not_found() -> Answer {
-    Answer(detail(StatusCode::NOT_FOUND, "Not found."))
+    Answer::new(detail(StatusCode::NOT_FOUND, "Not found."))
 }
 
 /// Field errors in Django REST framework's shape: `{"field": ["message"]}`.
@@ -56,7 +62,7 @@ impl Errors {
         if self.0.is_empty() {
             Ok(())
         } else {
-            Err(Answer(json(StatusCode::BAD_REQUEST, Value::Object(self.0))))
+            Err(Answer::new(json(StatusCode::BAD_REQUEST, Value::Object(self.0))))
         }
     }
 }
@@ -123,7 +129,9 @@ pub fn date(unix: i64) -> String {
 }
 
 fn parse_date(s: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok().map(|t| t.unix_timestamp())
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
 }
 
 /// Collection names of the device endpoints and the kind each stores.
@@ -144,7 +152,8 @@ pub async fn handle(server: &Server, peer: SocketAddr, req: Request<Incoming>) -
         return throttled(wait);
     }
     match route(server, req).await {
-        Ok(r) | Err(Answer(r)) => r,
+        Ok(r) => r,
+        Err(Answer(r)) => *r,
     }
 }
 
@@ -163,7 +172,7 @@ fn method_not_allowed(m: &Method, allow: &str) -> Answer {
     if let Ok(v) = allow.parse() {
         r.headers_mut().insert(hyper::header::ALLOW, v);
     }
-    Answer(r)
+    Answer::new(r)
 }
 
 /// Read the body as a JSON object (JSON or form-encoded, as DRF accepts both).
@@ -176,9 +185,17 @@ async fn body(req: Request<Incoming>) -> Result<Fields, Answer> {
     let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(Answer(detail(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large.")))
+            return Err(Answer::new(detail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request body too large.",
+            )))
         }
-        Err(_) => return Err(Answer(detail(StatusCode::BAD_REQUEST, "Could not read the request body."))),
+        Err(_) => {
+            return Err(Answer::new(detail(
+                StatusCode::BAD_REQUEST,
+                "Could not read the request body.",
+            )))
+        }
     };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Fields::new());
@@ -188,11 +205,14 @@ async fn body(req: Request<Incoming>) -> Result<Fields, Answer> {
     }
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(Answer(json(
+        Ok(_) => Err(Answer::new(json(
             StatusCode::BAD_REQUEST,
             json!({ "non_field_errors": ["Invalid data. Expected a dictionary."] }),
         ))),
-        Err(e) => Err(Answer(detail(StatusCode::BAD_REQUEST, &format!("JSON parse error - {e}")))),
+        Err(e) => Err(Answer::new(detail(
+            StatusCode::BAD_REQUEST,
+            &format!("JSON parse error - {e}"),
+        ))),
     }
 }
 
@@ -227,8 +247,11 @@ fn parse_form(b: &[u8]) -> Fields {
 async fn auth(server: &Server, req: &Request<Incoming>) -> Result<Account, Answer> {
     let unauthorized = |msg: &str| {
         let mut r = detail(StatusCode::UNAUTHORIZED, msg);
-        r.headers_mut().insert(hyper::header::WWW_AUTHENTICATE, hyper::header::HeaderValue::from_static("Token"));
-        Answer(r)
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Token"),
+        );
+        Answer::new(r)
     };
     let Some(h) = req.headers().get(hyper::header::AUTHORIZATION) else {
         return Err(unauthorized("Authentication credentials were not provided."));
@@ -238,11 +261,20 @@ async fn auth(server: &Server, req: &Request<Incoming>) -> Result<Account, Answe
         Some((scheme, key)) if scheme.eq_ignore_ascii_case("token") && !key.trim().is_empty() => key.trim(),
         _ => return Err(unauthorized("Invalid token header. No credentials provided.")),
     };
-    server.relay.authenticate(key).await?.ok_or_else(|| unauthorized("Invalid token."))
+    server
+        .relay
+        .authenticate(key)
+        .await?
+        .ok_or_else(|| unauthorized("Invalid token."))
 }
 
 async fn route(server: &Server, req: Request<Incoming>) -> R {
-    let path = req.uri().path().trim_start_matches("/api/v1/").trim_end_matches('/').to_string();
+    let path = req
+        .uri()
+        .path()
+        .trim_start_matches("/api/v1/")
+        .trim_end_matches('/')
+        .to_string();
     let parts: Vec<&str> = path.split('/').collect();
     let m = req.method().clone();
     match (parts.as_slice(), &m) {
@@ -255,7 +287,10 @@ async fn route(server: &Server, req: Request<Incoming>) -> R {
         (["accounts", name], &Method::GET | &Method::DELETE) => {
             let a = auth(server, &req).await?;
             if a.username != *name {
-                return Err(Answer(detail(StatusCode::FORBIDDEN, "You do not have permission to perform this action.")));
+                return Err(Answer::new(detail(
+                    StatusCode::FORBIDDEN,
+                    "You do not have permission to perform this action.",
+                )));
             }
             if m == Method::GET {
                 Ok(json(StatusCode::OK, account_json(&a, None)))
@@ -272,7 +307,10 @@ async fn route(server: &Server, req: Request<Incoming>) -> R {
             match m {
                 Method::GET => {
                     let list = server.relay.devices(a.id, kind).await?;
-                    Ok(json(StatusCode::OK, Value::Array(list.iter().map(device_json).collect())))
+                    Ok(json(
+                        StatusCode::OK,
+                        Value::Array(list.iter().map(device_json).collect()),
+                    ))
                 }
                 Method::POST => device_create(server, &a, kind, body(req).await?).await,
                 _ => Err(method_not_allowed(&m, "GET, POST")),
@@ -281,7 +319,12 @@ async fn route(server: &Server, req: Request<Incoming>) -> R {
         (["device", coll, id], _) => {
             let kind = device_kind(coll).ok_or_else(not_found)?;
             let a = auth(server, &req).await?;
-            let dev = server.relay.device(a.id, id).await?.filter(|d| d.kind == kind.as_str()).ok_or_else(not_found)?;
+            let dev = server
+                .relay
+                .device(a.id, id)
+                .await?
+                .filter(|d| d.kind == kind.as_str())
+                .ok_or_else(not_found)?;
             match m {
                 Method::GET => Ok(json(StatusCode::OK, device_json(&dev))),
                 Method::PUT | Method::PATCH => device_update(server, dev, body(req).await?).await,
@@ -297,7 +340,10 @@ async fn route(server: &Server, req: Request<Incoming>) -> R {
             match m {
                 Method::GET => {
                     let list = server.relay.tokens(a.id).await?;
-                    Ok(json(StatusCode::OK, Value::Array(list.iter().map(|t| token_json(t, None)).collect())))
+                    Ok(json(
+                        StatusCode::OK,
+                        Value::Array(list.iter().map(|t| token_json(t, None)).collect()),
+                    ))
                 }
                 Method::POST => token_create(server, &a, body(req).await?).await,
                 _ => Err(method_not_allowed(&m, "GET, POST")),
@@ -328,9 +374,15 @@ async fn route(server: &Server, req: Request<Incoming>) -> R {
         }
         (["messages"], &Method::POST) => messages(server, body(req).await?).await,
         (["messages"], _) => Err(method_not_allowed(&m, "POST")),
-        (["pubsub"], &Method::GET) => Ok(json(StatusCode::OK, json!({ "jid": format!("push.{}", server.domain()) }))),
+        (["pubsub"], &Method::GET) => Ok(json(
+            StatusCode::OK,
+            json!({ "jid": format!("push.{}", server.domain()) }),
+        )),
         (["pubsub"], _) => Err(method_not_allowed(&m, "GET")),
-        (["vapid"], &Method::GET) => Ok(json(StatusCode::OK, json!({ "public_key": server.relay.vapid_public_key() }))),
+        (["vapid"], &Method::GET) => Ok(json(
+            StatusCode::OK,
+            json!({ "public_key": server.relay.vapid_public_key() }),
+        )),
         _ => Err(not_found()),
     }
 }
@@ -358,7 +410,10 @@ async fn accounts_create(server: &Server, f: Fields) -> R {
     let username = required(&f, "username", push::MAX_USERNAME, &mut errs);
     if let Some(u) = &username {
         if !valid_username(u) {
-            errs.add("username", "Enter a valid username. This value may contain only letters, numbers and @/./+/-/_ characters.");
+            errs.add(
+                "username",
+                "Enter a valid username. This value may contain only letters, numbers and @/./+/-/_ characters.",
+            );
         }
     }
     let password = required(&f, "password", 1024, &mut errs);
@@ -373,16 +428,25 @@ async fn accounts_create(server: &Server, f: Fields) -> R {
             let status = if l.created { StatusCode::CREATED } else { StatusCode::OK };
             Ok(json(status, account_json(&l.account, Some(&l.api_key))))
         }
-        Err(AccountError::BadCredentials) => Err(Answer(detail(StatusCode::UNAUTHORIZED, "Invalid username or password."))),
+        Err(AccountError::BadCredentials) => Err(Answer::new(detail(
+            StatusCode::UNAUTHORIZED,
+            "Invalid username or password.",
+        ))),
         Err(AccountError::EmailTaken) => {
             let mut e = Errors::default();
             e.add("email", "An account with this email already exists.");
             e.check().map(|_| unreachable!())
         }
-        Err(AccountError::SignupClosed) => Err(Answer(detail(StatusCode::FORBIDDEN, "Sign-up is closed on this relay."))),
+        Err(AccountError::SignupClosed) => Err(Answer::new(detail(
+            StatusCode::FORBIDDEN,
+            "Sign-up is closed on this relay.",
+        ))),
         Err(e) => {
             tracing::error!(error = %e, "relay account creation failed");
-            Err(Answer(detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")))
+            Err(Answer::new(detail(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal server error.",
+            )))
         }
     }
 }
@@ -412,7 +476,11 @@ fn device_json(d: &Device) -> Value {
 }
 
 fn https_url(f: &Fields, key: &str, errs: &mut Errors, required_field: bool) -> Option<String> {
-    let v = if required_field { required(f, key, 2048, errs) } else { string(f, key, 2048, errs) }?;
+    let v = if required_field {
+        required(f, key, 2048, errs)
+    } else {
+        string(f, key, 2048, errs)
+    }?;
     match v.parse::<hyper::Uri>() {
         Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => Some(v),
         _ => {
@@ -557,12 +625,18 @@ async fn token_create(server: &Server, a: &Account, f: Fields) -> R {
                 None
             }
             None => {
-                errs.add("date_expires", "Datetime has wrong format. Use RFC 3339, e.g. 2030-01-01T00:00:00Z.");
+                errs.add(
+                    "date_expires",
+                    "Datetime has wrong format. Use RFC 3339, e.g. 2030-01-01T00:00:00Z.",
+                );
                 None
             }
         },
         Some(_) => {
-            errs.add("date_expires", "Datetime has wrong format. Use RFC 3339, e.g. 2030-01-01T00:00:00Z.");
+            errs.add(
+                "date_expires",
+                "Datetime has wrong format. Use RFC 3339, e.g. 2030-01-01T00:00:00Z.",
+            );
             None
         }
     };
@@ -577,7 +651,10 @@ async fn token_create(server: &Server, a: &Account, f: Fields) -> R {
         },
     };
     match named.len() {
-        0 => errs.add("non_field_errors", "A token needs exactly one of apns_device, gcm_device, fcm_device, webpush_device, relay_device."),
+        0 => errs.add(
+            "non_field_errors",
+            "A token needs exactly one of apns_device, gcm_device, fcm_device, webpush_device, relay_device.",
+        ),
         1 => {}
         _ => errs.add("non_field_errors", "A token is bound to exactly one device."),
     }
@@ -591,7 +668,10 @@ async fn token_create(server: &Server, a: &Account, f: Fields) -> R {
     };
     let issued = server.relay.create_token(a.id, &dev.id, name, expires, rate).await?;
     tracing::info!(token = issued.token.prefix, device = %dev.id, "whitelist token issued");
-    Ok(json(StatusCode::CREATED, token_json(&issued.token, Some(&issued.secret))))
+    Ok(json(
+        StatusCode::CREATED,
+        token_json(&issued.token, Some(&issued.secret)),
+    ))
 }
 
 async fn messages(server: &Server, f: Fields) -> R {
@@ -624,8 +704,8 @@ async fn messages(server: &Server, f: Fields) -> R {
     match server.relay.submit(&token, data, priority, ttl).await {
         Ok(_) => Ok(json(StatusCode::ACCEPTED, Value::Object(f))),
         Err(SubmitError::UnknownToken) => Err(not_found()),
-        Err(SubmitError::RateLimited { retry_after }) => Err(Answer(throttled(retry_after))),
-        Err(SubmitError::TooLarge { size, limit }) => Err(Answer(json(
+        Err(SubmitError::RateLimited { retry_after }) => Err(Answer::new(throttled(retry_after))),
+        Err(SubmitError::TooLarge { size, limit }) => Err(Answer::new(json(
             StatusCode::PAYLOAD_TOO_LARGE,
             json!({ "data": [format!("Ensure this field has no more than {limit} bytes of JSON (it has {size}).")] }),
         ))),

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{client::conn::http2, Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
 use std::{collections::HashMap, path::Path, sync::Arc, sync::Mutex, time::Duration};
@@ -72,7 +72,11 @@ impl HttpsClient {
     }
 
     pub fn with_tls(tls: Arc<ClientConfig>) -> HttpsClient {
-        HttpsClient { tls, h2: Mutex::new(HashMap::new()), connecting: tokio::sync::Mutex::new(()) }
+        HttpsClient {
+            tls,
+            h2: Mutex::new(HashMap::new()),
+            connecting: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The TLS configuration (trust roots) of this client.
@@ -82,7 +86,9 @@ impl HttpsClient {
 
     /// Send `req` (an absolute https URL) and read the whole answer.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> Result<Response<Bytes>, ClientError> {
-        tokio::time::timeout(REQUEST_TIMEOUT, self.send_inner(req)).await.map_err(|_| ClientError::Timeout)?
+        tokio::time::timeout(REQUEST_TIMEOUT, self.send_inner(req))
+            .await
+            .map_err(|_| ClientError::Timeout)?
     }
 
     async fn send_inner(&self, mut req: Request<Full<Bytes>>) -> Result<Response<Bytes>, ClientError> {
@@ -90,7 +96,10 @@ impl HttpsClient {
         if uri.scheme_str() != Some("https") {
             return Err(ClientError::BadUrl(uri.to_string()));
         }
-        let host = uri.host().ok_or_else(|| ClientError::BadUrl(uri.to_string()))?.to_string();
+        let host = uri
+            .host()
+            .ok_or_else(|| ClientError::BadUrl(uri.to_string()))?
+            .to_string();
         let port = uri.port_u16().unwrap_or(443);
         let origin = format!("{host}:{port}");
         let mut gate = None;
@@ -103,7 +112,10 @@ impl HttpsClient {
             Some(s) => s,
             None => match self.connect(&host, port).await? {
                 Conn::H2(s) => {
-                    self.h2.lock().unwrap_or_else(|p| p.into_inner()).insert(origin.clone(), s.clone());
+                    self.h2
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(origin.clone(), s.clone());
                     s
                 }
                 Conn::H1(mut s) => {
@@ -112,9 +124,14 @@ impl HttpsClient {
                     let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
                     *req.uri_mut() = pq.parse().map_err(|_| ClientError::BadUrl(uri.to_string()))?;
                     let host_hdr = if port == 443 { host.clone() } else { origin.clone() };
-                    req.headers_mut()
-                        .insert(hyper::header::HOST, host_hdr.parse().map_err(|_| ClientError::BadUrl(uri.to_string()))?);
-                    let resp = s.send_request(req).await.map_err(|e| ClientError::Request(e.to_string()))?;
+                    req.headers_mut().insert(
+                        hyper::header::HOST,
+                        host_hdr.parse().map_err(|_| ClientError::BadUrl(uri.to_string()))?,
+                    );
+                    let resp = s
+                        .send_request(req)
+                        .await
+                        .map_err(|e| ClientError::Request(e.to_string()))?;
                     return read(resp).await;
                 }
             },
@@ -155,7 +172,9 @@ impl HttpsClient {
 
     async fn connect(&self, host: &str, port: u16) -> Result<Conn, ClientError> {
         let connect = async {
-            let tcp = TcpStream::connect((host, port)).await.map_err(|e| ClientError::Connect(e.to_string()))?;
+            let tcp = TcpStream::connect((host, port))
+                .await
+                .map_err(|e| ClientError::Connect(e.to_string()))?;
             let _ = tcp.set_nodelay(true);
             let name = ServerName::try_from(host.to_string()).map_err(|_| ClientError::BadUrl(host.to_string()))?;
             let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
@@ -166,6 +185,7 @@ impl HttpsClient {
             let io = TokioIo::new(tls);
             if h2 {
                 let (s, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
                     .keep_alive_interval(Duration::from_secs(60))
                     .keep_alive_timeout(Duration::from_secs(20))
                     .handshake(io)
@@ -187,7 +207,9 @@ impl HttpsClient {
                 Ok(Conn::H1(s))
             }
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, connect).await.map_err(|_| ClientError::Timeout)?
+        tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| ClientError::Timeout)?
     }
 }
 

@@ -1,14 +1,16 @@
-//! The dispatcher: takes due deliveries from the outbox, sends each through
-//! its provider and records the outcome. A delivery row is claimed by one
-//! task at a time (the in-flight set) and marked done as soon as the
-//! provider accepts it, so one accepted push reaches a device once. Rows
-//! survive restarts: what was pending at a crash is sent after it.
+//! The dispatcher: claims due deliveries from the outbox (`pending` →
+//! `sending`, in one transaction), sends each through its provider and
+//! records the outcome. A claimed row belongs to one task, and it is marked
+//! done as soon as the provider accepts it, so one accepted push reaches a
+//! device once. Rows survive restarts: what was pending or being sent at a
+//! crash is sent after it (the one window for a duplicate is a crash between
+//! the provider's answer and that write; `apns-collapse-id` and the Web Push
+//! `Topic` then make a duplicate replace the first).
 
 use super::{now_ms, providers::Outcome, secret, Kind, Relay};
 use crate::store::relay::{self as db, Delivery};
 use std::{
-    collections::HashSet,
-    sync::{atomic::Ordering, Arc, Mutex},
+    sync::{atomic::Ordering, Arc},
     time::Duration,
 };
 use tokio::sync::{watch, Semaphore};
@@ -23,11 +25,12 @@ const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// How often the outbox is looked at when nothing wakes the dispatcher.
 const POLL: Duration = Duration::from_secs(1);
 
-type Key = (i64, String);
-
 pub(crate) async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
-    // A std Mutex: held for set operations only, never across `.await`.
-    let inflight: Arc<Mutex<HashSet<Key>>> = Arc::default();
+    match relay.inner.store.call(|c| db::release_claims(c)).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deliveries = n, "resuming deliveries interrupted by a stop"),
+        Err(e) => tracing::error!(error = %e, "outbox recovery failed"),
+    }
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
     loop {
         if *stop.borrow() {
@@ -35,7 +38,7 @@ pub(crate) async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
         }
         let store = relay.inner.store.clone();
         let now = now_ms();
-        let due = match store.call(move |c| db::due(c, now, BATCH)).await {
+        let due = match store.call(move |c| db::claim(c, now, BATCH)).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "outbox read failed");
@@ -44,19 +47,16 @@ pub(crate) async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
         };
         let mut started = 0;
         for d in due {
-            let key = (d.push_id, d.device.id.clone());
-            if !inflight.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone()) {
-                continue;
-            }
-            let Ok(permit) = permits.clone().acquire_owned().await else { return };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
             started += 1;
-            let (relay, inflight) = (relay.clone(), inflight.clone());
+            let relay = relay.clone();
             let span = tracing::info_span!("push", push_id = d.push_id, device = %d.device.id, kind = %d.device.kind,
                 token = secret::prefix(&d.token));
             tokio::spawn(
                 async move {
                     deliver(&relay, d).await;
-                    inflight.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
                     drop(permit);
                     relay.inner.wake.notify_one();
                 }
@@ -136,7 +136,9 @@ async fn deliver(relay: &Relay, d: Delivery) {
 
 /// Exponential backoff from one second, capped, with full jitter on the upper half.
 fn backoff(attempts: u32) -> Duration {
-    let base = Duration::from_secs(1).saturating_mul(1u32 << attempts.min(20)).min(MAX_BACKOFF);
+    let base = Duration::from_secs(1)
+        .saturating_mul(1u32 << attempts.min(20))
+        .min(MAX_BACKOFF);
     let jitter: f64 = rand::random::<f64>() * 0.5 + 0.5;
     base.mul_f64(jitter)
 }

@@ -18,7 +18,8 @@ pub fn b64_decode(s: &str) -> Option<Vec<u8>> {
 
 /// Read a PKCS#8 private key from PEM text.
 pub fn pkcs8_from_pem(pem: &str) -> anyhow::Result<Vec<u8>> {
-    let k = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| anyhow::anyhow!("not a PKCS#8 PEM key: {e}"))?;
+    let k =
+        PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| anyhow::anyhow!("not a PKCS#8 PEM key: {e}"))?;
     Ok(k.secret_pkcs8_der().to_vec())
 }
 
@@ -32,12 +33,18 @@ pub fn rs256_key(pkcs8: &[u8]) -> anyhow::Result<RsaKeyPair> {
 }
 
 fn signing_input(header: &serde_json::Value, claims: &serde_json::Value) -> String {
-    format!("{}.{}", b64(header.to_string().as_bytes()), b64(claims.to_string().as_bytes()))
+    format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    )
 }
 
 pub fn es256(key: &EcdsaKeyPair, header: &serde_json::Value, claims: &serde_json::Value) -> anyhow::Result<String> {
     let input = signing_input(header, claims);
-    let sig = key.sign(&SystemRandom::new(), input.as_bytes()).map_err(|_| anyhow::anyhow!("ES256 signing failed"))?;
+    let sig = key
+        .sign(&SystemRandom::new(), input.as_bytes())
+        .map_err(|_| anyhow::anyhow!("ES256 signing failed"))?;
     Ok(format!("{input}.{}", b64(sig.as_ref())))
 }
 
@@ -58,7 +65,12 @@ mod tests {
     fn es256_verifies_with_the_public_key() {
         let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
         let key = es256_key(doc.as_ref()).unwrap();
-        let jwt = es256(&key, &serde_json::json!({"alg": "ES256"}), &serde_json::json!({"iss": "T"})).unwrap();
+        let jwt = es256(
+            &key,
+            &serde_json::json!({"alg": "ES256"}),
+            &serde_json::json!({"iss": "T"}),
+        )
+        .unwrap();
         let (input, sig) = jwt.rsplit_once('.').unwrap();
         let pk = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key.public_key().as_ref());
         pk.verify(input.as_bytes(), &b64_decode(sig).unwrap()).unwrap();

@@ -23,7 +23,9 @@ struct Bucket {
 
 impl<K: Hash + Eq + Clone> Default for Buckets<K> {
     fn default() -> Self {
-        Buckets { map: Mutex::new(HashMap::new()) }
+        Buckets {
+            map: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -41,7 +43,11 @@ impl<K: Hash + Eq + Clone> Buckets<K> {
                 t < f64::from(b.per_minute)
             });
         }
-        let b = map.entry(key.clone()).or_insert(Bucket { tokens: f64::from(per_minute), at: now, per_minute });
+        let b = map.entry(key.clone()).or_insert(Bucket {
+            tokens: f64::from(per_minute),
+            at: now,
+            per_minute,
+        });
         b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(f64::from(per_minute));
         b.at = now;
         b.per_minute = per_minute;
@@ -65,7 +71,10 @@ mod tests {
             assert!(b.take(&"t", 3).is_ok());
         }
         let wait = b.take(&"t", 3).unwrap_err();
-        assert!(wait > Duration::from_secs(1) && wait <= Duration::from_secs(20), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(1) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
         // Another key has its own bucket.
         assert!(b.take(&"u", 3).is_ok());
     }

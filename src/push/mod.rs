@@ -273,10 +273,19 @@ impl Relay {
                 }
                 let hash = blocking(move || hash_password(&p)).await??;
                 let u = username.to_string();
-                match self.inner.store.call(move |c| db::create_account(c, &u, &e, &hash)).await? {
+                match self
+                    .inner
+                    .store
+                    .call(move |c| db::create_account(c, &u, &e, &hash))
+                    .await?
+                {
                     Ok(a) => {
                         let api_key = self.new_api_key(a.id).await?;
-                        return Ok(Login { account: a, api_key, created: true });
+                        return Ok(Login {
+                            account: a,
+                            api_key,
+                            created: true,
+                        });
                     }
                     Err(db::Taken::Email) => return Err(AccountError::EmailTaken),
                     // Created concurrently: the caller may retry and log in.
@@ -285,13 +294,20 @@ impl Relay {
             }
         };
         let api_key = self.new_api_key(account.id).await?;
-        Ok(Login { account, api_key, created: false })
+        Ok(Login {
+            account,
+            api_key,
+            created: false,
+        })
     }
 
     async fn new_api_key(&self, account_id: i64) -> Result<String, StoreError> {
         let key = secret::generate();
         let h = secret::hash(&key);
-        self.inner.store.call(move |c| db::insert_api_key(c, &h, account_id)).await?;
+        self.inner
+            .store
+            .call(move |c| db::insert_api_key(c, &h, account_id))
+            .await?;
         Ok(key)
     }
 
@@ -301,7 +317,9 @@ impl Relay {
         let key = api_key.to_string();
         let found = self.inner.store.call(move |c| db::account_by_api_key(c, &h)).await?;
         // The lookup is by hash; the constant-time comparison is the check.
-        Ok(found.filter(|(_, stored)| secret::matches(stored, &key)).map(|(a, _)| a))
+        Ok(found
+            .filter(|(_, stored)| secret::matches(stored, &key))
+            .map(|(a, _)| a))
     }
 
     pub async fn delete_account(&self, account_id: i64) -> Result<(), StoreError> {
@@ -311,7 +329,10 @@ impl Relay {
     // ---- devices ----
 
     pub async fn devices(&self, account_id: i64, kind: Kind) -> Result<Vec<db::Device>, StoreError> {
-        self.inner.store.call(move |c| db::list_devices(c, account_id, kind.as_str())).await
+        self.inner
+            .store
+            .call(move |c| db::list_devices(c, account_id, kind.as_str()))
+            .await
     }
 
     pub async fn device(&self, account_id: i64, id: &str) -> Result<Option<db::Device>, StoreError> {
@@ -344,7 +365,10 @@ impl Relay {
 
     pub async fn delete_device(&self, account_id: i64, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.inner.store.call(move |c| db::delete_device(c, account_id, &id)).await
+        self.inner
+            .store
+            .call(move |c| db::delete_device(c, account_id, &id))
+            .await
     }
 
     // ---- whitelist tokens ----
@@ -403,7 +427,10 @@ impl Relay {
     }
 
     pub async fn rename_token(&self, hash: Vec<u8>, name: Option<String>) -> Result<(), StoreError> {
-        self.inner.store.call(move |c| db::update_token_name(c, &hash, name.as_deref())).await
+        self.inner
+            .store
+            .call(move |c| db::update_token_name(c, &hash, name.as_deref()))
+            .await
     }
 
     pub async fn delete_token(&self, hash: Vec<u8>) -> Result<bool, StoreError> {
@@ -420,7 +447,12 @@ impl Relay {
             None => {
                 let o = owner.to_string();
                 // "!" never parses as a PHC string, so no password can match it.
-                match self.inner.store.call(move |c| db::create_account(c, &o, "", "!")).await? {
+                match self
+                    .inner
+                    .store
+                    .call(move |c| db::create_account(c, &o, "", "!"))
+                    .await?
+                {
                     Ok(a) => a,
                     Err(_) => {
                         let o = owner.to_string();
@@ -487,7 +519,13 @@ impl Relay {
             })
             .await?;
         self.inner.counters.accepted.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(token = secret::prefix(token), push_id, devices, priority = prio, "push accepted");
+        tracing::info!(
+            token = secret::prefix(token),
+            push_id,
+            devices,
+            priority = prio,
+            "push accepted"
+        );
         self.inner.wake.notify_one();
         Ok(Accepted { push_id, devices })
     }

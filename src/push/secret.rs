@@ -25,7 +25,11 @@ pub fn matches(stored: &[u8], secret: &str) -> bool {
 
 /// The loggable start of a secret.
 pub fn prefix(secret: &str) -> &str {
-    let end = secret.char_indices().nth(PREFIX_LEN).map(|(i, _)| i).unwrap_or(secret.len());
+    let end = secret
+        .char_indices()
+        .nth(PREFIX_LEN)
+        .map(|(i, _)| i)
+        .unwrap_or(secret.len());
     &secret[..end]
 }
 

@@ -65,12 +65,26 @@ pub fn account_by_username(c: &Connection, username: &str) -> Result<Option<(Acc
     Ok(c.query_row(
         "SELECT id, username, email, password_hash FROM relay_accounts WHERE username = ?1",
         [username],
-        |r| Ok((Account { id: r.get(0)?, username: r.get(1)?, email: r.get(2)? }, r.get(3)?)),
+        |r| {
+            Ok((
+                Account {
+                    id: r.get(0)?,
+                    username: r.get(1)?,
+                    email: r.get(2)?,
+                },
+                r.get(3)?,
+            ))
+        },
     )
     .optional()?)
 }
 
-pub fn create_account(c: &mut Connection, username: &str, email: &str, password_hash: &str) -> Result<Result<Account, Taken>> {
+pub fn create_account(
+    c: &mut Connection,
+    username: &str,
+    email: &str,
+    password_hash: &str,
+) -> Result<Result<Account, Taken>> {
     let tx = c.transaction()?;
     let exists = |sql: &str, v: &str| -> Result<bool> { Ok(tx.query_row(sql, [v], |_| Ok(())).optional()?.is_some()) };
     if exists("SELECT 1 FROM relay_accounts WHERE username = ?1", username)? {
@@ -85,7 +99,11 @@ pub fn create_account(c: &mut Connection, username: &str, email: &str, password_
     )?;
     let id = tx.last_insert_rowid();
     tx.commit()?;
-    Ok(Ok(Account { id, username: username.into(), email: email.into() }))
+    Ok(Ok(Account {
+        id,
+        username: username.into(),
+        email: email.into(),
+    }))
 }
 
 pub fn delete_account(c: &Connection, id: i64) -> Result<()> {
@@ -107,7 +125,16 @@ pub fn account_by_api_key(c: &Connection, hash: &[u8]) -> Result<Option<(Account
         "SELECT a.id, a.username, a.email, k.hash FROM relay_api_keys k JOIN relay_accounts a ON a.id = k.account_id
          WHERE k.hash = ?1",
         [hash],
-        |r| Ok((Account { id: r.get(0)?, username: r.get(1)?, email: r.get(2)? }, r.get(3)?)),
+        |r| {
+            Ok((
+                Account {
+                    id: r.get(0)?,
+                    username: r.get(1)?,
+                    email: r.get(2)?,
+                },
+                r.get(3)?,
+            ))
+        },
     )
     .optional()?)
 }
@@ -135,7 +162,9 @@ pub fn list_devices(c: &Connection, account_id: i64, kind: &str) -> Result<Vec<D
     let mut st = c.prepare(&format!(
         "SELECT {DEVICE_COLS} FROM relay_devices d WHERE d.account_id = ?1 AND d.kind = ?2 ORDER BY d.created, d.rowid"
     ))?;
-    let v = st.query_map(params![account_id, kind], |r| device_row(r, 0))?.collect::<rusqlite::Result<_>>()?;
+    let v = st
+        .query_map(params![account_id, kind], |r| device_row(r, 0))?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(v)
 }
 
@@ -174,14 +203,20 @@ pub fn put_device(c: &Connection, d: &Device) -> Result<()> {
 }
 
 pub fn delete_device(c: &Connection, account_id: i64, id: &str) -> Result<bool> {
-    Ok(c.execute("DELETE FROM relay_devices WHERE account_id = ?1 AND id = ?2", params![account_id, id])? > 0)
+    Ok(c.execute(
+        "DELETE FROM relay_devices WHERE account_id = ?1 AND id = ?2",
+        params![account_id, id],
+    )? > 0)
 }
 
 /// Mark a device dead: it gets no further pushes, and its pending deliveries end.
 pub fn deactivate_device(c: &mut Connection, id: &str) -> Result<()> {
     let tx = c.transaction()?;
     tx.execute("UPDATE relay_devices SET active = 0 WHERE id = ?1", [id])?;
-    tx.execute("UPDATE relay_deliveries SET state = 'failed' WHERE device_id = ?1 AND state = 'pending'", [id])?;
+    tx.execute(
+        "UPDATE relay_deliveries SET state = 'failed' WHERE device_id = ?1 AND state IN ('pending', 'sending')",
+        [id],
+    )?;
     tx.commit()?;
     Ok(())
 }
@@ -206,7 +241,16 @@ pub fn insert_token(c: &Connection, t: &Token) -> Result<()> {
     c.execute(
         "INSERT INTO relay_tokens (hash, prefix, account_id, device_id, name, created, expires, rate)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![t.hash, t.prefix, t.account_id, t.device_id, t.name, t.created, t.expires, t.rate],
+        params![
+            t.hash,
+            t.prefix,
+            t.account_id,
+            t.device_id,
+            t.name,
+            t.created,
+            t.expires,
+            t.rate
+        ],
     )?;
     Ok(())
 }
@@ -216,13 +260,17 @@ pub fn list_tokens(c: &Connection, account_id: i64) -> Result<Vec<Token>> {
         "SELECT {TOKEN_COLS} FROM relay_tokens t JOIN relay_devices d ON d.id = t.device_id
          WHERE t.account_id = ?1 ORDER BY t.created, t.rowid"
     ))?;
-    let v = st.query_map([account_id], token_row)?.collect::<rusqlite::Result<_>>()?;
+    let v = st
+        .query_map([account_id], token_row)?
+        .collect::<rusqlite::Result<_>>()?;
     Ok(v)
 }
 
 pub fn token_by_hash(c: &Connection, hash: &[u8]) -> Result<Option<Token>> {
     Ok(c.query_row(
-        &format!("SELECT {TOKEN_COLS} FROM relay_tokens t JOIN relay_devices d ON d.id = t.device_id WHERE t.hash = ?1"),
+        &format!(
+            "SELECT {TOKEN_COLS} FROM relay_tokens t JOIN relay_devices d ON d.id = t.device_id WHERE t.hash = ?1"
+        ),
         [hash],
         token_row,
     )
@@ -269,15 +317,17 @@ pub fn enqueue(c: &mut Connection, p: &NewPush<'_>, now_ms: i64) -> Result<(i64,
     Ok((id, n))
 }
 
-/// Deliveries due at `now_ms`, oldest first.
-pub fn due(c: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Delivery>> {
-    let mut st = c.prepare(&format!(
-        "SELECT o.id, o.token, o.collapse, o.data, o.priority, o.created, o.expires, x.attempts, {DEVICE_COLS}
-         FROM relay_deliveries x JOIN relay_outbox o ON o.id = x.push_id JOIN relay_devices d ON d.id = x.device_id
-         WHERE x.state = 'pending' AND x.next_at <= ?1 ORDER BY x.next_at LIMIT ?2"
-    ))?;
-    let v = st
-        .query_map(params![now_ms, limit as i64], |r| {
+/// Claim the deliveries due at `now_ms`, oldest first: they move from
+/// `pending` to `sending`, so no other look at the outbox picks them again.
+pub fn claim(c: &mut Connection, now_ms: i64, limit: usize) -> Result<Vec<Delivery>> {
+    let tx = c.transaction()?;
+    let v: Vec<Delivery> = {
+        let mut st = tx.prepare(&format!(
+            "SELECT o.id, o.token, o.collapse, o.data, o.priority, o.created, o.expires, x.attempts, {DEVICE_COLS}
+             FROM relay_deliveries x JOIN relay_outbox o ON o.id = x.push_id JOIN relay_devices d ON d.id = x.device_id
+             WHERE x.state = 'pending' AND x.next_at <= ?1 ORDER BY x.next_at LIMIT ?2"
+        ))?;
+        let rows = st.query_map(params![now_ms, limit as i64], |r| {
             Ok(Delivery {
                 push_id: r.get(0)?,
                 token: r.get(1)?,
@@ -289,14 +339,36 @@ pub fn due(c: &Connection, now_ms: i64, limit: usize) -> Result<Vec<Delivery>> {
                 attempts: r.get(7)?,
                 device: device_row(r, 8)?,
             })
-        })?
-        .collect::<rusqlite::Result<_>>()?;
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    {
+        let mut up =
+            tx.prepare("UPDATE relay_deliveries SET state = 'sending' WHERE push_id = ?1 AND device_id = ?2")?;
+        for d in &v {
+            up.execute(params![d.push_id, d.device.id])?;
+        }
+    }
+    tx.commit()?;
     Ok(v)
+}
+
+/// After a crash, deliveries that were being sent are pending again (the
+/// provider may or may not have them; sending again is the safe side).
+pub fn release_claims(c: &Connection) -> Result<usize> {
+    Ok(c.execute(
+        "UPDATE relay_deliveries SET state = 'pending' WHERE state = 'sending'",
+        [],
+    )?)
 }
 
 /// The earliest `next_at` of a pending delivery.
 pub fn next_due(c: &Connection) -> Result<Option<i64>> {
-    Ok(c.query_row("SELECT MIN(next_at) FROM relay_deliveries WHERE state = 'pending'", [], |r| r.get(0))?)
+    Ok(c.query_row(
+        "SELECT MIN(next_at) FROM relay_deliveries WHERE state = 'pending'",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
 /// End a delivery (`done` or `failed`) and drop its push once nothing is pending.
@@ -311,7 +383,7 @@ pub fn finish(c: &mut Connection, push_id: i64, device_id: &str, state: &str) ->
     )?;
     tx.execute(
         "DELETE FROM relay_outbox WHERE id = ?1
-         AND NOT EXISTS (SELECT 1 FROM relay_deliveries WHERE push_id = ?1 AND state = 'pending')",
+         AND NOT EXISTS (SELECT 1 FROM relay_deliveries WHERE push_id = ?1 AND state IN ('pending', 'sending'))",
         [push_id],
     )?;
     tx.commit()?;
@@ -320,7 +392,8 @@ pub fn finish(c: &mut Connection, push_id: i64, device_id: &str, state: &str) ->
 
 pub fn reschedule(c: &Connection, push_id: i64, device_id: &str, next_at_ms: i64) -> Result<()> {
     c.execute(
-        "UPDATE relay_deliveries SET attempts = attempts + 1, next_at = ?3 WHERE push_id = ?1 AND device_id = ?2",
+        "UPDATE relay_deliveries SET state = 'pending', attempts = attempts + 1, next_at = ?3
+         WHERE push_id = ?1 AND device_id = ?2 AND state = 'sending'",
         params![push_id, device_id, next_at_ms],
     )?;
     Ok(())
@@ -330,12 +403,16 @@ pub fn reschedule(c: &Connection, push_id: i64, device_id: &str, next_at_ms: i64
 pub fn sweep(c: &Connection) -> Result<usize> {
     Ok(c.execute(
         "DELETE FROM relay_outbox WHERE NOT EXISTS
-           (SELECT 1 FROM relay_deliveries x WHERE x.push_id = relay_outbox.id AND x.state = 'pending')",
+           (SELECT 1 FROM relay_deliveries x WHERE x.push_id = relay_outbox.id AND x.state IN ('pending', 'sending'))",
         [],
     )?)
 }
 
 /// Count of deliveries still pending (for tests and diagnostics).
 pub fn pending_count(c: &Connection) -> Result<i64> {
-    Ok(c.query_row("SELECT COUNT(*) FROM relay_deliveries WHERE state = 'pending'", [], |r| r.get(0))?)
+    Ok(c.query_row(
+        "SELECT COUNT(*) FROM relay_deliveries WHERE state IN ('pending', 'sending')",
+        [],
+        |r| r.get(0),
+    )?)
 }

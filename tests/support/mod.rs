@@ -32,7 +32,11 @@ pub const PATIENCE: Duration = Duration::from_secs(30);
 pub fn pem(label: &str, der: &[u8]) -> String {
     use base64::Engine;
     let b = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    let lines: Vec<&str> = b
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
     format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
 }
 
@@ -46,7 +50,8 @@ pub struct TestCa {
 impl TestCa {
     pub fn new(dir: &Path) -> TestCa {
         let mut cap = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        cap.distinguished_name.push(rcgen::DnType::CommonName, "pushbox test CA");
+        cap.distinguished_name
+            .push(rcgen::DnType::CommonName, "pushbox test CA");
         cap.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         cap.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
         let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -58,7 +63,11 @@ impl TestCa {
         let leaf = lp.signed_by(&leaf_key, &issuer).unwrap();
         let ca_pem = dir.join("test-ca.pem");
         std::fs::write(&ca_pem, ca.pem()).unwrap();
-        TestCa { ca_pem, chain: vec![leaf.der().clone(), ca.der().clone()], key: leaf_key.serialize_der() }
+        TestCa {
+            ca_pem,
+            chain: vec![leaf.der().clone(), ca.der().clone()],
+            key: leaf_key.serialize_der(),
+        }
     }
 
     pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
@@ -78,17 +87,29 @@ pub type Reply = Response<Full<Bytes>>;
 pub type Handler = Arc<dyn Fn(Request<Bytes>) -> Pin<Box<dyn Future<Output = Reply> + Send>> + Send + Sync>;
 
 pub fn reply(status: u16, body: Value, headers: &[(&str, String)]) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from(if body.is_null() { String::new() } else { body.to_string() })));
+    let mut r = Response::new(Full::new(Bytes::from(if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    })));
     *r.status_mut() = StatusCode::from_u16(status).unwrap();
     for (k, v) in headers {
-        r.headers_mut().insert(hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        r.headers_mut().insert(
+            hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
     }
     r
 }
 
 /// Serve `handler` over TLS on `listener`: HTTP/2 only when `h2_only`
 /// (APNs), else HTTP/2 or HTTP/1.1 by ALPN.
-pub fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, h2_only: bool, handler: Handler) -> tokio::task::JoinHandle<()> {
+pub fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    h2_only: bool,
+    handler: Handler,
+) -> tokio::task::JoinHandle<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
         loop {
@@ -106,7 +127,9 @@ pub fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, h2_only: boo
                 });
                 let io = TokioIo::new(tls);
                 if h2_only {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc).await;
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, svc)
+                        .await;
                 } else {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(io, svc)
@@ -159,7 +182,10 @@ impl Log {
             if v.len() >= n {
                 return v;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {n} provider requests; saw {v:?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} provider requests; saw {v:?}"
+            );
             let _ = tokio::time::timeout(Duration::from_millis(200), notified).await;
         }
     }
@@ -180,7 +206,10 @@ fn verify_es256(jwt_text: &str, public_key: &[u8]) -> Result<(Value, Value), Str
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 // ---------------------------------------------------------------- APNs
@@ -198,6 +227,7 @@ pub struct ApnsStandIn {
     pub key_path: PathBuf,
     pub log: Arc<Log>,
     pub state: Arc<ApnsState>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Default)]
@@ -219,7 +249,11 @@ impl ApnsStandIn {
         let key_path = dir.join("AuthKey_test.p8");
         let public = if key_path.exists() {
             let pem = std::fs::read_to_string(&key_path).unwrap();
-            jwt::es256_key(&jwt::pkcs8_from_pem(&pem).unwrap()).unwrap().public_key().as_ref().to_vec()
+            jwt::es256_key(&jwt::pkcs8_from_pem(&pem).unwrap())
+                .unwrap()
+                .public_key()
+                .as_ref()
+                .to_vec()
         } else {
             let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new()).unwrap();
             std::fs::write(&key_path, pem("PRIVATE KEY", doc.as_ref())).unwrap();
@@ -233,8 +267,20 @@ impl ApnsStandIn {
             let (l, s, public) = (l.clone(), s.clone(), public.clone());
             Box::pin(async move { apns_answer(&l, &s, &public, req) })
         });
-        serve(listener, ca.server_config(&[b"h2"]), true, handler);
-        ApnsStandIn { addr, url: format!("https://localhost:{}", addr.port()), key_path, log, state }
+        let task = serve(listener, ca.server_config(&[b"h2"]), true, handler);
+        ApnsStandIn {
+            addr,
+            url: format!("https://localhost:{}", addr.port()),
+            key_path,
+            log,
+            state,
+            task,
+        }
+    }
+
+    /// Stop listening (APNs "down"); connections not yet made are refused.
+    pub fn stop(self) {
+        self.task.abort();
     }
 
     pub fn config(&self, ca: &TestCa) -> String {
@@ -356,7 +402,11 @@ fn apns_answer(log: &Log, state: &ApnsState, public: &[u8], req: Request<Bytes>)
             return r;
         }
     }
-    reply(200, Value::Null, &[("apns-id", uuid::Uuid::new_v4().to_string().to_uppercase())])
+    reply(
+        200,
+        Value::Null,
+        &[("apns-id", uuid::Uuid::new_v4().to_string().to_uppercase())],
+    )
 }
 
 /// A random APNs device token (32 bytes, hex).
@@ -388,22 +438,39 @@ impl Daemon {
         let toml = format!(
             "domain = \"localhost\"\ndata_dir = \"data\"\n[listen]\nc2s = []\nc2s_direct_tls = []\nhttps = []\n{extra}"
         );
-        let toml = if toml.contains("[relay]") { toml } else { format!("{toml}\n[relay]\nip_rate = 100000\n") };
+        let toml = if toml.contains("[relay]") {
+            toml
+        } else {
+            format!("{toml}\n[relay]\nip_rate = 100000\n")
+        };
         let config = pushbox::config::Config::from_toml_str(&toml, Some(dir)).unwrap_or_else(|p| panic!("{p}"));
         let data_dir = config.data_dir.clone();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
-        let listeners = pushbox::Listeners { https: vec![l], ..Default::default() };
+        let listeners = pushbox::Listeners {
+            https: vec![l],
+            ..Default::default()
+        };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            pushbox::run(config, listeners, async { let _ = stopped.await; }, move || {
-                let _ = ready_tx.send(());
-            })
+            pushbox::run(
+                config,
+                listeners,
+                async {
+                    let _ = stopped.await;
+                },
+                move || {
+                    let _ = ready_tx.send(());
+                },
+            )
             .await
             .unwrap();
         });
-        tokio::time::timeout(PATIENCE, ready_rx).await.expect("daemon ready").expect("daemon started");
+        tokio::time::timeout(PATIENCE, ready_rx)
+            .await
+            .expect("daemon ready")
+            .expect("daemon started");
         Daemon {
             url: format!("https://localhost:{port}"),
             ca: data_dir.join("tls/ca.pem"),
@@ -447,7 +514,11 @@ pub struct Answer {
 
 impl Api {
     pub fn new(base: &str, ca: &Path) -> Api {
-        Api { client: HttpsClient::new(Some(ca)).unwrap(), base: base.to_string(), key: None }
+        Api {
+            client: HttpsClient::new(Some(ca)).unwrap(),
+            base: base.to_string(),
+            key: None,
+        }
     }
 
     pub fn with_key(mut self, key: &str) -> Api {
@@ -464,14 +535,23 @@ impl Api {
         if let Some(k) = &self.key {
             b = b.header("authorization", format!("Token {k}"));
         }
-        let resp = self.client.send(b.body(Full::new(Bytes::from(body))).unwrap()).await.expect("relay API reachable");
+        let resp = self
+            .client
+            .send(b.body(Full::new(Bytes::from(body))).unwrap())
+            .await
+            .expect("relay API reachable");
         let status = resp.status().as_u16();
         let body = if resp.body().is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(resp.body()).unwrap_or_else(|e| panic!("non-JSON answer {status}: {e}: {:?}", resp.body()))
+            serde_json::from_slice(resp.body())
+                .unwrap_or_else(|e| panic!("non-JSON answer {status}: {e}: {:?}", resp.body()))
         };
-        Answer { status, body, headers: resp.headers().clone() }
+        Answer {
+            status,
+            body,
+            headers: resp.headers().clone(),
+        }
     }
 
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Answer {
@@ -489,22 +569,38 @@ impl Api {
 
     /// Create an account and return a client logged in as it.
     pub async fn signup(&self, username: &str) -> Api {
-        let a = self.post("/api/v1/accounts/", json!({ "username": username, "password": "correct horse" })).await;
+        let a = self
+            .post(
+                "/api/v1/accounts/",
+                json!({ "username": username, "password": "correct horse" }),
+            )
+            .await;
         assert_eq!(a.status, 201, "{:?}", a.body);
         self.as_key(a.body["token"].as_str().unwrap())
     }
 
     /// Another client of the same relay using `key`.
     pub fn as_key(&self, key: &str) -> Api {
-        Api { client: HttpsClient::with_tls(self.client.tls()), base: self.base.clone(), key: Some(key.to_string()) }
+        Api {
+            client: HttpsClient::with_tls(self.client.tls()),
+            base: self.base.clone(),
+            key: Some(key.to_string()),
+        }
     }
 
     /// Register an APNs device and issue a whitelist token for it.
     pub async fn apns_device_and_token(&self, registration_id: &str) -> (String, String) {
-        let d = self.post("/api/v1/device/apns/", json!({ "registration_id": registration_id, "name": "phone" })).await;
+        let d = self
+            .post(
+                "/api/v1/device/apns/",
+                json!({ "registration_id": registration_id, "name": "phone" }),
+            )
+            .await;
         assert_eq!(d.status, 201, "{:?}", d.body);
         let id = d.body["id"].as_str().unwrap().to_string();
-        let t = self.post("/api/v1/tokens/", json!({ "apns_device": id, "name": "for a friend" })).await;
+        let t = self
+            .post("/api/v1/tokens/", json!({ "apns_device": id, "name": "for a friend" }))
+            .await;
         assert_eq!(t.status, 201, "{:?}", t.body);
         (id, t.body["token"].as_str().unwrap().to_string())
     }
@@ -519,5 +615,408 @@ pub async fn eventually<T, F: Future<Output = Option<T>>>(mut f: impl FnMut() ->
         }
         assert!(Instant::now() < deadline, "condition not met in time");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- FCM
+
+pub const FCM_PROJECT: &str = "pushbox-test";
+
+/// FCM HTTP v1 and Google's OAuth token endpoint, as documented: the JWT
+/// grant is checked against the service account's public key, `messages:send`
+/// wants a bearer token from that endpoint and answers FCM's error bodies.
+pub struct FcmStandIn {
+    pub url: String,
+    pub service_account: PathBuf,
+    pub log: Arc<Log>,
+    pub state: Arc<FcmState>,
+}
+
+#[derive(Default)]
+pub struct FcmState {
+    pub issued: Mutex<HashSet<String>>,
+    pub unregistered: Mutex<HashSet<String>>,
+}
+
+impl FcmStandIn {
+    pub async fn start(ca: &TestCa, dir: &Path) -> FcmStandIn {
+        use rsa::{pkcs8::EncodePrivateKey, traits::PublicKeyParts};
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).unwrap();
+        let private_pem = key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).unwrap().to_string();
+        let (n, e) = (key.n().to_bytes_be(), key.e().to_bytes_be());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://localhost:{}", listener.local_addr().unwrap().port());
+        let sa = json!({
+            "type": "service_account",
+            "project_id": FCM_PROJECT,
+            "private_key_id": "k1",
+            "private_key": private_pem,
+            "client_email": "relay@pushbox-test.iam.gserviceaccount.com",
+            "client_id": "1",
+            "token_uri": format!("{url}/token"),
+        });
+        let service_account = dir.join("service-account.json");
+        std::fs::write(&service_account, sa.to_string()).unwrap();
+        let log = Arc::new(Log::default());
+        let state = Arc::new(FcmState::default());
+        let (l, s, token_uri) = (log.clone(), state.clone(), format!("{url}/token"));
+        let handler: Handler = Arc::new(move |req| {
+            let (l, s, n, e, token_uri) = (l.clone(), s.clone(), n.clone(), e.clone(), token_uri.clone());
+            Box::pin(async move { fcm_answer(&l, &s, &n, &e, &token_uri, req) })
+        });
+        serve(listener, ca.server_config(&[b"h2", b"http/1.1"]), false, handler);
+        FcmStandIn {
+            url,
+            service_account,
+            log,
+            state,
+        }
+    }
+
+    pub fn config(&self, ca: &TestCa) -> String {
+        format!(
+            "[relay.fcm]\nservice_account = {:?}\nendpoint = {:?}\nca_roots = {:?}\n",
+            self.service_account.display().to_string(),
+            self.url,
+            ca.ca_pem.display().to_string()
+        )
+    }
+}
+
+fn fcm_error(status: u16, code: &str, fcm_code: Option<&str>) -> Reply {
+    let mut err = json!({ "code": status, "message": "stand-in error", "status": code });
+    if let Some(c) = fcm_code {
+        err["details"] = json!([{ "@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": c }]);
+    }
+    reply(
+        status,
+        json!({ "error": err }),
+        &[("content-type", "application/json".into())],
+    )
+}
+
+fn fcm_answer(log: &Log, state: &FcmState, n: &[u8], e: &[u8], token_uri: &str, req: Request<Bytes>) -> Reply {
+    let path = req.uri().path().to_string();
+    let raw = req.body().clone();
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    log.push(Seen {
+        at: Instant::now(),
+        path: path.clone(),
+        headers: req.headers().clone(),
+        body: body.clone(),
+        version: req.version(),
+    });
+    if path == "/token" {
+        let form = String::from_utf8_lossy(&raw).to_string();
+        let mut grant = None;
+        let mut assertion = None;
+        for pair in form.split('&') {
+            match pair.split_once('=') {
+                Some(("grant_type", v)) => grant = Some(v.to_string()),
+                Some(("assertion", v)) => assertion = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        if grant.as_deref() != Some("urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer") {
+            log.violation(format!("grant_type {grant:?}"));
+            return reply(400, json!({ "error": "unsupported_grant_type" }), &[]);
+        }
+        let Some(a) = assertion else {
+            return reply(400, json!({ "error": "invalid_request" }), &[]);
+        };
+        let mut parts = a.split('.');
+        let (h, c, s) = (
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
+        let ok = jwt::b64_decode(s).is_some_and(|sig| {
+            signature::RsaPublicKeyComponents { n, e }
+                .verify(
+                    &signature::RSA_PKCS1_2048_8192_SHA256,
+                    format!("{h}.{c}").as_bytes(),
+                    &sig,
+                )
+                .is_ok()
+        });
+        let claims: Value = jwt::b64_decode(c)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        let header: Value = jwt::b64_decode(h)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        if !ok || header["alg"] != "RS256" {
+            log.violation("OAuth assertion signature invalid".into());
+            return reply(
+                400,
+                json!({ "error": "invalid_grant", "error_description": "Invalid JWT Signature." }),
+                &[],
+            );
+        }
+        let iat = claims["iat"].as_i64().unwrap_or(0);
+        if claims["aud"] != token_uri
+            || !claims["scope"].as_str().unwrap_or("").contains("firebase.messaging")
+            || claims["exp"].as_i64().unwrap_or(0) - iat > 3600
+        {
+            log.violation(format!("OAuth claims wrong: {claims}"));
+            return reply(400, json!({ "error": "invalid_grant" }), &[]);
+        }
+        let token = format!("ya29.stand-in-{}", uuid::Uuid::new_v4());
+        state.issued.lock().unwrap().insert(token.clone());
+        return reply(
+            200,
+            json!({ "access_token": token, "expires_in": 3599, "token_type": "Bearer" }),
+            &[],
+        );
+    }
+    if path != format!("/v1/projects/{FCM_PROJECT}/messages:send") {
+        return fcm_error(404, "NOT_FOUND", None);
+    }
+    let bearer = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string);
+    if !bearer.is_some_and(|b| state.issued.lock().unwrap().contains(&b)) {
+        log.violation("messages:send without a valid access token".into());
+        return fcm_error(401, "UNAUTHENTICATED", None);
+    }
+    let msg = &body["message"];
+    let Some(token) = msg["token"].as_str() else {
+        return fcm_error(400, "INVALID_ARGUMENT", Some("INVALID_ARGUMENT"));
+    };
+    if let Some(data) = msg["data"].as_object() {
+        if data.values().any(|v| !v.is_string()) {
+            log.violation("FCM data values must be strings".into());
+            return fcm_error(400, "INVALID_ARGUMENT", Some("INVALID_ARGUMENT"));
+        }
+    }
+    if msg.get("notification").is_some() {
+        log.violation("expected a data-only message".into());
+    }
+    if !matches!(msg["android"]["priority"].as_str(), Some("HIGH" | "NORMAL")) {
+        log.violation(format!("android priority {:?}", msg["android"]["priority"]));
+        return fcm_error(400, "INVALID_ARGUMENT", Some("INVALID_ARGUMENT"));
+    }
+    if state.unregistered.lock().unwrap().contains(token) {
+        return fcm_error(404, "NOT_FOUND", Some("UNREGISTERED"));
+    }
+    reply(
+        200,
+        json!({ "name": format!("projects/{FCM_PROJECT}/messages/{}", uuid::Uuid::new_v4()) }),
+        &[],
+    )
+}
+
+// ---------------------------------------------------------------- Web Push
+
+/// A Web Push service (RFC 8030) that checks VAPID (RFC 8292) and decrypts
+/// each payload (RFC 8291) with the subscription's private key.
+pub struct WebPushStandIn {
+    pub url: String,
+    pub log: Arc<Log>,
+    pub state: Arc<WebPushState>,
+}
+
+struct Subscription {
+    /// ring's ECDH keys are single-use: one decryption per subscription.
+    key: Option<ring::agreement::EphemeralPrivateKey>,
+    public: Vec<u8>,
+    auth: [u8; 16],
+}
+
+#[derive(Default)]
+pub struct WebPushState {
+    subs: Mutex<HashMap<String, Subscription>>,
+    pub gone: Mutex<HashSet<String>>,
+}
+
+impl WebPushStandIn {
+    pub async fn start(ca: &TestCa) -> WebPushStandIn {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://localhost:{}", listener.local_addr().unwrap().port());
+        let log = Arc::new(Log::default());
+        let state = Arc::new(WebPushState::default());
+        let (l, s, origin) = (log.clone(), state.clone(), url.clone());
+        let handler: Handler = Arc::new(move |req| {
+            let (l, s, origin) = (l.clone(), s.clone(), origin.clone());
+            Box::pin(async move { webpush_answer(&l, &s, &origin, req) })
+        });
+        serve(listener, ca.server_config(&[b"h2", b"http/1.1"]), false, handler);
+        WebPushStandIn { url, log, state }
+    }
+
+    /// A new subscription: (id, endpoint, p256dh, auth) as a browser gives them.
+    pub fn subscribe(&self) -> (String, String, String, String) {
+        let rng = SystemRandom::new();
+        let key = ring::agreement::EphemeralPrivateKey::generate(&ring::agreement::ECDH_P256, &rng).unwrap();
+        let public = key.compute_public_key().unwrap().as_ref().to_vec();
+        let auth: [u8; 16] = rand_bytes();
+        let id = uuid::Uuid::new_v4().to_string();
+        let (p, a) = (jwt::b64(&public), jwt::b64(&auth));
+        self.state.subs.lock().unwrap().insert(
+            id.clone(),
+            Subscription {
+                key: Some(key),
+                public,
+                auth,
+            },
+        );
+        (id.clone(), format!("{}/push/{id}", self.url), p, a)
+    }
+}
+
+fn webpush_answer(log: &Log, state: &WebPushState, origin: &str, req: Request<Bytes>) -> Reply {
+    let path = req.uri().path().to_string();
+    let h = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let mut decrypted = Value::Null;
+    let answer = (|| {
+        let id = path.strip_prefix("/push/").ok_or(404u16)?.to_string();
+        if state.gone.lock().unwrap().contains(&id) {
+            return Err(410);
+        }
+        // VAPID: "vapid t=<jwt>, k=<key>".
+        let auth = h("authorization").unwrap_or_default();
+        let rest = auth.strip_prefix("vapid ").ok_or_else(|| {
+            log.violation("no VAPID authorization".into());
+            401u16
+        })?;
+        let (mut t, mut k) = (None, None);
+        for part in rest.split(',') {
+            match part.trim().split_once('=') {
+                Some(("t", v)) => t = Some(v.to_string()),
+                Some(("k", v)) => k = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        let (Some(t), Some(k)) = (t, k) else {
+            log.violation("VAPID without t or k".into());
+            return Err(401);
+        };
+        let k = jwt::b64_decode(&k).ok_or(401u16)?;
+        let (_, claims) = verify_es256(&t, &k).map_err(|e| {
+            log.violation(format!("VAPID: {e}"));
+            403u16
+        })?;
+        if claims["aud"] != origin || claims["exp"].as_i64().unwrap_or(0) > now() + 86400 || claims["sub"].is_null() {
+            log.violation(format!("VAPID claims wrong: {claims}"));
+            return Err(403);
+        }
+        if h("content-encoding").as_deref() != Some("aes128gcm") || h("ttl").is_none() {
+            log.violation("missing Content-Encoding: aes128gcm or TTL".into());
+            return Err(400);
+        }
+        // RFC 8291 decryption.
+        let body = req.body();
+        if body.len() < 21 {
+            return Err(400);
+        }
+        let salt = &body[..16];
+        let idlen = body[20] as usize;
+        let keyid = &body[21..21 + idlen];
+        let ct = &body[21 + idlen..];
+        let mut subs = state.subs.lock().unwrap();
+        let sub = subs.get_mut(&id).ok_or(404u16)?;
+        let Some(key) = sub.key.take() else {
+            log.violation("second push to a one-shot test subscription".into());
+            return Ok(());
+        };
+        let peer = ring::agreement::UnparsedPublicKey::new(&ring::agreement::ECDH_P256, keyid);
+        let secret = ring::agreement::agree_ephemeral(key, &peer, |s| s.to_vec()).map_err(|_| 400u16)?;
+        let (cek, nonce) = pushbox::push::providers::webpush::derive(&secret, &sub.auth, &sub.public, keyid, salt);
+        let key = ring::aead::LessSafeKey::new(ring::aead::UnboundKey::new(&ring::aead::AES_128_GCM, &cek).unwrap());
+        let mut buf = ct.to_vec();
+        let plain = key
+            .open_in_place(
+                ring::aead::Nonce::try_assume_unique_for_key(&nonce).unwrap(),
+                ring::aead::Aad::empty(),
+                &mut buf,
+            )
+            .map_err(|_| {
+                log.violation("payload does not decrypt".into());
+                400u16
+            })?;
+        let end = plain.iter().rposition(|&b| b != 0).ok_or(400u16)?;
+        if plain[end] != 2 {
+            log.violation("missing last-record delimiter".into());
+            return Err(400);
+        }
+        decrypted = serde_json::from_slice(&plain[..end]).unwrap_or(Value::Null);
+        Ok(())
+    })();
+    log.push(Seen {
+        at: Instant::now(),
+        path,
+        headers: req.headers().clone(),
+        body: decrypted,
+        version: req.version(),
+    });
+    match answer {
+        Ok(()) => reply(
+            201,
+            Value::Null,
+            &[("location", format!("{origin}/message/{}", uuid::Uuid::new_v4()))],
+        ),
+        Err(s) => reply(s, Value::Null, &[]),
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real `pushbox` binary, started with `serve` on a config file.
+pub struct Process {
+    pub child: std::process::Child,
+    pub url: String,
+    pub ca: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+impl Process {
+    pub async fn start(config_path: &Path, port: u16, data_dir: &Path) -> Process {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data_dir.with_extension("log"))
+            .unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pushbox"))
+            .arg("--config")
+            .arg(config_path)
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        eventually(|| async move { tokio::net::TcpStream::connect(addr).await.ok() }).await;
+        let ready = data_dir.join("tls/cert.pem");
+        eventually(|| {
+            let ready = ready.clone();
+            async move { ready.exists().then_some(()) }
+        })
+        .await;
+        Process {
+            child,
+            url: format!("https://localhost:{port}"),
+            ca: data_dir.join("tls/ca.pem"),
+            data_dir: data_dir.into(),
+        }
+    }
+
+    pub fn api(&self) -> Api {
+        Api::new(&self.url, &self.ca)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 }

@@ -111,11 +111,20 @@ impl Apns {
         };
         let resp = match self.client.send(req).await {
             Ok(r) => r,
-            Err(e) => return Outcome::Retry { after: None, reason: format!("APNs: {e}") },
+            Err(e) => {
+                return Outcome::Retry {
+                    after: None,
+                    reason: format!("APNs: {e}"),
+                }
+            }
         };
         let status = resp.status().as_u16();
         if status == 200 {
-            let id = resp.headers().get("apns-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+            let id = resp
+                .headers()
+                .get("apns-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             return Outcome::Delivered(id);
         }
         let reason = serde_json::from_slice::<serde_json::Value>(resp.body())
@@ -133,7 +142,10 @@ fn classify(status: u16, reason: &str, after: Option<Duration>, forget_token: im
         (410, _) | (400, "BadDeviceToken") | (400, "DeviceTokenNotForTopic") => Outcome::Dead(why),
         (403, "ExpiredProviderToken") => {
             forget_token();
-            Outcome::Retry { after: None, reason: why }
+            Outcome::Retry {
+                after: None,
+                reason: why,
+            }
         }
         (403, "InvalidProviderToken") => {
             forget_token();
@@ -153,16 +165,28 @@ mod tests {
         let n = || {};
         assert!(matches!(classify(410, "Unregistered", None, n), Outcome::Dead(_)));
         assert!(matches!(classify(400, "BadDeviceToken", None, n), Outcome::Dead(_)));
-        assert!(matches!(classify(400, "DeviceTokenNotForTopic", None, n), Outcome::Dead(_)));
+        assert!(matches!(
+            classify(400, "DeviceTokenNotForTopic", None, n),
+            Outcome::Dead(_)
+        ));
         assert!(matches!(classify(400, "BadCollapseId", None, n), Outcome::Drop(_)));
         let after = Some(Duration::from_secs(3));
         assert_eq!(
             classify(429, "TooManyRequests", after, n),
-            Outcome::Retry { after, reason: "APNs 429 TooManyRequests".into() }
+            Outcome::Retry {
+                after,
+                reason: "APNs 429 TooManyRequests".into()
+            }
         );
-        assert!(matches!(classify(503, "ServiceUnavailable", None, n), Outcome::Retry { .. }));
+        assert!(matches!(
+            classify(503, "ServiceUnavailable", None, n),
+            Outcome::Retry { .. }
+        ));
         let mut forgot = false;
-        assert!(matches!(classify(403, "ExpiredProviderToken", None, || forgot = true), Outcome::Retry { .. }));
+        assert!(matches!(
+            classify(403, "ExpiredProviderToken", None, || forgot = true),
+            Outcome::Retry { .. }
+        ));
         assert!(forgot);
     }
 }

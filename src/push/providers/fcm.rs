@@ -44,6 +44,9 @@ pub struct Fcm {
     key: RsaKeyPair,
     // A std Mutex: held to read or replace the cached token, never across `.await`.
     access: Mutex<Option<(String, Instant)>>,
+    // One token request at a time: concurrent pushes wait for it instead of
+    // each asking Google for a token. Local to this credential.
+    refresh: tokio::sync::Mutex<()>,
 }
 
 impl Fcm {
@@ -55,19 +58,27 @@ impl Fcm {
         let key = jwt::rs256_key(&jwt::pkcs8_from_pem(&sa.private_key)?)?;
         Ok(Fcm {
             client: HttpsClient::new(c.ca_roots.as_deref())?,
-            endpoint: c.endpoint.clone().unwrap_or_else(|| ENDPOINT.into()).trim_end_matches('/').to_string(),
+            endpoint: c
+                .endpoint
+                .clone()
+                .unwrap_or_else(|| ENDPOINT.into())
+                .trim_end_matches('/')
+                .to_string(),
             project_id: sa.project_id,
             client_email: sa.client_email,
             key_id: sa.private_key_id,
             token_uri: sa.token_uri,
             key,
             access: Mutex::new(None),
+            refresh: tokio::sync::Mutex::new(()),
         })
     }
 
     fn cached_token(&self) -> Option<String> {
         let c = self.access.lock().unwrap_or_else(|p| p.into_inner());
-        c.as_ref().filter(|(_, until)| Instant::now() < *until).map(|(t, _)| t.clone())
+        c.as_ref()
+            .filter(|(_, until)| Instant::now() < *until)
+            .map(|(t, _)| t.clone())
     }
 
     fn forget_token(&self) {
@@ -75,6 +86,10 @@ impl Fcm {
     }
 
     async fn access_token(&self) -> Result<String, Outcome> {
+        if let Some(t) = self.cached_token() {
+            return Ok(t);
+        }
+        let _one_at_a_time = self.refresh.lock().await;
         if let Some(t) = self.cached_token() {
             return Ok(t);
         }
@@ -92,12 +107,18 @@ impl Fcm {
             .header("content-type", "application/x-www-form-urlencoded")
             .body(Full::new(Bytes::from(form)))
             .map_err(|e| Outcome::Drop(format!("bad token_uri: {e}")))?;
-        let resp = self.client.send(req).await.map_err(|e| Outcome::Retry { after: None, reason: format!("OAuth: {e}") })?;
+        let resp = self.client.send(req).await.map_err(|e| Outcome::Retry {
+            after: None,
+            reason: format!("OAuth: {e}"),
+        })?;
         let status = resp.status().as_u16();
         if status != 200 {
             let why = format!("OAuth token endpoint answered {status}");
             return Err(if status == 429 || status >= 500 {
-                Outcome::Retry { after: retry_after(&resp), reason: why }
+                Outcome::Retry {
+                    after: retry_after(&resp),
+                    reason: why,
+                }
             } else {
                 Outcome::Drop(why)
             });
@@ -111,8 +132,10 @@ impl Fcm {
         fn an_hour() -> u64 {
             3600
         }
-        let g: Grant = serde_json::from_slice(resp.body())
-            .map_err(|e| Outcome::Retry { after: None, reason: format!("OAuth answer: {e}") })?;
+        let g: Grant = serde_json::from_slice(resp.body()).map_err(|e| Outcome::Retry {
+            after: None,
+            reason: format!("OAuth answer: {e}"),
+        })?;
         let keep = Duration::from_secs(g.expires_in.saturating_sub(300).max(30));
         *self.access.lock().unwrap_or_else(|p| p.into_inner()) = Some((g.access_token.clone(), Instant::now() + keep));
         Ok(g.access_token)
@@ -145,7 +168,12 @@ impl Fcm {
         };
         let resp = match self.client.send(req).await {
             Ok(r) => r,
-            Err(e) => return Outcome::Retry { after: None, reason: format!("FCM: {e}") },
+            Err(e) => {
+                return Outcome::Retry {
+                    after: None,
+                    reason: format!("FCM: {e}"),
+                }
+            }
         };
         let status = resp.status().as_u16();
         if status == 200 {
@@ -200,7 +228,10 @@ fn classify(status: u16, code: &str, after: Option<Duration>) -> Outcome {
     match (status, code) {
         (_, "UNREGISTERED") | (404, _) => Outcome::Dead(why),
         // An expired access token: fetch a new one and try again.
-        (401, "UNAUTHENTICATED") => Outcome::Retry { after: None, reason: why },
+        (401, "UNAUTHENTICATED") => Outcome::Retry {
+            after: None,
+            reason: why,
+        },
         (429, _) | (500..=599, _) => Outcome::Retry { after, reason: why },
         _ => Outcome::Drop(why),
     }

@@ -35,8 +35,18 @@ impl Providers {
         use anyhow::Context;
         let shared = super::client::tls_config(config.ca_roots.as_deref()).context("relay.ca_roots")?;
         Ok(Providers {
-            apns: config.apns.as_ref().map(apns::Apns::new).transpose().context("relay.apns")?,
-            fcm: config.fcm.as_ref().map(fcm::Fcm::new).transpose().context("relay.fcm")?,
+            apns: config
+                .apns
+                .as_ref()
+                .map(apns::Apns::new)
+                .transpose()
+                .context("relay.apns")?,
+            fcm: config
+                .fcm
+                .as_ref()
+                .map(fcm::Fcm::new)
+                .transpose()
+                .context("relay.fcm")?,
             webpush: webpush::WebPush::new(
                 HttpsClient::with_tls(shared.clone()),
                 data_dir,
@@ -66,7 +76,11 @@ impl Providers {
 /// The ChatSecure message dictionary every payload carries:
 /// `{"token": <whitelist token>, "data": <data>}`.
 pub fn message_dict(d: &Delivery) -> serde_json::Value {
-    let data = d.data.as_deref().and_then(|s| serde_json::from_str(s).ok()).unwrap_or(serde_json::Value::Null);
+    let data = d
+        .data
+        .as_deref()
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(serde_json::Value::Null);
     serde_json::json!({ "token": d.token, "data": data })
 }
 
@@ -84,8 +98,14 @@ pub fn by_status(status: u16, retry_after: Option<Duration>, what: &str) -> Outc
     match status {
         200..=299 => Outcome::Delivered(None),
         404 | 410 => Outcome::Dead(format!("{what} answered {status}")),
-        429 | 500..=599 => Outcome::Retry { after: retry_after, reason: format!("{what} answered {status}") },
-        408 => Outcome::Retry { after: retry_after, reason: format!("{what} answered {status}") },
+        429 | 500..=599 => Outcome::Retry {
+            after: retry_after,
+            reason: format!("{what} answered {status}"),
+        },
+        408 => Outcome::Retry {
+            after: retry_after,
+            reason: format!("{what} answered {status}"),
+        },
         _ => Outcome::Drop(format!("{what} answered {status}")),
     }
 }

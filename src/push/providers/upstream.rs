@@ -21,7 +21,10 @@ impl Upstream {
         let Some(token) = &d.device.upstream_token else {
             return Outcome::Drop("relay device without a token".into());
         };
-        let data = d.data.as_deref().and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok());
+        let data = d
+            .data
+            .as_deref()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok());
         let mut body = serde_json::json!({ "token": token, "priority": priority(d).as_str() });
         if let Some(data) = data {
             body["data"] = data;
@@ -36,7 +39,10 @@ impl Upstream {
         match self.client.send(req).await {
             // The upstream relay says 404 for unknown, revoked or expired tokens.
             Ok(resp) => by_status(resp.status().as_u16(), retry_after(&resp), "upstream relay"),
-            Err(e) => Outcome::Retry { after: None, reason: format!("upstream relay: {e}") },
+            Err(e) => Outcome::Retry {
+                after: None,
+                reason: format!("upstream relay: {e}"),
+            },
         }
     }
 }

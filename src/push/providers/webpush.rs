@@ -44,7 +44,11 @@ impl WebPush {
             }
             Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
         };
-        Ok(WebPush { client, key: jwt::es256_key(&der)?, subject })
+        Ok(WebPush {
+            client,
+            key: jwt::es256_key(&der)?,
+            subject,
+        })
     }
 
     /// The application server key subscribers pass to `pushManager.subscribe`.
@@ -92,7 +96,10 @@ impl WebPush {
         };
         match self.client.send(req).await {
             Ok(resp) => super::by_status(resp.status().as_u16(), retry_after(&resp), "Web Push endpoint"),
-            Err(e) => Outcome::Retry { after: None, reason: format!("Web Push: {e}") },
+            Err(e) => Outcome::Retry {
+                after: None,
+                reason: format!("Web Push: {e}"),
+            },
         }
     }
 }
@@ -107,7 +114,9 @@ impl hkdf::KeyType for Len {
 /// HKDF-Expand with SHA-256 (ring's `fill` only fails for lengths HKDF forbids).
 pub fn expand(prk: &hkdf::Prk, info: &[&[u8]], len: usize) -> Vec<u8> {
     let mut out = vec![0; len];
-    prk.expand(info, Len(len)).and_then(|okm| okm.fill(&mut out)).expect("HKDF length within limits");
+    prk.expand(info, Len(len))
+        .and_then(|okm| okm.fill(&mut out))
+        .expect("HKDF length within limits");
     out
 }
 
@@ -139,7 +148,8 @@ pub fn encrypt(plain: &[u8], p256dh: &[u8], auth: &[u8]) -> Result<Vec<u8>, &'st
     let mut buf = plain.to_vec();
     buf.push(2); // padding delimiter of the last record
     let nonce = aead::Nonce::try_assume_unique_for_key(&nonce).map_err(|_| "nonce")?;
-    key.seal_in_place_append_tag(nonce, aead::Aad::empty(), &mut buf).map_err(|_| "seal")?;
+    key.seal_in_place_append_tag(nonce, aead::Aad::empty(), &mut buf)
+        .map_err(|_| "seal")?;
     let rs = RECORD_SIZE.max(buf.len() as u32 + 1);
     let mut out = Vec::with_capacity(16 + 4 + 1 + 65 + buf.len());
     out.extend_from_slice(&salt);

@@ -58,7 +58,8 @@ CREATE TABLE relay_outbox (
 );
 
 -- One row per (push, device): the unit of delivery, so a device never gets
--- one push twice. state: pending, done, failed. next_at in milliseconds.
+-- one push twice. state: pending, sending (claimed by the dispatcher), done,
+-- failed. next_at in milliseconds.
 CREATE TABLE relay_deliveries (
     push_id   INTEGER NOT NULL REFERENCES relay_outbox(id) ON DELETE CASCADE,
     device_id TEXT NOT NULL REFERENCES relay_devices(id) ON DELETE CASCADE,
