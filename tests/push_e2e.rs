@@ -79,6 +79,7 @@ async fn sleeping_phone_gets_exactly_one_apns_push() {
     let r = b.read_until("id='forged'").await;
     let r = if r.contains("</iq>") { r } else { b.read_until("</iq>").await };
     assert!(r.contains("<forbidden"), "{r}");
+    b.received.clear();
     b.send("<iq type='set' id='nonode' to='push.localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='unknown'><item/></publish></pubsub></iq>").await;
     let r = b.read_until("</iq>").await;
     assert!(r.contains("item-not-found"), "{r}");
