@@ -71,8 +71,13 @@ pub fn build_server(config: Config, shutdown: watch::Receiver<bool>) -> Result<A
         l.max_auth_failures_per_ip,
     );
     let modules = xmpp::modules::Modules::for_config(&config);
-    let relay = push::Relay::new(store.clone(), &config.relay, &config.data_dir, &http::public_url(&config))
-        .context("starting the push relay")?;
+    let relay = push::Relay::new(
+        store.clone(),
+        &config.relay,
+        &config.data_dir,
+        &http::public_url(&config),
+    )
+    .context("starting the push relay")?;
     Ok(Arc::new(Server {
         config: Arc::new(config),
         store,
@@ -101,6 +106,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::task::spawn_blocking(move || build_server(config, stop_rx)).await??;
     xmpp::modules::mam::Archive::spawn_workers(&server);
+    http::upload::spawn_expiry(&server);
     // Every connection task holds a clone of `alive`; when all are gone, we are done.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
 

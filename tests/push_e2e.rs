@@ -8,7 +8,9 @@ mod support;
 use common::*;
 
 fn field(xml: &str, var: &str) -> String {
-    let i = xml.find(&format!("var='{var}'")).unwrap_or_else(|| panic!("no field {var} in {xml}"));
+    let i = xml
+        .find(&format!("var='{var}'"))
+        .unwrap_or_else(|| panic!("no field {var} in {xml}"));
     let rest = &xml[i..];
     let v = rest.find("<value>").unwrap() + 7;
     rest[v..v + rest[v..].find("</value>").unwrap()].to_string()
@@ -26,7 +28,8 @@ async fn sleeping_phone_gets_exactly_one_apns_push() {
     let mut a = RawClient::login_as(s.c2s, "alice", "pw", Some("phone")).await;
 
     // The app server is discoverable as pubsub/push with ad-hoc commands.
-    a.send("<iq type='get' id='d1' to='push.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>").await;
+    a.send("<iq type='get' id='d1' to='push.localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        .await;
     let d = a.read_until("</iq>").await;
     assert!(d.contains("category='pubsub'") && d.contains("type='push'"), "{d}");
     a.received.clear();
@@ -55,19 +58,29 @@ async fn sleeping_phone_gets_exactly_one_apns_push() {
     a.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
     a.read_until("<enabled").await;
     a.send("<presence/>").await;
-    a.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>").await;
+    a.send("<iq type='get' id='p' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
     a.read_until("id='p'").await;
     drop(a); // asleep: the connection is gone, the session hibernates
 
     let mut b = RawClient::login(s.c2s, "bob", "pw").await;
-    b.send("<message type='chat' to='alice@localhost'><body>wake up</body></message>").await;
+    b.send("<message type='chat' to='alice@localhost'><body>wake up</body></message>")
+        .await;
     let path = format!("/3/device/{device}");
     let seen = apns.log.wait_for(1, |x| x.path == path).await;
     let push = &seen[0];
-    assert_eq!(push.headers.get("apns-push-type").unwrap(), "alert", "a message with a body is an alert");
+    assert_eq!(
+        push.headers.get("apns-push-type").unwrap(),
+        "alert",
+        "a message with a body is an alert"
+    );
     assert_eq!(push.headers.get("apns-priority").unwrap(), "10");
     assert_eq!(push.headers.get("apns-topic").unwrap(), support::APNS_TOPIC);
-    assert!(!push.body.to_string().contains("wake up"), "the relay never sees message text: {}", push.body);
+    assert!(
+        !push.body.to_string().contains("wake up"),
+        "the relay never sees message text: {}",
+        push.body
+    );
     assert!(apns.log.violations().is_empty(), "{:?}", apns.log.violations());
 
     // A wrong secret is refused, and nothing more reached APNs.
@@ -77,12 +90,20 @@ async fn sleeping_phone_gets_exactly_one_apns_push() {
     ))
     .await;
     let r = b.read_until("id='forged'").await;
-    let r = if r.contains("</iq>") { r } else { b.read_until("</iq>").await };
+    let r = if r.contains("</iq>") {
+        r
+    } else {
+        b.read_until("</iq>").await
+    };
     assert!(r.contains("<forbidden"), "{r}");
     b.received.clear();
     b.send("<iq type='set' id='nonode' to='push.localhost'><pubsub xmlns='http://jabber.org/protocol/pubsub'><publish node='unknown'><item/></publish></pubsub></iq>").await;
     let r = b.read_until("</iq>").await;
     assert!(r.contains("item-not-found"), "{r}");
-    assert_eq!(apns.log.seen().iter().filter(|x| x.path == path).count(), 1, "exactly one push");
+    assert_eq!(
+        apns.log.seen().iter().filter(|x| x.path == path).count(),
+        1,
+        "exactly one push"
+    );
     s.stop().await;
 }

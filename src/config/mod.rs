@@ -42,6 +42,7 @@ pub struct Config {
     pub contact: Contact,
     pub archive: Archive,
     pub push: Push,
+    pub upload: Upload,
     /// STUN/TURN servers announced with XEP-0215; unset announces none.
     pub turn: Option<Turn>,
     /// Where this configuration came from (not a key).
@@ -65,6 +66,7 @@ impl Default for Config {
             contact: Contact::default(),
             archive: Archive::default(),
             push: Push::default(),
+            upload: Upload::default(),
             turn: None,
             source: None,
         }
@@ -330,6 +332,30 @@ impl Default for Push {
     }
 }
 
+/// `[upload]`: XEP-0363 HTTP file upload at `upload.<domain>`, served on the https listeners.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Upload {
+    pub enabled: bool,
+    /// Largest file, in bytes (encrypted files may be 16 bytes larger for the AES-GCM tag).
+    pub max_file_size: u64,
+    /// Total bytes one account may have stored.
+    pub quota: u64,
+    /// Files are deleted this long after upload.
+    pub expire_after: Duration,
+}
+
+impl Default for Upload {
+    fn default() -> Self {
+        Upload {
+            enabled: true,
+            max_file_size: 50 * 1024 * 1024,
+            quota: 1024 * 1024 * 1024,
+            expire_after: Duration::from_secs(30 * 86400),
+        }
+    }
+}
+
 /// `[turn]`: a STUN/TURN server (such as coturn with `use-auth-secret`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -530,6 +556,7 @@ impl Config {
         section!(archive, "archive");
         section!(turn, "turn");
         section!(push, "push");
+        section!(upload, "upload");
 
         // 3. Values and combinations.
         let base = path

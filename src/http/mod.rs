@@ -3,6 +3,7 @@
 //! children are the only code that knows HTTP routes and JSON shapes.
 
 pub mod relay_api;
+pub mod upload;
 
 use crate::{config::Config, server::Server};
 use bytes::Bytes;
@@ -83,6 +84,8 @@ async fn handle(server: Arc<Server>, peer: SocketAddr, req: Request<Incoming>) -
     let path = req.uri().path().to_string();
     let resp = if path.starts_with("/api/v1/") && server.config.relay.enabled {
         relay_api::handle(&server, peer, req).await
+    } else if path.starts_with("/upload/") {
+        upload::handle(&server, req).await
     } else {
         json(StatusCode::NOT_FOUND, serde_json::json!({ "detail": "Not found." }))
     };

@@ -27,6 +27,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("push", include_str!("migrations/0003_push.sql")),
     ("relay", include_str!("migrations/0004_relay.sql")),
     ("app_server", include_str!("migrations/0005_app_server.sql")),
+    ("upload", include_str!("migrations/0006_upload.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -45,6 +45,8 @@ pub fn test_ca() -> &'static Path {
 }
 
 pub struct TestServer {
+    /// The https listener, when started with [`TestServer::start_with_https`].
+    pub https: Option<SocketAddr>,
     pub c2s: SocketAddr,
     pub c2s_tls: SocketAddr,
     pub dir: tempfile::TempDir,
@@ -60,6 +62,15 @@ impl TestServer {
 
     /// Start with extra TOML appended to the test defaults.
     pub async fn start_with(extra: &str) -> TestServer {
+        Self::start_inner(extra, false).await
+    }
+
+    /// Like [`TestServer::start_with`], with an https listener too.
+    pub async fn start_with_https(extra: &str) -> TestServer {
+        Self::start_inner(extra, true).await
+    }
+
+    async fn start_inner(extra: &str, with_https: bool) -> TestServer {
         let ca_dir = test_ca();
         let dir = tempfile::tempdir().unwrap();
         let tls = dir.path().join("data/tls");
@@ -73,8 +84,21 @@ impl TestServer {
              {extra}\n"
         );
         let toml = merge_limits(&toml);
+        let https = if with_https {
+            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+        } else {
+            None
+        };
+        let https_addr = https.as_ref().map(|l| l.local_addr().unwrap());
+        let toml = match https_addr {
+            Some(a) if !toml.contains("[relay]") => {
+                format!("{toml}\n[relay]\npublic_url = \"https://localhost:{}\"\n", a.port())
+            }
+            _ => toml,
+        };
         let config = Config::from_toml_str(&toml, Some(dir.path())).unwrap_or_else(|e| panic!("{e}"));
-        let listeners = pushbox::Listeners::bind(&config).await.unwrap();
+        let mut listeners = pushbox::Listeners::bind(&config).await.unwrap();
+        listeners.https.extend(https);
         let c2s = listeners.c2s[0].local_addr().unwrap();
         let c2s_tls = listeners.c2s_direct_tls[0].local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -98,6 +122,7 @@ impl TestServer {
             .expect("daemon ready")
             .unwrap();
         TestServer {
+            https: https_addr,
             c2s,
             c2s_tls,
             dir,

@@ -86,7 +86,19 @@ impl Module for Disco {
                     info.node = node;
                     Element::from(info)
                 }
-                // No items (services such as upload and push register here later).
+                (true, false) if node.is_none() => {
+                    let mut q = elem("query", NS_ITEMS);
+                    for svc in [
+                        crate::xmpp::services::Service::Push,
+                        crate::xmpp::services::Service::Upload,
+                    ] {
+                        let jid = format!("{}.{}", svc.prefix(), ctx.server.domain());
+                        if crate::xmpp::services::for_domain(ctx.server, &jid).is_some() {
+                            q.append_child(elem("item", NS_ITEMS).with("jid", jid));
+                        }
+                    }
+                    q
+                }
                 (true, _) => elem("query", NS_ITEMS).with_opt("node", node),
             };
             Ok(Some(out))

@@ -14,7 +14,7 @@ use crate::{
     server::Server,
     store,
     xmpp::{
-        modules::{disco::NS_INFO, disco::NS_ITEMS, push::NS_PUBSUB, push::NS_DATA},
+        modules::{disco::NS_INFO, disco::NS_ITEMS, push::NS_DATA, push::NS_PUBSUB},
         router::route,
         stanza::{self, bounce, iq_payload, iq_result, Condition, StanzaError},
         xml::{elem, ElementExt},
@@ -78,16 +78,36 @@ fn disco_info(node: Option<&str>) -> Element {
     match node {
         None => {
             q = q
-                .child(elem("identity", NS_INFO).with("category", "pubsub").with("type", "push").with("name", "pushbox relay"))
-                .child(elem("identity", NS_INFO).with("category", "automation").with("type", "command-list"));
-            for f in [NS_INFO, NS_ITEMS, NS_COMMANDS, crate::xmpp::modules::push::NS, "urn:pushbox:push-relay:0"] {
+                .child(
+                    elem("identity", NS_INFO)
+                        .with("category", "pubsub")
+                        .with("type", "push")
+                        .with("name", "pushbox relay"),
+                )
+                .child(
+                    elem("identity", NS_INFO)
+                        .with("category", "automation")
+                        .with("type", "command-list"),
+                );
+            for f in [
+                NS_INFO,
+                NS_ITEMS,
+                NS_COMMANDS,
+                crate::xmpp::modules::push::NS,
+                "urn:pushbox:push-relay:0",
+            ] {
                 q.append_child(elem("feature", NS_INFO).with("var", f));
             }
         }
         Some(n) => {
             if let Some((_, name)) = COMMANDS.iter().find(|(c, _)| *c == n) {
                 q = q
-                    .child(elem("identity", NS_INFO).with("category", "automation").with("type", "command-node").with("name", *name))
+                    .child(
+                        elem("identity", NS_INFO)
+                            .with("category", "automation")
+                            .with("type", "command-node")
+                            .with("name", *name),
+                    )
                     .child(elem("feature", NS_INFO).with("var", NS_COMMANDS))
                     .child(elem("feature", NS_INFO).with("var", NS_DATA));
             }
@@ -101,7 +121,12 @@ fn disco_items(server: &Server, node: Option<&str>) -> Element {
     if node == Some(NS_COMMANDS) {
         let jid = format!("push.{}", server.domain());
         for (n, name) in COMMANDS {
-            q.append_child(elem("item", NS_ITEMS).with("jid", jid.clone()).with("node", *n).with("name", *name));
+            q.append_child(
+                elem("item", NS_ITEMS)
+                    .with("jid", jid.clone())
+                    .with("node", *n)
+                    .with("name", *name),
+            );
         }
     }
     q
@@ -120,23 +145,30 @@ fn fields(x: Option<&Element>) -> Vec<(String, String)> {
 }
 
 fn field<'a>(fs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+    fs.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
 }
 
 /// An XEP-0357 publish: node = whitelist token, secret in publish-options.
 async fn publish(server: &Arc<Server>, pubsub: &Element) -> Result<(), StanzaError> {
     let p = pubsub.get_child("publish", NS_PUBSUB).ok_or(Condition::BadRequest)?;
     let node = p.attr("node").ok_or(Condition::BadRequest)?.to_string();
-    let opts = pubsub.get_child("publish-options", NS_PUBSUB).and_then(|o| o.get_child("x", NS_DATA));
+    let opts = pubsub
+        .get_child("publish-options", NS_PUBSUB)
+        .and_then(|o| o.get_child("x", NS_DATA));
     let fs = fields(opts);
     let secret = field(&fs, "secret").unwrap_or_default().to_string();
     let h = sha256(&node);
     let row = server
         .store
         .call(move |c| {
-            Ok(c.query_row("SELECT secret_hash FROM app_registrations WHERE token_hash=?1", params![h], |r| {
-                r.get::<_, Vec<u8>>(0)
-            })
+            Ok(c.query_row(
+                "SELECT secret_hash FROM app_registrations WHERE token_hash=?1",
+                params![h],
+                |r| r.get::<_, Vec<u8>>(0),
+            )
             .optional()?)
         })
         .await
@@ -148,13 +180,22 @@ async fn publish(server: &Arc<Server>, pubsub: &Element) -> Result<(), StanzaErr
         return Err(StanzaError::new(Condition::Forbidden, "wrong secret"));
     }
     // A body in the summary means "show an alert"; otherwise wake silently.
-    let notification = p.get_child("item", NS_PUBSUB).and_then(|i| i.get_child("notification", crate::xmpp::modules::push::NS));
+    let notification = p
+        .get_child("item", NS_PUBSUB)
+        .and_then(|i| i.get_child("notification", crate::xmpp::modules::push::NS));
     let summary = fields(notification.and_then(|n| n.get_child("x", NS_DATA)));
-    let priority = if field(&summary, "last-message-body").is_some() { Priority::High } else { Priority::Low };
+    let priority = if field(&summary, "last-message-body").is_some() {
+        Priority::High
+    } else {
+        Priority::Low
+    };
     match server.relay.submit(&node, None, priority, None).await {
         Ok(_) => Ok(()),
         Err(SubmitError::UnknownToken) => Err(StanzaError::new(Condition::ItemNotFound, "this registration is gone")),
-        Err(SubmitError::RateLimited { .. }) => Err(StanzaError::new(Condition::ResourceConstraint, "too many pushes; slow down")),
+        Err(SubmitError::RateLimited { .. }) => Err(StanzaError::new(
+            Condition::ResourceConstraint,
+            "too many pushes; slow down",
+        )),
         Err(SubmitError::TooLarge { .. }) => Err(Condition::NotAcceptable.into()),
         Err(SubmitError::Store(e)) => {
             tracing::error!(error = %e, "push publish failed");
@@ -166,7 +207,11 @@ async fn publish(server: &Arc<Server>, pubsub: &Element) -> Result<(), StanzaErr
 fn command_result(node: &str, session: &str, values: &[(&str, String)]) -> Element {
     let mut x = elem("x", NS_DATA).with("type", "result");
     for (k, v) in values {
-        x.append_child(elem("field", NS_DATA).with("var", *k).child(elem("value", NS_DATA).text_child(v.clone())));
+        x.append_child(
+            elem("field", NS_DATA)
+                .with("var", *k)
+                .child(elem("value", NS_DATA).text_child(v.clone())),
+        );
     }
     elem("command", NS_COMMANDS)
         .with("node", node)
@@ -178,13 +223,22 @@ fn command_result(node: &str, session: &str, values: &[(&str, String)]) -> Eleme
 fn command_form(node: &str, session: &str, wanted: &[&str]) -> Element {
     let mut x = elem("x", NS_DATA).with("type", "form");
     for f in wanted {
-        x.append_child(elem("field", NS_DATA).with("var", *f).with("type", "text-single").child(elem("required", NS_DATA)));
+        x.append_child(
+            elem("field", NS_DATA)
+                .with("var", *f)
+                .with("type", "text-single")
+                .child(elem("required", NS_DATA)),
+        );
     }
     elem("command", NS_COMMANDS)
         .with("node", node)
         .with("sessionid", session)
         .with("status", "executing")
-        .child(elem("actions", NS_COMMANDS).with("execute", "complete").child(elem("complete", NS_COMMANDS)))
+        .child(
+            elem("actions", NS_COMMANDS)
+                .with("execute", "complete")
+                .child(elem("complete", NS_COMMANDS)),
+        )
         .child(x)
 }
 
@@ -199,7 +253,10 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
             .with_opt("sessionid", cmd.attr("sessionid").map(str::to_string))
             .with("status", "canceled"));
     }
-    let session = cmd.attr("sessionid").map(str::to_string).unwrap_or_else(crate::xmpp::stream::new_id);
+    let session = cmd
+        .attr("sessionid")
+        .map(str::to_string)
+        .unwrap_or_else(crate::xmpp::stream::new_id);
     let fs = fields(cmd.get_child("x", NS_DATA));
     let owner = from.to_bare().to_string();
     let (kind, wanted): (Option<Kind>, &[&str]) = match node.as_str() {
@@ -214,7 +271,10 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
     }
     for w in wanted {
         if field(&fs, w).is_none() && *w != "device-id" {
-            return Err(StanzaError::new(Condition::BadRequest, format!("field `{w}` is required")));
+            return Err(StanzaError::new(
+                Condition::BadRequest,
+                format!("field `{w}` is required"),
+            ));
         }
     }
     let internal = |e: store::StoreError| {
@@ -225,11 +285,15 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
         Some(kind) => {
             let device_id = field(&fs, "device-id").unwrap_or("default").to_string();
             // One registration per device: a re-registration replaces the old one.
-            forget_device(server, &owner, kind, &device_id).await.map_err(internal)?;
+            forget_device(server, &owner, kind, &device_id)
+                .await
+                .map_err(internal)?;
             let dev = NewDevice {
                 name: Some(format!("xmpp {device_id}")),
                 active: true,
-                registration_id: field(&fs, if kind == Kind::WebPush { "endpoint" } else { "token" }).unwrap_or_default().to_string(),
+                registration_id: field(&fs, if kind == Kind::WebPush { "endpoint" } else { "token" })
+                    .unwrap_or_default()
+                    .to_string(),
                 device_id: Some(device_id.clone()),
                 p256dh: field(&fs, "p256dh").map(str::to_string),
                 auth: field(&fs, "auth").map(str::to_string),
@@ -238,7 +302,12 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
             let reg = server.relay.register(&owner, kind, dev).await.map_err(internal)?;
             let node_token = reg.token.secret.clone();
             let secret = push::secret::generate();
-            let (th, sh, o, d) = (sha256(&node_token), sha256(&secret), owner.clone(), reg.device.id.clone());
+            let (th, sh, o, d) = (
+                sha256(&node_token),
+                sha256(&secret),
+                owner.clone(),
+                reg.device.id.clone(),
+            );
             server
                 .store
                 .call(move |c| {
@@ -254,7 +323,11 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
             Ok(command_result(
                 &node,
                 &session,
-                &[("jid", format!("push.{}", server.domain())), ("node", node_token), ("secret", secret)],
+                &[
+                    ("jid", format!("push.{}", server.domain())),
+                    ("node", node_token),
+                    ("secret", secret),
+                ],
             ))
         }
         None if node == "unregister-push" => {
@@ -264,14 +337,23 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
                 .store
                 .call(move |c| {
                     let d = c
-                        .query_row("SELECT device_id FROM app_registrations WHERE token_hash=?1 AND owner=?2", params![h, o], |r| r.get(0))
+                        .query_row(
+                            "SELECT device_id FROM app_registrations WHERE token_hash=?1 AND owner=?2",
+                            params![h, o],
+                            |r| r.get(0),
+                        )
                         .optional()?;
-                    c.execute("DELETE FROM app_registrations WHERE token_hash=?1 AND owner=?2", params![h, o])?;
+                    c.execute(
+                        "DELETE FROM app_registrations WHERE token_hash=?1 AND owner=?2",
+                        params![h, o],
+                    )?;
                     Ok(d)
                 })
                 .await
                 .map_err(internal)?;
-            let Some(dev) = dev else { return Err(Condition::ItemNotFound.into()) };
+            let Some(dev) = dev else {
+                return Err(Condition::ItemNotFound.into());
+            };
             if let Some(account) = relay_account(server, &owner).await.map_err(internal)? {
                 server.relay.delete_device(account, &dev).await.map_err(internal)?;
             }
@@ -279,7 +361,9 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
         }
         None => {
             // issue-contact-token: a whitelist token for one contact.
-            let contact = field(&fs, "contact").and_then(|c| Jid::new(c).ok()).ok_or(Condition::JidMalformed)?;
+            let contact = field(&fs, "contact")
+                .and_then(|c| Jid::new(c).ok())
+                .ok_or(Condition::JidMalformed)?;
             let Some(account) = relay_account(server, &owner).await.map_err(internal)? else {
                 return Err(StanzaError::new(Condition::ItemNotFound, "register a device first"));
             };
@@ -295,12 +379,17 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
                 .create_token(account, &dev.id, Some(contact.to_bare().to_string()), None, None)
                 .await
                 .map_err(internal)?;
-            let expires = humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.token.expires.max(0) as u64));
+            let expires = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.token.expires.max(0) as u64),
+            );
             Ok(command_result(
                 &node,
                 &session,
                 &[
-                    ("endpoint", format!("{}/api/v1/messages/", crate::http::public_url(&server.config))),
+                    (
+                        "endpoint",
+                        format!("{}/api/v1/messages/", crate::http::public_url(&server.config)),
+                    ),
                     ("token", t.secret),
                     ("expires", expires.to_string()),
                 ],
@@ -319,8 +408,15 @@ async fn relay_account(server: &Arc<Server>, owner: &str) -> Result<Option<i64>,
 
 /// Delete an earlier registration of the same device (the app re-registers
 /// at each start; keeping both would push twice).
-async fn forget_device(server: &Arc<Server>, owner: &str, kind: Kind, device_id: &str) -> Result<(), store::StoreError> {
-    let Some(account) = relay_account(server, owner).await? else { return Ok(()) };
+async fn forget_device(
+    server: &Arc<Server>,
+    owner: &str,
+    kind: Kind,
+    device_id: &str,
+) -> Result<(), store::StoreError> {
+    let Some(account) = relay_account(server, owner).await? else {
+        return Ok(());
+    };
     for d in server.relay.devices(account, kind).await? {
         if d.device_id.as_deref() == Some(device_id) {
             server.relay.delete_device(account, &d.id).await?;
