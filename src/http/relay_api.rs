@@ -216,25 +216,33 @@ async fn body(req: Request<Incoming>) -> Result<Fields, Answer> {
     }
 }
 
-fn parse_form(b: &[u8]) -> Fields {
-    fn decode(s: &str) -> String {
-        let s = s.replace('+', " ");
-        let b = s.as_bytes();
-        let mut out = Vec::with_capacity(b.len());
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'%' && i + 2 < b.len() {
-                if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                    out.push(v);
-                    i += 3;
-                    continue;
-                }
+/// Percent-decoding of form fields (`+` is a space there) and path segments.
+fn percent_decode(s: &str, plus_is_space: bool) -> String {
+    let s = if plus_is_space {
+        s.replace('+', " ")
+    } else {
+        s.to_string()
+    };
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let hex = |c: u8| (c as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
             }
-            out.push(b[i]);
-            i += 1;
         }
-        String::from_utf8_lossy(&out).into_owned()
+        out.push(b[i]);
+        i += 1;
     }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_form(b: &[u8]) -> Fields {
+    let decode = |s: &str| percent_decode(s, true);
     let text = String::from_utf8_lossy(b);
     let mut m = Fields::new();
     for pair in text.split('&').filter(|p| !p.is_empty()) {
@@ -286,7 +294,7 @@ async fn route(server: &Server, req: Request<Incoming>) -> R {
         (["accounts"], _) => Err(method_not_allowed(&m, "GET, POST")),
         (["accounts", name], &Method::GET | &Method::DELETE) => {
             let a = auth(server, &req).await?;
-            if a.username != *name {
+            if a.username != percent_decode(name, false) {
                 return Err(Answer::new(detail(
                     StatusCode::FORBIDDEN,
                     "You do not have permission to perform this action.",
@@ -726,9 +734,10 @@ mod tests {
 
     #[test]
     fn forms_decode() {
-        let f = parse_form(b"username=a%40b&password=p+w&email=");
+        let f = parse_form("username=a%40b&password=p+w&email=%e9%".as_bytes());
         assert_eq!(f["username"], "a@b");
         assert_eq!(f["password"], "p w");
-        assert_eq!(f["email"], "");
+        assert_eq!(f["email"], "\u{fffd}%");
+        assert_eq!(percent_decode("%é%4", false), "%é%4");
     }
 }

@@ -416,3 +416,94 @@ pub fn pending_count(c: &Connection) -> Result<i64> {
         |r| r.get(0),
     )?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, crate::store::Store, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = crate::store::Store::open_in(dir.path()).unwrap();
+        let id = s
+            .blocking(|c| {
+                let a = create_account(c, "u", "", "!")?.unwrap();
+                for dev in ["d1", "d2"] {
+                    put_device(
+                        c,
+                        &Device {
+                            id: dev.into(),
+                            account_id: a.id,
+                            kind: "apns".into(),
+                            name: None,
+                            active: true,
+                            registration_id: "ab".into(),
+                            device_id: None,
+                            p256dh: None,
+                            auth: None,
+                            upstream_token: None,
+                            created: 0,
+                        },
+                    )?;
+                }
+                Ok(a.id)
+            })
+            .unwrap();
+        (dir, s, id)
+    }
+
+    #[test]
+    fn a_claimed_delivery_is_not_claimed_again_until_released() {
+        let (_dir, s, account_id) = setup();
+        s.blocking(|c| {
+            let p = NewPush {
+                account_id,
+                token: "t",
+                collapse: "c",
+                data: None,
+                priority: "high",
+                expires: i64::MAX,
+            };
+            let (push, n) = enqueue(c, &p, 0)?;
+            assert_eq!(n, 2);
+            assert_eq!(claim(c, 1, 10)?.len(), 2);
+            assert!(claim(c, 1, 10)?.is_empty(), "claimed rows are not handed out twice");
+            assert_eq!(pending_count(c)?, 2);
+            assert_eq!(release_claims(c)?, 2);
+            let again = claim(c, 1, 10)?;
+            assert_eq!(again.len(), 2);
+            finish(c, push, "d1", "done")?;
+            reschedule(c, push, "d2", 5_000)?;
+            assert!(claim(c, 4_999, 10)?.is_empty(), "not due yet");
+            assert_eq!(claim(c, 5_000, 10)?.len(), 1);
+            finish(c, push, "d2", "failed")?;
+            assert_eq!(pending_count(c)?, 0);
+            let left: i64 = c.query_row("SELECT COUNT(*) FROM relay_outbox", [], |r| r.get(0))?;
+            assert_eq!(left, 0, "a finished push leaves the outbox");
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn deactivating_a_device_ends_its_deliveries() {
+        let (_dir, s, account_id) = setup();
+        s.blocking(|c| {
+            let p = NewPush {
+                account_id,
+                token: "t",
+                collapse: "c",
+                data: None,
+                priority: "low",
+                expires: i64::MAX,
+            };
+            enqueue(c, &p, 0)?;
+            deactivate_device(c, "d1")?;
+            let due = claim(c, 1, 10)?;
+            assert_eq!(due.iter().map(|d| d.device.id.as_str()).collect::<Vec<_>>(), vec!["d2"]);
+            let (_, n) = enqueue(c, &p, 0)?;
+            assert_eq!(n, 1, "an inactive device gets no new deliveries");
+            Ok(())
+        })
+        .unwrap();
+    }
+}
