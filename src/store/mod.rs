@@ -4,9 +4,11 @@
 //! through [`Store::call`], which runs them on tokio's blocking pool so that
 //! no SQLite work ever runs on an executor thread.
 
+pub mod account_data;
 pub mod accounts;
 pub mod invites;
 pub mod offline;
+pub mod pep;
 pub mod roster;
 
 use rusqlite::Connection;
@@ -17,7 +19,10 @@ use std::{
 
 /// Migrations, in order. `PRAGMA user_version` records how many ran.
 /// Append only; never edit a migration that has shipped.
-const MIGRATIONS: &[(&str, &str)] = &[("core", include_str!("migrations/0001_core.sql"))];
+const MIGRATIONS: &[(&str, &str)] = &[
+    ("core", include_str!("migrations/0001_core.sql")),
+    ("pep", include_str!("migrations/0003_pep.sql")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -32,6 +32,9 @@ async fn route_inner(server: &Arc<Server>, stanza: Element) {
         Ok(None) => Jid::from(from.to_bare()),
         Err(c) => return reply(server, bounce(&stanza, c, server.domain())).await,
     };
+    if super::modules::blocking::intercept(server, &stanza, &from, &to).await {
+        return;
+    }
     if !server.is_local(to.domain().as_str()) {
         // Federation is not wired yet: tell the sender at once.
         let e = stanza::StanzaError::new(
@@ -172,7 +175,8 @@ async fn route_iq(server: &Arc<Server>, iq: Element, from: &Jid, to: &Jid) {
         return;
     }
     if !request {
-        // Results and errors addressed to the server or a bare JID: nothing waits for them.
+        // Results and errors addressed to the server or a bare JID: only caps queries wait for them.
+        super::modules::pep::on_iq_response(server, &iq).await;
         return;
     }
     let payload = match iq_payload(&iq) {
