@@ -18,7 +18,13 @@ Prints one line per check ("ok ..." / "FAIL ...") and exits non-zero on failure.
 
 import asyncio
 import logging
+import os
 import sys
+
+# This file is called omemo.py: keep its own directory off the import path so
+# that `import omemo` finds the library, not this script.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
 from typing import Any, Dict, FrozenSet, Optional
 
 import slixmpp
@@ -106,6 +112,14 @@ class Client(slixmpp.ClientXMPP):
 
     async def _start(self, _: Any) -> None:
         await self.get_roster()
+        # slixmpp registers the plugins' +notify features and computes its
+        # caps before resource binding, under the JID without a resource:
+        # register them again for the bound JID and recompute the caps, so
+        # that the presence carries <c/> with the +notify features PEP needs.
+        self.plugin["xep_0163"].add_interest(
+            ["eu.siacs.conversations.axolotl.devicelist", "urn:xmpp:omemo:2:devices"]
+        )
+        await self.plugin["xep_0115"].update_caps(broadcast=False)
         self.send_presence()
         if not self.online.done():
             self.online.set_result(True)
@@ -119,7 +133,7 @@ async def wait_for(what: str, fut_or_coro) -> Any:
 
 
 async def devices_of(c: Client, bare: str) -> FrozenSet[DeviceInformation]:
-    sm = await c["xep_0384"].get_session_manager()
+    sm = await c.plugin["xep_0384"].get_session_manager()
     return await sm.get_device_information(bare)
 
 
@@ -135,7 +149,7 @@ async def until_devices_known(c: Client, bare: str) -> None:
 async def send_encrypted(sender: Client, to: str, text: str) -> None:
     msg = sender.make_message(mto=slixmpp.JID(to), mtype="chat")
     msg["body"] = text
-    encrypted, errors = await sender["xep_0384"].encrypt_message(msg, slixmpp.JID(to))
+    encrypted, errors = await sender.plugin["xep_0384"].encrypt_message(msg, slixmpp.JID(to))
     if encrypted is None:
         raise AssertionError(f"nothing to send; errors: {errors}")
     if errors:
@@ -148,17 +162,17 @@ async def receive_decrypted(receiver: Client, sender_bare: str) -> str:
         m = await wait_for(f"an encrypted message at {receiver.boundjid.bare}", receiver.inbox.get())
         if m["from"].bare != sender_bare or m["type"] not in ("chat", "normal"):
             continue
-        namespaces = receiver["xep_0384"].is_encrypted(m)
+        namespaces = receiver.plugin["xep_0384"].is_encrypted(m)
         if not namespaces:
             raise AssertionError(f"a plaintext message arrived: {m}")
         if "This message is OMEMO encrypted." != m["body"]:
             raise AssertionError(f"unexpected fallback body: {m['body']!r}")
-        decrypted, device = await receiver["xep_0384"].decrypt_message(m)
+        decrypted, device = await receiver.plugin["xep_0384"].decrypt_message(m)
         return decrypted["body"]
 
 
 async def main() -> int:
-    logging.basicConfig(level=logging.WARNING)
+    logging.basicConfig(level=getattr(logging, os.environ.get("OMEMO_LOG", "WARNING")))
     (u1, p1), (u2, p2) = USERS
     a, b = Client(u1, p1), Client(u2, p2)
     failed = 0
@@ -181,7 +195,7 @@ async def main() -> int:
         # Own device lists read back from PEP (legacy and omemo:2).
         for c in (a, b):
             for node in ["eu.siacs.conversations.axolotl.devicelist", "urn:xmpp:omemo:2:devices"]:
-                iq = await c["xep_0060"].get_items(slixmpp.JID(c.boundjid.bare), node, max_items=1)
+                iq = await c.plugin["xep_0060"].get_items(slixmpp.JID(c.boundjid.bare), node, max_items=1)
                 n = len(iq["pubsub"]["items"])
                 report(n == 1, f"{c.boundjid.bare} reads its {node}", f"items={n}")
 
