@@ -4,10 +4,12 @@
 //! through [`Store::call`], which runs them on tokio's blocking pool so that
 //! no SQLite work ever runs on an executor thread.
 
+pub mod account_data;
 pub mod accounts;
 pub mod archive;
 pub mod invites;
 pub mod offline;
+pub mod pep;
 pub mod push;
 pub mod relay;
 pub mod roster;
@@ -28,6 +30,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("relay", include_str!("migrations/0004_relay.sql")),
     ("app_server", include_str!("migrations/0005_app_server.sql")),
     ("upload", include_str!("migrations/0006_upload.sql")),
+    ("pep", include_str!("migrations/0007_pep.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

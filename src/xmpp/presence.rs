@@ -74,6 +74,7 @@ pub async fn broadcast(server: &Arc<Server>, session: &Arc<SessionHandle>, p: El
         session.presence.available.store(false, Ordering::Release);
         *session.presence.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
+    super::modules::pep::on_presence(server, &p, &Jid::from(session.jid.clone()), &bare).await;
     let items = roster_items(server, &bare).await;
     for item in items.iter().filter(|i| i.sub.from()) {
         let mut copy = p.clone();
@@ -199,6 +200,7 @@ pub async fn inbound(server: &Arc<Server>, p: Element, from: &Jid, to: &Jid) {
     if to.node().is_none() {
         return; // presence to the server itself
     }
+    super::modules::pep::on_presence(server, &p, from, &to.to_bare()).await;
     match t.as_str() {
         "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" => {
             inbound_subscription(server, &from.to_bare(), &to.to_bare(), &t, p).await

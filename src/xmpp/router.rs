@@ -32,6 +32,9 @@ async fn route_inner(server: &Arc<Server>, stanza: Element) {
         Ok(None) => Jid::from(from.to_bare()),
         Err(c) => return reply(server, bounce(&stanza, c, server.domain())).await,
     };
+    if super::modules::blocking::intercept(server, &stanza, &from, &to).await {
+        return;
+    }
     if let Some(service) = super::services::for_domain(server, to.domain().as_str()) {
         return super::services::handle(server, service, stanza).await;
     }
@@ -210,8 +213,10 @@ async fn route_iq(server: &Arc<Server>, iq: Element, from: &Jid, to: &Jid) {
     }
     if !request {
         // Results and errors addressed to the server or a bare JID: answers to
-        // IQs the server sent on its own, or nobody's.
-        server.iq_tracker.resolve(&iq);
+        // IQs the server sent on its own (publishes, caps queries), or nobody's.
+        if !server.iq_tracker.resolve(&iq) {
+            super::modules::pep::on_iq_response(server, &iq).await;
+        }
         return;
     }
     let payload = match iq_payload(&iq) {

@@ -99,6 +99,13 @@ impl Module for Disco {
                     }
                     q
                 }
+                (true, true) if node.is_none() => {
+                    let mut q = elem("query", NS_ITEMS);
+                    for i in super::pep::disco_items(ctx.server, ctx.from, &ctx.to.to_bare()).await {
+                        q.append_child(i);
+                    }
+                    q
+                }
                 (true, _) => elem("query", NS_ITEMS).with_opt("node", node),
             };
             Ok(Some(out))
@@ -144,7 +151,10 @@ pub fn server_info(server: &Server) -> DiscoInfoResult {
 pub fn account_info(server: &Server) -> DiscoInfoResult {
     DiscoInfoResult {
         node: None,
-        identities: vec![Identity::new_anonymous::<_, _, String, String>("account", "registered")],
+        identities: vec![
+            Identity::new_anonymous::<_, _, String, String>("account", "registered"),
+            Identity::new_anonymous::<_, _, String, String>("pubsub", "pep"),
+        ],
         features: server
             .modules
             .account_features()

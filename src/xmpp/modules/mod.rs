@@ -2,14 +2,20 @@
 //! stream features and the IQ payloads it answers. Adding one is a new file
 //! plus one line in [`Modules::new`]; the router never changes.
 
+pub mod blocking;
+pub mod bookmarks;
+pub mod caps;
 pub mod carbons;
 pub mod disco;
 pub mod extdisco;
 pub mod mam;
+pub mod pep;
 pub mod ping;
+pub mod private;
 pub mod push;
 pub mod register;
 pub mod roster;
+pub mod vcard;
 pub mod version;
 
 use super::stanza::{Condition, StanzaError};
@@ -90,6 +96,10 @@ pub trait Module: Send + Sync + 'static {
 pub struct Modules {
     list: Vec<Arc<dyn Module>>,
     routes: HashMap<(&'static str, &'static str), Vec<(Target, usize)>>,
+    /// State of the PEP service (who is online with which caps).
+    pub pep: pep::Pep,
+    /// Blocklists loaded so far.
+    pub blocking: blocking::Blocking,
 }
 
 impl Modules {
@@ -120,6 +130,10 @@ impl Modules {
             Arc::new(carbons::Carbons),
             Arc::new(mam::Mam),
             Arc::new(push::Push),
+            Arc::new(pep::PepModule),
+            Arc::new(vcard::VcardModule),
+            Arc::new(private::PrivateModule),
+            Arc::new(blocking::BlockingModule),
         ];
         let mut routes: HashMap<_, Vec<_>> = HashMap::new();
         for (i, m) in list.iter().enumerate() {
@@ -127,7 +141,12 @@ impl Modules {
                 routes.entry((r.name, r.ns)).or_default().push((r.target, i));
             }
         }
-        Modules { list, routes }
+        Modules {
+            list,
+            routes,
+            pep: Default::default(),
+            blocking: Default::default(),
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Module>> {
