@@ -13,6 +13,8 @@ pub struct Server {
     pub certs: Arc<CertStore>,
     pub sessions: Sessions,
     pub modules: Modules,
+    /// Federation: outgoing streams, dialback keys, resolver.
+    pub s2s: crate::xmpp::s2s::S2s,
     pub limiter: Limiter,
     /// Keys the fake SCRAM salts of unknown users, so probes cannot tell
     /// unknown users from wrong passwords.

@@ -5,6 +5,7 @@ pub mod c2s;
 pub mod modules;
 pub mod presence;
 pub mod router;
+pub mod s2s;
 pub mod sasl;
 pub mod sessions;
 pub mod stanza;
