@@ -279,7 +279,7 @@ async fn element(
                 pending.insert(from.clone());
                 let key = el.text();
                 let (server, id, tx) = (server.clone(), stream_id.to_string(), verdicts.clone());
-                let span = tracing::info_span!("s2s-verify", remote = %from);
+                let span = tracing::info_span!(parent: None, "s2s-verify", remote = %from);
                 tokio::spawn(
                     async move {
                         let v = super::outgoing::verify(&server, &to, &from, &id, &key).await;

@@ -59,7 +59,7 @@ pub(super) fn enqueue(server: &Arc<Server>, local: String, remote: String, stanz
     let _ = tx.send(stanza);
     map.insert(key, Handle { tx, id });
     drop(map);
-    let span = tracing::info_span!("s2s-out", %local, %remote);
+    let span = tracing::info_span!(parent: None, "s2s-out", %local, %remote);
     tokio::spawn(run(server.clone(), local, remote, id, rx).instrument(span));
 }
 
