@@ -35,7 +35,10 @@ impl Node {
     async fn start(domain: &str, c2s: TcpListener, s2s: TcpListener, shared_ca: bool, extra: &str) -> Node {
         let ca_dir = test_ca();
         if let Ok(f) = std::env::var("PUSHBOX_TEST_LOG") {
-            let _ = tracing_subscriber::fmt().with_env_filter(f).with_test_writer().try_init();
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(f)
+                .with_test_writer()
+                .try_init();
         }
         let dir = tempfile::tempdir().unwrap();
         let tls = dir.path().join("data/tls");
@@ -313,12 +316,18 @@ async fn a_peer_with_an_unverifiable_certificate_is_refused_when_required() {
     // b.example signs with its own CA, which a.example does not trust.
     let (ac, as_, bc, bs) = (bind().await, bind().await, bind().await, bind().await);
     let (a_s2s, b_s2s) = (as_.local_addr().unwrap(), bs.local_addr().unwrap());
+    let auth = bind().await;
+    let auth_addr = auth.local_addr().unwrap();
+    let fake = tokio::spawn(fake_authoritative(auth));
     let a = Node::start(
         "a.example",
         ac,
         as_,
         true,
-        &federation(&[("b.example", b_s2s)], "require_valid_certificates = true"),
+        &federation(
+            &[("b.example", b_s2s), ("evil.example", auth_addr)],
+            "require_valid_certificates = true",
+        ),
     )
     .await;
     let b = Node::start(
@@ -343,20 +352,15 @@ async fn a_peer_with_an_unverifiable_certificate_is_refused_when_required() {
         .await;
     assert_eq!(e.attr("type"), Some("error"), "{e:?}");
 
-    // The other way: b (lenient) connects to a; a verifies b's dialback key
-    // over a connection to b whose certificate does not verify: refused.
-    let mut bob = b.client("bob", "pw-b").await;
-    let id = format!("m{}", rand_id());
-    bob.send_el(xml(&format!(
-        "<message xmlns='jabber:client' id='{id}' to='alice@a.example' type='chat'><body>y</body></message>"
-    )))
-    .await;
-    let e = bob
-        .expect("bounce", |e| e.name() == "message" && e.attr("id") == Some(id.as_str()))
+    // Incoming: evil.example's authoritative server shows a self-signed
+    // certificate, so its dialback key cannot be checked: refused.
+    let mut evil = RawServer::connect(a.s2s, "evil.example", "a.example").await;
+    evil.send("<db:result from='evil.example' to='a.example'>some-key</db:result>")
         .await;
-    assert_eq!(e.attr("type"), Some("error"), "{e:?}");
+    let got = evil.read_until("</result>").await;
+    assert!(got.contains("type='error'") && !got.contains("type='valid'"), "{got}");
+    fake.abort();
     alice.close().await;
-    bob.close().await;
     a.stop().await;
     b.stop().await;
 }
@@ -476,7 +480,7 @@ async fn fake_authoritative(listener: TcpListener) {
             tcp.write_all(
                 format!(
                     "{}<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>",
-                    header("evil.example", "a.example").replace("version='1.0'", "id='v1' version='1.0'")
+                    header("evil.example", "a.example").replace("from=", "id='v1' from=")
                 )
                 .as_bytes(),
             )
@@ -501,7 +505,7 @@ async fn fake_authoritative(listener: TcpListener) {
                 acc.push_str(&String::from_utf8_lossy(&buf[..n]));
                 if !sent_header && acc.contains("<stream:stream") {
                     sent_header = true;
-                    let h = header("evil.example", "a.example").replace("version='1.0'", "id='v2' version='1.0'");
+                    let h = header("evil.example", "a.example").replace("from=", "id='v2' from=");
                     tls.write_all(format!("{h}<stream:features/>").as_bytes())
                         .await
                         .unwrap();
