@@ -97,9 +97,14 @@ async def subscribe(x, y, y_jid, x_jid):
 async def presence_both_ways(a, b):
     await subscribe(a, b, BOB, ALICE)
     await subscribe(b, a, ALICE, BOB)
-    roster = await a.get_roster()
-    item = roster["roster"]["items"].get(slixmpp.JID(BOB))
-    assert item and item["subscription"] == "both", f"alice's roster item: {item}"
+    # Both rosters, as each server pushed them to its client, say "both".
+    for c, other in ((a, BOB), (b, ALICE)):
+        for _ in range(50):
+            if c.client_roster[other]["subscription"] == "both":
+                break
+            await asyncio.sleep(0.1)
+        sub = c.client_roster[other]["subscription"]
+        assert sub == "both", f"{c.boundjid.bare}'s subscription to {other}: {sub}"
 
 
 async def iq_round_trips(a, b):
