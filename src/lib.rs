@@ -35,6 +35,8 @@ use tokio::{
 pub struct Listeners {
     pub c2s: Vec<TcpListener>,
     pub c2s_direct_tls: Vec<TcpListener>,
+    pub s2s: Vec<TcpListener>,
+    pub s2s_direct_tls: Vec<TcpListener>,
     pub https: Vec<TcpListener>,
 }
 
@@ -55,6 +57,15 @@ impl Listeners {
         Ok(Listeners {
             c2s: all("c2s", &config.listen.c2s).await?,
             c2s_direct_tls: all("c2s_direct_tls", &config.listen.c2s_direct_tls).await?,
+            // Server-to-server listeners only when federation is on.
+            s2s: match config.federation.enabled {
+                true => all("s2s", &config.listen.s2s).await?,
+                false => vec![],
+            },
+            s2s_direct_tls: match config.federation.enabled {
+                true => all("s2s_direct_tls", &config.listen.s2s_direct_tls).await?,
+                false => vec![],
+            },
             https: all("https", &config.listen.https).await?,
         })
     }
@@ -78,7 +89,9 @@ pub fn build_server(config: Config, shutdown: watch::Receiver<bool>) -> Result<A
         &http::public_url(&config),
     )
     .context("starting the push relay")?;
+    let s2s = xmpp::s2s::S2s::new(&config).context("setting up federation")?;
     Ok(Arc::new(Server {
+        s2s,
         config: Arc::new(config),
         store,
         certs,
@@ -120,6 +133,12 @@ pub async fn run(
     for l in listeners.https {
         http::spawn(server.clone(), l, alive.clone());
     }
+    for l in listeners.s2s {
+        spawn_accept(server.clone(), l, alive.clone(), Kind::S2sStartTls);
+    }
+    for l in listeners.s2s_direct_tls {
+        spawn_accept(server.clone(), l, alive.clone(), Kind::S2sDirectTls);
+    }
     #[cfg(unix)]
     spawn_reload(server.clone());
     ready();
@@ -141,6 +160,8 @@ pub async fn run(
 enum Kind {
     C2sStartTls,
     C2sDirectTls,
+    S2sStartTls,
+    S2sDirectTls,
 }
 
 fn spawn_accept(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<()>, kind: Kind) {
@@ -172,6 +193,8 @@ fn spawn_accept(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<
                 match kind {
                     Kind::C2sStartTls => xmpp::c2s::serve_starttls(server.clone(), tcp, peer).await,
                     Kind::C2sDirectTls => xmpp::c2s::serve_direct_tls(server.clone(), tcp, peer).await,
+                    Kind::S2sStartTls => xmpp::s2s::incoming::serve_starttls(server.clone(), tcp, peer).await,
+                    Kind::S2sDirectTls => xmpp::s2s::incoming::serve_direct_tls(server.clone(), tcp, peer).await,
                 }
                 drop(alive);
             });

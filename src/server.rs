@@ -19,6 +19,8 @@ pub struct Server {
     pub push_state: crate::xmpp::modules::push::PushState,
     /// The XEP-0313 archive writer.
     pub archive: crate::xmpp::modules::mam::Archive,
+    /// Federation: outgoing streams, dialback keys, resolver.
+    pub s2s: crate::xmpp::s2s::S2s,
     pub limiter: Limiter,
     /// The push core: the relay API and the XEP-0357 app server submit through it.
     pub relay: crate::push::Relay,

@@ -188,9 +188,10 @@ pub struct Registration {
     pub mode: RegistrationMode,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Federation {
+    /// Serve `listen.s2s` / `listen.s2s_direct_tls` and connect to other servers.
     pub enabled: bool,
     /// DNS servers (`"ip:port"`) for SRV look-ups; empty uses the system's.
     pub dns_servers: Vec<SocketAddr>,
@@ -199,6 +200,33 @@ pub struct Federation {
     pub require_valid_certificates: Option<bool>,
     /// Static `"domain" = "host:port"` overrides of DNS.
     pub hosts: BTreeMap<String, String>,
+    /// Extra PEM roots trusted for peers' certificates, besides the system's.
+    pub ca_roots: Option<PathBuf>,
+    /// Time an outgoing stream has to connect and authenticate; stanzas
+    /// queued for it are bounced after this.
+    pub connect_timeout: Duration,
+    /// An outgoing stream that carried nothing for this long is closed.
+    pub idle_timeout: Duration,
+    /// Largest stanza accepted from a server, in bytes.
+    pub max_stanza_size: usize,
+    /// Incoming streams one remote domain may hold open at once.
+    pub max_streams_per_domain: u32,
+}
+
+impl Default for Federation {
+    fn default() -> Self {
+        Federation {
+            enabled: false,
+            dns_servers: vec![],
+            require_valid_certificates: None,
+            hosts: BTreeMap::new(),
+            ca_roots: None,
+            connect_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
+            max_stanza_size: 512 * 1024,
+            max_streams_per_domain: 8,
+        }
+    }
 }
 
 /// Protections against abusive or broken peers.
@@ -568,9 +596,14 @@ impl Config {
         if config.data_dir.is_relative() {
             config.data_dir = base.join(&config.data_dir);
         }
-        for p in [&mut config.tls.cert, &mut config.tls.key, &mut config.tls.acme.ca_roots]
-            .into_iter()
-            .flatten()
+        for p in [
+            &mut config.tls.cert,
+            &mut config.tls.key,
+            &mut config.tls.acme.ca_roots,
+            &mut config.federation.ca_roots,
+        ]
+        .into_iter()
+        .flatten()
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -624,6 +657,25 @@ impl Config {
         }
         if self.limits.max_stanza_size < 4096 {
             report("limits.max_stanza_size", "must be at least 4096 bytes".into());
+        }
+        if self.federation.max_stanza_size < 4096 {
+            report("federation.max_stanza_size", "must be at least 4096 bytes".into());
+        }
+        for (domain, target) in &self.federation.hosts {
+            if crate::xmpp::s2s::resolve::parse_host_port(target).is_none() {
+                report(
+                    &format!("federation.hosts.{domain}"),
+                    format!("`{target}` is not \"host:port\" (e.g. \"127.0.0.1:5269\" or \"xmpp.example.org:5269\")"),
+                );
+            }
+        }
+        if let Some(p) = &self.federation.ca_roots {
+            if !p.is_file() {
+                report(
+                    "federation.ca_roots",
+                    format!("file {} does not exist or is not readable", p.display()),
+                );
+            }
         }
         if self.limits.max_depth < 4 {
             report("limits.max_depth", "must be at least 4".into());

@@ -6,6 +6,7 @@ pub mod iq_tracker;
 pub mod modules;
 pub mod presence;
 pub mod router;
+pub mod s2s;
 pub mod sasl;
 pub mod services;
 pub mod sessions;

@@ -1,5 +1,5 @@
 //! Where a stanza goes: a local session, the server's own handlers, offline
-//! storage, or (later) a remote domain. Every stanza handled here already
+//! storage, or a remote domain (handed to [`super::s2s`]). Every stanza handled here already
 //! carries a `from` that its stream authenticated.
 
 use super::{
@@ -39,12 +39,7 @@ async fn route_inner(server: &Arc<Server>, stanza: Element) {
         return super::services::handle(server, service, stanza).await;
     }
     if !server.is_local(to.domain().as_str()) {
-        // Federation is not wired yet: tell the sender at once.
-        let e = stanza::StanzaError::new(
-            Condition::RemoteServerNotFound,
-            "federation is not available on this server",
-        );
-        return reply(server, bounce(&stanza, e, server.domain())).await;
+        return super::s2s::send(server, stanza).await;
     }
     match kind {
         Kind::Message => deliver_message(server, stanza, &to).await,

@@ -28,6 +28,8 @@ pub struct ParserLimits {
 pub struct StreamHeader {
     pub to: Option<String>,
     pub from: Option<String>,
+    /// The stream id (set by the receiving entity; read by s2s dialback).
+    pub id: Option<String>,
     pub version: Option<String>,
     pub lang: Option<String>,
     /// The default namespace (`jabber:client` or `jabber:server`).
@@ -49,6 +51,7 @@ pub enum Event {
 pub enum StreamError {
     BadFormat,
     HostUnknown,
+    ImproperAddressing,
     InvalidFrom,
     InvalidNamespace,
     NotAuthorized,
@@ -72,6 +75,7 @@ impl StreamError {
         match self {
             BadFormat => "bad-format",
             HostUnknown => "host-unknown",
+            ImproperAddressing => "improper-addressing",
             InvalidFrom => "invalid-from",
             InvalidNamespace => "invalid-namespace",
             NotAuthorized => "not-authorized",
@@ -185,6 +189,7 @@ impl StreamParser {
                     match (prefix.as_deref().map(|p| p.as_str()), name.as_str()) {
                         (None, "to") => h.to = Some(value.to_string()),
                         (None, "from") => h.from = Some(value.to_string()),
+                        (None, "id") => h.id = Some(value.to_string()),
                         (None, "version") => h.version = Some(value.to_string()),
                         (None, "xmlns") => h.default_ns = Some(value.to_string()),
                         (Some("xml"), "lang") => h.lang = Some(value.to_string()),

@@ -1,0 +1,333 @@
+//! Incoming server streams (`listen.s2s` with STARTTLS, `listen.s2s_direct_tls`
+//! with ALPN `xmpp-server`): TLS from the shared certificate store, then
+//! Server Dialback. A `db:result` is checked by asking the originating
+//! domain's authoritative server (a verify connection, whose TLS certificate
+//! must verify when `federation.require_valid_certificates` is on); a
+//! `db:verify` is answered from our own key. Stanzas are accepted only from
+//! domains authenticated on this stream (else stream error `invalid-from`),
+//! converted to `jabber:client` and routed like local ones.
+
+use super::{header, limits, to_client_ns, NS_DIALBACK, NS_DIALBACK_FEATURE};
+use crate::{
+    certs::ALPN_XMPP_SERVER,
+    server::{self, Server},
+    xmpp::{
+        router,
+        stanza::{self, Kind},
+        stream::{new_id, ConnError, XmlStream},
+        xml::{elem, ElementExt, Event, StreamError, StreamHeader, NS_SERVER, NS_TLS},
+    },
+};
+use minidom::Element;
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+    sync::mpsc,
+    time::Instant,
+};
+use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tracing::Instrument;
+
+type Tls = TlsStream<TcpStream>;
+
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Dialback requests one stream may have in flight.
+const MAX_PENDING_VERIFICATIONS: usize = 4;
+
+/// Serve one connection on an s2s STARTTLS listener.
+pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
+    let span = tracing::info_span!("s2s-in", %peer, from = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let mut xs = XmlStream::new(tcp, limits(&server));
+        let deadline = server.config.limits.auth_timeout.get();
+        let r = tokio::time::timeout(deadline, starttls(&server, &mut xs))
+            .await
+            .unwrap_or(Err(ConnError::Timeout));
+        if let Err(e) = r {
+            return end(&server, &mut xs, e).await;
+        }
+        if xs.has_buffered_input() {
+            return end(&server, &mut xs, ConnError::Stream(StreamError::PolicyViolation)).await;
+        }
+        let acceptor = TlsAcceptor::from(server.certs.server_config(&[]));
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(xs.into_inner())).await {
+            Ok(Ok(tls)) => after_tls(server, tls).await,
+            Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::info!("TLS handshake timed out"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Serve one connection on an s2s direct TLS listener.
+pub async fn serve_direct_tls(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
+    let span = tracing::info_span!("s2s-in", %peer, tls = "direct", from = tracing::field::Empty);
+    async move {
+        let _ = tcp.set_nodelay(true);
+        let acceptor = TlsAcceptor::from(server.certs.server_config(&[ALPN_XMPP_SERVER]));
+        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => after_tls(server, tls).await,
+            Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::info!("TLS handshake timed out"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn end<S: AsyncRead + AsyncWrite + Unpin>(server: &Server, xs: &mut XmlStream<S>, e: ConnError) {
+    let domain = server.domain();
+    match e {
+        ConnError::Stream(se) => {
+            tracing::info!(condition = se.condition(), "closing the stream with an error");
+            xs.stream_error(NS_SERVER, domain, se, None).await;
+        }
+        ConnError::Timeout => {
+            tracing::info!("connection timed out");
+            xs.stream_error(NS_SERVER, domain, StreamError::ConnectionTimeout, None)
+                .await;
+        }
+        ConnError::Eof => tracing::debug!("peer closed the connection"),
+        ConnError::Io(e) => tracing::debug!(error = %e, "connection error"),
+    }
+}
+
+/// Check a server's stream header: namespace, version and that it is for us.
+fn check_header(server: &Server, h: &StreamHeader) -> Result<(), StreamError> {
+    if h.default_ns.as_deref() != Some(NS_SERVER) {
+        return Err(StreamError::InvalidNamespace);
+    }
+    if h.version.as_deref().is_some_and(|v| !v.starts_with("1.")) {
+        return Err(StreamError::UnsupportedVersion);
+    }
+    match &h.to {
+        Some(to) if server.is_local(to) => Ok(()),
+        _ => Err(StreamError::HostUnknown),
+    }
+}
+
+/// Read and answer a stream header; returns the id we gave the stream.
+async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server,
+    xs: &mut XmlStream<S>,
+) -> Result<(String, Option<String>), ConnError> {
+    let h = match xs.next_event().await? {
+        Event::Header(h) => h,
+        _ => return Err(ConnError::Stream(StreamError::NotWellFormed)),
+    };
+    check_header(server, &h).map_err(ConnError::Stream)?;
+    let id = new_id();
+    xs.queue_raw(&header(server.domain(), h.from.as_deref(), Some(&id)));
+    xs.header_sent = true;
+    Ok((id, h.from))
+}
+
+async fn starttls(server: &Server, xs: &mut XmlStream<TcpStream>) -> Result<(), ConnError> {
+    open_stream(server, xs).await?;
+    xs.queue_features(&[elem("starttls", NS_TLS).child(elem("required", NS_TLS))]);
+    xs.flush().await?;
+    match xs.next_event().await? {
+        Event::Stanza(el) if el.name() == "starttls" && el.ns() == NS_TLS => {
+            xs.send(&elem("proceed", NS_TLS)).await?;
+            Ok(())
+        }
+        Event::Stanza(_) => Err(ConnError::Stream(StreamError::PolicyViolation)),
+        Event::Close => Err(ConnError::Eof),
+        Event::Header(_) => Err(ConnError::Stream(StreamError::NotWellFormed)),
+    }
+}
+
+/// A dialback verification finished: (originating domain, our domain, verdict).
+type Verdict = (String, String, Result<bool, String>);
+
+async fn after_tls(server: Arc<Server>, tls: Tls) {
+    let mut xs = XmlStream::new(tls, limits(&server));
+    let mut authenticated: HashSet<String> = HashSet::new();
+    let r = serve(&server, &mut xs, &mut authenticated).await;
+    for d in &authenticated {
+        server.s2s.leave(d);
+    }
+    match r {
+        Ok(()) => tracing::info!("incoming stream ended"),
+        Err(e) => end(&server, &mut xs, e).await,
+    }
+}
+
+async fn serve(
+    server: &Arc<Server>,
+    xs: &mut XmlStream<Tls>,
+    authenticated: &mut HashSet<String>,
+) -> Result<(), ConnError> {
+    let auth_deadline = Instant::now() + server.config.limits.auth_timeout.get();
+    let idle = server.config.limits.idle_timeout.get();
+    let (stream_id, _) = tokio::time::timeout_at(auth_deadline, open_stream(server, xs))
+        .await
+        .unwrap_or(Err(ConnError::Timeout))?;
+    xs.queue_features(&[elem("dialback", NS_DIALBACK_FEATURE).child(elem("errors", NS_DIALBACK_FEATURE))]);
+    xs.flush().await?;
+    let (verdict_tx, mut verdicts) = mpsc::channel::<Verdict>(MAX_PENDING_VERIFICATIONS);
+    let mut pending: HashSet<String> = HashSet::new();
+    let mut stop = server.shutdown.clone();
+    let mut last = Instant::now();
+    loop {
+        // Until a domain is authenticated, the whole stream shares the auth deadline.
+        let deadline = if authenticated.is_empty() {
+            auth_deadline
+        } else {
+            last + idle
+        };
+        tokio::select! {
+            ev = xs.next_event() => {
+                last = Instant::now();
+                match ev? {
+                    Event::Stanza(el) => {
+                        element(server, xs, &stream_id, authenticated, &mut pending, &verdict_tx, el).await?
+                    }
+                    Event::Close => {
+                        xs.close().await;
+                        return Ok(());
+                    }
+                    Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
+                }
+            }
+            Some((from, to, verdict)) = verdicts.recv() => {
+                pending.remove(&from);
+                // XEP-0220 §2.4: `invalid` for a wrong key, `error` when it could not be checked.
+                let refusal = match verdict {
+                    Ok(true) if server.s2s.enter(&from, server.config.federation.max_streams_per_domain) => None,
+                    Ok(true) => {
+                        tracing::warn!(%from, "too many incoming streams from this domain");
+                        Some(Some("resource-constraint"))
+                    }
+                    Ok(false) => {
+                        tracing::warn!(%from, "dialback key did not verify");
+                        Some(None)
+                    }
+                    Err(e) => {
+                        tracing::info!(%from, error = %e, "dialback verification failed");
+                        Some(Some("remote-connection-failed"))
+                    }
+                };
+                let valid = refusal.is_none();
+                let answer = elem("result", NS_DIALBACK).with("from", to).with("to", from.clone());
+                let answer = match refusal {
+                    None => answer.with("type", "valid"),
+                    Some(None) => answer.with("type", "invalid"),
+                    Some(Some(cond)) => answer.with("type", "error").child(
+                        elem("error", NS_DIALBACK)
+                            .with("type", "cancel")
+                            .child(elem(cond, crate::xmpp::xml::NS_STANZAS)),
+                    ),
+                };
+                xs.send(&answer).await?;
+                if valid {
+                    tracing::info!(%from, "remote domain authenticated by dialback");
+                    tracing::Span::current().record("from", tracing::field::display(&from));
+                    authenticated.insert(from);
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => return Err(ConnError::Timeout),
+            _ = server::stopped(&mut stop) => return Err(ConnError::Stream(StreamError::SystemShutdown)),
+        }
+        xs.shrink();
+    }
+}
+
+fn domain_of(s: &str) -> Option<String> {
+    jid::Jid::new(s)
+        .ok()
+        .filter(|j| j.node().is_none() && j.resource().is_none())
+        .map(|j| j.domain().as_str().to_ascii_lowercase())
+}
+
+/// One top-level element on an incoming stream.
+#[allow(clippy::too_many_arguments)]
+async fn element(
+    server: &Arc<Server>,
+    xs: &mut XmlStream<Tls>,
+    stream_id: &str,
+    authenticated: &HashSet<String>,
+    pending: &mut HashSet<String>,
+    verdicts: &mpsc::Sender<Verdict>,
+    el: Element,
+) -> Result<(), ConnError> {
+    if el.ns() == NS_DIALBACK {
+        let (Some(from), Some(to)) = (el.attr("from").and_then(domain_of), el.attr("to").and_then(domain_of)) else {
+            return Err(ConnError::Stream(StreamError::ImproperAddressing));
+        };
+        if !server.is_local(&to) {
+            return Err(ConnError::Stream(StreamError::HostUnknown));
+        }
+        match el.name() {
+            "result" if el.attr("type").is_none() => {
+                if authenticated.contains(&from) {
+                    let ok = elem("result", NS_DIALBACK)
+                        .with("from", to)
+                        .with("to", from)
+                        .with("type", "valid");
+                    return xs.send(&ok).await;
+                }
+                if pending.contains(&from) {
+                    return Ok(());
+                }
+                if pending.len() >= MAX_PENDING_VERIFICATIONS {
+                    return Err(ConnError::Stream(StreamError::PolicyViolation));
+                }
+                pending.insert(from.clone());
+                let key = el.text();
+                let (server, id, tx) = (server.clone(), stream_id.to_string(), verdicts.clone());
+                let span = tracing::info_span!(parent: None, "s2s-verify", remote = %from);
+                tokio::spawn(
+                    async move {
+                        let v = super::outgoing::verify(&server, &to, &from, &id, &key).await;
+                        let _ = tx.send((from, to, v)).await;
+                    }
+                    .instrument(span),
+                );
+                Ok(())
+            }
+            "verify" if el.attr("type").is_none() => {
+                // We are the authoritative server: was this key ours?
+                let id = el.attr("id").unwrap_or_default();
+                let ok = server.s2s.check_key(&from, &to, id, &el.text());
+                tracing::info!(receiving = %from, valid = ok, "answered a dialback verification");
+                let answer = elem("verify", NS_DIALBACK)
+                    .with("from", to)
+                    .with("to", from)
+                    .with("id", id)
+                    .with("type", if ok { "valid" } else { "invalid" });
+                xs.send(&answer).await
+            }
+            _ => Ok(()),
+        }
+    } else if el.ns() == NS_SERVER && matches!(el.name(), "message" | "presence" | "iq") {
+        let from_domain = el
+            .attr("from")
+            .and_then(|f| jid::Jid::new(f).ok())
+            .map(|j| j.domain().as_str().to_ascii_lowercase());
+        match from_domain {
+            Some(d) if authenticated.contains(&d) => {}
+            _ => {
+                tracing::warn!(from = ?el.attr("from"), "stanza from a domain not authenticated on this stream");
+                return Err(ConnError::Stream(StreamError::InvalidFrom));
+            }
+        }
+        match stanza::to(&el) {
+            Ok(Some(to)) if server.is_local(to.domain().as_str()) => {}
+            Ok(_) => return Err(ConnError::Stream(StreamError::HostUnknown)),
+            Err(_) => return Err(ConnError::Stream(StreamError::ImproperAddressing)),
+        }
+        let el = to_client_ns(&el);
+        debug_assert!(Kind::of(&el).is_some());
+        router::route(server, el).await;
+        Ok(())
+    } else if authenticated.is_empty() {
+        Err(ConnError::Stream(StreamError::NotAuthorized))
+    } else {
+        tracing::debug!(name = el.name(), ns = %el.ns(), "ignoring an unknown element on an incoming stream");
+        Ok(())
+    }
+}

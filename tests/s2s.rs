@@ -1,0 +1,607 @@
+//! Federation between two in-process daemons (`a.example` and `b.example`,
+//! reached through `[federation.hosts]`), plus hostile and failing peers
+//! played by raw TCP/TLS: a forged `from` ends the stream, an unreachable
+//! or silent domain bounces with the right error, a peer whose certificate
+//! does not verify is refused when valid certificates are required.
+
+mod common;
+
+use common::{rand_id, test_ca, xml, TestClient, WAIT};
+use pushbox::config::Config;
+use std::{net::SocketAddr, path::Path, sync::Arc};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+};
+use tokio_xmpp::{connect::DnsConfig, parsers::jid::BareJid, xmlstream::Timeouts, Client};
+
+struct Node {
+    domain: String,
+    c2s: SocketAddr,
+    s2s: SocketAddr,
+    dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+impl Node {
+    /// Start a daemon for `domain` on pre-bound listeners. `shared_ca`: sign
+    /// its certificate with the test CA (which `SSL_CERT_FILE` makes trusted).
+    async fn start(domain: &str, c2s: TcpListener, s2s: TcpListener, shared_ca: bool, extra: &str) -> Node {
+        let ca_dir = test_ca();
+        if let Ok(f) = std::env::var("PUSHBOX_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(f)
+                .with_test_writer()
+                .try_init();
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let tls = dir.path().join("data/tls");
+        std::fs::create_dir_all(&tls).unwrap();
+        if shared_ca {
+            for f in ["ca.pem", "ca.key"] {
+                std::fs::copy(ca_dir.join(f), tls.join(f)).unwrap();
+            }
+        }
+        let (c2s_addr, s2s_addr) = (c2s.local_addr().unwrap(), s2s.local_addr().unwrap());
+        let toml = format!(
+            "domain = \"{domain}\"\n\
+             [listen]\nc2s = [\"{c2s_addr}\"]\nc2s_direct_tls = []\ns2s = [\"{s2s_addr}\"]\nhttps = []\n\
+             [limits]\nconnections_per_ip_per_minute = 10000\n\
+             {extra}\n"
+        );
+        let config = Config::from_toml_str(&toml, Some(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+        let listeners = pushbox::Listeners {
+            c2s: vec![c2s],
+            s2s: vec![s2s],
+            ..Default::default()
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            pushbox::run(
+                config,
+                listeners,
+                async {
+                    let _ = stopped.await;
+                },
+                move || {
+                    let _ = ready_tx.send(());
+                },
+            )
+            .await
+        });
+        tokio::time::timeout(WAIT, ready_rx)
+            .await
+            .expect("daemon ready")
+            .unwrap();
+        Node {
+            domain: domain.into(),
+            c2s: c2s_addr,
+            s2s: s2s_addr,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    fn add_user(&self, name: &str, pw: &str) {
+        let s = pushbox::store::Store::open_in(&self.dir.path().join("data")).unwrap();
+        s.blocking(|c| pushbox::store::accounts::create(c, name, pw, false))
+            .unwrap();
+    }
+
+    fn jid(&self, name: &str) -> String {
+        format!("{name}@{}", self.domain)
+    }
+
+    async fn client(&self, name: &str, pw: &str) -> TestClient {
+        let jid = BareJid::new(&self.jid(name)).unwrap();
+        let client = Client::new_starttls(jid, pw, DnsConfig::addr(&self.c2s.to_string()), Timeouts::default());
+        let mut c = TestClient {
+            client,
+            jid: None,
+            backlog: Default::default(),
+        };
+        c.wait_online().await;
+        c
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(WAIT, t)
+                .await
+                .expect("daemon stops")
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+fn federation(hosts: &[(&str, SocketAddr)], more: &str) -> String {
+    let mut s = format!("[federation]\nenabled = true\nconnect_timeout = \"5s\"\n{more}\n[federation.hosts]\n");
+    for (d, a) in hosts {
+        s.push_str(&format!("\"{d}\" = \"{a}\"\n"));
+    }
+    s
+}
+
+/// Two daemons that trust each other's certificates (one test CA).
+async fn pair(more: &str) -> (Node, Node) {
+    let (ac, as_, bc, bs) = (bind().await, bind().await, bind().await, bind().await);
+    let (a_s2s, b_s2s) = (as_.local_addr().unwrap(), bs.local_addr().unwrap());
+    let a = Node::start("a.example", ac, as_, true, &federation(&[("b.example", b_s2s)], more)).await;
+    let b = Node::start("b.example", bc, bs, true, &federation(&[("a.example", a_s2s)], more)).await;
+    a.add_user("alice", "pw-a");
+    b.add_user("bob", "pw-b");
+    (a, b)
+}
+
+#[tokio::test]
+async fn messages_presence_and_iq_cross_between_two_daemons() {
+    let (a, b) = pair("require_valid_certificates = true").await;
+    let mut alice = a.client("alice", "pw-a").await;
+    let mut bob = b.client("bob", "pw-b").await;
+    let (aj, bj) = (a.jid("alice"), b.jid("bob"));
+    alice.send_el(xml("<presence xmlns='jabber:client'/>")).await;
+    bob.send_el(xml("<presence xmlns='jabber:client'/>")).await;
+
+    // Messages both ways.
+    alice
+        .send_el(xml(&format!(
+            "<message xmlns='jabber:client' to='{bj}' type='chat'><body>hi bob</body></message>"
+        )))
+        .await;
+    let m = bob
+        .expect("message from alice", |e| {
+            e.name() == "message" && e.attr("from").is_some_and(|f| f.starts_with(&aj))
+        })
+        .await;
+    assert_eq!(m.get_child("body", "jabber:client").unwrap().text(), "hi bob");
+    bob.send_el(xml(&format!(
+        "<message xmlns='jabber:client' to='{}' type='chat'><body>hi alice</body></message>",
+        alice.full_jid()
+    )))
+    .await;
+    let m = alice
+        .expect("message from bob", |e| {
+            e.name() == "message" && e.attr("from").is_some_and(|f| f.starts_with(&bj))
+        })
+        .await;
+    assert_eq!(m.get_child("body", "jabber:client").unwrap().text(), "hi alice");
+
+    // Presence subscription: alice asks, bob approves, then the reverse.
+    alice
+        .send_el(xml(&format!(
+            "<presence xmlns='jabber:client' to='{bj}' type='subscribe'/>"
+        )))
+        .await;
+    bob.expect("subscribe", |e| {
+        e.name() == "presence" && e.attr("type") == Some("subscribe")
+    })
+    .await;
+    bob.send_el(xml(&format!(
+        "<presence xmlns='jabber:client' to='{aj}' type='subscribed'/>"
+    )))
+    .await;
+    alice
+        .expect("subscribed", |e| {
+            e.name() == "presence" && e.attr("type") == Some("subscribed")
+        })
+        .await;
+    // Bob's current presence follows the approval.
+    alice
+        .expect("bob's presence", |e| {
+            e.name() == "presence" && e.attr("type").is_none() && e.attr("from").is_some_and(|f| f.starts_with(&bj))
+        })
+        .await;
+    bob.send_el(xml(&format!(
+        "<presence xmlns='jabber:client' to='{aj}' type='subscribe'/>"
+    )))
+    .await;
+    alice
+        .expect("subscribe from bob", |e| {
+            e.name() == "presence" && e.attr("type") == Some("subscribe")
+        })
+        .await;
+    alice
+        .send_el(xml(&format!(
+            "<presence xmlns='jabber:client' to='{bj}' type='subscribed'/>"
+        )))
+        .await;
+    bob.expect("subscribed from alice", |e| {
+        e.name() == "presence" && e.attr("type") == Some("subscribed")
+    })
+    .await;
+
+    // IQ round trip: ping the remote server and version of the remote domain.
+    let r = alice
+        .iq(xml(
+            "<iq xmlns='jabber:client' type='get' to='b.example'><ping xmlns='urn:xmpp:ping'/></iq>",
+        ))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    let r = bob
+        .iq(xml(
+            "<iq xmlns='jabber:client' type='get' to='a.example'><query xmlns='jabber:iq:version'/></iq>",
+        ))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    assert!(r.get_child("query", "jabber:iq:version").is_some());
+
+    // A fresh login of alice probes bob (mutual subscription) and gets his presence.
+    alice.close().await;
+    let mut alice2 = a.client("alice", "pw-a").await;
+    alice2.send_el(xml("<presence xmlns='jabber:client'/>")).await;
+    alice2
+        .expect("bob's presence after a probe", |e| {
+            e.name() == "presence" && e.attr("type").is_none() && e.attr("from").is_some_and(|f| f.starts_with(&bj))
+        })
+        .await;
+    alice2.close().await;
+    bob.close().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_and_silent_domains_bounce() {
+    // A port nothing listens on, and a listener that never says a word.
+    let closed = bind().await.local_addr().unwrap();
+    let silent = bind().await;
+    let silent_addr = silent.local_addr().unwrap();
+    let keep = tokio::spawn(async move {
+        let mut held = vec![];
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let (ac, as_) = (bind().await, bind().await);
+    let a = Node::start(
+        "a.example",
+        ac,
+        as_,
+        true,
+        &format!(
+            "[federation]\nenabled = true\nconnect_timeout = \"2s\"\n[federation.hosts]\n\
+             \"closed.example\" = \"{closed}\"\n\"silent.example\" = \"{silent_addr}\"\n"
+        ),
+    )
+    .await;
+    a.add_user("alice", "pw-a");
+    let mut alice = a.client("alice", "pw-a").await;
+    for (to, cond) in [
+        ("x@closed.example", "remote-server-not-found"),
+        ("x@silent.example", "remote-server-timeout"),
+    ] {
+        let id = format!("m{}", rand_id());
+        alice
+            .send_el(xml(&format!(
+                "<message xmlns='jabber:client' id='{id}' to='{to}' type='chat'><body>anyone?</body></message>"
+            )))
+            .await;
+        let e = alice
+            .expect("bounce", |e| e.name() == "message" && e.attr("id") == Some(id.as_str()))
+            .await;
+        assert_eq!(e.attr("type"), Some("error"), "{e:?}");
+        let err = e.get_child("error", "jabber:client").expect("an error child");
+        assert!(
+            err.get_child(cond, "urn:ietf:params:xml:ns:xmpp-stanzas").is_some(),
+            "{to}: expected {cond}: {e:?}"
+        );
+    }
+    alice.close().await;
+    a.stop().await;
+    keep.abort();
+}
+
+#[tokio::test]
+async fn a_peer_with_an_unverifiable_certificate_is_refused_when_required() {
+    // b.example signs with its own CA, which a.example does not trust.
+    let (ac, as_, bc, bs) = (bind().await, bind().await, bind().await, bind().await);
+    let (a_s2s, b_s2s) = (as_.local_addr().unwrap(), bs.local_addr().unwrap());
+    let auth = bind().await;
+    let auth_addr = auth.local_addr().unwrap();
+    let fake = tokio::spawn(fake_authoritative(auth));
+    let a = Node::start(
+        "a.example",
+        ac,
+        as_,
+        true,
+        &federation(
+            &[("b.example", b_s2s), ("evil.example", auth_addr)],
+            "require_valid_certificates = true",
+        ),
+    )
+    .await;
+    let b = Node::start(
+        "b.example",
+        bc,
+        bs,
+        false,
+        &federation(&[("a.example", a_s2s)], "require_valid_certificates = false"),
+    )
+    .await;
+    a.add_user("alice", "pw-a");
+    b.add_user("bob", "pw-b");
+    let mut alice = a.client("alice", "pw-a").await;
+    let id = format!("m{}", rand_id());
+    alice
+        .send_el(xml(&format!(
+            "<message xmlns='jabber:client' id='{id}' to='bob@b.example' type='chat'><body>x</body></message>"
+        )))
+        .await;
+    let e = alice
+        .expect("bounce", |e| e.name() == "message" && e.attr("id") == Some(id.as_str()))
+        .await;
+    assert_eq!(e.attr("type"), Some("error"), "{e:?}");
+
+    // Incoming: evil.example's authoritative server shows a self-signed
+    // certificate, so its dialback key cannot be checked: refused.
+    let mut evil = RawServer::connect(a.s2s, "evil.example", "a.example").await;
+    evil.send("<db:result from='evil.example' to='a.example'>some-key</db:result>")
+        .await;
+    let got = evil.read_until("</result>").await;
+    assert!(got.contains("type='error'") && !got.contains("type='valid'"), "{got}");
+    fake.abort();
+    alice.close().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A raw server-to-server client: TCP, STARTTLS, then text.
+struct RawServer {
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+    received: String,
+}
+
+fn header(from: &str, to: &str) -> String {
+    format!(
+        "<?xml version='1.0'?><stream:stream xmlns='jabber:server' xmlns:db='jabber:server:dialback' \
+         xmlns:stream='http://etherx.jabber.org/streams' from='{from}' to='{to}' version='1.0'>"
+    )
+}
+
+async fn read_until_plain(tcp: &mut TcpStream, acc: &mut String, needle: &str) {
+    let mut buf = [0u8; 4096];
+    while !acc.contains(needle) {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before {needle}: {acc}");
+        acc.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}
+
+fn trust_all_ca(ca: &Path) -> Arc<rustls::ClientConfig> {
+    use rustls_pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+impl RawServer {
+    async fn connect(addr: SocketAddr, from: &str, to: &str) -> RawServer {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        let mut acc = String::new();
+        tcp.write_all(header(from, to).as_bytes()).await.unwrap();
+        read_until_plain(&mut tcp, &mut acc, "</stream:features>").await;
+        tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+            .await
+            .unwrap();
+        read_until_plain(&mut tcp, &mut acc, "<proceed").await;
+        let name = rustls_pki_types::ServerName::try_from(to.to_string()).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(trust_all_ca(&test_ca().join("ca.pem")))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let mut s = RawServer {
+            tls,
+            received: String::new(),
+        };
+        s.send(&header(from, to)).await;
+        s.read_until("</stream:features>").await;
+        s
+    }
+
+    async fn send(&mut self, s: &str) {
+        self.tls.write_all(s.as_bytes()).await.unwrap();
+    }
+
+    async fn read_until(&mut self, needle: &str) -> String {
+        let fut = async {
+            let mut buf = [0u8; 8192];
+            while !self.received.contains(needle) {
+                let n = self.tls.read(&mut buf).await.unwrap_or(0);
+                assert!(n > 0, "closed before {needle:?}: {}", self.received);
+                self.received.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            self.received.clone()
+        };
+        tokio::time::timeout(WAIT, fut)
+            .await
+            .unwrap_or_else(|_| panic!("timed out waiting for {needle:?}: {}", self.received))
+    }
+
+    async fn read_to_end(&mut self) -> String {
+        let fut = async {
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = self.tls.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    return self.received.clone();
+                }
+                self.received.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        };
+        tokio::time::timeout(WAIT, fut)
+            .await
+            .expect("the server closes the stream")
+    }
+}
+
+/// The fake peer `evil.example`: its authoritative server is this raw
+/// listener, which answers every dialback verification "valid".
+async fn fake_authoritative(listener: TcpListener) {
+    while let Ok((mut tcp, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let cert = rcgen::generate_simple_self_signed(vec!["evil.example".to_string()]).unwrap();
+            let key = rustls_pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).unwrap();
+            let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.cert.der().clone()], key)
+                .unwrap();
+            let mut acc = String::new();
+            read_until_plain(&mut tcp, &mut acc, ">").await;
+            tcp.write_all(
+                format!(
+                    "{}<stream:features><starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'><required/></starttls></stream:features>",
+                    header("evil.example", "a.example").replace("from=", "id='v1' from=")
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            read_until_plain(&mut tcp, &mut acc, "<starttls").await;
+            tcp.write_all(b"<proceed xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+                .await
+                .unwrap();
+            let mut tls = tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+                .accept(tcp)
+                .await
+                .unwrap();
+            let mut acc = String::new();
+            let mut buf = [0u8; 4096];
+            let mut sent_header = false;
+            loop {
+                let n = tls.read(&mut buf).await.unwrap_or(0);
+                if n == 0 {
+                    return;
+                }
+                acc.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if !sent_header && acc.contains("<stream:stream") {
+                    sent_header = true;
+                    let h = header("evil.example", "a.example").replace("from=", "id='v2' from=");
+                    tls.write_all(format!("{h}<stream:features/>").as_bytes())
+                        .await
+                        .unwrap();
+                }
+                if let Some(i) = acc
+                    .find(" id='")
+                    .or_else(|| acc.find(" id=\""))
+                    .filter(|_| acc.contains("</verify>") || acc.contains("</db:verify>"))
+                {
+                    let rest = &acc[i + 5..];
+                    let id: String = rest.chars().take_while(|c| *c != '\'' && *c != '"').collect();
+                    let answer = format!("<db:verify from='evil.example' to='a.example' id='{id}' type='valid'/>");
+                    tls.write_all(answer.as_bytes()).await.unwrap();
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test]
+async fn a_forged_from_on_an_authenticated_stream_ends_it() {
+    let auth = bind().await;
+    let auth_addr = auth.local_addr().unwrap();
+    let fake = tokio::spawn(fake_authoritative(auth));
+    let (ac, as_) = (bind().await, bind().await);
+    let a = Node::start(
+        "a.example",
+        ac,
+        as_,
+        true,
+        &federation(&[("evil.example", auth_addr)], "require_valid_certificates = false"),
+    )
+    .await;
+    a.add_user("alice", "pw-a");
+    let mut alice = a.client("alice", "pw-a").await;
+
+    let mut evil = RawServer::connect(a.s2s, "evil.example", "a.example").await;
+    // Before authentication, no stanza is accepted.
+    evil.send("<db:result from='evil.example' to='a.example'>some-key</db:result>")
+        .await;
+    evil.read_until("type='valid'").await;
+    // Authenticated as evil.example: its stanzas are delivered.
+    evil.send(&format!(
+        "<message from='mallory@evil.example/x' to='{}' type='chat'><body>legit</body></message>",
+        alice.full_jid()
+    ))
+    .await;
+    let m = alice
+        .expect("message from evil.example", |e| e.name() == "message")
+        .await;
+    assert_eq!(m.attr("from"), Some("mallory@evil.example/x"));
+    assert_eq!(m.ns(), "jabber:client");
+    // A stanza claiming another domain ends the stream with invalid-from.
+    evil.send(&format!(
+        "<message from='bob@b.example' to='{}' type='chat'><body>forged</body></message>",
+        alice.full_jid()
+    ))
+    .await;
+    let all = evil.read_to_end().await;
+    assert!(all.contains("invalid-from"), "{all}");
+    // And the forged message was not delivered.
+    let probe = format!("m{}", rand_id());
+    alice
+        .send_el(xml(&format!(
+            "<message xmlns='jabber:client' id='{probe}' to='{}' type='chat'><body>self</body></message>",
+            alice.full_jid()
+        )))
+        .await;
+    alice
+        .expect("own message", |e| e.attr("id") == Some(probe.as_str()))
+        .await;
+    assert!(
+        !alice.backlog.iter().any(|e| e
+            .get_child("body", "jabber:client")
+            .is_some_and(|b| b.text() == "forged")),
+        "the forged stanza was delivered"
+    );
+    alice.close().await;
+    a.stop().await;
+    fake.abort();
+}
+
+#[tokio::test]
+async fn stanzas_before_dialback_are_refused() {
+    let (ac, as_) = (bind().await, bind().await);
+    let a = Node::start("a.example", ac, as_, true, "[federation]\nenabled = true\n").await;
+    let mut peer = RawServer::connect(a.s2s, "b.example", "a.example").await;
+    assert!(
+        peer.received.contains("urn:xmpp:features:dialback"),
+        "{}",
+        peer.received
+    );
+    peer.send("<message from='x@b.example' to='alice@a.example'><body>hi</body></message>")
+        .await;
+    let all = peer.read_to_end().await;
+    assert!(all.contains("invalid-from"), "{all}");
+    a.stop().await;
+}
