@@ -784,7 +784,7 @@ async fn vcard_and_avatar_conversion() {
     let id: String = sha1::Sha1::digest(&png).iter().map(|b| format!("{b:02x}")).collect();
     let meta = items(&mut b, "alice@localhost", "urn:xmpp:avatar:metadata", "").await;
     assert!(is_result(&meta), "{}", to_s(&meta));
-    assert_eq!(item_ids(&meta), [id.clone()]);
+    assert_eq!(item_ids(&meta), std::slice::from_ref(&id));
     let info = meta
         .get_child("pubsub", PUBSUB)
         .unwrap()

@@ -176,7 +176,7 @@ pub async fn intercept(server: &Arc<Server>, stanza: &Element, from: &Jid, to: &
     false
 }
 
-fn items_of(el: &Element) -> Result<Vec<String>, StanzaError> {
+fn items_of(el: &Element) -> Result<Vec<String>, Condition> {
     let mut out = vec![];
     for i in el.children().filter(|c| c.is("item", NS)) {
         let j = i.attr("jid").ok_or(Condition::BadRequest)?;

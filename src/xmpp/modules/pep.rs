@@ -234,8 +234,8 @@ async fn handle(ctx: IqCtx<'_>) -> IqReply {
                 .await
                 .map_err(internal)?
                 .ok_or_else(|| StanzaError::from(Condition::ItemNotFound))?;
-            if !is_owner {
-                check_access(&cfg, roster.as_ref())?;
+            if let Some(e) = access_denied(&cfg, roster.as_ref()).filter(|_| !is_owner) {
+                return Err(e);
             }
             let mut out = elem("items", NS_PUBSUB).with("node", node);
             for i in &items {
@@ -510,20 +510,21 @@ pub fn config_form(cfg: &NodeConfig) -> Element {
         ))
 }
 
-/// Whether a contact (with roster row `roster`, seen from the owner) may read a node.
-pub fn check_access(cfg: &NodeConfig, roster: Option<&RosterItem>) -> Result<(), StanzaError> {
+/// Why a contact (with roster row `roster`, seen from the owner) may not
+/// read a node; `None` when it may.
+pub fn access_denied(cfg: &NodeConfig, roster: Option<&RosterItem>) -> Option<StanzaError> {
     match cfg.access_model {
-        Access::Open => Ok(()),
-        Access::Presence if roster.is_some_and(|r| r.sub.from()) => Ok(()),
-        Access::Presence => Err(perr(Condition::NotAuthorized, Some("presence-subscription-required"))),
+        Access::Open => None,
+        Access::Presence if roster.is_some_and(|r| r.sub.from()) => None,
+        Access::Presence => Some(perr(Condition::NotAuthorized, Some("presence-subscription-required"))),
         Access::Roster
             if roster
                 .is_some_and(|r| r.in_roster && r.groups.iter().any(|g| cfg.roster_groups_allowed.contains(g))) =>
         {
-            Ok(())
+            None
         }
-        Access::Roster => Err(perr(Condition::NotAuthorized, Some("not-in-roster-group"))),
-        Access::Whitelist => Err(perr(Condition::NotAllowed, Some("closed-node"))),
+        Access::Roster => Some(perr(Condition::NotAuthorized, Some("not-in-roster-group"))),
+        Access::Whitelist => Some(perr(Condition::NotAllowed, Some("closed-node"))),
     }
 }
 
@@ -751,7 +752,7 @@ async fn notify(server: &Arc<Server>, owner: &BareJid, account: i64, node: &str,
     };
     for t in targets {
         let bare = t.to_bare();
-        if bare != *owner && check_access(cfg, roster.get(&bare.to_string())).is_err() {
+        if bare != *owner && access_denied(cfg, roster.get(&bare.to_string())).is_some() {
             continue;
         }
         route(server, event_message(owner, &Jid::from(t), ev.clone())).await;
@@ -785,7 +786,7 @@ async fn send_last_items(server: &Arc<Server>, owner: BareJid, jid: FullJid, fea
                 if cfg.send_last_published_item == SendLast::Never {
                     continue;
                 }
-                if !self_ && check_access(&cfg, roster.as_ref()).is_err() {
+                if !self_ && access_denied(&cfg, roster.as_ref()).is_some() {
                     continue;
                 }
                 if let Some(last) = store::pep::items(c, account, &node, Some(1))?.pop() {
@@ -902,7 +903,7 @@ pub async fn disco_items(server: &Arc<Server>, from: &Jid, owner: &BareJid) -> V
             let roster = store::roster::get(c, account, &requester.to_string())?;
             Ok(store::pep::nodes(c, account)?
                 .into_iter()
-                .filter(|(_, cfg)| self_ || check_access(cfg, roster.as_ref()).is_ok())
+                .filter(|(_, cfg)| self_ || access_denied(cfg, roster.as_ref()).is_none())
                 .map(|(n, _)| n)
                 .collect::<Vec<_>>())
         })
