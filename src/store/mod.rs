@@ -6,6 +6,7 @@
 
 pub mod accounts;
 pub mod archive;
+pub mod backup;
 pub mod invites;
 pub mod offline;
 pub mod push;
