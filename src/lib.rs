@@ -11,14 +11,18 @@
 //! - [`server`]: the shared state every connection holds
 //! - [`push`]: the push core (relay accounts, tokens, outbox, providers)
 //! - [`http`]: the HTTPS listener and the relay's JSON API
+//! - [`metrics`]: metric names, recording helpers, the `/metrics` endpoint
+//! - [`systemd`]: readiness, stopping and watchdog notifications
 
 pub mod certs;
 pub mod config;
 pub mod http;
+pub mod metrics;
 pub mod net;
 pub mod push;
 pub mod server;
 pub mod store;
+pub mod systemd;
 pub mod xmpp;
 
 use anyhow::{Context, Result};
@@ -38,6 +42,7 @@ pub struct Listeners {
     pub s2s: Vec<TcpListener>,
     pub s2s_direct_tls: Vec<TcpListener>,
     pub https: Vec<TcpListener>,
+    pub metrics: Vec<TcpListener>,
 }
 
 impl Listeners {
@@ -67,6 +72,7 @@ impl Listeners {
                 false => vec![],
             },
             https: all("https", &config.listen.https).await?,
+            metrics: all("metrics", &config.metrics.listen).await?,
         })
     }
 }
@@ -139,6 +145,9 @@ pub async fn run(
     for l in listeners.s2s_direct_tls {
         spawn_accept(server.clone(), l, alive.clone(), Kind::S2sDirectTls);
     }
+    for l in listeners.metrics {
+        metrics::spawn_serve(server.clone(), l);
+    }
     #[cfg(unix)]
     spawn_reload(server.clone());
     ready();
@@ -163,6 +172,17 @@ enum Kind {
     C2sDirectTls,
     S2sStartTls,
     S2sDirectTls,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::C2sStartTls => "c2s_starttls",
+            Kind::C2sDirectTls => "c2s_direct_tls",
+            Kind::S2sStartTls => "s2s_starttls",
+            Kind::S2sDirectTls => "s2s_direct_tls",
+        }
+    }
 }
 
 fn spawn_accept(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<()>, kind: Kind) {
@@ -191,6 +211,7 @@ fn spawn_accept(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<
                         return;
                     }
                 };
+                metrics::connection(kind.label());
                 match kind {
                     Kind::C2sStartTls => xmpp::c2s::serve_starttls(server.clone(), tcp, peer).await,
                     Kind::C2sDirectTls => xmpp::c2s::serve_direct_tls(server.clone(), tcp, peer).await,

@@ -32,6 +32,14 @@ enum Command {
     /// Manage invitations (XEP-0401).
     #[command(subcommand)]
     Invite(InviteCmd),
+    /// Copy the database to FILE, consistently, while the daemon runs.
+    Backup {
+        /// Where to write the copy (must not exist yet).
+        file: PathBuf,
+    },
+    /// Write the man page and shell completions into DIR (used when packaging).
+    #[command(hide = true)]
+    GenerateAssets { dir: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -84,6 +92,15 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::GenerateAssets { dir } = &cli.command {
+        return match generate_assets(dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("pushbox: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let path = pushbox::config::locate(cli.config.as_deref());
     let config = match Config::load(path.as_deref()) {
         Ok(c) => c,
@@ -97,6 +114,8 @@ fn main() -> ExitCode {
         Command::Check => check(&config),
         Command::User(u) => user(&config, u),
         Command::Invite(i) => invite(&config, i),
+        Command::Backup { file } => backup(&config, &file),
+        Command::GenerateAssets { .. } => unreachable!("handled before loading the configuration"),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,7 +143,11 @@ fn serve(config: Config) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listeners = pushbox::Listeners::bind(&config).await?;
-        pushbox::run(config, listeners, shutdown_signal(), || {}).await
+        let shutdown = async {
+            shutdown_signal().await;
+            pushbox::systemd::stopping();
+        };
+        pushbox::run(config, listeners, shutdown, pushbox::systemd::ready).await
     })
 }
 
@@ -276,6 +299,29 @@ fn invite(config: &Config, cmd: InviteCmd) -> Result<()> {
             }
             println!("revoked {n} invitation(s)");
         }
+    }
+    Ok(())
+}
+
+fn backup(config: &Config, file: &std::path::Path) -> Result<()> {
+    let db = config.data_dir.join("pushbox.sqlite3");
+    let size = store::backup::backup(&db, file).map_err(|e| anyhow!("{e}"))?;
+    println!("backed up {} to {} ({size} bytes)", db.display(), file.display());
+    Ok(())
+}
+
+/// The man page pushbox(1) and completions for bash, zsh and fish, from the
+/// clap definitions above, so they never drift from the real CLI.
+fn generate_assets(dir: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let cmd = Cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    std::fs::write(dir.join("pushbox.1"), page)?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "pushbox", dir)?;
     }
     Ok(())
 }

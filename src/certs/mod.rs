@@ -2,6 +2,8 @@
 //! s2s, HTTPS). It resolves by SNI, so a certificate replaced here (SIGHUP in
 //! `files` mode, renewal in `acme` mode) is served everywhere at once.
 
+mod validity;
+
 use crate::config::{Config, TlsMode};
 use anyhow::{anyhow, Context, Result};
 use rustls::{
@@ -107,6 +109,18 @@ impl CertStore {
             .with_cert_resolver(self.clone());
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(cfg)
+    }
+
+    /// Each served name with its certificate's `notAfter` (Unix seconds), sorted by name.
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<_> = inner
+            .by_name
+            .iter()
+            .filter_map(|(n, k)| Some((n.clone(), validity::not_after(k.cert.first()?)?)))
+            .collect();
+        v.sort();
+        v
     }
 
     /// The path of the local CA certificate (mode `self-signed`), for users to trust.

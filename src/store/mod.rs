@@ -7,6 +7,7 @@
 pub mod account_data;
 pub mod accounts;
 pub mod archive;
+pub mod backup;
 pub mod invites;
 pub mod offline;
 pub mod pep;

@@ -23,6 +23,7 @@ async fn route_inner(server: &Arc<Server>, stanza: Element) {
     let Some(kind) = Kind::of(&stanza) else {
         return;
     };
+    crate::metrics::stanza_routed(kind);
     let Some(from) = stanza::from(&stanza) else {
         tracing::warn!("dropping a stanza without a from address");
         return;

@@ -365,8 +365,12 @@ async fn authenticate(
             return Err(ConnError::Stream(StreamError::PolicyViolation));
         }
         match sasl_exchange(server, xs, &el, cb).await? {
-            Ok(username) => return Ok(username),
+            Ok(username) => {
+                crate::metrics::login(true);
+                return Ok(username);
+            }
             Err(f) => {
+                crate::metrics::login(false);
                 failures += 1;
                 let blocked = f == Failure::NotAuthorized && peer_ip.is_some_and(|ip| server.limiter.login_failed(ip));
                 tracing::info!(condition = f.condition(), failures, "authentication failed");
