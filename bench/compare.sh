@@ -11,17 +11,18 @@
 # (also written to $OUT, default bench-results.md in the work directory).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+ROOT="${BENCH_SRC:-$(cd "$(dirname "$0")/.." && pwd)}"
 WORK="${WORK:-$(mktemp -d)}"
+mkdir -p "$WORK"
 OUT="${OUT:-$WORK/bench-results.md}"
 SERVERS="${SERVERS:-pushbox prosody prosody-gc ejabberd}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 
 # Workload sizes (same for every server).
 if [ -n "${QUICK:-}" ]; then
-  USERS=200; IDLE=200; PAIRS=20; COUNT=200; LOGINS=200; PINGPONG_COUNT=200
+  USERS=200; IDLE=200; PAIRS=20; COUNT=200; LOGINS=200; PINGPONG_COUNT=200; MANY=1000
 else
-  USERS=2000; IDLE=2000; PAIRS=50; COUNT=2000; LOGINS=1000; PINGPONG_COUNT=1000
+  USERS=1000; IDLE=1000; PAIRS=20; COUNT=500; LOGINS=300; PINGPONG_COUNT=200; MANY=10000
 fi
 WINDOW=10
 
@@ -44,8 +45,10 @@ install_peers() {
 }
 
 build() {
-  log "building pushbox and pushbox-loadgen (release)"
-  (cd "$ROOT" && cargo build --release --locked -p pushbox -p pushbox-loadgen >&2)
+  if [ -z "${NO_BUILD:-}" ]; then
+    log "building pushbox and pushbox-loadgen (release)"
+    (cd "$ROOT" && cargo build --release --locked -p pushbox -p pushbox-loadgen >&2)
+  fi
   PUSHBOX="$TARGET/release/pushbox"
   LOADGEN="$TARGET/release/pushbox-loadgen"
 }
@@ -59,7 +62,8 @@ cert() {
 
 wait_port() {
   local port=$1 pid=$2
-  for _ in $(seq 1 300); do
+  # Up to two minutes: ejabberd's first start (Mnesia) is slow on a busy machine.
+  for _ in $(seq 1 1200); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
     kill -0 "$pid" 2>/dev/null || { log "server exited"; return 1; }
     sleep 0.1
@@ -114,12 +118,13 @@ s2s_ports = { }
 pidfile = "$d/prosody.pid"
 data_path = "$d/data"
 allow_registration = true
+registration_invite_only = false
 min_seconds_between_registrations = 0
 registration_throttle_max = 1000000
 c2s_require_encryption = true
 s2s_secure_auth = true
 authentication = "internal_hashed"
-network_settings = { tcp_nodelay = true }
+network_settings = { nagle = false }
 log = { warn = "$d/prosody.log" }
 $gc
 VirtualHost "localhost"
@@ -228,21 +233,21 @@ modules:
 YML
   cat >"$d/ejabberdctl.cfg" <<CFG
 INET_DIST_INTERFACE=127.0.0.1
-ERL_DIST_PORT=35999
+ERL_DIST_PORT=36999
 ERL_OPTIONS="-env ERL_CRASH_DUMP_BYTES 0"
-ERLANG_NODE=ejabberd@localhost
+ERLANG_NODE=pushbox-bench@localhost
 CFG
   chown -R ejabberd: "$d"
   # Started as the ejabberd user directly (not through ejabberdctl's su, which
   # drops the open-files limit to 1024).
-  ulimit -n 65536
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   HOME="$d" setpriv --reuid ejabberd --regid ejabberd --init-groups \
     ejabberdctl --config "$d/ejabberd.yml" --ctl-config "$d/ejabberdctl.cfg" \
-    --spool "$d/spool" --logs "$d/logs" --node ejabberd@localhost foreground >"$d/stdout" 2>&1 &
+    --spool "$d/spool" --logs "$d/logs" --node pushbox-bench@localhost foreground >"$d/stdout" 2>&1 &
   local wrapper=$!
   PORT=35222
   wait_port $PORT $wrapper
-  SERVER_PID=$(pgrep -n -f "beam.smp.*$d/ejabberd.yml" || pgrep -n -f "beam.smp.*ejabberd@localhost")
+  SERVER_PID=$(pgrep -n -f "beam.smp.*$d/ejabberd.yml" || pgrep -n -f "beam.smp.*pushbox-bench@localhost")
   EJ_WRAPPER=$wrapper
 }
 
@@ -265,15 +270,47 @@ run_one() {
   # Warm-up: a few logins and messages so every server has loaded its code paths.
   lg logins --count 50 --users "$USERS" --parallel 5 >/dev/null
   lg messages --pairs 5 --count 200 --window "$WINDOW" >/dev/null
+  # Memory first, while the heap is closest to its state after start-up.
+  sleep 3
+  log "$CURRENT: $IDLE idle sessions"
+  lg --concurrency 50 idle --sessions "$IDLE" --users "$USERS" --hold 1 | tee -a "$WORK/results"
   log "$CURRENT: logins"
   lg logins --count "$LOGINS" --users "$USERS" --parallel 10 | tee -a "$WORK/results"
   log "$CURRENT: messages, window $WINDOW"
   lg messages --pairs "$PAIRS" --count "$COUNT" --window "$WINDOW" | tee -a "$WORK/results"
   log "$CURRENT: messages, ping-pong"
   lg messages --pairs "$PAIRS" --count "$PINGPONG_COUNT" --window 1 | sed 's/mode=messages/mode=pingpong/' | tee -a "$WORK/results"
-  log "$CURRENT: $IDLE idle sessions"
-  lg --concurrency 50 idle --sessions "$IDLE" --users "$USERS" --hold 1 | tee -a "$WORK/results"
   stop_server
+}
+
+# pushbox on its own: binary size, start-up time, idle RSS, RSS with many idle sessions.
+pushbox_alone() {
+  CURRENT=pushbox-alone
+  local d="$WORK/pushbox"
+  log "pushbox alone: size, start-up, idle RSS, $MANY idle sessions"
+  local size; size=$(stat -c %s "$PUSHBOX")
+  # Start-up to accepting connections (data directory already initialised).
+  local startup_ms
+  startup_ms=$(python3 - "$PUSHBOX" "$d/pushbox.toml" <<'PY'
+import socket, subprocess, sys, time
+t0 = time.monotonic()
+p = subprocess.Popen([sys.argv[1], "--config", sys.argv[2], "serve"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+while True:
+    try:
+        socket.create_connection(("127.0.0.1", 15222), timeout=1).close()
+        break
+    except OSError:
+        time.sleep(0.001)
+print(f"{(time.monotonic() - t0) * 1000:.0f}")
+p.terminate(); p.wait()
+PY
+)
+  start_pushbox
+  sleep 2
+  local idle_rss; idle_rss=$(awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status")
+  lg --concurrency 100 idle --sessions "$MANY" --users "$USERS" --hold 1 | tee -a "$WORK/results"
+  stop_server
+  echo "RESULT label=pushbox mode=alone binary_bytes=$size startup_ms=$startup_ms idle_rss_kib=$idle_rss" | tee -a "$WORK/results"
 }
 
 table() {
@@ -298,12 +335,14 @@ cols = [
     ("logins/s", "logins", "logins_per_s"),
     ("RSS MiB with idle sessions", "idle", "rss_after_kib"),
 ]
-labels = list(rows)
+labels = [l for l in rows if l != "pushbox-alone"]
 print("| figure | " + " | ".join(labels) + " |")
 print("|---|" + "---|" * len(labels))
 for title, mode, key in cols:
     cells = []
     for l in labels:
+        if l == "pushbox-alone":
+            continue
         if isinstance(key, tuple):
             cells.append(" / ".join(g(l, mode, k) for k in key))
         elif key == "rss_after_kib":
@@ -313,17 +352,29 @@ for title, mode, key in cols:
             cells.append(g(l, mode, key))
     t = title % (rows[labels[0]]["messages"]["window"],) if "%s" in title else title
     print(f"| {t} | " + " | ".join(cells) + " |")
+alone = rows.get("pushbox", {}).get("alone")
+many = rows.get("pushbox-alone", {}).get("idle")
+if alone:
+    print()
+    print("| pushbox alone | |")
+    print("|---|---|")
+    print(f"| release binary | {int(alone['binary_bytes'])/1048576:.1f} MiB |")
+    print(f"| start-up to accepting connections | {alone['startup_ms']} ms |")
+    print(f"| idle RSS after start | {int(alone['idle_rss_kib'])/1024:.1f} MiB |")
+if many:
+    print(f"| {many['sessions']} idle TLS sessions | {int(many['rss_after_kib'])/1024:.0f} MiB RSS, {many['kib_per_session']} KiB each |")
 PY
 }
 
 main() {
   install_peers
   build
-  : >"$WORK/results"
-  ulimit -n 65536 || true
+  [ -n "${APPEND:-}" ] || : >"$WORK/results"
+  ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   for s in $SERVERS; do run_one "$s"; done
+  case " $SERVERS " in *" pushbox "*) pushbox_alone ;; esac
   {
-    echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores; users=$USERS idle=$IDLE pairs=$PAIRS count=$COUNT logins=$LOGINS"
+    echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, load average $(cut -d" " -f1-3 /proc/loadavg); users=$USERS idle=$IDLE pairs=$PAIRS count=$COUNT logins=$LOGINS"
     echo
     table
   } | tee "$OUT"

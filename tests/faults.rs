@@ -25,7 +25,7 @@ fn free_port() -> SocketAddr {
 }
 
 async fn start(dir: &Path, addr: SocketAddr) -> Daemon {
-    let child = Command::new(env!("CARGO_BIN_EXE_pushbox"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pushbox"))
         .arg("--config")
         .arg(dir.join("pushbox.toml"))
         .arg("serve")
@@ -39,6 +39,8 @@ async fn start(dir: &Path, addr: SocketAddr) -> Daemon {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
     panic!("pushbox did not start listening on {addr}: {log}");
 }

@@ -114,6 +114,9 @@ fn now_us() -> u64 {
     start().elapsed().as_micros() as u64
 }
 
+/// Server CPU µs used, RSS before and after in KiB.
+type ServerCost = (u64, u64, u64);
+
 struct Meter {
     pid: Option<String>,
     before: Option<cost::Sample>,
@@ -131,8 +134,8 @@ impl Meter {
         })
     }
 
-    /// (wall seconds, server CPU µs, server RSS before and after in KiB, own CPU µs).
-    fn end(&self) -> Result<(f64, Option<(u64, u64, u64)>, u64)> {
+    /// (wall seconds, server cost, own CPU µs).
+    fn end(&self) -> Result<(f64, Option<ServerCost>, u64)> {
         let wall = self.t0.elapsed().as_secs_f64();
         let server = match (&self.pid, self.before) {
             (Some(p), Some(b)) => {
@@ -211,7 +214,7 @@ fn report(cli: &Cli, mode: &str, fields: &[(&str, String)]) {
     println!("RESULT label={} mode={mode} {}", cli.label, kv.join(" "));
 }
 
-fn server_fields(out: &mut Vec<(&'static str, String)>, s: Option<(u64, u64, u64)>, per: f64, unit: &'static str) {
+fn server_fields(out: &mut Vec<(&'static str, String)>, s: Option<ServerCost>, per: f64, unit: &'static str) {
     if let Some((cpu, rss0, rss1)) = s {
         out.push(("server_cpu_ms", format!("{:.0}", cpu as f64 / 1000.0)));
         out.push((unit, format!("{:.1}", cpu as f64 / per)));
