@@ -265,15 +265,25 @@ run_one() {
   CURRENT=$1
   log "$CURRENT: starting"
   "start_$CURRENT"
-  log "$CURRENT: pid $SERVER_PID on $PORT; registering $USERS accounts"
-  lg --concurrency 20 register --users "$USERS" >&2
-  # Warm-up: a few logins and messages so every server has loaded its code paths.
-  lg logins --count 50 --users "$USERS" --parallel 5 >/dev/null
-  lg messages --pairs 5 --count 200 --window "$WINDOW" >/dev/null
-  # Memory first, while the heap is closest to its state after start-up.
+  if [ ! -e "$WORK/$CURRENT.registered" ]; then
+    log "$CURRENT: pid $SERVER_PID on $PORT; registering $USERS accounts"
+    lg --concurrency 20 register --users "$USERS" >&2
+    touch "$WORK/$CURRENT.registered"
+  fi
+  # Memory first, in a fresh process: garbage left by the registrations would
+  # otherwise be reused by the new sessions and hide their cost.
+  stop_server
+  "start_$CURRENT"
   sleep 3
   log "$CURRENT: $IDLE idle sessions"
   lg --concurrency 50 idle --sessions "$IDLE" --users "$USERS" --hold 1 | tee -a "$WORK/results"
+  if [ -n "${IDLE_ONLY:-}" ]; then
+    stop_server
+    return
+  fi
+  # Warm-up: a few logins and messages so every server has loaded its code paths.
+  lg logins --count 50 --users "$USERS" --parallel 5 >/dev/null
+  lg messages --pairs 5 --count 200 --window "$WINDOW" >/dev/null
   log "$CURRENT: logins"
   lg logins --count "$LOGINS" --users "$USERS" --parallel 10 | tee -a "$WORK/results"
   log "$CURRENT: messages, window $WINDOW"
@@ -372,7 +382,7 @@ main() {
   [ -n "${APPEND:-}" ] || : >"$WORK/results"
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   for s in $SERVERS; do run_one "$s"; done
-  case " $SERVERS " in *" pushbox "*) pushbox_alone ;; esac
+  case " $SERVERS " in *" pushbox "*) [ -n "${IDLE_ONLY:-}" ] || pushbox_alone ;; esac
   {
     echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, load average $(cut -d" " -f1-3 /proc/loadavg); users=$USERS idle=$IDLE pairs=$PAIRS count=$COUNT logins=$LOGINS"
     echo
