@@ -62,8 +62,8 @@ cert() {
 
 wait_port() {
   local port=$1 pid=$2
-  # Up to two minutes: ejabberd's first start (Mnesia) is slow on a busy machine.
-  for _ in $(seq 1 1200); do
+  # Up to five minutes: ejabberd's first start (Mnesia) is slow on a busy machine.
+  for _ in $(seq 1 3000); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
     kill -0 "$pid" 2>/dev/null || { log "server exited"; return 1; }
     sleep 0.1
@@ -246,6 +246,9 @@ CFG
     --spool "$d/spool" --logs "$d/logs" --node pushbox-bench@localhost foreground >"$d/stdout" 2>&1 &
   local wrapper=$!
   PORT=35222
+  wait_port $PORT $wrapper
+  # On a busy machine the listener can come up before the node is ready: check again.
+  sleep 5
   wait_port $PORT $wrapper
   SERVER_PID=$(pgrep -n -f "beam.smp.*$d/ejabberd.yml" || pgrep -n -f "beam.smp.*pushbox-bench@localhost")
   EJ_WRAPPER=$wrapper
