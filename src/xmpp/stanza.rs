@@ -165,7 +165,11 @@ pub fn bounce(stanza: &Element, err: impl Into<StanzaError>, server: &str) -> Op
     if let Some(f) = stanza.attr("from") {
         reply.set("to", f);
     }
-    reply.set("from", stanza.attr("to").unwrap_or(server));
+    // A `to` that is not a JID cannot be the error's sender (jid-malformed).
+    reply.set(
+        "from",
+        stanza.attr("to").filter(|t| Jid::new(t).is_ok()).unwrap_or(server),
+    );
     // Include the original payload so the sender can tell which request failed.
     if stanza.name() != "iq" || t == "get" || t == "set" {
         for c in stanza.children() {

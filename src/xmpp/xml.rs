@@ -104,6 +104,8 @@ pub struct StreamParser {
     /// Bytes in the stanza being parsed so far.
     stanza_bytes: usize,
     attrs_here: usize,
+    /// Attribute names seen on the element being opened (duplicates are not well-formed).
+    attr_names: Vec<String>,
     header: Option<StreamHeader>,
     in_header: bool,
     header_open_ok: bool,
@@ -125,6 +127,7 @@ impl StreamParser {
             depth: 0,
             stanza_bytes: 0,
             attrs_here: 0,
+            attr_names: Vec::new(),
             header: None,
             in_header: false,
             header_open_ok: false,
@@ -161,6 +164,7 @@ impl StreamParser {
             RawEvent::XmlDeclaration(..) => Ok(None),
             RawEvent::ElementHeadOpen(m, (prefix, name)) => {
                 self.attrs_here = 0;
+                self.attr_names.clear();
                 if self.depth == 0 {
                     self.in_header = true;
                     self.header_open_ok =
@@ -184,6 +188,14 @@ impl StreamParser {
                 if self.attrs_here > self.limits.max_attributes {
                     return Err(StreamError::PolicyViolation);
                 }
+                let qname = match prefix.as_deref() {
+                    Some(p) => format!("{}:{}", p.as_str(), name.as_str()),
+                    None => name.to_string(),
+                };
+                if self.attr_names.contains(&qname) {
+                    return Err(StreamError::NotWellFormed);
+                }
+                self.attr_names.push(qname);
                 if self.in_header {
                     let h = self.header.as_mut().expect("header started");
                     match (prefix.as_deref().map(|p| p.as_str()), name.as_str()) {
@@ -258,6 +270,8 @@ impl StreamParser {
 
 fn map_rxml_error(e: &rxml::Error) -> StreamError {
     match e {
+        // A name or attribute value longer than the stanza size limit.
+        rxml::Error::RestrictedXml("long name or reference") => StreamError::PolicyViolation,
         rxml::Error::RestrictedXml(_) => StreamError::RestrictedXml,
         _ => StreamError::NotWellFormed,
     }

@@ -322,6 +322,54 @@ impl RawClient {
         }
     }
 
+    /// Connect from a given local loopback address (127.0.0.x), to test per-IP limits.
+    pub async fn connect_from(addr: SocketAddr, local: std::net::IpAddr) -> std::io::Result<RawClient> {
+        let sock = tokio::net::TcpSocket::new_v4()?;
+        sock.bind(SocketAddr::new(local, 0))?;
+        let tcp = sock.connect(addr).await?;
+        Ok(RawClient {
+            tls: None,
+            tcp: Some(tcp),
+            received: String::new(),
+        })
+    }
+
+    /// Negotiate STARTTLS on a plain connection made with [`RawClient::connect_from`].
+    pub async fn starttls(&mut self) {
+        self.send(HEADER).await;
+        self.read_until("</stream:features>").await;
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
+        self.read_until("<proceed").await;
+        let tcp = self.tcp.take().unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(client_tls_config())
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        self.tls = Some(tls);
+        self.received.clear();
+    }
+
+    /// After [`RawClient::starttls`]: SASL PLAIN, restart, bind.
+    pub async fn plain_login_and_bind(&mut self, user: &str, pw: &str) {
+        use base64::Engine;
+        self.send(HEADER).await;
+        self.read_until("</stream:features>").await;
+        let cred = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pw}"));
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>"
+        ))
+        .await;
+        self.read_until("<success").await;
+        self.received.clear();
+        self.send(HEADER).await;
+        self.read_until("</stream:features>").await;
+        self.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+            .await;
+        self.read_until("</iq>").await;
+        self.received.clear();
+    }
+
     /// Connect and negotiate STARTTLS, leaving a fresh TLS stream before its header.
     pub async fn connect_tls(addr: SocketAddr) -> RawClient {
         let mut c = Self::connect(addr).await;
@@ -422,6 +470,51 @@ impl RawClient {
         tokio::time::timeout(WAIT, fut)
             .await
             .unwrap_or_else(|_| panic!("timed out waiting for {needle:?}; got: {}", self.received))
+    }
+
+    /// Write without panicking (the peer may have closed already).
+    pub async fn try_send_bytes(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match (&mut self.tls, &mut self.tcp) {
+            (Some(t), _) => t.write_all(b).await,
+            (None, Some(t)) => t.write_all(b).await,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Read whatever arrives within `d`; returns false once the peer has closed.
+    pub async fn read_for(&mut self, d: Duration) -> bool {
+        let mut buf = [0u8; 8192];
+        let read = async {
+            loop {
+                let n = match (&mut self.tls, &mut self.tcp) {
+                    (Some(t), _) => t.read(&mut buf).await.unwrap_or(0),
+                    (None, Some(t)) => t.read(&mut buf).await.unwrap_or(0),
+                    _ => unreachable!(),
+                };
+                if n == 0 {
+                    return false;
+                }
+                self.received.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        };
+        tokio::time::timeout(d, read).await.unwrap_or(true)
+    }
+
+    /// Read until stream features arrive or the peer closes; returns everything read.
+    pub async fn read_to_end_or_features(&mut self) -> String {
+        let mut buf = [0u8; 8192];
+        while !self.received.contains("</stream:features>") {
+            let n = match (&mut self.tls, &mut self.tcp) {
+                (Some(t), _) => t.read(&mut buf).await.unwrap_or(0),
+                (None, Some(t)) => t.read(&mut buf).await.unwrap_or(0),
+                _ => unreachable!(),
+            };
+            if n == 0 {
+                break;
+            }
+            self.received.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        self.received.clone()
     }
 
     /// Read until the peer closes; returns everything read.

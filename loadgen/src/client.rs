@@ -1,0 +1,314 @@
+//! One XMPP client connection as a real client makes it: TCP, STARTTLS or
+//! direct TLS, optional in-band registration, SASL (SCRAM or PLAIN),
+//! stream restart, resource binding and initial presence.
+
+use crate::{
+    scram::{self, Mech, Scram},
+    xml::{esc, Ev, Reader},
+};
+use anyhow::{anyhow, bail, Context, Result};
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use minidom::Element;
+use rustls_pki_types::ServerName;
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+use tokio_rustls::{client::TlsStream, TlsConnector};
+
+const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
+const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
+const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
+/// Every step of a login must answer within this.
+pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where and how to connect.
+pub struct Target {
+    pub addr: SocketAddr,
+    pub domain: String,
+    pub direct_tls: bool,
+    pub tls: Arc<rustls::ClientConfig>,
+    pub mech: Option<Mech>,
+}
+
+/// An XML stream over a byte stream.
+pub struct Xs<S> {
+    pub io: S,
+    rd: Reader,
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Xs<S> {
+    fn new(io: S) -> Self {
+        Xs {
+            io,
+            rd: Reader::new(),
+            buf: vec![0; 8192].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+        }
+    }
+
+    pub async fn send(&mut self, s: &str) -> Result<()> {
+        self.io.write_all(s.as_bytes()).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// The next event from the server (cancel-safe: the only await is the read).
+    pub async fn next(&mut self) -> Result<Ev> {
+        loop {
+            let mut slice = &self.buf[self.pos..self.len];
+            let before = slice.len();
+            let r = self.rd.next(&mut slice)?;
+            self.pos += before - slice.len();
+            if let Some(ev) = r {
+                return Ok(ev);
+            }
+            self.pos = 0;
+            self.len = 0;
+            let n = self.io.read(&mut self.buf).await?;
+            if n == 0 {
+                bail!("server closed the connection");
+            }
+            self.len = n;
+        }
+    }
+
+    /// The next top-level element, with a timeout; stream errors become errors.
+    pub async fn element(&mut self) -> Result<Element> {
+        match tokio::time::timeout(STEP_TIMEOUT, self.next()).await {
+            Err(_) => bail!("server did not answer in {STEP_TIMEOUT:?}"),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Ev::El(e))) if e.name() == "error" && e.ns() == "http://etherx.jabber.org/streams" => {
+                let cond = e.children().next().map(|c| c.name().to_string()).unwrap_or_default();
+                bail!("stream error: {cond}")
+            }
+            Ok(Ok(Ev::El(e))) => Ok(e),
+            Ok(Ok(Ev::Header)) => bail!("unexpected stream header"),
+            Ok(Ok(Ev::Close)) => bail!("server closed the stream"),
+        }
+    }
+
+    /// Send our stream header, read the server's and its features.
+    async fn open(&mut self, domain: &str) -> Result<Element> {
+        self.rd = Reader::new();
+        self.send(&format!(
+            "<?xml version='1.0'?><stream:stream xmlns='jabber:client' \
+             xmlns:stream='http://etherx.jabber.org/streams' to='{}' version='1.0' xml:lang='en'>",
+            esc(domain)
+        ))
+        .await?;
+        match tokio::time::timeout(STEP_TIMEOUT, self.next()).await {
+            Ok(Ok(Ev::Header)) => {}
+            Ok(Ok(_)) => bail!("expected a stream header"),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => bail!("no stream header in {STEP_TIMEOUT:?}"),
+        }
+        let f = self.element().await?;
+        if f.name() != "features" {
+            bail!("expected stream features, got <{}>", f.name());
+        }
+        Ok(f)
+    }
+}
+
+pub type Conn = Xs<TlsStream<TcpStream>>;
+
+/// Accept any certificate (loopback benchmarks with self-signed servers).
+#[derive(Debug)]
+struct AnyCert(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls_pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// TLS client settings: trust `ca` (PEM) or, without it, any certificate.
+pub fn tls_config(ca: Option<&std::path::Path>, direct_tls: bool) -> Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder =
+        rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let mut cfg = match ca {
+        Some(path) => {
+            use rustls_pki_types::{pem::PemObject, CertificateDer};
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(path).with_context(|| format!("reading {}", path.display()))? {
+                roots.add(c?)?;
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+        None => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert(provider)))
+            .with_no_client_auth(),
+    };
+    if direct_tls {
+        cfg.alpn_protocols = vec![b"xmpp-client".to_vec()];
+    }
+    Ok(Arc::new(cfg))
+}
+
+async fn tls(t: &Target, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
+    let name = ServerName::try_from(t.domain.clone())?;
+    let s = tokio::time::timeout(STEP_TIMEOUT, TlsConnector::from(t.tls.clone()).connect(name, tcp))
+        .await
+        .map_err(|_| anyhow!("TLS handshake timed out"))??;
+    Ok(s)
+}
+
+fn mechanisms(features: &Element) -> Vec<String> {
+    features
+        .get_child("mechanisms", NS_SASL)
+        .map(|m| m.children().map(|c| c.text()).collect())
+        .unwrap_or_default()
+}
+
+/// What to do once connected.
+#[derive(Clone, Copy, Default)]
+pub struct Steps {
+    /// Register the account in-band first (XEP-0077); "already exists" is fine.
+    pub register: bool,
+    /// Send initial presence after binding.
+    pub presence: bool,
+}
+
+/// Connect, authenticate as `user`, bind; returns the stream and the bound JID.
+pub async fn login(t: &Target, user: &str, password: &str, steps: Steps) -> Result<(Conn, String)> {
+    let tcp = TcpStream::connect(t.addr).await.context("connect")?;
+    tcp.set_nodelay(true)?;
+    let mut xs = if t.direct_tls {
+        Xs::new(tls(t, tcp).await?)
+    } else {
+        let mut plain = Xs::new(tcp);
+        let f = plain.open(&t.domain).await?;
+        if f.get_child("starttls", NS_TLS).is_none() {
+            bail!("the server does not offer STARTTLS");
+        }
+        plain.send(&format!("<starttls xmlns='{NS_TLS}'/>")).await?;
+        let p = plain.element().await?;
+        if p.name() != "proceed" {
+            bail!("STARTTLS refused: <{}>", p.name());
+        }
+        Xs::new(tls(t, plain.io).await?)
+    };
+    let features = xs.open(&t.domain).await?;
+    if steps.register {
+        xs.send(&format!(
+            "<iq type='set' id='reg1'><query xmlns='jabber:iq:register'><username>{}</username>\
+             <password>{}</password></query></iq>",
+            esc(user),
+            esc(password)
+        ))
+        .await?;
+        let r = xs.element().await?;
+        let conflict = r
+            .get_child("error", "jabber:client")
+            .is_some_and(|e| e.get_child("conflict", "urn:ietf:params:xml:ns:xmpp-stanzas").is_some());
+        if r.attr("type") != Some("result") && !conflict {
+            bail!("registration of {user} failed: {}", String::from(&r));
+        }
+    }
+    let offered = mechanisms(&features);
+    let mech = match t.mech {
+        Some(m) => m,
+        None => [Mech::Sha256, Mech::Sha1, Mech::Plain]
+            .into_iter()
+            .find(|m| offered.iter().any(|o| o == m.name()))
+            .ok_or_else(|| anyhow!("no usable SASL mechanism among {offered:?}"))?,
+    };
+    authenticate(&mut xs, mech, user, password).await?;
+    xs.open(&t.domain).await?;
+    xs.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+        .await?;
+    let jid = loop {
+        let r = xs.element().await?;
+        if r.name() == "iq" && r.attr("id") == Some("bind1") {
+            if r.attr("type") != Some("result") {
+                bail!("bind failed: {}", String::from(&r));
+            }
+            break r
+                .get_child("bind", NS_BIND)
+                .and_then(|b| b.get_child("jid", NS_BIND))
+                .map(|j| j.text())
+                .ok_or_else(|| anyhow!("bind result without a JID"))?;
+        }
+    };
+    if steps.presence {
+        xs.send("<presence/>").await?;
+    }
+    Ok((xs, jid))
+}
+
+async fn authenticate(xs: &mut Conn, mech: Mech, user: &str, password: &str) -> Result<()> {
+    let (mut scram, first) = match mech {
+        Mech::Plain => (None, scram::plain(user, password)),
+        m => {
+            let (s, first) = Scram::start(m, user, password);
+            (Some(s), first)
+        }
+    };
+    xs.send(&format!(
+        "<auth xmlns='{NS_SASL}' mechanism='{}'>{}</auth>",
+        mech.name(),
+        B64.encode(first)
+    ))
+    .await?;
+    loop {
+        let el = xs.element().await?;
+        let data = || B64.decode(el.text().trim()).context("base64 from the server");
+        match el.name() {
+            "challenge" => {
+                let s = scram.as_mut().ok_or_else(|| anyhow!("a challenge for PLAIN"))?;
+                let d = data()?;
+                // Some servers send the server-final message as a last challenge.
+                let reply = if d.starts_with(b"v=") {
+                    s.verify(&d)?;
+                    vec![]
+                } else {
+                    s.respond(&d)?
+                };
+                xs.send(&format!("<response xmlns='{NS_SASL}'>{}</response>", B64.encode(reply)))
+                    .await?;
+            }
+            "success" => {
+                let d = data()?;
+                if let (Some(s), false) = (&scram, d.is_empty()) {
+                    s.verify(&d)?;
+                }
+                return Ok(());
+            }
+            _ => bail!("authentication of {user} failed: {}", String::from(&el)),
+        }
+    }
+}

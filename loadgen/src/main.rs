@@ -1,0 +1,451 @@
+//! pushbox-loadgen: drives an XMPP server (pushbox, Prosody, ejabberd, any)
+//! over TLS like real clients do and reports what the server spent, read
+//! from /proc, next to the latency and throughput the clients saw.
+
+mod client;
+mod cost;
+mod scram;
+mod xml;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use client::{login, Conn, Steps, Target};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
+    time::{Duration, Instant},
+};
+use tokio::sync::Semaphore;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "XMPP load generator: idle sessions, message exchange, login storms"
+)]
+struct Cli {
+    /// Server address (ip:port) of a STARTTLS or direct TLS client port.
+    #[arg(long, default_value = "127.0.0.1:5222")]
+    server: SocketAddr,
+    /// The XMPP domain (also the TLS server name).
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// The port speaks direct TLS (XEP-0368) instead of STARTTLS.
+    #[arg(long)]
+    direct_tls: bool,
+    /// Trust this CA (PEM); without it any server certificate is accepted.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// SASL mechanism: SCRAM-SHA-256, SCRAM-SHA-1 or PLAIN (default: the best offered).
+    #[arg(long)]
+    mech: Option<String>,
+    /// Account names are this prefix followed by a number from 0.
+    #[arg(long, default_value = "lg")]
+    user_prefix: String,
+    /// The password of every account.
+    #[arg(long, default_value = "loadgen-pw")]
+    password: String,
+    /// Server process id: report its CPU time and RSS from /proc.
+    #[arg(long)]
+    pid: Option<String>,
+    /// Connections opened at the same time while setting up.
+    #[arg(long, default_value_t = 50)]
+    concurrency: usize,
+    /// A label printed with the results.
+    #[arg(long, default_value = "server")]
+    label: String,
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Create accounts 0..N by in-band registration (XEP-0077).
+    Register {
+        #[arg(long)]
+        users: usize,
+    },
+    /// Hold N authenticated sessions (with presence) open.
+    Idle {
+        #[arg(long)]
+        sessions: usize,
+        /// Accounts to spread the sessions over (default: one each).
+        #[arg(long)]
+        users: Option<usize>,
+        /// Seconds to hold them after all are up.
+        #[arg(long, default_value_t = 5)]
+        hold: u64,
+    },
+    /// P pairs: one side keeps W messages in flight, the other echoes each; M each way.
+    Messages {
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        /// Messages each pair sends in each direction.
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+        /// Messages in flight per pair (1 = ping-pong).
+        #[arg(long, default_value_t = 10)]
+        window: usize,
+        /// Extra body bytes after the timestamp.
+        #[arg(long, default_value_t = 0)]
+        pad: usize,
+    },
+    /// N logins (TLS, SASL, bind, close), C at a time.
+    Logins {
+        #[arg(long)]
+        count: usize,
+        /// Accounts to cycle through.
+        #[arg(long, default_value_t = 100)]
+        users: usize,
+        #[arg(long, default_value_t = 10)]
+        parallel: usize,
+    },
+}
+
+fn start() -> Instant {
+    static T: OnceLock<Instant> = OnceLock::new();
+    *T.get_or_init(Instant::now)
+}
+
+fn now_us() -> u64 {
+    start().elapsed().as_micros() as u64
+}
+
+/// Server CPU µs used, RSS before and after in KiB.
+type ServerCost = (u64, u64, u64);
+
+struct Meter {
+    pid: Option<String>,
+    before: Option<cost::Sample>,
+    me: cost::Sample,
+    t0: Instant,
+}
+
+impl Meter {
+    fn begin(pid: &Option<String>) -> Result<Meter> {
+        Ok(Meter {
+            pid: pid.clone(),
+            before: pid.as_deref().map(cost::sample).transpose()?,
+            me: cost::sample("self")?,
+            t0: Instant::now(),
+        })
+    }
+
+    /// (wall seconds, server cost, own CPU µs).
+    fn end(&self) -> Result<(f64, Option<ServerCost>, u64)> {
+        let wall = self.t0.elapsed().as_secs_f64();
+        let server = match (&self.pid, self.before) {
+            (Some(p), Some(b)) => {
+                let a = cost::sample(p)?;
+                Some((a.cpu_us.saturating_sub(b.cpu_us), b.rss_kib, a.rss_kib))
+            }
+            _ => None,
+        };
+        Ok((wall, server, cost::sample("self")?.cpu_us - self.me.cpu_us))
+    }
+}
+
+fn user(cli: &Cli, i: usize) -> String {
+    format!("{}{i}", cli.user_prefix)
+}
+
+/// Log in `n` sessions (account `which(i)`), `concurrency` at a time.
+async fn open_many(
+    cli: &Arc<Cli>,
+    t: &Arc<Target>,
+    n: usize,
+    which: impl Fn(usize) -> usize,
+    steps: Steps,
+) -> Result<Vec<(Conn, String)>> {
+    let sem = Arc::new(Semaphore::new(cli.concurrency));
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let (cli, t, sem) = (cli.clone(), t.clone(), sem.clone());
+        let u = user(&cli, which(i));
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await;
+            login(&t, &u, &cli.password, steps)
+                .await
+                .with_context(|| format!("login {u}"))
+        }));
+    }
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await??);
+    }
+    Ok(out)
+}
+
+async fn close_all(conns: Vec<(Conn, String)>) {
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .map(|(mut c, _)| {
+            tokio::spawn(async move {
+                let _ = c.send("</stream:stream>").await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    while let Ok(ev) = c.next().await {
+                        if matches!(ev, xml::Ev::Close) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            })
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i] as f64 / 1000.0
+}
+
+fn report(cli: &Cli, mode: &str, fields: &[(&str, String)]) {
+    let kv: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    println!("RESULT label={} mode={mode} {}", cli.label, kv.join(" "));
+}
+
+fn server_fields(out: &mut Vec<(&'static str, String)>, s: Option<ServerCost>, per: f64, unit: &'static str) {
+    if let Some((cpu, rss0, rss1)) = s {
+        out.push(("server_cpu_ms", format!("{:.0}", cpu as f64 / 1000.0)));
+        out.push((unit, format!("{:.1}", cpu as f64 / per)));
+        out.push(("rss_before_kib", rss0.to_string()));
+        out.push(("rss_after_kib", rss1.to_string()));
+    }
+}
+
+/// One message exchange: `a` keeps `window` messages in flight to `b`, `b` echoes.
+async fn pair(
+    (mut a, ja): (Conn, String),
+    (mut b, jb): (Conn, String),
+    count: usize,
+    window: usize,
+    pad: Arc<String>,
+    errors: Arc<AtomicU64>,
+) -> Result<(Vec<u64>, Conn, Conn, String, String)> {
+    let bare = |j: &str| j.split('/').next().unwrap_or(j).to_string();
+    let (ba, bb) = (bare(&ja), bare(&jb));
+    let msg = |to: &str, id: usize, stamp: u64| {
+        format!("<message to='{to}' type='chat' id='m{id}'><body>{stamp} {pad}</body></message>")
+    };
+    let lat_of = |el: &minidom::Element| -> Option<u64> {
+        let body = el.get_child("body", "jabber:client")?.text();
+        let stamp: u64 = body.split(' ').next()?.parse().ok()?;
+        Some(now_us().saturating_sub(stamp))
+    };
+    let echo_errors = errors.clone();
+    let echo_pad = pad.clone();
+    let echo = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(count);
+        while lat.len() < count {
+            let el = b.element().await?;
+            if el.name() != "message" {
+                continue;
+            }
+            if el.attr("type") == Some("error") {
+                echo_errors.fetch_add(1, Ordering::Relaxed);
+                bail!("error bounce: {}", String::from(&el));
+            }
+            let Some(l) = lat_of(&el) else { continue };
+            lat.push(l);
+            let id = lat.len();
+            b.send(&format!(
+                "<message to='{ba}' type='chat' id='e{id}'><body>{} {echo_pad}</body></message>",
+                now_us()
+            ))
+            .await?;
+        }
+        Ok::<_, anyhow::Error>((lat, b))
+    });
+    let mut sent = 0;
+    let mut lat = Vec::with_capacity(count * 2);
+    while sent < window.min(count) {
+        a.send(&msg(&bb, sent, now_us())).await?;
+        sent += 1;
+    }
+    let mut got = 0;
+    while got < count {
+        let el = a.element().await?;
+        if el.name() != "message" {
+            continue;
+        }
+        if el.attr("type") == Some("error") {
+            errors.fetch_add(1, Ordering::Relaxed);
+            bail!("error bounce: {}", String::from(&el));
+        }
+        let Some(l) = lat_of(&el) else { continue };
+        lat.push(l);
+        got += 1;
+        if sent < count {
+            a.send(&msg(&bb, sent, now_us())).await?;
+            sent += 1;
+        }
+    }
+    let (lb, b) = echo.await??;
+    lat.extend(lb);
+    Ok((lat, a, b, ja, jb))
+}
+
+async fn run(cli: Arc<Cli>) -> Result<()> {
+    let mech = cli.mech.as_deref().map(scram::Mech::parse).transpose()?;
+    let t = Arc::new(Target {
+        addr: cli.server,
+        domain: cli.domain.clone(),
+        direct_tls: cli.direct_tls,
+        tls: client::tls_config(cli.ca.as_deref(), cli.direct_tls)?,
+        mech,
+    });
+    start();
+    let settle = Duration::from_millis(500);
+    match &cli.mode {
+        Mode::Register { users } => {
+            let steps = Steps {
+                register: true,
+                presence: false,
+            };
+            let conns = open_many(&cli, &t, *users, |i| i, steps).await?;
+            close_all(conns).await;
+            println!("{} accounts ready", users);
+        }
+        Mode::Idle { sessions, users, hold } => {
+            let users = users.unwrap_or(*sessions).max(1);
+            let steps = Steps {
+                register: false,
+                presence: true,
+            };
+            let m = Meter::begin(&cli.pid)?;
+            let conns = open_many(&cli, &t, *sessions, |i| i % users, steps).await?;
+            let setup = m.t0.elapsed().as_secs_f64();
+            // Let the server finish what logins started before reading its memory.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let (_, server, own) = m.end()?;
+            let mut f = vec![
+                ("sessions", sessions.to_string()),
+                ("setup_s", format!("{setup:.2}")),
+                ("loadgen_cpu_ms", (own / 1000).to_string()),
+            ];
+            if let Some((_, rss0, rss1)) = server {
+                f.push((
+                    "kib_per_session",
+                    format!("{:.1}", (rss1 as f64 - rss0 as f64) / *sessions as f64),
+                ));
+            }
+            server_fields(&mut f, server, *sessions as f64, "server_cpu_us_per_login");
+            report(&cli, "idle", &f);
+            tokio::time::sleep(Duration::from_secs(*hold)).await;
+            close_all(conns).await;
+        }
+        Mode::Messages {
+            pairs,
+            count,
+            window,
+            pad,
+        } => {
+            let steps = Steps {
+                register: false,
+                presence: true,
+            };
+            let conns = open_many(&cli, &t, pairs * 2, |i| i, steps).await?;
+            // Presence and roster traffic from the logins settles first.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let errors = Arc::new(AtomicU64::new(0));
+            let pad = Arc::new("x".repeat(*pad));
+            let m = Meter::begin(&cli.pid)?;
+            let mut it = conns.into_iter();
+            let mut tasks = vec![];
+            while let (Some(a), Some(b)) = (it.next(), it.next()) {
+                tasks.push(tokio::spawn(pair(a, b, *count, *window, pad.clone(), errors.clone())));
+            }
+            let mut lat = Vec::with_capacity(pairs * count * 2);
+            let mut back = vec![];
+            for task in tasks {
+                let (l, a, b, ja, jb) = task.await??;
+                lat.extend(l);
+                back.push((a, ja));
+                back.push((b, jb));
+            }
+            let busy = m.t0.elapsed().as_secs_f64();
+            tokio::time::sleep(settle).await;
+            let (_, server, own) = m.end()?;
+            lat.sort_unstable();
+            let routed = (pairs * count * 2) as f64;
+            let mut f = vec![
+                ("pairs", pairs.to_string()),
+                ("window", window.to_string()),
+                ("routed", format!("{routed:.0}")),
+                ("seconds", format!("{busy:.2}")),
+                ("msgs_per_s", format!("{:.0}", routed / busy)),
+                ("p50_ms", format!("{:.3}", pct(&lat, 0.50))),
+                ("p99_ms", format!("{:.3}", pct(&lat, 0.99))),
+                ("max_ms", format!("{:.3}", pct(&lat, 1.0))),
+                ("errors", errors.load(Ordering::Relaxed).to_string()),
+                ("loadgen_cpu_us_per_msg", format!("{:.1}", own as f64 / routed)),
+            ];
+            server_fields(&mut f, server, routed, "server_cpu_us_per_msg");
+            report(&cli, "messages", &f);
+            close_all(back).await;
+        }
+        Mode::Logins { count, users, parallel } => {
+            let steps = Steps::default();
+            let m = Meter::begin(&cli.pid)?;
+            let sem = Arc::new(Semaphore::new(*parallel));
+            let mut tasks = vec![];
+            let lat = Arc::new(std::sync::Mutex::new(Vec::with_capacity(*count)));
+            for i in 0..*count {
+                let (cli, t, sem, lat) = (cli.clone(), t.clone(), sem.clone(), lat.clone());
+                let u = user(&cli, i % users);
+                tasks.push(tokio::spawn(async move {
+                    let _p = sem.acquire().await;
+                    let t0 = now_us();
+                    let c = login(&t, &u, &cli.password, steps)
+                        .await
+                        .with_context(|| format!("login {u}"))?;
+                    lat.lock().unwrap().push(now_us() - t0);
+                    close_all(vec![c]).await;
+                    Ok::<_, anyhow::Error>(())
+                }));
+            }
+            for task in tasks {
+                task.await??;
+            }
+            let busy = m.t0.elapsed().as_secs_f64();
+            tokio::time::sleep(settle).await;
+            let (_, server, own) = m.end()?;
+            let mut lat = lat.lock().unwrap().clone();
+            lat.sort_unstable();
+            let mut f = vec![
+                ("logins", count.to_string()),
+                ("parallel", parallel.to_string()),
+                ("logins_per_s", format!("{:.0}", *count as f64 / busy)),
+                ("p50_ms", format!("{:.3}", pct(&lat, 0.50))),
+                ("p99_ms", format!("{:.3}", pct(&lat, 0.99))),
+                ("loadgen_cpu_us_per_login", format!("{:.0}", own as f64 / *count as f64)),
+            ];
+            server_fields(&mut f, server, *count as f64, "server_cpu_us_per_login");
+            report(&cli, "logins", &f);
+        }
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Arc::new(Cli::parse());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    let r = rt.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(run(cli)));
+    match r {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pushbox-loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
