@@ -9,8 +9,10 @@
 //! - [`net`]: per-IP limits shared by all listeners
 //! - [`xmpp`]: streams, SASL, sessions, router, feature modules
 //! - [`server`]: the shared state every connection holds
+//! - [`check`]: `pushbox check` (configuration, DNS, certificates, ports)
 
 pub mod certs;
+pub mod check;
 pub mod config;
 pub mod net;
 pub mod server;
@@ -91,6 +93,8 @@ pub async fn run(
     let server = tokio::task::spawn_blocking(move || build_server(config, stop_rx)).await??;
     // Every connection task holds a clone of `alive`; when all are gone, we are done.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
+    // Plain HTTP, the ACME worker, and a TLS-ALPN-01 responder until an HTTPS server exists.
+    certs::start_services(&server, !listeners.https.is_empty()).await?;
 
     for l in listeners.c2s {
         spawn_accept(server.clone(), l, alive.clone(), Kind::C2sStartTls);
