@@ -105,18 +105,7 @@ impl Pebble {
         let dns_server = Command::new("pebble-challtestsrv")
             .args(["-management", &format!("127.0.0.1:{dns_mgmt}")])
             .args(["-dns01", &format!("127.0.0.1:{dns}")])
-            .args([
-                "-http01",
-                "",
-                "-https01",
-                "",
-                "-tlsalpn01",
-                "",
-                "-doh",
-                "",
-                "-defaultIPv6",
-                "",
-            ])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-defaultIPv6", ""])
             .args(["-defaultIPv4", "127.0.0.1"])
             .stdout(log("challtestsrv.log"))
             .stderr(log("challtestsrv.err"))
@@ -223,10 +212,14 @@ impl Daemon {
             )
             .await
         });
-        tokio::time::timeout(WAIT, ready_rx)
+        let mut task = task;
+        if tokio::time::timeout(WAIT, ready_rx)
             .await
             .expect("daemon ready in time")
-            .expect("daemon started");
+            .is_err()
+        {
+            panic!("daemon did not start: {:?}", (&mut task).await);
+        }
         Daemon {
             c2s,
             c2s_tls,
