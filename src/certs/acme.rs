@@ -159,7 +159,7 @@ impl Cache {
     fn install(&self, pem: &[u8], from: &str) -> io::Result<()> {
         match parse_cached(pem) {
             Ok((key, not_after)) if not_after > crate::store::now() => {
-                self.certs.install(&self.certs.names().to_vec(), key);
+                self.certs.install(self.certs.names(), key);
                 self.status.update(|s| {
                     s.not_after = Some(not_after);
                     s.certificate_from = Some(from.into());
