@@ -13,8 +13,10 @@
 //! - [`http`]: the HTTPS listener and the relay's JSON API
 //! - [`metrics`]: metric names, recording helpers, the `/metrics` endpoint
 //! - [`systemd`]: readiness, stopping and watchdog notifications
+//! - [`check`]: `pushbox check` (configuration, DNS, certificates, ports)
 
 pub mod certs;
+pub mod check;
 pub mod config;
 pub mod http;
 pub mod metrics;
@@ -128,6 +130,8 @@ pub async fn run(
     http::upload::spawn_expiry(&server);
     // Every connection task holds a clone of `alive`; when all are gone, we are done.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
+    // Plain HTTP, the ACME worker, and a TLS-ALPN-01 responder until an HTTPS server exists.
+    certs::start_services(&server, !listeners.https.is_empty()).await?;
 
     for l in listeners.c2s {
         spawn_accept(server.clone(), l, alive.clone(), Kind::C2sStartTls);

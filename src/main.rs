@@ -24,8 +24,16 @@ struct Cli {
 enum Command {
     /// Run the daemon.
     Serve,
-    /// Check the configuration and report every problem.
-    Check,
+    /// Check configuration, DNS, certificates and ports; say what to fix.
+    /// Exit status: 0 all well, 1 a check failed, 2 configuration problems.
+    Check {
+        /// Only this part (default: all of them).
+        #[arg(value_enum)]
+        what: Option<pushbox::check::Section>,
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Manage XMPP accounts.
     #[command(subcommand)]
     User(UserCmd),
@@ -102,6 +110,9 @@ fn main() -> ExitCode {
         };
     }
     let path = pushbox::config::locate(cli.config.as_deref());
+    if let Command::Check { what, json } = cli.command {
+        return ExitCode::from(pushbox::check::main(path.as_deref(), what, json));
+    }
     let config = match Config::load(path.as_deref()) {
         Ok(c) => c,
         Err(problems) => {
@@ -111,7 +122,7 @@ fn main() -> ExitCode {
     };
     let r = match cli.command {
         Command::Serve => serve(config),
-        Command::Check => check(&config),
+        Command::Check { .. } => unreachable!("handled before loading the configuration"),
         Command::User(u) => user(&config, u),
         Command::Invite(i) => invite(&config, i),
         Command::Backup { file } => backup(&config, &file),
@@ -163,25 +174,6 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
-}
-
-fn check(config: &Config) -> Result<()> {
-    println!(
-        "configuration OK: {}",
-        config
-            .source
-            .as_ref()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|| "built-in defaults".into())
-    );
-    println!("  domain:   {}", config.domain);
-    println!("  data_dir: {}", config.data_dir.display());
-    println!("  tls:      {:?}", config.tls.mode);
-    println!(
-        "  c2s:      {:?} (STARTTLS), {:?} (direct TLS)",
-        config.listen.c2s, config.listen.c2s_direct_tls
-    );
-    Ok(())
 }
 
 fn open_store(config: &Config) -> Result<store::Store> {

@@ -76,7 +76,7 @@ fn environment_overrides_are_checked_too() {
     let ok = pushbox()
         .arg("--config")
         .arg(&cfg)
-        .arg("check")
+        .args(["check", "config"])
         .env("PUSHBOX_DOMAIN", "chat.example")
         .output()
         .unwrap();

@@ -1,6 +1,11 @@
 //! One certificate store for every TLS listener (c2s STARTTLS and direct TLS,
 //! s2s, HTTPS). It resolves by SNI, so a certificate replaced here (SIGHUP in
 //! `files` mode, renewal in `acme` mode) is served everywhere at once.
+//! In `acme` mode it also answers TLS-ALPN-01 challenge handshakes and keeps
+//! the HTTP-01 key authorizations for the plain HTTP listener.
+
+pub mod acme;
+pub mod http;
 
 mod validity;
 
@@ -16,13 +21,18 @@ use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicI64, Ordering},
+        Arc, RwLock,
+    },
 };
 
 /// ALPN protocol of XEP-0368 direct TLS for clients.
 pub const ALPN_XMPP_CLIENT: &[u8] = b"xmpp-client";
 /// ALPN protocol of XEP-0368 direct TLS for servers.
 pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
+/// ALPN protocol of ACME TLS-ALPN-01 challenge handshakes (RFC 8737).
+pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
 
 #[derive(Default)]
 struct Inner {
@@ -38,6 +48,12 @@ pub struct CertStore {
     names: Vec<String>,
     files: Option<(PathBuf, PathBuf)>,
     tls_dir: PathBuf,
+    /// The ACME worker's challenge state (mode `acme`), set when it starts.
+    acme: RwLock<Option<Arc<rustls_acme::ResolvesServerCertAcme>>>,
+    /// Whether HTTPS configurations offer `acme-tls/1` (mode `acme`, challenge `tls-alpn-01`).
+    tls_alpn_challenge: bool,
+    /// Unix time of the last "no certificate yet" warning, to log it at most every 10 s.
+    last_refusal_log: AtomicI64,
 }
 
 impl std::fmt::Debug for CertStore {
@@ -63,6 +79,10 @@ impl CertStore {
                 _ => None,
             },
             tls_dir: config.data_dir.join("tls"),
+            acme: RwLock::new(None),
+            tls_alpn_challenge: config.tls.mode == TlsMode::Acme
+                && config.tls.acme.challenge == crate::config::AcmeChallenge::TlsAlpn01,
+            last_refusal_log: AtomicI64::new(0),
         };
         store.reload()?;
         Ok(Arc::new(store))
@@ -108,6 +128,11 @@ impl CertStore {
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        // TLS-ALPN-01 is validated on port 443: the HTTPS configuration (the one offering
+        // HTTP) also accepts challenge handshakes. Other listeners keep their ALPN list as is.
+        if self.tls_alpn_challenge && alpn.iter().any(|p| matches!(*p, b"http/1.1" | b"h2")) {
+            cfg.alpn_protocols.push(ALPN_ACME_TLS.to_vec());
+        }
         Arc::new(cfg)
     }
 
@@ -123,6 +148,42 @@ impl CertStore {
         v
     }
 
+    /// Hand the ACME worker's challenge state to the store (mode `acme`).
+    pub fn set_acme_resolver(&self, r: Arc<rustls_acme::ResolvesServerCertAcme>) {
+        *self.acme.write().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+
+    /// The HTTP-01 key authorization for `token`, while a challenge is pending.
+    pub fn http01_key_auth(&self, token: &str) -> Option<String> {
+        let acme = self.acme.read().unwrap_or_else(|p| p.into_inner());
+        acme.as_ref()?.get_http_01_key_auth(token)
+    }
+
+    /// Whether a certificate is installed.
+    pub fn has_certificate(&self) -> bool {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).default.is_some()
+    }
+
+    /// Each served name with the expiry (Unix time) of its certificate, `None` when it has none.
+    pub fn expiry_by_name(&self) -> Vec<(String, Option<i64>)> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        self.names
+            .iter()
+            .map(|n| {
+                let exp = inner
+                    .by_name
+                    .get(n)
+                    .and_then(|k| k.cert.first())
+                    .and_then(|c| not_after(c));
+                (n.clone(), exp)
+            })
+            .collect()
+    }
+
+    pub fn mode(&self) -> TlsMode {
+        self.mode
+    }
+
     /// The path of the local CA certificate (mode `self-signed`), for users to trust.
     pub fn ca_path(&self) -> Option<PathBuf> {
         (self.mode == TlsMode::SelfSigned).then(|| self.tls_dir.join("ca.pem"))
@@ -131,13 +192,33 @@ impl CertStore {
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if rustls_acme::is_tls_alpn_challenge(&hello) {
+            // Only the CA's validator offers `acme-tls/1` alone; answer with the challenge certificate.
+            let acme = self.acme.read().unwrap_or_else(|p| p.into_inner()).clone();
+            return match acme {
+                Some(r) => r.resolve(hello),
+                None => None,
+            };
+        }
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         let found = match hello.server_name() {
             Some(sni) => inner.by_name.get(&sni.to_ascii_lowercase()).or(inner.default.as_ref()),
             None => inner.default.as_ref(),
         };
         if found.is_none() {
-            tracing::warn!(sni = ?hello.server_name(), "TLS handshake refused: no certificate yet (see `pushbox check certs`)");
+            let now = crate::store::now();
+            if now - self.last_refusal_log.swap(now, Ordering::Relaxed) >= 10 {
+                if self.mode == TlsMode::Acme {
+                    tracing::warn!(
+                        sni = ?hello.server_name(),
+                        "TLS handshake refused: no certificate yet; the ACME worker is still obtaining one. \
+                         Run `pushbox check certs` to see why it has none (and `pushbox check dns` / \
+                         `pushbox check ports`: the names must point to this host and port 443 or 80 must reach it)"
+                    );
+                } else {
+                    tracing::warn!(sni = ?hello.server_name(), "TLS handshake refused: no certificate loaded (see `pushbox check certs`)");
+                }
+            }
         }
         found.cloned()
     }
@@ -146,6 +227,12 @@ impl ResolvesServerCert for CertStore {
 /// The domain and the service subdomains pushbox serves.
 pub fn service_names(domain: &str) -> Vec<String> {
     vec![domain.to_string(), format!("push.{domain}"), format!("upload.{domain}")]
+}
+
+/// The expiry (Unix time) of a DER certificate.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, c) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(c.validity().not_after.timestamp())
 }
 
 fn load_pem(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>> {
@@ -245,4 +332,31 @@ fn self_signed(dir: &Path, names: &[String]) -> Result<Arc<CertifiedKey>> {
 fn time_now() -> (time::OffsetDateTime, time::OffsetDateTime) {
     let now = time::OffsetDateTime::now_utc();
     (now - time::Duration::days(1), now + time::Duration::days(800))
+}
+
+/// Start what certificates need beside the TLS listeners: the plain HTTP
+/// listener (`listen.http`), and in mode `acme` the ACME worker plus, while no
+/// HTTPS server serves `listen.https` (`https_served` false), a TLS-ALPN-01
+/// responder there.
+pub async fn start_services(server: &Arc<crate::server::Server>, https_served: bool) -> Result<()> {
+    use crate::config::AcmeChallenge;
+    let config = &server.config;
+    for a in &config.listen.http {
+        let l = tokio::net::TcpListener::bind(a)
+            .await
+            .with_context(|| format!("cannot listen on {a} (listen.http)"))?;
+        http::spawn(server.clone(), l);
+    }
+    if config.tls.mode == TlsMode::Acme {
+        if config.tls.acme.challenge == AcmeChallenge::TlsAlpn01 && !https_served {
+            for a in &config.listen.https {
+                let l = tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a} (listen.https)"))?;
+                http::spawn_tls_alpn_responder(server.clone(), l);
+            }
+        }
+        acme::start(config, server.certs.clone(), server.shutdown.clone()).context("starting ACME")?;
+    }
+    Ok(())
 }

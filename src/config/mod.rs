@@ -647,12 +647,7 @@ impl Config {
                     }
                 }
             }
-            TlsMode::Acme => {
-                report(
-                    "tls.mode",
-                    "\"acme\" is not available in this version yet; use \"self-signed\" or \"files\"".into(),
-                );
-            }
+            TlsMode::Acme => self.validate_acme(report),
             TlsMode::SelfSigned => {}
         }
         if self.limits.max_stanza_size < 4096 {
@@ -716,6 +711,63 @@ impl Config {
             }
         }
         self.relay.validate(report);
+    }
+
+    fn validate_acme(&self, report: &mut dyn FnMut(&str, String)) {
+        let acme = &self.tls.acme;
+        if self.domain == "localhost" || self.domain.parse::<std::net::IpAddr>().is_ok() || !self.domain.contains('.') {
+            report(
+                "domain",
+                format!(
+                    "`{}` cannot get a certificate from an ACME CA; set a public DNS name, or use tls.mode = \"self-signed\"",
+                    self.domain
+                ),
+            );
+        }
+        if let Some(c) = &acme.contact {
+            let ok = c
+                .strip_prefix("mailto:")
+                .and_then(|a| a.split_once('@'))
+                .is_some_and(|(user, host)| !user.is_empty() && host.contains('.') && !c.contains(char::is_whitespace));
+            if !ok {
+                report(
+                    "tls.acme.contact",
+                    format!("`{c}` is not a mailto: URL (expected e.g. \"mailto:admin@example.org\")"),
+                );
+            }
+        }
+        if crate::certs::acme::directory_url(&acme.directory).is_none() {
+            report(
+                "tls.acme.directory",
+                format!(
+                    "`{}` is not valid: use \"letsencrypt\", \"letsencrypt-staging\" or an https:// directory URL",
+                    acme.directory
+                ),
+            );
+        }
+        if let Some(p) = &acme.ca_roots {
+            if !p.is_file() {
+                report(
+                    "tls.acme.ca_roots",
+                    format!("file {} does not exist or is not readable", p.display()),
+                );
+            }
+        }
+        match acme.challenge {
+            AcmeChallenge::TlsAlpn01 if self.listen.https.is_empty() => report(
+                "tls.acme.challenge",
+                "\"tls-alpn-01\" is answered on the HTTPS listener, but listen.https is empty: \
+                 add listen.https (port 443 as seen from the internet) or use challenge = \"http-01\""
+                    .into(),
+            ),
+            AcmeChallenge::Http01 if self.listen.http.is_empty() => report(
+                "tls.acme.challenge",
+                "\"http-01\" is answered on the plain HTTP listener, but listen.http is empty: \
+                 add listen.http (port 80 as seen from the internet) or use challenge = \"tls-alpn-01\""
+                    .into(),
+            ),
+            _ => {}
+        }
     }
 
     /// Whether dialback with unverifiable certificates is acceptable.
@@ -821,6 +873,33 @@ mod tests {
         let e = Config::from_toml_str("[tls]\nmode = \"files\"\ncert = \"/nonexistent.pem\"\n", None).unwrap_err();
         let keys: Vec<_> = e.0.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, vec!["tls.cert", "tls.key"], "{e}");
+    }
+
+    #[test]
+    fn acme_settings_are_checked() {
+        let e = Config::from_toml_str(
+            "domain = \"localhost\"\n[listen]\nhttps = []\n[tls]\nmode = \"acme\"\n[tls.acme]\ncontact = \"admin@example.org\"\ndirectory = \"http://ca.example/dir\"\n",
+            None,
+        )
+        .unwrap_err();
+        let keys: Vec<_> = e.0.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            vec!["domain", "tls.acme.contact", "tls.acme.directory", "tls.acme.challenge"],
+            "{e}"
+        );
+        let e = Config::from_toml_str(
+            "domain = \"a.example\"\n[tls]\nmode = \"acme\"\n[tls.acme]\nchallenge = \"http-01\"\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(e.0[0].message.contains("listen.http is empty"), "{e}");
+        let c = Config::from_toml_str(
+            "domain = \"a.example\"\n[tls]\nmode = \"acme\"\n[tls.acme]\ncontact = \"mailto:admin@a.example\"\ndirectory = \"letsencrypt-staging\"\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.tls.mode, TlsMode::Acme);
     }
 
     #[test]

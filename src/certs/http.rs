@@ -1,0 +1,148 @@
+//! The plain HTTP listener (`listen.http`, port 80 in production): answers
+//! ACME HTTP-01 challenges from the [`CertStore`](super::CertStore) and
+//! redirects everything else to HTTPS. Until the HTTPS server binds
+//! `listen.https` itself, [`spawn_tls_alpn_responder`] answers TLS-ALPN-01
+//! there.
+
+use crate::server::{stopped, Server};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, header, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::{convert::Infallible, sync::Arc, time::Duration};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpListener,
+};
+
+const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Serve plain HTTP on `listener` until shutdown.
+pub fn spawn(server: Arc<Server>, listener: TcpListener) {
+    let mut stop = server.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "http: accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = stopped(&mut stop) => return,
+            };
+            let server = server.clone();
+            tokio::spawn(async move {
+                let Ok(_guard) = server.limiter.admit(peer.ip()) else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(|req| {
+                    let server = server.clone();
+                    async move { Ok::<_, Infallible>(answer(&server, &req)) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(tcp), svc);
+                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+            });
+        }
+    });
+}
+
+fn answer(server: &Server, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
+        return match server.certs.http01_key_auth(token) {
+            Some(key_auth) => {
+                tracing::info!(token, "ACME: answered an HTTP-01 challenge");
+                reply(StatusCode::OK, "application/octet-stream", key_auth)
+            }
+            None => reply(StatusCode::NOT_FOUND, "text/plain", "no such challenge\n".into()),
+        };
+    }
+    // Everything else goes to HTTPS, on a name this server serves.
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_ascii_lowercase())
+        .filter(|h| server.certs.names().iter().any(|n| n == h))
+        .unwrap_or_else(|| server.domain().to_string());
+    let port = server
+        .config
+        .listen
+        .https
+        .first()
+        .map(|a| a.port())
+        .filter(|p| *p != 443)
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let target = format!(
+        "https://{host}{port}{}",
+        req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/")
+    );
+    let mut r = reply(StatusCode::MOVED_PERMANENTLY, "text/plain", format!("see {target}\n"));
+    if let Ok(v) = header::HeaderValue::from_str(&target) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
+}
+
+/// Until the HTTPS server serves `listen.https`, ACME's TLS-ALPN-01 still
+/// needs a TLS endpoint there: complete challenge handshakes, and answer
+/// other HTTPS clients with 503 over the real certificate.
+pub fn spawn_tls_alpn_responder(server: Arc<Server>, listener: TcpListener) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(server.certs.server_config(&[b"http/1.1".as_slice()]));
+    let mut stop = server.shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = stopped(&mut stop) => return,
+            };
+            let (acceptor, server) = (acceptor.clone(), server.clone());
+            tokio::spawn(async move {
+                let Ok(_guard) = server.limiter.admit(peer.ip()) else {
+                    return;
+                };
+                let work = async {
+                    let mut tls = acceptor.accept(tcp).await.ok()?;
+                    if tls.get_ref().1.alpn_protocol() == Some(super::ALPN_ACME_TLS) {
+                        tracing::info!(%peer, "ACME: answered a TLS-ALPN-01 challenge");
+                        let _ = tls.shutdown().await;
+                        return Some(());
+                    }
+                    let mut buf = vec![0u8; 8192];
+                    let _ = tls.read(&mut buf).await.ok()?;
+                    let body = "pushbox: HTTPS services are not available on this listener yet\n";
+                    let head = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    tls.write_all(head.as_bytes()).await.ok()?;
+                    tls.write_all(body.as_bytes()).await.ok()?;
+                    tls.shutdown().await.ok()
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(20), work).await;
+            });
+        }
+    });
+}
