@@ -4,7 +4,7 @@
 //! Recording goes through the `metrics` facade, so any module can count with
 //! one line and no handle:
 //!
-//! ```ignore
+//! ```text
 //! metrics::counter!(crate::metrics::PUSHES, "provider" => "apns", "outcome" => "delivered").increment(1);
 //! ```
 //!
