@@ -170,7 +170,10 @@ pub async fn run(
 }
 
 #[derive(Clone, Copy)]
-#[allow(clippy::enum_variant_names, reason = "STARTTLS and direct TLS for clients and servers")]
+#[allow(
+    clippy::enum_variant_names,
+    reason = "STARTTLS and direct TLS for clients and servers"
+)]
 enum Kind {
     C2sStartTls,
     C2sDirectTls,
