@@ -352,18 +352,7 @@ impl RawClient {
 
     /// After [`RawClient::starttls`]: SASL PLAIN, restart, bind.
     pub async fn plain_login_and_bind(&mut self, user: &str, pw: &str) {
-        use base64::Engine;
-        self.send(HEADER).await;
-        self.read_until("</stream:features>").await;
-        let cred = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pw}"));
-        self.send(&format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>"
-        ))
-        .await;
-        self.read_until("<success").await;
-        self.received.clear();
-        self.send(HEADER).await;
-        self.read_until("</stream:features>").await;
+        self.auth_plain(user, pw).await;
         self.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
             .await;
         self.read_until("</iq>").await;
@@ -373,18 +362,7 @@ impl RawClient {
     /// Connect and negotiate STARTTLS, leaving a fresh TLS stream before its header.
     pub async fn connect_tls(addr: SocketAddr) -> RawClient {
         let mut c = Self::connect(addr).await;
-        c.send(HEADER).await;
-        c.read_until("</stream:features>").await;
-        c.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
-        c.read_until("<proceed").await;
-        let tcp = c.tcp.take().unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(client_tls_config())
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        c.tls = Some(tls);
-        c.received.clear();
+        c.starttls().await;
         c
     }
 
