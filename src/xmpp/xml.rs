@@ -14,6 +14,10 @@ pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+/// Reserved by Namespaces in XML: never declared, never bound.
+const NS_XMLNS: &str = "http://www.w3.org/2000/xmlns/";
+/// Bound to the `xml` prefix and only to it.
+const NS_XML: &str = "http://www.w3.org/XML/1998/namespace";
 
 /// Limits applied while parsing.
 #[derive(Debug, Clone, Copy)]
@@ -196,6 +200,28 @@ impl StreamParser {
                     return Err(StreamError::NotWellFormed);
                 }
                 self.attr_names.push(qname);
+                let declared = match (prefix.as_deref().map(|p| p.as_str()), name.as_str()) {
+                    (None, "xmlns") => Some(None),
+                    (Some("xmlns"), p) => Some(Some(p)),
+                    _ => None,
+                };
+                if let Some(declared) = declared {
+                    // Namespaces in XML §3: nothing may be bound to the xmlns
+                    // namespace, the xmlns prefix may not be declared, and the
+                    // xml prefix only to its own name. Such declarations are
+                    // not well-formed; the one harmless case (xmlns:xml bound
+                    // to its fixed name) is dropped, since the tree re-declares
+                    // every prefix it was given when it writes the stanza out.
+                    if value.as_str() == NS_XMLNS || declared == Some("xmlns") {
+                        return Err(StreamError::NotWellFormed);
+                    }
+                    if declared == Some("xml") {
+                        if value.as_str() != NS_XML {
+                            return Err(StreamError::NotWellFormed);
+                        }
+                        return Ok(None);
+                    }
+                }
                 if self.in_header {
                     let h = self.header.as_mut().expect("header started");
                     match (prefix.as_deref().map(|p| p.as_str()), name.as_str()) {
@@ -424,6 +450,44 @@ mod tests {
         );
         let text = format!("{HDR}garbage<presence/>");
         assert_eq!(parse_all(text.as_bytes(), 100).unwrap_err(), StreamError::NotWellFormed);
+    }
+
+    /// Every stanza the parser accepts can be written out again: the tree
+    /// writer panics on reserved namespaces, so the parser must refuse them.
+    #[test]
+    fn reserved_namespaces() {
+        let refused = [
+            "<message xmlns='http://www.w3.org/2000/xmlns/'/>",
+            "<x:message xmlns:x='http://www.w3.org/2000/xmlns/'/>",
+            "<message x:a='1' xmlns:x='http://www.w3.org/2000/xmlns/'/>",
+            "<message xmlns:xmlns='urn:a'/>",
+            "<message xmlns='http://www.w3.org/XML/1998/namespace'/>",
+            "<x:message xmlns:x='http://www.w3.org/XML/1998/namespace'/>",
+            "<message><x:a xmlns:x='http://www.w3.org/XML/1998/namespace'/></message>",
+            "<message xmlns:xml='urn:not-xml'/>",
+        ];
+        for c in refused {
+            let doc = format!("{HDR}{c}");
+            assert_eq!(
+                parse_all(doc.as_bytes(), 7).unwrap_err(),
+                StreamError::NotWellFormed,
+                "{c}"
+            );
+        }
+        let accepted = [
+            ("<message xml:lang='en'/>", "xml:lang='en'"),
+            (
+                "<message xmlns:xml='http://www.w3.org/XML/1998/namespace' xml:lang='de'/>",
+                "xml:lang='de'",
+            ),
+        ];
+        for (c, expect) in accepted {
+            let doc = format!("{HDR}{c}");
+            let evs = parse_all(doc.as_bytes(), 7).unwrap();
+            let Event::Stanza(el) = &evs[1] else { panic!("{c}") };
+            let out = el.to_xml();
+            assert!(out.contains(expect), "{c} => {out}");
+        }
     }
 
     #[test]
