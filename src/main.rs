@@ -154,26 +154,35 @@ fn serve(config: Config) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listeners = pushbox::Listeners::bind(&config).await?;
+        // Handlers are installed now, before readiness is announced: a SIGTERM
+        // right after READY=1 must stop the daemon cleanly, not kill it.
+        let signalled = shutdown_signal()?;
         let shutdown = async {
-            shutdown_signal().await;
+            signalled.await;
             pushbox::systemd::stopping();
         };
         pushbox::run(config, listeners, shutdown, pushbox::systemd::ready).await
     })
 }
 
-async fn shutdown_signal() {
+/// Install the SIGTERM and SIGINT handlers; the future ends on either.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {},
-            _ = tokio::signal::ctrl_c() => {},
-        }
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
 
 fn open_store(config: &Config) -> Result<store::Store> {
@@ -267,8 +276,17 @@ fn invite(config: &Config, cmd: InviteCmd) -> Result<()> {
             let token = s
                 .blocking(|c| store::invites::create(c, ttl.as_secs() as i64, uses, admin))
                 .map_err(e)?;
-            println!("https://{}/invite/{token}", config.domain);
-            println!("xmpp:{}?register;preauth={token}", config.domain);
+            if config.registration.mode == pushbox::config::RegistrationMode::Closed {
+                eprintln!(
+                    "warning: [registration] mode is \"closed\" in the config, so this invitation \
+                     cannot be used until it is \"invite\" or \"open\""
+                );
+            }
+            if config.listen.https.is_empty() {
+                eprintln!("warning: listen.https is empty, so the invitation page is not served");
+            }
+            println!("{}/invite/{token}", pushbox::http::public_url(config));
+            println!("xmpp:{}?register;preauth={token};ibr=y", config.domain);
         }
         InviteCmd::List => {
             let now = store::now();

@@ -125,9 +125,11 @@ fn user_add_list_passwd_del() {
     let inv = run(&["invite", "create", "--uses", "2"], None);
     let out = String::from_utf8_lossy(&inv.stdout);
     assert!(
-        out.contains("https://localhost/invite/") && out.contains("xmpp:localhost?register;preauth="),
-        "{out}"
+        out.contains("https://localhost:5443/invite/") && out.contains("xmpp:localhost?register;preauth="),
+        "the link names the https listener's port when it is not 443: {out}"
     );
+    let err = String::from_utf8_lossy(&inv.stderr);
+    assert!(err.contains("mode is \"closed\""), "a closed server warns: {err}");
 }
 
 #[test]

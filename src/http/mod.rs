@@ -2,6 +2,7 @@
 //! http/1.1), hyper's auto server, and the routes. This module and its
 //! children are the only code that knows HTTP routes and JSON shapes.
 
+pub mod invite;
 pub mod relay_api;
 pub mod upload;
 
@@ -84,6 +85,8 @@ async fn handle(server: Arc<Server>, peer: SocketAddr, req: Request<Incoming>) -
     let path = req.uri().path().to_string();
     let resp = if path.starts_with("/api/v1/") && server.config.relay.enabled {
         relay_api::handle(&server, peer, req).await
+    } else if path.starts_with("/invite/") {
+        invite::handle(&server, peer, req).await
     } else if path.starts_with("/upload/") {
         upload::handle(&server, req).await
     } else {

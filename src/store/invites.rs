@@ -55,6 +55,56 @@ pub fn is_valid(c: &Connection, token: &str) -> Result<bool> {
     .is_some())
 }
 
+/// The invitation behind a token, if it can still be used.
+pub fn lookup(c: &Connection, token: &str) -> Result<Option<Invite>> {
+    Ok(c.query_row(
+        "SELECT note, created_at, expires_at, uses_left, is_admin FROM invites
+         WHERE token_hash=?1 AND uses_left > 0 AND expires_at > ?2",
+        params![hash(token), now()],
+        |r| {
+            Ok(Invite {
+                token_prefix: r.get(0)?,
+                created_at: r.get(1)?,
+                expires_at: r.get(2)?,
+                uses_left: r.get(3)?,
+                is_admin: r.get(4)?,
+            })
+        },
+    )
+    .optional()?)
+}
+
+/// How an attempt to create an account ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignUp {
+    /// The account exists now, under this normalised username.
+    Created(String),
+    UsernameTaken,
+    /// The token is unknown, used up or expired.
+    InvitationInvalid,
+}
+
+/// Create an account, using one use of `token` when given, in one
+/// transaction: a taken username does not use up the invitation, and an
+/// invitation is never used without an account to show for it. Shared by
+/// in-band registration and the invitation web page.
+pub fn sign_up(c: &mut Connection, username: &str, password: &str, token: Option<&str>) -> Result<SignUp> {
+    let tx = c.transaction()?;
+    if super::accounts::get(&tx, username)?.is_some() {
+        return Ok(SignUp::UsernameTaken);
+    }
+    let admin = match token {
+        Some(t) => match redeem(&tx, t)? {
+            Some(a) => a,
+            None => return Ok(SignUp::InvitationInvalid),
+        },
+        None => false,
+    };
+    super::accounts::create(&tx, username, password, admin)?;
+    tx.commit()?;
+    Ok(SignUp::Created(super::accounts::normalize(username)?))
+}
+
 pub fn list(c: &Connection) -> Result<Vec<Invite>> {
     let mut st =
         c.prepare("SELECT note, created_at, expires_at, uses_left, is_admin FROM invites ORDER BY created_at")?;
@@ -96,6 +146,30 @@ mod tests {
             let e = create(c, -1, 5, false)?;
             assert_eq!(redeem(c, &e)?, None, "expired");
             assert_eq!(redeem(c, "bogus")?, None);
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn sign_up_uses_the_invitation_only_when_the_account_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_in(dir.path()).unwrap();
+        s.blocking(|c| {
+            crate::store::accounts::create(c, "taken", "secret-pw", false)?;
+            let t = create(c, 3600, 1, true)?;
+            assert_eq!(lookup(c, &t)?.map(|i| i.uses_left), Some(1));
+            assert_eq!(sign_up(c, "Taken", "pw-12345", Some(&t))?, SignUp::UsernameTaken);
+            assert!(is_valid(c, &t)?, "a taken username does not use up the invitation");
+            assert_eq!(
+                sign_up(c, "Newbie", "pw-12345", Some(&t))?,
+                SignUp::Created("newbie".into())
+            );
+            assert!(crate::store::accounts::get(c, "newbie")?.unwrap().is_admin);
+            assert_eq!(sign_up(c, "other", "pw-12345", Some(&t))?, SignUp::InvitationInvalid);
+            assert!(crate::store::accounts::get(c, "other")?.is_none());
+            assert!(lookup(c, &t)?.is_none());
+            assert_eq!(sign_up(c, "open", "pw-12345", None)?, SignUp::Created("open".into()));
             Ok(())
         })
         .unwrap();

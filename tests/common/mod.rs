@@ -390,19 +390,8 @@ impl RawClient {
 
     /// Like [`RawClient::login`], asking for a given resource.
     pub async fn login_as(addr: SocketAddr, user: &str, pw: &str, resource: Option<&str>) -> RawClient {
-        use base64::Engine;
         let mut c = Self::connect_tls(addr).await;
-        c.send(HEADER).await;
-        c.read_until("</stream:features>").await;
-        let cred = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pw}"));
-        c.send(&format!(
-            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>"
-        ))
-        .await;
-        c.read_until("<success").await;
-        c.received.clear();
-        c.send(HEADER).await;
-        c.read_until("</stream:features>").await;
+        c.auth_plain(user, pw).await;
         let res = resource
             .map(|r| format!("<resource>{r}</resource>"))
             .unwrap_or_default();

@@ -7,7 +7,7 @@ use super::{BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
     config::RegistrationMode,
     server::Server,
-    store,
+    store::{self, invites::SignUp},
     xmpp::{
         stanza::{iq_payload, Condition, StanzaError},
         xml::{elem, ElementExt},
@@ -172,32 +172,20 @@ pub async fn pre_auth(server: &Arc<Server>, iq: &Element, state: &mut PreAuthSta
             let token = state.token.clone();
             let res = server
                 .store
-                .call(move |c| {
-                    let tx = c.transaction()?;
-                    if store::accounts::get(&tx, &username)?.is_some() {
-                        return Ok(Err(Condition::Conflict));
-                    }
-                    let admin = match &token {
-                        Some(t) => match store::invites::redeem(&tx, t)? {
-                            Some(a) => a,
-                            None => return Ok(Err(Condition::NotAllowed)),
-                        },
-                        None => false,
-                    };
-                    store::accounts::create(&tx, &username, &password, admin)?;
-                    tx.commit()?;
-                    Ok(Ok(username))
-                })
+                .call(move |c| store::invites::sign_up(c, &username, &password, token.as_deref()))
                 .await
                 .map_err(|_| StanzaError::from(Condition::InternalServerError))?;
             match res {
-                Ok(u) => {
+                SignUp::Created(u) => {
                     tracing::info!(account = %u, "account registered in-band");
                     state.token = None;
                     Ok(None)
                 }
-                Err(Condition::Conflict) => Err(StanzaError::new(Condition::Conflict, "that username is taken")),
-                Err(c) => Err(StanzaError::new(c, "the invitation is no longer valid")),
+                SignUp::UsernameTaken => Err(StanzaError::new(Condition::Conflict, "that username is taken")),
+                SignUp::InvitationInvalid => Err(StanzaError::new(
+                    Condition::NotAllowed,
+                    "the invitation is no longer valid",
+                )),
             }
         }
         _ => Err(Condition::ServiceUnavailable.into()),
