@@ -357,7 +357,7 @@ async fn a_peer_with_an_unverifiable_certificate_is_refused_when_required() {
     let mut evil = RawServer::connect(a.s2s, "evil.example", "a.example").await;
     evil.send("<db:result from='evil.example' to='a.example'>some-key</db:result>")
         .await;
-    let got = evil.read_until("</result>").await;
+    let got = evil.read_until("</db:result>").await;
     assert!(got.contains("type='error'") && !got.contains("type='valid'"), "{got}");
     fake.abort();
     alice.close().await;

@@ -7,7 +7,7 @@
 //! domains authenticated on this stream (else stream error `invalid-from`),
 //! converted to `jabber:client` and routed like local ones.
 
-use super::{header, limits, to_client_ns, NS_DIALBACK, NS_DIALBACK_FEATURE};
+use super::{db, header, limits, to_client_ns, NS_DIALBACK, NS_DIALBACK_FEATURE};
 use crate::{
     certs::ALPN_XMPP_SERVER,
     server::{self, Server},
@@ -212,12 +212,12 @@ async fn serve(
                     }
                 };
                 let valid = refusal.is_none();
-                let answer = elem("result", NS_DIALBACK).with("from", to).with("to", from.clone());
+                let answer = db("result").with("from", to).with("to", from.clone());
                 let answer = match refusal {
                     None => answer.with("type", "valid"),
                     Some(None) => answer.with("type", "invalid"),
                     Some(Some(cond)) => answer.with("type", "error").child(
-                        elem("error", NS_DIALBACK)
+                        elem("error", crate::xmpp::xml::NS_SERVER)
                             .with("type", "cancel")
                             .child(elem(cond, crate::xmpp::xml::NS_STANZAS)),
                     ),
@@ -264,10 +264,7 @@ async fn element(
         match el.name() {
             "result" if el.attr("type").is_none() => {
                 if authenticated.contains(&from) {
-                    let ok = elem("result", NS_DIALBACK)
-                        .with("from", to)
-                        .with("to", from)
-                        .with("type", "valid");
+                    let ok = db("result").with("from", to).with("to", from).with("type", "valid");
                     return xs.send(&ok).await;
                 }
                 if pending.contains(&from) {
@@ -294,7 +291,7 @@ async fn element(
                 let id = el.attr("id").unwrap_or_default();
                 let ok = server.s2s.check_key(&from, &to, id, &el.text());
                 tracing::info!(receiving = %from, valid = ok, "answered a dialback verification");
-                let answer = elem("verify", NS_DIALBACK)
+                let answer = db("verify")
                     .with("from", to)
                     .with("to", from)
                     .with("id", id)
