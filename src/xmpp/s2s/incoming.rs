@@ -104,7 +104,7 @@ fn check_header(server: &Server, h: &StreamHeader) -> Result<(), StreamError> {
         return Err(StreamError::UnsupportedVersion);
     }
     match &h.to {
-        Some(to) if server.is_local(to) => Ok(()),
+        Some(to) if server.serves(to) => Ok(()),
         _ => Err(StreamError::HostUnknown),
     }
 }
@@ -120,7 +120,9 @@ async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
     };
     check_header(server, &h).map_err(ConnError::Stream)?;
     let id = new_id();
-    xs.queue_raw(&header(server.domain(), h.from.as_deref(), Some(&id)));
+    // Answer as the name the peer asked for: the domain or one of its services.
+    let local = h.to.as_deref().unwrap_or(server.domain()).to_ascii_lowercase();
+    xs.queue_raw(&header(&local, h.from.as_deref(), Some(&id)));
     xs.header_sent = true;
     Ok((id, h.from))
 }
@@ -258,7 +260,7 @@ async fn element(
         let (Some(from), Some(to)) = (el.attr("from").and_then(domain_of), el.attr("to").and_then(domain_of)) else {
             return Err(ConnError::Stream(StreamError::ImproperAddressing));
         };
-        if !server.is_local(&to) {
+        if !server.serves(&to) {
             return Err(ConnError::Stream(StreamError::HostUnknown));
         }
         match el.name() {
@@ -313,7 +315,7 @@ async fn element(
             }
         }
         match stanza::to(&el) {
-            Ok(Some(to)) if server.is_local(to.domain().as_str()) => {}
+            Ok(Some(to)) if server.serves(to.domain().as_str()) => {}
             Ok(_) => return Err(ConnError::Stream(StreamError::HostUnknown)),
             Err(_) => return Err(ConnError::Stream(StreamError::ImproperAddressing)),
         }
