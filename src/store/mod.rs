@@ -32,6 +32,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("app_server", include_str!("migrations/0005_app_server.sql")),
     ("upload", include_str!("migrations/0006_upload.sql")),
     ("pep", include_str!("migrations/0007_pep.sql")),
+    ("push_encrypt", include_str!("migrations/0008_push_encrypt.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

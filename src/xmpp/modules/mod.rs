@@ -13,6 +13,8 @@ pub mod pep;
 pub mod ping;
 pub mod private;
 pub mod push;
+pub mod push_direct;
+pub mod push_tigase;
 pub mod register;
 pub mod roster;
 pub mod vcard;
