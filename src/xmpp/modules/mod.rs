@@ -10,6 +10,7 @@ pub mod disco;
 pub mod extdisco;
 pub mod mam;
 pub mod pep;
+pub mod pep_subscribe;
 pub mod ping;
 pub mod private;
 pub mod push;
