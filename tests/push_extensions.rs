@@ -356,3 +356,56 @@ async fn direct_push_to_the_own_relay_is_submitted_in_process() {
     assert_eq!(registrations(&s), 1);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn direct_push_is_retried_after_a_busy_answer() {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::TestCa::new(dir.path());
+    // A relay stand-in: 503 with Retry-After first, then 202.
+    let seen: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let log = seen.clone();
+    let handler: support::Handler = Arc::new(move |req| {
+        let log = log.clone();
+        Box::pin(async move {
+            let body: serde_json::Value = serde_json::from_slice(req.body()).unwrap_or_default();
+            let n = {
+                let mut l = log.lock().unwrap();
+                l.push(body);
+                l.len()
+            };
+            if n == 1 {
+                support::reply(503, serde_json::Value::Null, &[("retry-after", "1".into())])
+            } else {
+                support::reply(202, serde_json::json!({}), &[])
+            }
+        })
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let _task = support::serve(listener, ca.server_config(&[b"h2", b"http/1.1"]), false, handler);
+    let s = TestServer::start_with(&format!("[relay]\nca_roots = {:?}\n", ca.ca_pem.display().to_string())).await;
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    enable_direct(s.c2s, &format!("https://localhost:{port}/api/v1/messages/"), "tok-1").await;
+    let mut b = RawClient::login(s.c2s, "bob", "pw").await;
+    b.send("<message type='chat' to='alice@localhost'><body>busy?</body></message>")
+        .await;
+    // The failure is not counted once the retry went through.
+    let failures = || {
+        let c = rusqlite::Connection::open(s.config.data_dir.join("pushbox.sqlite3")).unwrap();
+        c.query_row("SELECT failures FROM push_registrations", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    support::eventually(|| async { (seen.lock().unwrap().len() >= 2).then_some(()) }).await;
+    let bodies = seen.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    for b in &bodies {
+        assert_eq!(b["token"], "tok-1");
+        assert_eq!(b["priority"], "high");
+        assert!(b.get("data").is_none(), "no content leaves the server: {b}");
+    }
+    assert_eq!(registrations(&s), 1);
+    assert_eq!(failures(), 0);
+    s.stop().await;
+}
