@@ -256,12 +256,26 @@ async fn relay_token(api: &support::Api, device: &str) -> String {
 }
 
 async fn enable_direct(c2s: std::net::SocketAddr, endpoint: &str, token: &str) {
+    enable_direct_form(c2s, endpoint, token, true).await
+}
+
+/// `token_field` false: ChatSecure's form, where the node is the token.
+async fn enable_direct_form(c2s: std::net::SocketAddr, endpoint: &str, token: &str, token_field: bool) {
+    let token_field = if token_field {
+        format!("<field var='token'><value>{token}</value></field>")
+    } else {
+        String::new()
+    };
     let mut a = RawClient::login_as(c2s, "alice", "pw", Some("phone")).await;
-    let r = iq(&mut a, "en", &format!(
-        "<iq type='set' id='en'><enable xmlns='urn:xmpp:push:0' jid='push.chatsecure.example' node='{token}'>\
+    let r = iq(
+        &mut a,
+        "en",
+        &format!(
+            "<iq type='set' id='en'><enable xmlns='urn:xmpp:push:0' jid='push.chatsecure.example' node='{token}'>\
          <x xmlns='jabber:x:data' type='submit'>{PUBLISH_OPTIONS}\
-         <field var='endpoint'><value>{endpoint}</value></field><field var='token'><value>{token}</value></field></x></enable></iq>"
-    ))
+         <field var='endpoint'><value>{endpoint}</value></field>{token_field}</x></enable></iq>"
+        ),
+    )
     .await;
     assert_eq!(r.attr("type"), Some("result"));
     log_out(a).await;
@@ -342,7 +356,8 @@ async fn direct_push_to_the_own_relay_is_submitted_in_process() {
     let device = support::apns_token();
     let token = relay_token(&api, &device).await;
     let endpoint = format!("https://localhost:{}/api/v1/messages/", https.port());
-    enable_direct(s.c2s, &endpoint, &token).await;
+    // ChatSecure's form: the endpoint only, the node is the token.
+    enable_direct_form(s.c2s, &endpoint, &token, false).await;
     let mut b = RawClient::login(s.c2s, "bob", "pw").await;
     b.send("<message type='chat' to='alice@localhost'><body>ring</body></message>")
         .await;

@@ -188,7 +188,7 @@ async fn publish(
     event: &Event,
     count: u32,
 ) {
-    if let Some(direct) = super::push_direct::Target::from_options(r.options.as_deref()) {
+    if let Some(direct) = super::push_direct::Target::from_options(r.options.as_deref(), &r.node) {
         return super::push_direct::post(server, account, &r, direct, event).await;
     }
     let mut notification = elem("notification", NS);
@@ -346,7 +346,7 @@ impl Module for Push {
                     if x.to_xml().len() > 4096 {
                         return Err(StanzaError::new(Condition::NotAcceptable, "publish options too large"));
                     }
-                    if let Some(t) = super::push_direct::Target::from_form(x) {
+                    if let Some(t) = super::push_direct::Target::from_form(x, &node) {
                         t.check().map_err(|e| StanzaError::new(Condition::BadRequest, e))?;
                     }
                     Some(x.to_xml())

@@ -1,6 +1,7 @@
 //! ChatSecure-style direct pushes: when a client's `<enable/>` carries the
 //! publish-options `endpoint` (a push relay's `/api/v1/messages/` URL) and
-//! `token` (a whitelist token from that relay), the server POSTs each push
+//! `token` (a whitelist token from that relay; without it, the node is the
+//! token, as ChatSecure sends it), the server POSTs each push
 //! straight to the relay over HTTPS instead of publishing over XMPP. When
 //! the endpoint is this daemon's own relay, the push is submitted in
 //! process. A relay's 404 (token unknown, revoked or expired) removes the
@@ -44,17 +45,19 @@ fn form_field(x: &Element, var: &str) -> Option<String> {
 }
 
 impl Target {
-    /// The target named by a publish-options form, if it names one.
-    pub fn from_form(x: &Element) -> Option<Target> {
+    /// The target named by a publish-options form, if it has an `endpoint`;
+    /// the token is the `token` field, else the registration's node (what
+    /// ChatSecure sends).
+    pub fn from_form(x: &Element, node: &str) -> Option<Target> {
         Some(Target {
             endpoint: form_field(x, "endpoint")?,
-            token: form_field(x, "token")?,
+            token: form_field(x, "token").unwrap_or_else(|| node.to_string()),
         })
     }
 
     /// The target of a stored registration's publish-options (XML text).
-    pub fn from_options(options: Option<&str>) -> Option<Target> {
-        Target::from_form(&options?.parse::<Element>().ok()?)
+    pub fn from_options(options: Option<&str>, node: &str) -> Option<Target> {
+        Target::from_form(&options?.parse::<Element>().ok()?, node)
     }
 
     /// Refuse an endpoint that is not an absolute https URL.
@@ -185,7 +188,7 @@ mod tests {
         let x = "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
                  <field var='endpoint'><value>https://push.example.org/api/v1/messages/</value></field>\
                  <field var='token'><value>abc</value></field></x>";
-        let t = Target::from_options(Some(x)).unwrap();
+        let t = Target::from_options(Some(x), "node-1").unwrap();
         assert_eq!(t.endpoint, "https://push.example.org/api/v1/messages/");
         assert_eq!(t.token, "abc");
         assert!(t.check().is_ok());
@@ -195,7 +198,13 @@ mod tests {
         };
         assert!(plain.check().is_err());
         let secret_only = "<x xmlns='jabber:x:data' type='submit'><field var='secret'><value>s</value></field></x>";
-        assert!(Target::from_options(Some(secret_only)).is_none());
-        assert!(Target::from_options(None).is_none());
+        assert!(Target::from_options(Some(secret_only), "node-1").is_none());
+        assert!(Target::from_options(None, "node-1").is_none());
+        // ChatSecure: the endpoint only; the node is the token.
+        let chatsecure = "<x xmlns='jabber:x:data' type='submit'><field var='endpoint'><value>https://push.example.org/api/v1/messages/</value></field></x>";
+        assert_eq!(
+            Target::from_options(Some(chatsecure), "node-1").unwrap().token,
+            "node-1"
+        );
     }
 }
