@@ -424,3 +424,57 @@ async fn direct_push_is_retried_after_a_busy_answer() {
     assert_eq!(failures(), 0);
     s.stop().await;
 }
+
+/// The `<value/>` of field `var` in a raw XML answer.
+fn field(xml: &str, var: &str) -> String {
+    let i = xml
+        .find(&format!("var='{var}'"))
+        .unwrap_or_else(|| panic!("no field {var} in {xml}"));
+    let rest = &xml[i..];
+    let v = rest.find("<value>").unwrap() + 7;
+    rest[v..v + rest[v..].find("</value>").unwrap()].to_string()
+}
+
+#[tokio::test]
+async fn sealed_push_through_the_local_app_server_is_an_alert() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = support::TestCa::new(dir.path());
+    let apns = support::ApnsStandIn::start(&ca, dir.path()).await;
+    let s = TestServer::start_with(&apns.config(&ca)).await;
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let device = support::apns_token();
+    let mut a = RawClient::login_as(s.c2s, "alice", "pw", Some("phone")).await;
+    a.send(&format!(
+        "<iq type='set' id='reg' to='push.localhost'><command xmlns='http://jabber.org/protocol/commands' node='register-push-apns' action='execute'>\
+         <x xmlns='jabber:x:data' type='submit'><field var='token'><value>{device}</value></field><field var='device-id'><value>phone-1</value></field></x></command></iq>"
+    ))
+    .await;
+    let r = a.read_until("</iq>").await;
+    let (jid, node, secret) = (field(&r, "jid"), field(&r, "node"), field(&r, "secret"));
+    a.received.clear();
+    let r = iq(
+        &mut a,
+        "en",
+        &format!(
+            "<iq type='set' id='en'><enable xmlns='urn:xmpp:push:0' jid='{jid}' node='{node}'>\
+             <x xmlns='jabber:x:data' type='submit'>{PUBLISH_OPTIONS}<field var='secret'><value>{secret}</value></field></x>\
+             <encrypt xmlns='tigase:push:encrypt:0' alg='aes-128-gcm'>{}</encrypt></enable></iq>",
+            B64.encode(support::rand_bytes::<16>())
+        ),
+    )
+    .await;
+    assert_eq!(r.attr("type"), Some("result"));
+    log_out(a).await;
+    let mut b = RawClient::login(s.c2s, "bob", "pw").await;
+    b.send("<message type='chat' to='alice@localhost'><body>sealed</body></message>")
+        .await;
+    let path = format!("/3/device/{device}");
+    let seen = apns.log.wait_for(1, |x| x.path == path).await;
+    // No summary form reached the app server, yet the priority mark makes it an alert.
+    assert_eq!(seen[0].headers.get("apns-push-type").unwrap(), "alert");
+    assert_eq!(seen[0].headers.get("apns-priority").unwrap(), "10");
+    assert!(!seen[0].body.to_string().contains("sealed"), "{}", seen[0].body);
+    assert!(apns.log.violations().is_empty(), "{:?}", apns.log.violations());
+    s.stop().await;
+}
