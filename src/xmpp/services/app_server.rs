@@ -179,12 +179,16 @@ async fn publish(server: &Arc<Server>, pubsub: &Element) -> Result<(), StanzaErr
     if !bool::from(sha256(&secret).ct_eq(&secret_hash)) {
         return Err(StanzaError::new(Condition::Forbidden, "wrong secret"));
     }
-    // A body in the summary means "show an alert"; otherwise wake silently.
+    // A body in the summary or a tigase:push:priority:0 `high` means "show
+    // an alert"; otherwise wake silently.
     let notification = p
         .get_child("item", NS_PUBSUB)
         .and_then(|i| i.get_child("notification", crate::xmpp::modules::push::NS));
     let summary = fields(notification.and_then(|n| n.get_child("x", NS_DATA)));
-    let priority = if field(&summary, "last-message-body").is_some() {
+    let marked_high = notification
+        .and_then(|n| n.get_child("priority", crate::xmpp::modules::push_tigase::NS_PRIORITY))
+        .is_some_and(|p| p.text().trim() == "high");
+    let priority = if marked_high || field(&summary, "last-message-body").is_some() {
         Priority::High
     } else {
         Priority::Low
