@@ -260,6 +260,42 @@ async fn messages_presence_and_iq_cross_between_two_daemons() {
     b.stop().await;
 }
 
+/// With certificates both sides trust, streams authenticate with SASL
+/// EXTERNAL: `b.example` here has no way to reach `a.example` (no DNS, no
+/// host override), so a dialback check could never succeed, yet alice's
+/// message arrives.
+#[tokio::test]
+async fn sasl_external_authenticates_without_dialback() {
+    let (ac, as_, bc, bs) = (bind().await, bind().await, bind().await, bind().await);
+    let b_s2s = bs.local_addr().unwrap();
+    let more = "require_valid_certificates = true";
+    let a = Node::start("a.example", ac, as_, true, &federation(&[("b.example", b_s2s)], more)).await;
+    let b = Node::start("b.example", bc, bs, true, &federation(&[], more)).await;
+    a.add_user("alice", "pw-a");
+    b.add_user("bob", "pw-b");
+    let mut alice = a.client("alice", "pw-a").await;
+    let mut bob = b.client("bob", "pw-b").await;
+    bob.send_el(xml("<presence xmlns='jabber:client'/>")).await;
+    alice
+        .send_el(xml(
+            "<message xmlns='jabber:client' to='bob@b.example' type='chat'><body>no dialback needed</body></message>",
+        ))
+        .await;
+    let m = bob
+        .expect("message from alice", |e| {
+            e.name() == "message" && e.attr("from").is_some_and(|f| f.starts_with("alice@a.example"))
+        })
+        .await;
+    assert_eq!(
+        m.get_child("body", "jabber:client").unwrap().text(),
+        "no dialback needed"
+    );
+    alice.close().await;
+    bob.close().await;
+    a.stop().await;
+    b.stop().await;
+}
+
 /// A remote server reaches this daemon's services (`push.a.example`) over
 /// federation: the incoming stream is for the service's name, and the
 /// answer goes back on an outgoing stream from that name, which the remote
