@@ -232,8 +232,7 @@ fn classify(status: u16, code: &str, after: Option<Duration>) -> Outcome {
             after: None,
             reason: why,
         },
-        (429, _) | (500..=599, _) => Outcome::Retry { after, reason: why },
-        _ => Outcome::Drop(why),
+        _ => super::retry_or_drop(status, after, why),
     }
 }
 
