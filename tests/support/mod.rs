@@ -396,7 +396,18 @@ fn apns_error(status: u16, reason: &str) -> Reply {
     reply(status, body, &[("apns-id", uuid::Uuid::new_v4().to_string())])
 }
 
+/// APNs echoes the request's `apns-id` in its answer, and makes one up
+/// when the request has none (clients match answers to pushes by it).
 fn apns_answer(log: &Log, state: &ApnsState, public: &[u8], req: Request<Bytes>) -> Reply {
+    let id = req.headers().get("apns-id").cloned();
+    let mut r = apns_answer_to(log, state, public, req);
+    if let Some(id) = id {
+        r.headers_mut().insert("apns-id", id);
+    }
+    r
+}
+
+fn apns_answer_to(log: &Log, state: &ApnsState, public: &[u8], req: Request<Bytes>) -> Reply {
     let h = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
     let body: Value = serde_json::from_slice(req.body()).unwrap_or(Value::Null);
     log.push(Seen {
