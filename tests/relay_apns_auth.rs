@@ -177,3 +177,41 @@ async fn retry_after_as_an_http_date_is_honoured() {
     assert_eq!(seen[0].body, seen[1].body);
     daemon.stop().await;
 }
+
+/// `pushbox serve` with both and with neither APNs authentication exits 2,
+/// naming the configuration file, the key and the files.
+#[test]
+fn serve_refuses_both_or_neither_apns_authentication() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["AuthKey.p8", "apns.pem"] {
+        std::fs::write(dir.path().join(f), "placeholder").unwrap();
+    }
+    let run = |apns: &str| {
+        let cfg = dir.path().join("pushbox.toml");
+        std::fs::write(&cfg, format!("[relay.apns]\ntopic = \"org.example.chat\"\n{apns}")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_pushbox"))
+            .env_remove("PUSHBOX_CONFIG")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("serve")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "refused as a configuration error");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(err.contains(&cfg.display().to_string()), "names the file: {err}");
+        err
+    };
+    let both = run("key = \"AuthKey.p8\"\nkey_id = \"K\"\nteam_id = \"T\"\ncertificate = \"apns.pem\"\n");
+    assert!(both.contains("`relay.apns`") && both.contains("not both"), "{both}");
+    let neither = run("");
+    assert!(
+        neither.contains("`relay.apns`") && neither.contains("no credential"),
+        "{neither}"
+    );
+    let missing = run("certificate = \"apns.pem\"\ncertificate_key = \"nope.pem\"\n");
+    assert!(
+        missing.contains("`relay.apns.certificate_key`") && missing.contains("nope.pem"),
+        "{missing}"
+    );
+    assert!(!dir.path().join("data").exists(), "nothing was started or created");
+}
