@@ -215,3 +215,39 @@ fn serve_refuses_both_or_neither_apns_authentication() {
     );
     assert!(!dir.path().join("data").exists(), "nothing was started or created");
 }
+
+/// The one-file form `openssl pkcs12 -nodes` writes (text attributes, the
+/// certificate, then the key) loads with `certificate` alone: the key is
+/// read from the same file.
+#[test]
+fn one_pem_file_with_certificate_and_key_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let (c, k) = ca.client_cert(dir.path(), "Apple Push Services: org.example.chat");
+    let both = dir.path().join("apns.pem");
+    std::fs::write(
+        &both,
+        format!(
+            "Bag Attributes\n    localKeyID: 01 02 03\nsubject=CN = Apple Push Services: org.example.chat\n{}\
+             Bag Attributes\n    localKeyID: 01 02 03\nKey Attributes: <No Attributes>\n{}",
+            std::fs::read_to_string(&c).unwrap(),
+            std::fs::read_to_string(&k).unwrap()
+        ),
+    )
+    .unwrap();
+    let cfg = pushbox::config::Config::from_toml_str(
+        &format!(
+            "[relay.apns]\ntopic = \"org.example.chat\"\ncertificate = {:?}\n",
+            both.display().to_string()
+        ),
+        None,
+    )
+    .unwrap();
+    let apns = cfg.relay.apns.as_ref().unwrap();
+    let Ok(pushbox::config::relay::ApnsAuth::Certificate { certificate, key }) = apns.auth() else {
+        panic!("certificate authentication expected");
+    };
+    assert_eq!((certificate, key), (both.as_path(), both.as_path()));
+    tls_config_with_client_cert(None, certificate, key).expect("certificate and key from one file");
+    pushbox::push::providers::apns::Apns::new(apns).expect("the APNs provider loads it");
+}
