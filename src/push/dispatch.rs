@@ -102,7 +102,8 @@ async fn deliver(relay: &Relay, d: Delivery) {
             finish("done").await
         }
         Outcome::Retry { after, reason } => {
-            let delay = backoff(d.attempts).max(after.unwrap_or_default());
+            // Capped at the longest TTL: a later retry would find the push expired anyway.
+            let delay = backoff(d.attempts).max(after.unwrap_or_default()).min(super::MAX_TTL);
             let at = now_ms() + delay.as_millis() as i64;
             if at / 1000 >= d.expires {
                 tracing::warn!(%reason, "giving up: the push expires before the next attempt");
