@@ -596,13 +596,85 @@ async fn fake_authoritative(listener: TcpListener) {
                 {
                     let rest = &acc[i + 5..];
                     let id: String = rest.chars().take_while(|c| *c != '\'' && *c != '"').collect();
-                    let answer = format!("<db:verify from='evil.example' to='a.example' id='{id}' type='valid'/>");
+                    // Answer for whichever domain was asked about (evil.example or a subdomain).
+                    let asked = acc
+                        .find("verify ")
+                        .map(|v| &acc[v..])
+                        .and_then(|v| v.find(" to='").map(|t| &v[t + 5..]))
+                        .map(|t| t.chars().take_while(|c| *c != '\'').collect::<String>())
+                        .unwrap_or_else(|| "evil.example".into());
+                    let answer = format!("<db:verify from='{asked}' to='a.example' id='{id}' type='valid'/>");
                     tls.write_all(answer.as_bytes()).await.unwrap();
                     return;
                 }
             }
         });
     }
+}
+
+/// XEP-0220 §4.4, receiving side: a peer authenticated on a stream may
+/// authenticate further domains on it (piggybacking), and may address any
+/// of the names this daemon serves.
+#[tokio::test]
+async fn dialback_piggybacking_on_an_incoming_stream() {
+    let auth = bind().await;
+    let auth_addr = auth.local_addr().unwrap();
+    let fake = tokio::spawn(fake_authoritative(auth));
+    let (ac, as_) = (bind().await, bind().await);
+    let a = Node::start(
+        "a.example",
+        ac,
+        as_,
+        true,
+        &federation(
+            &[("evil.example", auth_addr), ("sub.evil.example", auth_addr)],
+            "require_valid_certificates = false",
+        ),
+    )
+    .await;
+    a.add_user("alice", "pw-a");
+    let mut alice = a.client("alice", "pw-a").await;
+    let mut peer = RawServer::connect(a.s2s, "evil.example", "a.example").await;
+    peer.send("<db:result from='evil.example' to='a.example'>key-1</db:result>")
+        .await;
+    peer.read_until("type='valid'").await;
+    peer.received.clear();
+    // A second domain on the same stream: checked with its own authoritative server.
+    peer.send("<db:result from='sub.evil.example' to='a.example'>key-2</db:result>")
+        .await;
+    let got = peer.read_until("type='valid'").await;
+    assert!(
+        got.contains("to='sub.evil.example'") || got.contains("to=\"sub.evil.example\""),
+        "{got}"
+    );
+    peer.received.clear();
+    // An authenticated domain towards a service name of this daemon.
+    peer.send("<db:result from='evil.example' to='push.a.example'>key-3</db:result>")
+        .await;
+    let got = peer.read_until("type='valid'").await;
+    assert!(
+        got.contains("from='push.a.example'") || got.contains("from=\"push.a.example\""),
+        "{got}"
+    );
+    peer.send(&format!(
+        "<message from='eve@sub.evil.example/y' to='{}' type='chat'><body>piggybacked</body></message>",
+        alice.full_jid()
+    ))
+    .await;
+    let m = alice
+        .expect("message from sub.evil.example", |e| e.name() == "message")
+        .await;
+    assert_eq!(m.attr("from"), Some("eve@sub.evil.example/y"));
+    // A domain nobody vouched for is still refused.
+    peer.send(&format!(
+        "<message from='x@other.evil.example' to='{}' type='chat'><body>no</body></message>",
+        alice.full_jid()
+    ))
+    .await;
+    assert!(peer.read_to_end().await.contains("invalid-from"));
+    alice.close().await;
+    a.stop().await;
+    fake.abort();
 }
 
 #[tokio::test]
