@@ -10,10 +10,8 @@
 //! `cargo bench --bench push_wake -- [accounts] [senders] [interval_ms]`
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 #[path = "../tests/support/mod.rs"]
-#[allow(dead_code)]
 mod support;
 
 use common::{RawClient, TestServer};
