@@ -409,9 +409,23 @@ impl RawClient {
     }
 
     pub async fn send_bytes(&mut self, b: &[u8]) {
+        // Flush too: TLS records that did not fit in the socket's buffer
+        // would otherwise wait in rustls until the next write.
         let r = match (&mut self.tls, &mut self.tcp) {
-            (Some(t), _) => t.write_all(b).await,
-            (None, Some(t)) => t.write_all(b).await,
+            (Some(t), _) => {
+                async {
+                    t.write_all(b).await?;
+                    t.flush().await
+                }
+                .await
+            }
+            (None, Some(t)) => {
+                async {
+                    t.write_all(b).await?;
+                    t.flush().await
+                }
+                .await
+            }
             _ => unreachable!(),
         };
         r.unwrap();
