@@ -238,6 +238,8 @@ pub struct ApnsState {
     pub bad: Mutex<HashSet<String>>,
     /// Per token: how many 429s to answer first, with this Retry-After.
     pub throttle: Mutex<HashMap<String, (u32, u64)>>,
+    /// An outage: every request answers 503 ServiceUnavailable while set.
+    pub down: std::sync::atomic::AtomicBool,
 }
 
 impl ApnsStandIn {
@@ -312,6 +314,9 @@ fn apns_answer(log: &Log, state: &ApnsState, public: &[u8], req: Request<Bytes>)
         body: body.clone(),
         version: req.version(),
     });
+    if state.down.load(std::sync::atomic::Ordering::SeqCst) {
+        return apns_error(503, "ServiceUnavailable");
+    }
     if req.version() != hyper::Version::HTTP_2 {
         log.violation("APNs requires HTTP/2".into());
         return apns_error(400, "BadRequest");
