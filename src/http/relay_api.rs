@@ -18,6 +18,8 @@ use std::{net::SocketAddr, time::Duration};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 64 * 1024;
+/// Longest wait for a whole request body (a client trickling bytes holds a task).
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Fields = Map<String, Value>;
 
@@ -191,14 +193,21 @@ async fn body(req: Request<Incoming>) -> Result<Fields, Answer> {
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let too_large = || Answer::new(detail(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large."));
+    // A declared length beyond the limit is refused before waiting for the body.
+    if hyper::body::Body::size_hint(req.body()).lower() > MAX_BODY as u64 {
+        return Err(too_large());
+    }
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect());
+    let Ok(read) = read.await else {
+        return Err(Answer::new(detail(
+            StatusCode::REQUEST_TIMEOUT,
+            "The request body did not arrive in time.",
+        )));
+    };
+    let bytes: Bytes = match read {
         Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(Answer::new(detail(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Request body too large.",
-            )))
-        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(_) => {
             return Err(Answer::new(detail(
                 StatusCode::BAD_REQUEST,
