@@ -320,13 +320,56 @@ async fn check_dns(config: &Config, r: &mut Report) {
         }
     }
     let l = &config.listen;
-    for (service, key, addrs, default_port) in [
-        ("_xmpp-client._tcp", "listen.c2s", &l.c2s, Some(5222)),
-        ("_xmpps-client._tcp", "listen.c2s_direct_tls", &l.c2s_direct_tls, None),
-        ("_xmpp-server._tcp", "listen.s2s", &l.s2s, Some(5269)),
-        ("_xmpps-server._tcp", "listen.s2s_direct_tls", &l.s2s_direct_tls, None),
-    ] {
-        let qname = format!("{service}.{}", config.domain);
+    let mut wanted = vec![
+        (
+            "_xmpp-client._tcp",
+            "listen.c2s",
+            &l.c2s,
+            Some(5222),
+            config.domain.clone(),
+        ),
+        (
+            "_xmpps-client._tcp",
+            "listen.c2s_direct_tls",
+            &l.c2s_direct_tls,
+            None,
+            config.domain.clone(),
+        ),
+        (
+            "_xmpp-server._tcp",
+            "listen.s2s",
+            &l.s2s,
+            Some(5269),
+            config.domain.clone(),
+        ),
+        (
+            "_xmpps-server._tcp",
+            "listen.s2s_direct_tls",
+            &l.s2s_direct_tls,
+            None,
+            config.domain.clone(),
+        ),
+    ];
+    if config.federation.enabled {
+        // Other servers reach push.<domain> and upload.<domain> by their own
+        // names (an XEP-0357 publish goes to push.<domain>), so those need
+        // server records too.
+        for name in service_names(&config.domain)
+            .into_iter()
+            .filter(|n| n != &config.domain)
+        {
+            wanted.push(("_xmpp-server._tcp", "listen.s2s", &l.s2s, Some(5269), name.clone()));
+            wanted.push((
+                "_xmpps-server._tcp",
+                "listen.s2s_direct_tls",
+                &l.s2s_direct_tls,
+                None,
+                name,
+            ));
+        }
+    }
+    for (service, key, addrs, default_port, domain) in wanted {
+        let qname = format!("{service}.{domain}");
         let ports: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
         let records: Vec<(String, u16)> = match res.srv_lookup(format!("{qname}.")).await {
             Ok(l) => l
@@ -345,7 +388,7 @@ async fn check_dns(config: &Config, r: &mut Report) {
                 continue;
             }
         };
-        check_srv(r, &qname, key, &ports, default_port, &records, &config.domain);
+        check_srv(r, &qname, key, &ports, default_port, &records, &domain);
         for (target, _) in records.iter().filter(|(t, _)| !t.is_empty()) {
             if let Err(e) = res.lookup_ip(format!("{target}.")).await {
                 r.push(s, Level::Error, &qname, format!("target {target} has no address: {e}"));

@@ -41,6 +41,12 @@ impl Server {
     pub fn is_local(&self, domain: &str) -> bool {
         domain.eq_ignore_ascii_case(&self.config.domain)
     }
+
+    /// Whether this daemon answers for `domain`: its own domain or one of
+    /// the services it runs (`push.<domain>`, `upload.<domain>`).
+    pub fn serves(&self, domain: &str) -> bool {
+        self.is_local(domain) || crate::xmpp::services::for_domain(self, domain).is_some()
+    }
 }
 
 pub type SharedServer = Arc<Server>;

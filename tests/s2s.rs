@@ -260,6 +260,49 @@ async fn messages_presence_and_iq_cross_between_two_daemons() {
     b.stop().await;
 }
 
+/// A remote server reaches this daemon's services (`push.a.example`) over
+/// federation: the incoming stream is for the service's name, and the
+/// answer goes back on an outgoing stream from that name, which the remote
+/// server verifies by dialback against `push.a.example` itself.
+#[tokio::test]
+async fn remote_servers_reach_the_service_subdomains() {
+    let (ac, as_, bc, bs) = (bind().await, bind().await, bind().await, bind().await);
+    let (a_s2s, b_s2s) = (as_.local_addr().unwrap(), bs.local_addr().unwrap());
+    let more = "require_valid_certificates = true";
+    let a = Node::start("a.example", ac, as_, true, &federation(&[("b.example", b_s2s)], more)).await;
+    let b_hosts = [
+        ("a.example", a_s2s),
+        ("push.a.example", a_s2s),
+        ("upload.a.example", a_s2s),
+    ];
+    let b = Node::start("b.example", bc, bs, true, &federation(&b_hosts, more)).await;
+    b.add_user("bob", "pw-b");
+    let mut bob = b.client("bob", "pw-b").await;
+    let r = bob
+        .iq(xml(
+            "<iq xmlns='jabber:client' type='get' to='push.a.example'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",
+        ))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{r:?}");
+    assert_eq!(r.attr("from"), Some("push.a.example"));
+    let q = r.get_child("query", "http://jabber.org/protocol/disco#info").unwrap();
+    assert!(
+        q.children()
+            .any(|c| c.name() == "identity" && c.attr("category") == Some("pubsub") && c.attr("type") == Some("push")),
+        "{r:?}"
+    );
+    // A name the daemon does not serve is refused at the stream header.
+    let r = bob
+        .iq(xml(
+            "<iq xmlns='jabber:client' type='get' to='nothing.a.example'><ping xmlns='urn:xmpp:ping'/></iq>",
+        ))
+        .await;
+    assert_eq!(r.attr("type"), Some("error"), "{r:?}");
+    bob.close().await;
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn unreachable_and_silent_domains_bounce() {
     // A port nothing listens on, and a listener that never says a word.
@@ -357,7 +400,7 @@ async fn a_peer_with_an_unverifiable_certificate_is_refused_when_required() {
     let mut evil = RawServer::connect(a.s2s, "evil.example", "a.example").await;
     evil.send("<db:result from='evil.example' to='a.example'>some-key</db:result>")
         .await;
-    let got = evil.read_until("</result>").await;
+    let got = evil.read_until("</db:result>").await;
     assert!(got.contains("type='error'") && !got.contains("type='valid'"), "{got}");
     fake.abort();
     alice.close().await;

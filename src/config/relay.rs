@@ -36,7 +36,7 @@ pub struct RelayConfig {
     pub token_rate: u32,
     /// API requests per minute per client IP address.
     pub ip_rate: u32,
-    /// Extra PEM roots to trust for Web Push endpoints and upstream relays.
+    /// Extra PEM roots to trust for Web Push endpoints, upstream relays and direct-push relays.
     pub ca_roots: Option<PathBuf>,
     /// The VAPID `sub` claim (a `mailto:` or `https:` URL); unset: the public URL.
     pub vapid_subject: Option<String>,

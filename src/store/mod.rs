@@ -11,6 +11,7 @@ pub mod backup;
 pub mod invites;
 pub mod offline;
 pub mod pep;
+pub mod pep_subscriptions;
 pub mod push;
 pub mod relay;
 pub mod roster;
@@ -32,6 +33,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("app_server", include_str!("migrations/0005_app_server.sql")),
     ("upload", include_str!("migrations/0006_upload.sql")),
     ("pep", include_str!("migrations/0007_pep.sql")),
+    ("push_encrypt", include_str!("migrations/0008_push_encrypt.sql")),
+    ("pep_subscriptions", include_str!("migrations/0009_pep_subscriptions.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

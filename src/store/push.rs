@@ -9,6 +9,8 @@ pub struct Registration {
     pub node: String,
     pub options: Option<String>,
     pub failures: i64,
+    /// The `tigase:push:encrypt:0` AES-128-GCM key, when the client gave one.
+    pub encrypt_key: Option<Vec<u8>>,
 }
 
 /// Add or refresh a registration; false when the account already has `max`.
@@ -43,6 +45,15 @@ pub fn enable(
     Ok(true)
 }
 
+/// Set (or clear) the key that seals a registration's notifications.
+pub fn set_encrypt_key(c: &Connection, account: i64, service: &str, node: &str, key: Option<&[u8]>) -> Result<()> {
+    c.execute(
+        "UPDATE push_registrations SET encrypt_key=?4 WHERE account_id=?1 AND service=?2 AND node=?3",
+        params![account, service, node, key],
+    )?;
+    Ok(())
+}
+
 /// Remove registrations for `service` (all nodes when `node` is None).
 pub fn disable(c: &Connection, account: i64, service: &str, node: Option<&str>) -> Result<usize> {
     Ok(match node {
@@ -59,7 +70,7 @@ pub fn disable(c: &Connection, account: i64, service: &str, node: Option<&str>) 
 
 pub fn list(c: &Connection, account: i64) -> Result<Vec<Registration>> {
     let mut st = c.prepare_cached(
-        "SELECT service, node, options, failures FROM push_registrations WHERE account_id=?1 ORDER BY created_at",
+        "SELECT service, node, options, failures, encrypt_key FROM push_registrations WHERE account_id=?1 ORDER BY created_at",
     )?;
     let rows = st.query_map(params![account], |r| {
         Ok(Registration {
@@ -67,6 +78,7 @@ pub fn list(c: &Connection, account: i64) -> Result<Vec<Registration>> {
             node: r.get(1)?,
             options: r.get(2)?,
             failures: r.get(3)?,
+            encrypt_key: r.get(4)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

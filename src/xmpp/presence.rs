@@ -414,12 +414,7 @@ async fn inbound_subscription(server: &Arc<Server>, from: &BareJid, owner: &Bare
                 save(server, owner, id, item, false).await;
                 let awake = server.sessions.of(owner).iter().any(|s| s.available() && !s.asleep());
                 if !awake {
-                    let ev = crate::xmpp::modules::push::Event {
-                        sender: Some(from.clone().into()),
-                        body: None,
-                        important: false,
-                        subscription: true,
-                    };
+                    let ev = crate::xmpp::modules::push::Event::subscription(from.clone().into());
                     crate::xmpp::modules::push::notify(server, owner, ev);
                 }
                 deliver(p);

@@ -38,8 +38,12 @@ class Client(slixmpp.ClientXMPP):
         self.presences = asyncio.Queue()
         self.subs = asyncio.Queue()
         self.online = asyncio.get_event_loop().create_future()
-        for p in ["xep_0030", "xep_0199", "xep_0092"]:
+        # Caps with nick+notify (XEP-0115, XEP-0163, XEP-0172): PEP notifications
+        # are sent to contacts whose caps ask for them.
+        for p in ["xep_0030", "xep_0199", "xep_0092", "xep_0115", "xep_0163", "xep_0172"]:
             self.register_plugin(p)
+        self.nicks = asyncio.Queue()
+        self.add_event_handler("user_nick_publish", lambda m: self.nicks.put_nowait(m))
         self.add_event_handler("session_start", self._start)
         self.add_event_handler("message", self._message)
         self.add_event_handler("presence_available", lambda p: self.presences.put_nowait(p))
@@ -115,6 +119,15 @@ async def iq_round_trips(a, b):
     await a.plugin["xep_0199"].ping(jid=b.boundjid.full, timeout=WAIT)
 
 
+async def pep_both_ways(a, b):
+    """Each publishes a nickname (PEP); the contact's client on the other
+    server gets the notification across the boundary."""
+    for pub, sub, name, pub_jid in ((a, b, f"Alice {PEER}", ALICE), (b, a, "Bob a.example", BOB)):
+        await pub.plugin["xep_0172"].publish_nick(name, timeout=WAIT)
+        await expect(sub.nicks, f"{pub_jid}'s nickname at {sub.boundjid.bare}",
+                     lambda m: m["from"].bare == pub_jid and name in str(m))
+
+
 async def unreachable_bounces(a, b):
     start = time.monotonic()
     a.send_message(mto=f"nobody@{UNREACHABLE}", mbody="anyone?", mtype="chat")
@@ -129,7 +142,7 @@ async def main():
     logging.basicConfig(level=logging.ERROR)
     a = await Client(ALICE, "pw-a", A_PORT).login()
     b = await Client(BOB, "pw-b", PEER_PORT).login()
-    scenarios = [messages, presence_both_ways, iq_round_trips]
+    scenarios = [messages, presence_both_ways, pep_both_ways, iq_round_trips]
     if UNREACHABLE:
         scenarios.append(unreachable_bounces)
     failed = 0

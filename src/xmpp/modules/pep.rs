@@ -1,7 +1,8 @@
 //! Personal Eventing Protocol (XEP-0163) on a subset of XEP-0060: publish
 //! with publish-options, retract, items, create, node configuration,
 //! delete and purge, and notifications filtered by the recipients'
-//! entity-capabilities `+notify` features (learnt through [`super::caps`]).
+//! entity-capabilities `+notify` features (learnt through [`super::caps`])
+//! plus explicit subscribers ([`super::pep_subscribe`]).
 
 use super::{caps, BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
@@ -75,6 +76,7 @@ const FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#purge-nodes",
     "http://jabber.org/protocol/pubsub#retract-items",
     "http://jabber.org/protocol/pubsub#retrieve-items",
+    "http://jabber.org/protocol/pubsub#subscribe",
 ];
 
 pub struct PepModule;
@@ -275,12 +277,16 @@ async fn handle(ctx: IqCtx<'_>) -> IqReply {
             created.map_err(StanzaError::from)?;
             Ok(None)
         }
-        (false, _, "subscribe" | "unsubscribe" | "options" | "subscriptions" | "affiliations" | "default") => {
+        (false, true, "subscribe") => {
+            super::pep_subscribe::subscribe(ctx.server, &owner, account, ctx.from, first).await
+        }
+        (false, true, "unsubscribe") => super::pep_subscribe::unsubscribe(ctx.server, account, ctx.from, first).await,
+        (false, _, "options" | "subscriptions" | "affiliations" | "default") => {
             let mut e = perr(Condition::FeatureNotImplemented, None);
             e.extra = Some(Box::new(elem("unsupported", NS_ERRORS).with(
                 "feature",
                 match first.name() {
-                    "subscribe" | "unsubscribe" | "options" => "subscribe",
+                    "options" => "subscription-options",
                     "subscriptions" => "retrieve-subscriptions",
                     "affiliations" => "retrieve-affiliations",
                     _ => "retrieve-default",
@@ -528,7 +534,7 @@ pub fn access_denied(cfg: &NodeConfig, roster: Option<&RosterItem>) -> Option<St
     }
 }
 
-fn item_element(i: &Item, ns: &str) -> Element {
+pub(super) fn item_element(i: &Item, ns: &str) -> Element {
     let mut e = elem("item", ns).with("id", i.id.clone());
     if !i.publisher.is_empty() {
         e.set("publisher", i.publisher.clone());
@@ -707,7 +713,7 @@ async fn delete(server: &Arc<Server>, owner: &BareJid, account: i64, node: &str)
     Ok(())
 }
 
-fn event_message(owner: &BareJid, to: &Jid, ev: Element) -> Element {
+pub(super) fn event_message(owner: &BareJid, to: &Jid, ev: Element) -> Element {
     let id: u64 = rand::random();
     elem("message", NS_CLIENT)
         .with("type", "headline")
@@ -718,10 +724,11 @@ fn event_message(owner: &BareJid, to: &Jid, ev: Element) -> Element {
 }
 
 /// Send an event about `node` to every online resource that asked for it
-/// (`node+notify` in its caps) and may see the node.
+/// (`node+notify` in its caps) and to its explicit subscribers, when they
+/// may see the node.
 async fn notify(server: &Arc<Server>, owner: &BareJid, account: i64, node: &str, cfg: &NodeConfig, ev: Element) {
     let want = format!("{node}+notify");
-    let targets: Vec<FullJid> = {
+    let implicit: Vec<FullJid> = {
         let map = server.modules.pep.recipients.lock().unwrap_or_else(|e| e.into_inner());
         map.get(owner)
             .map(|m| {
@@ -732,6 +739,17 @@ async fn notify(server: &Arc<Server>, owner: &BareJid, account: i64, node: &str,
             })
             .unwrap_or_default()
     };
+    let mut targets: Vec<Jid> = implicit.iter().cloned().map(Jid::from).collect();
+    for j in super::pep_subscribe::subscribers(server, account, node).await {
+        // A bare subscriber whose resources get the event through caps already is skipped.
+        let covered = match j.try_as_full() {
+            Ok(_) => targets.contains(&j),
+            Err(_) => implicit.iter().any(|f| f.to_bare() == j.to_bare()),
+        };
+        if !covered {
+            targets.push(j);
+        }
+    }
     if targets.is_empty() {
         return;
     }
@@ -755,7 +773,7 @@ async fn notify(server: &Arc<Server>, owner: &BareJid, account: i64, node: &str,
         if bare != *owner && access_denied(cfg, roster.get(&bare.to_string())).is_some() {
             continue;
         }
-        route(server, event_message(owner, &Jid::from(t), ev.clone())).await;
+        route(server, event_message(owner, &t, ev.clone())).await;
     }
 }
 

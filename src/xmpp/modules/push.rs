@@ -3,7 +3,7 @@
 //! arrives while every client of the account is offline, hibernated or
 //! inactive, the server publishes a summary to each registered app server.
 
-use super::{BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
+use super::{push_tigase, BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
     server::Server,
     store,
@@ -37,6 +37,31 @@ pub struct Event {
     /// Encrypted message or call invite: show an alert even without content.
     pub important: bool,
     pub subscription: bool,
+    /// An end-to-end encrypted message (OMEMO and the like).
+    pub encrypted: bool,
+    /// A call invite (XEP-0353 `<propose/>`).
+    pub call: Option<Call>,
+}
+
+impl Event {
+    /// A presence subscription request from `from`.
+    pub fn subscription(from: Jid) -> Event {
+        Event {
+            sender: Some(from),
+            body: None,
+            important: false,
+            subscription: true,
+            encrypted: false,
+            call: None,
+        }
+    }
+}
+
+/// A call invite: its session id and media (`audio`, `video`).
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub sid: String,
+    pub media: Vec<String>,
 }
 
 /// Per-account counts of events since the account was last online.
@@ -69,17 +94,28 @@ pub fn event_for(msg: &Element) -> Option<Event> {
     let encrypted = msg
         .children()
         .any(|c| c.name() == "encrypted" || c.ns() == "eu.siacs.conversations.axolotl" || c.ns() == "urn:xmpp:omemo:2");
-    let call = msg
-        .children()
-        .any(|c| c.name() == "propose" && c.ns() == "urn:xmpp:jingle-message:0");
-    if body.is_none() && !encrypted && !call {
+    let call = msg.get_child("propose", "urn:xmpp:jingle-message:0").map(|p| {
+        let mut media: Vec<String> = p
+            .children()
+            .filter(|d| d.name() == "description")
+            .filter_map(|d| d.attr("media").map(str::to_string))
+            .collect();
+        media.dedup();
+        Call {
+            sid: p.attr("id").unwrap_or_default().to_string(),
+            media,
+        }
+    });
+    if body.is_none() && !encrypted && call.is_none() {
         return None;
     }
     Some(Event {
         sender: stanza::from(msg),
         body: if encrypted { None } else { body },
-        important: encrypted || call,
+        important: encrypted || call.is_some(),
         subscription: false,
+        encrypted,
+        call,
     })
 }
 
@@ -152,11 +188,31 @@ async fn publish(
     event: &Event,
     count: u32,
 ) {
+    if let Some(direct) = super::push_direct::Target::from_options(r.options.as_deref(), &r.node) {
+        return super::push_direct::post(server, account, &r, direct, event).await;
+    }
+    let mut notification = elem("notification", NS);
+    match r
+        .encrypt_key
+        .as_deref()
+        .map(|k| push_tigase::encrypted_element(k, event, count))
+    {
+        // Sealed: the summary form would tell the app server what the payload hides.
+        Some(Ok(sealed)) => notification.append_child(sealed),
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "push payload encryption failed; nothing published");
+            return;
+        }
+        None => notification.append_child(summary(server, event, count)),
+    };
+    if push_tigase::is_high(event) {
+        notification.append_child(push_tigase::priority_element());
+    }
     let (id, rx) = server.iq_tracker.register();
     let mut publish_el = elem("pubsub", NS_PUBSUB).child(
         elem("publish", NS_PUBSUB)
             .with("node", r.node.clone())
-            .child(elem("item", NS_PUBSUB).child(elem("notification", NS).child(summary(server, event, count)))),
+            .child(elem("item", NS_PUBSUB).child(notification)),
     );
     if let Some(opts) = r.options.as_deref().and_then(|o| o.parse::<Element>().ok()) {
         publish_el.append_child(elem("publish-options", NS_PUBSUB).child(opts));
@@ -193,7 +249,7 @@ async fn publish(
 
 /// Count a failed publish; remove the registration after too many (a
 /// `wait` error counts too, but only `max_failures` in a row remove it).
-async fn registration_failed(
+pub(super) async fn registration_failed(
     server: &Arc<Server>,
     account: i64,
     r: &store::push::Registration,
@@ -227,7 +283,13 @@ impl Module for Push {
         "push"
     }
     fn account_features(&self) -> &'static [&'static str] {
-        &[NS]
+        &[
+            NS,
+            push_tigase::NS_ENCRYPT,
+            push_tigase::NS_ENCRYPT_AES_128_GCM,
+            push_tigase::NS_PRIORITY,
+            push_tigase::NS_JINGLE,
+        ]
     }
     fn iqs(&self) -> &'static [IqRoute] {
         &[
@@ -284,16 +346,26 @@ impl Module for Push {
                     if x.to_xml().len() > 4096 {
                         return Err(StanzaError::new(Condition::NotAcceptable, "publish options too large"));
                     }
+                    if let Some(t) = super::push_direct::Target::from_form(x, &node) {
+                        t.check().map_err(|e| StanzaError::new(Condition::BadRequest, e))?;
+                    }
                     Some(x.to_xml())
                 }
                 None => None,
             };
+            let key = push_tigase::parse_encrypt(ctx.payload)?;
             let max = ctx.server.config.push.max_registrations;
             let ok = ctx
                 .server
                 .store
                 .call(move |c| match store::accounts::id_of(c, &username)? {
-                    Some(id) => store::push::enable(c, id, &service, &node, options.as_deref(), max),
+                    Some(id) => {
+                        let ok = store::push::enable(c, id, &service, &node, options.as_deref(), max)?;
+                        if ok {
+                            store::push::set_encrypt_key(c, id, &service, &node, key.as_deref())?;
+                        }
+                        Ok(ok)
+                    }
                     None => Ok(false),
                 })
                 .await

@@ -7,7 +7,7 @@
 //! domains authenticated on this stream (else stream error `invalid-from`),
 //! converted to `jabber:client` and routed like local ones.
 
-use super::{header, limits, to_client_ns, NS_DIALBACK, NS_DIALBACK_FEATURE};
+use super::{db, header, limits, to_client_ns, NS_DIALBACK, NS_DIALBACK_FEATURE};
 use crate::{
     certs::ALPN_XMPP_SERVER,
     server::{self, Server},
@@ -104,7 +104,7 @@ fn check_header(server: &Server, h: &StreamHeader) -> Result<(), StreamError> {
         return Err(StreamError::UnsupportedVersion);
     }
     match &h.to {
-        Some(to) if server.is_local(to) => Ok(()),
+        Some(to) if server.serves(to) => Ok(()),
         _ => Err(StreamError::HostUnknown),
     }
 }
@@ -120,7 +120,9 @@ async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
     };
     check_header(server, &h).map_err(ConnError::Stream)?;
     let id = new_id();
-    xs.queue_raw(&header(server.domain(), h.from.as_deref(), Some(&id)));
+    // Answer as the name the peer asked for: the domain or one of its services.
+    let local = h.to.as_deref().unwrap_or(server.domain()).to_ascii_lowercase();
+    xs.queue_raw(&header(&local, h.from.as_deref(), Some(&id)));
     xs.header_sent = true;
     Ok((id, h.from))
 }
@@ -212,12 +214,12 @@ async fn serve(
                     }
                 };
                 let valid = refusal.is_none();
-                let answer = elem("result", NS_DIALBACK).with("from", to).with("to", from.clone());
+                let answer = db("result").with("from", to).with("to", from.clone());
                 let answer = match refusal {
                     None => answer.with("type", "valid"),
                     Some(None) => answer.with("type", "invalid"),
                     Some(Some(cond)) => answer.with("type", "error").child(
-                        elem("error", NS_DIALBACK)
+                        elem("error", crate::xmpp::xml::NS_SERVER)
                             .with("type", "cancel")
                             .child(elem(cond, crate::xmpp::xml::NS_STANZAS)),
                     ),
@@ -258,16 +260,13 @@ async fn element(
         let (Some(from), Some(to)) = (el.attr("from").and_then(domain_of), el.attr("to").and_then(domain_of)) else {
             return Err(ConnError::Stream(StreamError::ImproperAddressing));
         };
-        if !server.is_local(&to) {
+        if !server.serves(&to) {
             return Err(ConnError::Stream(StreamError::HostUnknown));
         }
         match el.name() {
             "result" if el.attr("type").is_none() => {
                 if authenticated.contains(&from) {
-                    let ok = elem("result", NS_DIALBACK)
-                        .with("from", to)
-                        .with("to", from)
-                        .with("type", "valid");
+                    let ok = db("result").with("from", to).with("to", from).with("type", "valid");
                     return xs.send(&ok).await;
                 }
                 if pending.contains(&from) {
@@ -294,7 +293,7 @@ async fn element(
                 let id = el.attr("id").unwrap_or_default();
                 let ok = server.s2s.check_key(&from, &to, id, &el.text());
                 tracing::info!(receiving = %from, valid = ok, "answered a dialback verification");
-                let answer = elem("verify", NS_DIALBACK)
+                let answer = db("verify")
                     .with("from", to)
                     .with("to", from)
                     .with("id", id)
@@ -316,7 +315,7 @@ async fn element(
             }
         }
         match stanza::to(&el) {
-            Ok(Some(to)) if server.is_local(to.domain().as_str()) => {}
+            Ok(Some(to)) if server.serves(to.domain().as_str()) => {}
             Ok(_) => return Err(ConnError::Stream(StreamError::HostUnknown)),
             Err(_) => return Err(ConnError::Stream(StreamError::ImproperAddressing)),
         }

@@ -178,6 +178,18 @@ pub fn to_client_ns(el: &Element) -> Element {
     rename_ns(el, NS_SERVER, NS_CLIENT)
 }
 
+/// A dialback element (`result`, `verify`) written as `<db:NAME>`.
+/// ejabberd (fast_xml) matches dialback elements by the literal name
+/// `db:result` / `db:verify` and ignores `<result xmlns='jabber:server:dialback'>`,
+/// which is the same element to a namespace-aware parser; so the prefix is
+/// declared on the element and always used.
+pub(crate) fn db(name: &str) -> Element {
+    Element::builder(name, NS_DIALBACK)
+        .prefix(Some("db".to_string()), NS_DIALBACK)
+        .expect("a fresh element has no prefixes")
+        .build()
+}
+
 /// Our header for a server stream, declaring the dialback prefix.
 pub(crate) fn header(from: &str, to: Option<&str>, id: Option<&str>) -> String {
     use super::stream::escape;
@@ -193,6 +205,24 @@ pub(crate) fn header(from: &str, to: Option<&str>, id: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dialback_elements_carry_the_db_prefix() {
+        use crate::xmpp::xml::ElementExt;
+        let el = db("result")
+            .with("from", "a.example")
+            .with("to", "b.example")
+            .text_child("k3y");
+        let xml = el.to_xml();
+        assert!(xml.starts_with("<db:result "), "{xml}");
+        assert!(xml.ends_with(">k3y</db:result>"), "{xml}");
+        assert!(
+            xml.contains("xmlns:db='jabber:server:dialback'") || xml.contains("xmlns:db=\"jabber:server:dialback\"")
+        );
+        // A namespace-aware reader sees the same element as before.
+        let back: Element = xml.parse().unwrap();
+        assert!(back.is("result", NS_DIALBACK));
+    }
     use crate::xmpp::xml::ElementExt;
 
     #[test]

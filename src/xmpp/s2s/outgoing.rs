@@ -8,7 +8,7 @@
 //! the short "verify" connections the incoming side uses to check a
 //! dialback key with the originating domain's authoritative server.
 
-use super::{header, limits, resolve::Target, to_server_ns, NS_DIALBACK};
+use super::{db, header, limits, resolve::Target, to_server_ns, NS_DIALBACK};
 use crate::{
     server::{self, Server},
     xmpp::{
@@ -291,13 +291,8 @@ async fn dialback(server: &Arc<Server>, local: &str, remote: &str, o: Opened) ->
         return Err(Failed::Protocol("the remote stream has no id"));
     }
     let key = server.s2s.dialback_key(remote, local, &stream_id);
-    xs.send(
-        &elem("result", NS_DIALBACK)
-            .with("from", local)
-            .with("to", remote)
-            .text_child(key),
-    )
-    .await?;
+    xs.send(&db("result").with("from", local).with("to", remote).text_child(key))
+        .await?;
     loop {
         match xs.next_event().await? {
             Event::Stanza(el) if el.name() == "result" && el.ns() == NS_DIALBACK => {
@@ -348,7 +343,7 @@ pub async fn verify(
                     continue;
                 }
             };
-            let req = elem("verify", NS_DIALBACK)
+            let req = db("verify")
                 .with("from", local)
                 .with("to", remote)
                 .with("id", stream_id)

@@ -158,7 +158,8 @@ pub struct Publish {
     pub node: String,
     /// The `secret` field of the publish-options form (empty when absent).
     pub secret: String,
-    /// High when the summary carries a message body (an alert), low otherwise.
+    /// High when the summary carries a message body or a Tigase priority
+    /// mark says `high` (an alert), low otherwise.
     pub priority: Priority,
 }
 
@@ -172,12 +173,16 @@ pub fn parse_publish(pubsub: &Element) -> Result<Publish, StanzaError> {
         .and_then(|o| o.get_child("x", NS_DATA));
     let fs = fields(opts);
     let secret = field(&fs, "secret").unwrap_or_default().to_string();
-    // A body in the summary means "show an alert"; otherwise wake silently.
+    // A body in the summary or a tigase:push:priority:0 `high` means "show
+    // an alert"; otherwise wake silently.
     let notification = p
         .get_child("item", NS_PUBSUB)
         .and_then(|i| i.get_child("notification", crate::xmpp::modules::push::NS));
     let summary = fields(notification.and_then(|n| n.get_child("x", NS_DATA)));
-    let priority = if field(&summary, "last-message-body").is_some() {
+    let marked_high = notification
+        .and_then(|n| n.get_child("priority", crate::xmpp::modules::push_tigase::NS_PRIORITY))
+        .is_some_and(|p| p.text().trim() == "high");
+    let priority = if marked_high || field(&summary, "last-message-body").is_some() {
         Priority::High
     } else {
         Priority::Low

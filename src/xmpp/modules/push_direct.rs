@@ -1,0 +1,210 @@
+//! ChatSecure-style direct pushes: when a client's `<enable/>` carries the
+//! publish-options `endpoint` (a push relay's `/api/v1/messages/` URL) and
+//! `token` (a whitelist token from that relay; without it, the node is the
+//! token, as ChatSecure sends it), the server POSTs each push
+//! straight to the relay over HTTPS instead of publishing over XMPP. When
+//! the endpoint is this daemon's own relay, the push is submitted in
+//! process. A relay's 404 (token unknown, revoked or expired) removes the
+//! registration; 429, 5xx and network errors are retried with backoff.
+
+use super::push::{registration_failed, Event, NS_DATA};
+use super::push_tigase::is_high;
+use crate::{
+    push::{client::HttpsClient, Priority, SubmitError},
+    server::Server,
+    store,
+};
+use bytes::Bytes;
+use http_body_util::Full;
+use minidom::Element;
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, OnceLock},
+    time::Duration,
+};
+
+/// Attempts per push before the failure is counted against the registration.
+const ATTEMPTS: u32 = 5;
+/// Longest wait between two attempts, whatever `Retry-After` asks.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Where a direct push goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub endpoint: String,
+    pub token: String,
+}
+
+fn form_field(x: &Element, var: &str) -> Option<String> {
+    x.children()
+        .find(|f| f.name() == "field" && f.attr("var") == Some(var))
+        .and_then(|f| f.get_child("value", NS_DATA))
+        .map(|v| v.text().trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+impl Target {
+    /// The target named by a publish-options form, if it has an `endpoint`;
+    /// the token is the `token` field, else the registration's node (what
+    /// ChatSecure sends).
+    pub fn from_form(x: &Element, node: &str) -> Option<Target> {
+        Some(Target {
+            endpoint: form_field(x, "endpoint")?,
+            token: form_field(x, "token").unwrap_or_else(|| node.to_string()),
+        })
+    }
+
+    /// The target of a stored registration's publish-options (XML text).
+    pub fn from_options(options: Option<&str>, node: &str) -> Option<Target> {
+        Target::from_form(&options?.parse::<Element>().ok()?, node)
+    }
+
+    /// Refuse an endpoint that is not an absolute https URL.
+    pub fn check(&self) -> Result<(), &'static str> {
+        match self.endpoint.parse::<hyper::Uri>() {
+            Ok(u) if u.scheme_str() == Some("https") && u.host().is_some() => Ok(()),
+            _ => Err("the push endpoint must be an https URL"),
+        }
+    }
+}
+
+/// One HTTPS client per set of extra roots, shared by every push.
+fn client(extra_roots: Option<PathBuf>) -> anyhow::Result<Arc<HttpsClient>> {
+    static CLIENTS: OnceLock<Mutex<HashMap<Option<PathBuf>, Arc<HttpsClient>>>> = OnceLock::new();
+    let map = CLIENTS.get_or_init(Default::default);
+    if let Some(c) = map.lock().unwrap_or_else(|p| p.into_inner()).get(&extra_roots) {
+        return Ok(c.clone());
+    }
+    let c = Arc::new(HttpsClient::new(extra_roots.as_deref())?);
+    map.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(extra_roots, c.clone());
+    Ok(c)
+}
+
+/// What one attempt came to.
+enum Outcome {
+    Accepted,
+    /// The relay does not know the token: the registration is dead.
+    Gone,
+    /// Worth another try, after at least this long.
+    Retry(Option<Duration>, String),
+    /// Refused for another reason: counted like an XMPP `cancel` error.
+    Refused(String),
+}
+
+fn own_relay(server: &Server, endpoint: &str) -> bool {
+    let own = format!("{}/api/v1/messages", crate::http::public_url(&server.config));
+    server.config.relay.enabled && endpoint.trim_end_matches('/') == own
+}
+
+async fn attempt(server: &Arc<Server>, t: &Target, priority: Priority) -> Outcome {
+    if own_relay(server, &t.endpoint) {
+        return match server.relay.submit(&t.token, None, priority, None).await {
+            Ok(_) => Outcome::Accepted,
+            Err(SubmitError::UnknownToken) => Outcome::Gone,
+            Err(SubmitError::RateLimited { retry_after }) => Outcome::Retry(Some(retry_after), "rate limited".into()),
+            Err(e @ SubmitError::TooLarge { .. }) => Outcome::Refused(e.to_string()),
+            Err(SubmitError::Store(e)) => Outcome::Retry(None, e.to_string()),
+        };
+    }
+    let client = match client(server.config.relay.ca_roots.clone()) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Refused(format!("HTTPS client: {e}")),
+    };
+    let body = serde_json::json!({ "token": t.token, "priority": priority.as_str() }).to_string();
+    let req = match hyper::Request::post(&t.endpoint)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("pushbox/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(Full::new(Bytes::from(body)))
+    {
+        Ok(r) => r,
+        Err(e) => return Outcome::Refused(format!("bad endpoint: {e}")),
+    };
+    match client.send(req).await {
+        Ok(resp) => match resp.status().as_u16() {
+            200..=299 => Outcome::Accepted,
+            404 => Outcome::Gone,
+            s @ (429 | 500..=599) => Outcome::Retry(crate::push::client::retry_after(&resp), format!("HTTP {s}")),
+            s => Outcome::Refused(format!("HTTP {s}")),
+        },
+        Err(e) => Outcome::Retry(None, e.to_string()),
+    }
+}
+
+/// Deliver one push to a direct target, retrying transient failures.
+pub async fn post(server: &Arc<Server>, account: i64, r: &store::push::Registration, t: Target, event: &Event) {
+    let priority = if is_high(event) { Priority::High } else { Priority::Low };
+    let (service, node) = (r.service.clone(), r.node.clone());
+    let mut last = String::new();
+    for n in 0..ATTEMPTS {
+        match attempt(server, &t, priority).await {
+            Outcome::Accepted => {
+                tracing::debug!(endpoint = %t.endpoint, "direct push accepted by the relay");
+                let _ = server
+                    .store
+                    .call(move |c| store::push::succeeded(c, account, &service, &node))
+                    .await;
+                return;
+            }
+            Outcome::Gone => {
+                let _ = server
+                    .store
+                    .call(move |c| store::push::disable(c, account, &service, Some(&node)))
+                    .await;
+                tracing::warn!(endpoint = %t.endpoint, "push registration removed: the relay does not know its token");
+                return;
+            }
+            Outcome::Refused(reason) => {
+                tracing::info!(endpoint = %t.endpoint, %reason, "direct push refused");
+                return registration_failed(server, account, r, "cancel", "not-acceptable").await;
+            }
+            Outcome::Retry(after, reason) => {
+                let backoff = Duration::from_secs(1 << n)
+                    .max(after.unwrap_or_default())
+                    .min(MAX_BACKOFF);
+                tracing::info!(endpoint = %t.endpoint, %reason, attempt = n + 1, retry_in_s = backoff.as_secs(), "direct push will be retried");
+                last = reason;
+                if n + 1 < ATTEMPTS {
+                    tokio::time::sleep(backoff).await;
+                }
+            }
+        }
+    }
+    tracing::warn!(endpoint = %t.endpoint, reason = %last, "direct push failed after retries");
+    registration_failed(server, account, r, "wait", "remote-server-timeout").await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_come_from_publish_options() {
+        let x = "<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field>\
+                 <field var='endpoint'><value>https://push.example.org/api/v1/messages/</value></field>\
+                 <field var='token'><value>abc</value></field></x>";
+        let t = Target::from_options(Some(x), "node-1").unwrap();
+        assert_eq!(t.endpoint, "https://push.example.org/api/v1/messages/");
+        assert_eq!(t.token, "abc");
+        assert!(t.check().is_ok());
+        let plain = Target {
+            endpoint: "http://push.example.org/api/v1/messages/".into(),
+            token: "abc".into(),
+        };
+        assert!(plain.check().is_err());
+        let secret_only = "<x xmlns='jabber:x:data' type='submit'><field var='secret'><value>s</value></field></x>";
+        assert!(Target::from_options(Some(secret_only), "node-1").is_none());
+        assert!(Target::from_options(None, "node-1").is_none());
+        // ChatSecure: the endpoint only; the node is the token.
+        let chatsecure = "<x xmlns='jabber:x:data' type='submit'><field var='endpoint'><value>https://push.example.org/api/v1/messages/</value></field></x>";
+        assert_eq!(
+            Target::from_options(Some(chatsecure), "node-1").unwrap().token,
+            "node-1"
+        );
+    }
+}
