@@ -262,3 +262,50 @@ async fn hostile_http_input_gets_the_named_answers() {
     eprintln!("{n} hostile HTTP cases, all answered as expected; the daemon kept serving");
     s.stop().await;
 }
+
+/// Slowloris on HTTPS: a request head trickled one byte every 200 ms is cut
+/// off once `limits.auth_timeout` (2 s here) has passed, with a 408 or a
+/// plain close; a normal request is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_request_head_is_cut_off() {
+    let s = TestServer::start_with_https(
+        "[limits]\nauth_timeout = \"2s\"\nconnections_per_ip_per_minute = 10000\nmax_auth_failures_per_ip = 1000\n",
+    )
+    .await;
+    let https = s.https.unwrap();
+    let tcp = TcpStream::connect(https).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(tls_config())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let head = b"GET /api/v1/tokens/ HTTP/1.1\r\nHost: localhost\r\n"
+        .iter()
+        .chain(b"X-Slow: ".iter().cycle());
+    let mut closed = false;
+    // Up to 30 s of trickling (five times the timeout) before giving up.
+    for b in head.take(150) {
+        if tls.write_all(&[*b]).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(200), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Ok(Ok(n)) => {
+                let got = String::from_utf8_lossy(&buf[..n]);
+                assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+                closed = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "a trickled request head held the connection open");
+    let normal = exchange(https, &get("/api/v1/tokens/")).await;
+    assert_eq!(statuses(&normal), vec![401], "{normal}");
+    s.stop().await;
+}
