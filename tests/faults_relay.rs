@@ -7,7 +7,7 @@
 //!
 //! `FAULT_OUTAGE_SECS` (default 12) sets the outage, `FAULT_RETRY_MAX_SECS`
 //! (default 2) the daemon's `relay.max_retry_delay`. The long variant by
-//! hand: `FAULT_OUTAGE_SECS=300 FAULT_RETRY_MAX_SECS=60 cargo test --test faults_relay`.
+//! hand: `FAULT_OUTAGE_SECS=180 FAULT_RETRY_MAX_SECS=60 cargo test --test faults_relay`.
 
 mod support;
 
