@@ -3,7 +3,14 @@
 //! from the relay's 202 (and from the POST) to the provider request, then
 //! the ceiling: a bare HTTP/2 client posting straight to the stand-in.
 //!
+//! With `SYGNAL_PYTHON` set to a Python that has Sygnal installed, the
+//! same run then puts Sygnal (the Matrix push gateway) beside them: its
+//! APNs pushkin is pointed at the same stand-in by configuration alone (see
+//! [`sygnal`]), and the same number of pushes is posted with the same
+//! concurrency to its `/_matrix/push/v1/notify`.
+//!
 //! `cargo bench --bench relay_load -- [pushes] [concurrency]`
+//! (`bench/relay-compare.sh` installs Sygnal and runs this.)
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -160,4 +167,232 @@ async fn main() {
         ms(pct(&lat, 0.5)),
         ms(pct(&lat, 0.99))
     );
+
+    if let Ok(python) = std::env::var("SYGNAL_PYTHON") {
+        sygnal(&python, n, conc).await;
+    }
+}
+
+/// Sygnal against an APNs stand-in, changing none of its code. Sygnal's
+/// APNs client (aioapns) always connects to Apple's host names, but Sygnal
+/// has a `proxy` setting (an HTTP CONNECT proxy) and Python's TLS trusts the
+/// roots named by `SSL_CERT_FILE`. So: a stand-in whose certificate names
+/// Apple's hosts, signed by a test CA given in `SSL_CERT_FILE`, and a CONNECT
+/// proxy on loopback that tunnels every connection to that stand-in. The
+/// tunnel is one extra loopback hop that pushbox does not have.
+async fn sygnal(python: &str, n: usize, conc: usize) {
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = [
+        "api.development.push.apple.com",
+        "api.sandbox.push.apple.com",
+        "api.push.apple.com",
+        "localhost",
+    ];
+    let ca = TestCa::for_hosts(dir.path(), "sygnal bench CA", "ca.pem", &hosts);
+    let apns = ApnsStandIn::start(&ca, dir.path()).await;
+
+    // The CONNECT proxy: whatever host is asked for, the tunnel leads to the stand-in.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = proxy.local_addr().unwrap().port();
+    let target = apns.addr;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = proxy.accept().await else { return };
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let mut client = tokio::io::BufReader::new(tcp);
+                let mut line = String::new();
+                let mut first = true;
+                loop {
+                    line.clear();
+                    if client.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if first && !line.starts_with("CONNECT ") {
+                        return;
+                    }
+                    first = false;
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = upstream.set_nodelay(true);
+                let mut client = client.into_inner();
+                if client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+
+    let port = free_port();
+    let config = dir.path().join("sygnal.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "log:\n  setup:\n    version: 1\n    handlers:\n      stderr:\n        class: logging.StreamHandler\n\
+             \x20       stream: ext://sys.stderr\n    root:\n      handlers: [stderr]\n      level: WARNING\n\
+             \x20   disable_existing_loggers: false\n\
+             http:\n  bind_addresses: ['127.0.0.1']\n  port: {port}\n\
+             proxy: http://127.0.0.1:{proxy_port}\n\
+             apps:\n  {APNS_TOPIC}:\n    type: apns\n    platform: sandbox\n    keyfile: {:?}\n\
+             \x20   key_id: {APNS_KEY_ID}\n    team_id: {APNS_TEAM_ID}\n    topic: {APNS_TOPIC}\n    push_type: alert\n\
+             \x20   inflight_request_limit: {}\n",
+            apns.key_path.display().to_string(),
+            conc.max(512),
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("sygnal.log")).unwrap();
+    let mut child = std::process::Command::new(python)
+        .args(["-m", "sygnal.sygnal"])
+        .env("SYGNAL_CONF", &config)
+        .env("SSL_CERT_FILE", &ca.ca_pem)
+        .env_remove("HTTPS_PROXY")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start Sygnal");
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        let log = dir.path().join("sygnal.log");
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "Sygnal exited ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "Sygnal did not listen within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_max_idle_per_host(conc)
+        .build_http::<Full<Bytes>>();
+    let url = format!("http://127.0.0.1:{port}/_matrix/push/v1/notify");
+    // Device i has the APNs token "i" in hex: the stand-in's request path names the push.
+    let notify = move |i: usize| {
+        use base64::Engine;
+        let mut token = [0u8; 32];
+        token[24..].copy_from_slice(&(i as u64).to_be_bytes());
+        let pushkey = base64::engine::general_purpose::STANDARD.encode(token);
+        let body = json!({ "notification": {
+            "event_id": format!("$event{i}"), "room_id": "!room:example.org", "type": "m.room.message",
+            "sender": "@bob:example.org", "prio": "high", "counts": { "unread": 1 },
+            "devices": [{ "app_id": APNS_TOPIC, "pushkey": pushkey, "pushkey_ts": 0 }],
+        }});
+        hyper::Request::post(url.as_str())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
+    };
+    let index = |path: &str| {
+        let hex = path.strip_prefix("/3/device/").unwrap();
+        usize::from_str_radix(&hex[48..], 16).unwrap()
+    };
+
+    // Warm-up: Sygnal opens its APNs connection on the first push.
+    let r = client.request(notify(n)).await.unwrap();
+    let status = r.status();
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        status,
+        200,
+        "Sygnal: {}\n{}",
+        String::from_utf8_lossy(&body),
+        std::fs::read_to_string(dir.path().join("sygnal.log")).unwrap_or_default()
+    );
+    apns.log.wait_for(1, |_| true).await;
+
+    let started = Instant::now();
+    let mut tasks = vec![];
+    for w in 0..conc {
+        let (client, notify) = (client.clone(), notify.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut marks = vec![];
+            for i in (w..n).step_by(conc) {
+                let sent = Instant::now();
+                let r = client.request(notify(i)).await.unwrap();
+                let status = r.status();
+                let body = r.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(status, 200, "Sygnal: {}", String::from_utf8_lossy(&body));
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["rejected"], json!([]), "Sygnal rejected the pushkey");
+                marks.push((i, sent, Instant::now()));
+            }
+            marks
+        }));
+    }
+    let mut sent = vec![(started, started); n];
+    for t in tasks {
+        for (i, s, a) in t.await.unwrap() {
+            sent[i] = (s, a);
+        }
+    }
+    let answered = started.elapsed();
+    let seen: Vec<Seen> = apns
+        .log
+        .wait_for(n + 1, |_| true)
+        .await
+        .into_iter()
+        .filter(|s| index(&s.path) < n)
+        .collect();
+    assert_eq!(seen.len(), n, "every push delivered once");
+    let total = seen.iter().map(|s| s.at).max().unwrap().duration_since(started);
+    let mut from_post = vec![];
+    let mut round_trip = vec![];
+    for s in &seen {
+        let i = index(&s.path);
+        from_post.push(s.at.saturating_duration_since(sent[i].0));
+        round_trip.push(sent[i].1.duration_since(sent[i].0));
+    }
+    from_post.sort();
+    round_trip.sort();
+    let version = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import importlib.metadata as m; print(m.version('matrix-sygnal'))",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!("sygnal {version}: {n} pushes, {conc} concurrent senders (plain HTTP/1.1, keep-alive)");
+    println!(
+        "  answered (200, after APNs answered) in {:.2} s: {:.0} pushes/s",
+        answered.as_secs_f64(),
+        n as f64 / answered.as_secs_f64()
+    );
+    println!(
+        "  delivered to APNs in {:.2} s: {:.0} pushes/s",
+        total.as_secs_f64(),
+        n as f64 / total.as_secs_f64()
+    );
+    println!(
+        "  POST -> provider request: p50 {} p99 {}",
+        ms(pct(&from_post, 0.5)),
+        ms(pct(&from_post, 0.99))
+    );
+    println!(
+        "  POST -> 200:              p50 {} p99 {}",
+        ms(pct(&round_trip, 0.5)),
+        ms(pct(&round_trip, 0.99))
+    );
+    let v = apns.log.violations();
+    if !v.is_empty() {
+        println!("  stand-in rule violations by Sygnal: {} (first: {})", v.len(), v[0]);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -260,6 +260,42 @@ async fn messages_presence_and_iq_cross_between_two_daemons() {
     b.stop().await;
 }
 
+/// With certificates both sides trust, streams authenticate with SASL
+/// EXTERNAL: `b.example` here has no way to reach `a.example` (no DNS, no
+/// host override), so a dialback check could never succeed, yet alice's
+/// message arrives.
+#[tokio::test]
+async fn sasl_external_authenticates_without_dialback() {
+    let (ac, as_, bc, bs) = (bind().await, bind().await, bind().await, bind().await);
+    let b_s2s = bs.local_addr().unwrap();
+    let more = "require_valid_certificates = true";
+    let a = Node::start("a.example", ac, as_, true, &federation(&[("b.example", b_s2s)], more)).await;
+    let b = Node::start("b.example", bc, bs, true, &federation(&[], more)).await;
+    a.add_user("alice", "pw-a");
+    b.add_user("bob", "pw-b");
+    let mut alice = a.client("alice", "pw-a").await;
+    let mut bob = b.client("bob", "pw-b").await;
+    bob.send_el(xml("<presence xmlns='jabber:client'/>")).await;
+    alice
+        .send_el(xml(
+            "<message xmlns='jabber:client' to='bob@b.example' type='chat'><body>no dialback needed</body></message>",
+        ))
+        .await;
+    let m = bob
+        .expect("message from alice", |e| {
+            e.name() == "message" && e.attr("from").is_some_and(|f| f.starts_with("alice@a.example"))
+        })
+        .await;
+    assert_eq!(
+        m.get_child("body", "jabber:client").unwrap().text(),
+        "no dialback needed"
+    );
+    alice.close().await;
+    bob.close().await;
+    a.stop().await;
+    b.stop().await;
+}
+
 /// A remote server reaches this daemon's services (`push.a.example`) over
 /// federation: the incoming stream is for the service's name, and the
 /// answer goes back on an outgoing stream from that name, which the remote
@@ -560,13 +596,85 @@ async fn fake_authoritative(listener: TcpListener) {
                 {
                     let rest = &acc[i + 5..];
                     let id: String = rest.chars().take_while(|c| *c != '\'' && *c != '"').collect();
-                    let answer = format!("<db:verify from='evil.example' to='a.example' id='{id}' type='valid'/>");
+                    // Answer for whichever domain was asked about (evil.example or a subdomain).
+                    let asked = acc
+                        .find("verify ")
+                        .map(|v| &acc[v..])
+                        .and_then(|v| v.find(" to='").map(|t| &v[t + 5..]))
+                        .map(|t| t.chars().take_while(|c| *c != '\'').collect::<String>())
+                        .unwrap_or_else(|| "evil.example".into());
+                    let answer = format!("<db:verify from='{asked}' to='a.example' id='{id}' type='valid'/>");
                     tls.write_all(answer.as_bytes()).await.unwrap();
                     return;
                 }
             }
         });
     }
+}
+
+/// XEP-0220 §4.4, receiving side: a peer authenticated on a stream may
+/// authenticate further domains on it (piggybacking), and may address any
+/// of the names this daemon serves.
+#[tokio::test]
+async fn dialback_piggybacking_on_an_incoming_stream() {
+    let auth = bind().await;
+    let auth_addr = auth.local_addr().unwrap();
+    let fake = tokio::spawn(fake_authoritative(auth));
+    let (ac, as_) = (bind().await, bind().await);
+    let a = Node::start(
+        "a.example",
+        ac,
+        as_,
+        true,
+        &federation(
+            &[("evil.example", auth_addr), ("sub.evil.example", auth_addr)],
+            "require_valid_certificates = false",
+        ),
+    )
+    .await;
+    a.add_user("alice", "pw-a");
+    let mut alice = a.client("alice", "pw-a").await;
+    let mut peer = RawServer::connect(a.s2s, "evil.example", "a.example").await;
+    peer.send("<db:result from='evil.example' to='a.example'>key-1</db:result>")
+        .await;
+    peer.read_until("type='valid'").await;
+    peer.received.clear();
+    // A second domain on the same stream: checked with its own authoritative server.
+    peer.send("<db:result from='sub.evil.example' to='a.example'>key-2</db:result>")
+        .await;
+    let got = peer.read_until("type='valid'").await;
+    assert!(
+        got.contains("to='sub.evil.example'") || got.contains("to=\"sub.evil.example\""),
+        "{got}"
+    );
+    peer.received.clear();
+    // An authenticated domain towards a service name of this daemon.
+    peer.send("<db:result from='evil.example' to='push.a.example'>key-3</db:result>")
+        .await;
+    let got = peer.read_until("type='valid'").await;
+    assert!(
+        got.contains("from='push.a.example'") || got.contains("from=\"push.a.example\""),
+        "{got}"
+    );
+    peer.send(&format!(
+        "<message from='eve@sub.evil.example/y' to='{}' type='chat'><body>piggybacked</body></message>",
+        alice.full_jid()
+    ))
+    .await;
+    let m = alice
+        .expect("message from sub.evil.example", |e| e.name() == "message")
+        .await;
+    assert_eq!(m.attr("from"), Some("eve@sub.evil.example/y"));
+    // A domain nobody vouched for is still refused.
+    peer.send(&format!(
+        "<message from='x@other.evil.example' to='{}' type='chat'><body>no</body></message>",
+        alice.full_jid()
+    ))
+    .await;
+    assert!(peer.read_to_end().await.contains("invalid-from"));
+    alice.close().await;
+    a.stop().await;
+    fake.abort();
 }
 
 #[tokio::test]

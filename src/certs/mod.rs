@@ -124,9 +124,32 @@ impl CertStore {
 
     /// A rustls server configuration using this store, with the given ALPN list.
     pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<ServerConfig> {
-        let mut cfg = ServerConfig::builder()
+        let cfg = ServerConfig::builder()
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
+        self.finish_server_config(cfg, alpn)
+    }
+
+    /// Like [`CertStore::server_config`], asking the peer for a certificate
+    /// that `verifier` judges (server-to-server streams: SASL EXTERNAL).
+    pub fn server_config_with_client_auth(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+        verifier: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    ) -> Arc<ServerConfig> {
+        let cfg = ServerConfig::builder()
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(self.clone());
+        self.finish_server_config(cfg, alpn)
+    }
+
+    /// The certificate served for `name`, to present as a TLS client.
+    pub fn certified_key(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner.by_name.get(&name.to_ascii_lowercase()).cloned()
+    }
+
+    fn finish_server_config(&self, mut cfg: ServerConfig, alpn: &[&[u8]]) -> Arc<ServerConfig> {
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         // TLS-ALPN-01 is validated on port 443: the HTTPS configuration (the one offering
         // HTTP) also accepts challenge handshakes. Other listeners keep their ALPN list as is.

@@ -72,13 +72,24 @@ pub enum ApnsEnvironment {
     Sandbox,
 }
 
+/// One APNs credential: token authentication (`key`, `key_id`, `team_id`)
+/// or certificate authentication (`certificate`, `certificate_key`), never both.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Apns {
-    /// Path to the `.p8` token-signing key from Apple.
-    pub key: PathBuf,
-    pub key_id: String,
-    pub team_id: String,
+    /// Token authentication: path to the `.p8` token-signing key from Apple.
+    pub key: Option<PathBuf>,
+    /// Token authentication: the key's id (10 characters, from Apple's console).
+    pub key_id: Option<String>,
+    /// Token authentication: the developer team id.
+    pub team_id: Option<String>,
+    /// Certificate authentication: path to the PEM client certificate (chain)
+    /// Apple issued for the app (converted from the `.p12` export).
+    pub certificate: Option<PathBuf>,
+    /// Certificate authentication: path to the PEM private key of
+    /// `certificate` (PKCS#8, RSA or EC). Unset: the key is read from the
+    /// `certificate` file itself.
+    pub certificate_key: Option<PathBuf>,
     /// The app's bundle id, sent as `apns-topic`.
     pub topic: String,
     #[serde(default)]
@@ -87,6 +98,76 @@ pub struct Apns {
     pub endpoint: Option<String>,
     /// Extra PEM roots to trust for the endpoint.
     pub ca_roots: Option<PathBuf>,
+}
+
+/// How an APNs credential authenticates, once validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApnsAuth<'a> {
+    /// A provider token (ES256 JWT) signed with the `.p8` key.
+    Token {
+        key: &'a Path,
+        key_id: &'a str,
+        team_id: &'a str,
+    },
+    /// A TLS client certificate; the key is in `key` (which may be the certificate file).
+    Certificate { certificate: &'a Path, key: &'a Path },
+}
+
+impl Apns {
+    /// The authentication this credential uses, or what is wrong with it as
+    /// `(key, message)` pairs naming the `relay.apns` keys.
+    pub fn auth(&self) -> Result<ApnsAuth<'_>, Vec<(&'static str, String)>> {
+        let mut problems = Vec::new();
+        let token = self.key.is_some() || self.key_id.is_some() || self.team_id.is_some();
+        let cert = self.certificate.is_some() || self.certificate_key.is_some();
+        match (token, cert) {
+            (true, true) => problems.push((
+                "relay.apns",
+                "set either `key`, `key_id` and `team_id` (token authentication) or `certificate` \
+                 (certificate authentication), not both"
+                    .to_string(),
+            )),
+            (false, false) => problems.push((
+                "relay.apns",
+                "no credential: set `key`, `key_id` and `team_id` (token authentication, a .p8 key) \
+                 or `certificate` (certificate authentication)"
+                    .to_string(),
+            )),
+            (true, false) => {
+                for (name, missing) in [
+                    ("relay.apns.key", self.key.is_none()),
+                    ("relay.apns.key_id", self.key_id.is_none()),
+                    ("relay.apns.team_id", self.team_id.is_none()),
+                ] {
+                    if missing {
+                        problems.push((
+                            name,
+                            "missing: token authentication needs `key`, `key_id` and `team_id`".into(),
+                        ));
+                    }
+                }
+            }
+            (false, true) => {
+                if self.certificate.is_none() {
+                    problems.push((
+                        "relay.apns.certificate",
+                        "missing: `certificate_key` is set but not the certificate it belongs to".into(),
+                    ));
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(match (&self.key, &self.key_id, &self.team_id, &self.certificate) {
+            (Some(key), Some(key_id), Some(team_id), None) => ApnsAuth::Token { key, key_id, team_id },
+            (_, _, _, Some(certificate)) => ApnsAuth::Certificate {
+                certificate,
+                key: self.certificate_key.as_deref().unwrap_or(certificate),
+            },
+            _ => unreachable!("checked above"),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,7 +192,12 @@ impl RelayConfig {
             fix(r);
         }
         if let Some(a) = &mut self.apns {
-            fix(&mut a.key);
+            for p in [&mut a.key, &mut a.certificate, &mut a.certificate_key]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
             if let Some(r) = &mut a.ca_roots {
                 fix(r);
             }
@@ -153,11 +239,23 @@ impl RelayConfig {
                     report("relay.apns.endpoint", format!("`{e}` is not an https URL"));
                 }
             }
-            if !a.key.is_file() {
-                report(
-                    "relay.apns.key",
-                    format!("file {} does not exist or is not readable", a.key.display()),
-                );
+            let files = [
+                ("relay.apns.key", &a.key),
+                ("relay.apns.certificate", &a.certificate),
+                ("relay.apns.certificate_key", &a.certificate_key),
+                ("relay.apns.ca_roots", &a.ca_roots),
+            ];
+            for (name, path) in files {
+                if let Some(p) = path {
+                    if !p.is_file() {
+                        report(name, format!("file {} does not exist or is not readable", p.display()));
+                    }
+                }
+            }
+            if let Err(problems) = a.auth() {
+                for (name, message) in problems {
+                    report(name, message);
+                }
             }
         }
         if let Some(f) = &self.fcm {
@@ -173,5 +271,81 @@ impl RelayConfig {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn problems(apns: &str) -> Vec<(String, String)> {
+        let toml = format!("[relay.apns]\ntopic = \"org.example.chat\"\n{apns}");
+        match Config::from_toml_str(&toml, None) {
+            Ok(_) => vec![],
+            Err(e) => e.0.into_iter().map(|p| (p.key, p.message)).collect(),
+        }
+    }
+
+    #[test]
+    fn apns_needs_exactly_one_authentication() {
+        let both = problems(
+            "key = \"/nonexistent/AuthKey.p8\"\nkey_id = \"K\"\nteam_id = \"T\"\ncertificate = \"/nonexistent/apns.pem\"\n",
+        );
+        let m = both.iter().find(|(k, _)| k == "relay.apns").expect("both refused");
+        assert!(
+            m.1.contains("not both") && m.1.contains("`certificate`") && m.1.contains("`key`"),
+            "{m:?}"
+        );
+        // The files are named too.
+        assert!(both
+            .iter()
+            .any(|(k, m)| k == "relay.apns.key" && m.contains("/nonexistent/AuthKey.p8")));
+        assert!(both
+            .iter()
+            .any(|(k, m)| k == "relay.apns.certificate" && m.contains("/nonexistent/apns.pem")));
+
+        let neither = problems("");
+        assert_eq!(neither.len(), 1, "{neither:?}");
+        assert_eq!(neither[0].0, "relay.apns");
+        assert!(neither[0].1.contains("no credential"), "{neither:?}");
+
+        let half = problems("key = \"/nonexistent/AuthKey.p8\"\n");
+        let keys: Vec<&str> = half.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["relay.apns.key", "relay.apns.key_id", "relay.apns.team_id"],
+            "{half:?}"
+        );
+
+        let key_only = problems("certificate_key = \"/nonexistent/key.pem\"\n");
+        let keys: Vec<&str> = key_only.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["relay.apns.certificate_key", "relay.apns.certificate"],
+            "{key_only:?}"
+        );
+    }
+
+    #[test]
+    fn apns_certificate_key_defaults_to_the_certificate_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("apns.pem");
+        std::fs::write(&cert, "x").unwrap();
+        let c = Config::from_toml_str(
+            &format!(
+                "[relay.apns]\ntopic = \"org.example.chat\"\ncertificate = {:?}\n",
+                cert.display().to_string()
+            ),
+            None,
+        )
+        .unwrap();
+        let a = c.relay.apns.as_ref().unwrap();
+        assert_eq!(
+            a.auth().unwrap(),
+            super::ApnsAuth::Certificate {
+                certificate: &cert,
+                key: &cert
+            }
+        );
     }
 }

@@ -9,7 +9,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{client::conn::http2, Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::{ClientConfig, RootCertStore};
-use rustls_pki_types::{pem::PemObject, CertificateDer, ServerName};
+use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
 use std::{collections::HashMap, path::Path, sync::Arc, sync::Mutex, time::Duration};
 use tokio::net::TcpStream;
 
@@ -41,6 +41,53 @@ pub struct HttpsClient {
 
 /// The platform's roots plus the PEM certificates in `extra`.
 pub fn tls_config(extra: Option<&Path>) -> anyhow::Result<Arc<ClientConfig>> {
+    let mut cfg = builder()?.with_root_certificates(roots(extra)?).with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Like [`tls_config`], presenting a client certificate: `chain` (PEM, leaf
+/// first) with the private key in `key` (PEM: PKCS#8, RSA or EC).
+pub fn tls_config_with_client_cert(
+    extra: Option<&Path>,
+    chain: &Path,
+    key: &Path,
+) -> anyhow::Result<Arc<ClientConfig>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(chain)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", chain.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("parsing {}: {e}", chain.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no PEM certificate", chain.display());
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => {
+            anyhow::anyhow!("{} holds no PEM private key (PKCS#8, RSA or EC)", key.display())
+        }
+        e => anyhow::anyhow!("reading the private key in {}: {e}", key.display()),
+    })?;
+    let mut cfg = builder()?
+        .with_root_certificates(roots(extra)?)
+        .with_client_auth_cert(certs, private)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "the certificate in {} and the key in {} do not make a usable pair: {e}",
+                chain.display(),
+                key.display()
+            )
+        })?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn builder() -> anyhow::Result<rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier>> {
+    Ok(
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?,
+    )
+}
+
+fn roots(extra: Option<&Path>) -> anyhow::Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     let native = rustls_native_certs::load_native_certs();
     for c in native.certs {
@@ -58,12 +105,7 @@ pub fn tls_config(extra: Option<&Path>) -> anyhow::Result<Arc<ClientConfig>> {
             roots.add(c).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
         }
     }
-    let mut cfg = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
+    Ok(roots)
 }
 
 impl HttpsClient {
@@ -228,14 +270,80 @@ async fn read(resp: Response<hyper::body::Incoming>) -> Result<Response<Bytes>, 
     Ok(Response::from_parts(parts, body))
 }
 
-/// `Retry-After` in seconds (the HTTP-date form is rare from push services).
+/// `Retry-After` of a provider's answer, as a wait from now (RFC 9110
+/// §10.2.3: delta-seconds or an HTTP-date). `None` when absent or unreadable:
+/// the caller then uses its normal backoff.
 pub fn retry_after(resp: &Response<Bytes>) -> Option<Duration> {
-    resp.headers()
-        .get(hyper::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+    let v = resp.headers().get(hyper::header::RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(v, std::time::SystemTime::now())
+}
+
+/// Parse a `Retry-After` value at time `now`. A date already past means
+/// "now" (zero wait).
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Larger than u64 seconds: wait "forever", which the push's expiry caps.
+        return Some(Duration::from_secs(v.parse::<u64>().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn retry_after_as_delta_seconds() {
+        let now = SystemTime::now();
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after(" 0 ", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn retry_after_as_http_date() {
+        // Sun, 06 Nov 1994 08:49:37 GMT is 784111777 (RFC 9110's example date).
+        let date = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let now = date - Duration::from_secs(90);
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        // The obsolete forms RFC 9110 says a recipient must accept.
+        assert_eq!(
+            parse_retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            parse_retry_after("Sun Nov  6 08:49:37 1994", now),
+            Some(Duration::from_secs(90))
+        );
+        // A date already past: retry now.
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", date + Duration::from_secs(5)),
+            Some(Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn retry_after_garbage_is_ignored() {
+        let now = SystemTime::now();
+        for v in [
+            "",
+            "soon",
+            "-5",
+            "1.5",
+            "12 seconds",
+            "Sun, 06 Nov 1994",
+            "Mon, 32 Foo 2026 99:00:00 GMT",
+        ] {
+            assert_eq!(parse_retry_after(v, now), None, "{v:?}");
+        }
+    }
 }

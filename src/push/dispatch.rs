@@ -110,7 +110,10 @@ async fn deliver(relay: &Relay, d: Delivery) {
         }
         Outcome::Retry { after, reason } => {
             let cap = relay.inner.config.max_retry_delay.get();
-            let delay = backoff(d.attempts, cap).max(after.unwrap_or_default());
+            // Capped at the longest TTL: a later retry would find the push expired anyway.
+            let delay = backoff(d.attempts, cap)
+                .max(after.unwrap_or_default())
+                .min(super::MAX_TTL);
             let at = now_ms() + delay.as_millis() as i64;
             if at / 1000 >= d.expires {
                 tracing::warn!(%reason, "giving up: the push expires before the next attempt");

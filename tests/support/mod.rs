@@ -41,46 +41,105 @@ pub fn pem(label: &str, der: &[u8]) -> String {
 }
 
 /// A CA made for this test run, and a `localhost` certificate signed by it.
+/// It also issues client certificates (APNs certificate authentication).
 pub struct TestCa {
     pub ca_pem: PathBuf,
     chain: Vec<CertificateDer<'static>>,
     key: Vec<u8>,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl TestCa {
     pub fn new(dir: &Path) -> TestCa {
+        Self::named(dir, "pushbox test CA", "test-ca.pem")
+    }
+
+    /// Another CA, written to `file` in `dir`.
+    pub fn named(dir: &Path, name: &str, file: &str) -> TestCa {
+        Self::for_hosts(dir, name, file, &["localhost", "127.0.0.1"])
+    }
+
+    /// A CA whose server certificate names `hosts` (the first is its common name).
+    pub fn for_hosts(dir: &Path, name: &str, file: &str, hosts: &[&str]) -> TestCa {
         let mut cap = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        cap.distinguished_name
-            .push(rcgen::DnType::CommonName, "pushbox test CA");
+        cap.distinguished_name.push(rcgen::DnType::CommonName, name);
         cap.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         cap.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
         let ca_key = rcgen::KeyPair::generate().unwrap();
         let ca = cap.self_signed(&ca_key).unwrap();
         let issuer = rcgen::Issuer::new(cap, ca_key);
         let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let mut lp = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        lp.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+        let mut lp = rcgen::CertificateParams::new(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).unwrap();
+        lp.distinguished_name.push(rcgen::DnType::CommonName, hosts[0]);
         let leaf = lp.signed_by(&leaf_key, &issuer).unwrap();
-        let ca_pem = dir.join("test-ca.pem");
+        let ca_pem = dir.join(file);
         std::fs::write(&ca_pem, ca.pem()).unwrap();
         TestCa {
             ca_pem,
             chain: vec![leaf.der().clone(), ca.der().clone()],
             key: leaf_key.serialize_der(),
+            issuer,
         }
     }
 
+    /// A TLS client certificate with this common name, signed by this CA:
+    /// (certificate PEM path, PKCS#8 key PEM path), written in `dir`.
+    pub fn client_cert(&self, dir: &Path, common_name: &str) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        let stem: String = common_name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let (c, k) = (dir.join(format!("{stem}.crt.pem")), dir.join(format!("{stem}.key.pem")));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
     pub fn server_config(&self, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+        self.server_config_with(alpn, None)
+    }
+
+    /// A server configuration asking for an optional client certificate,
+    /// which must chain to `client_ca` when one is presented.
+    pub fn server_config_with(&self, alpn: &[&[u8]], client_ca: Option<&TestCa>) -> Arc<rustls::ServerConfig> {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.clone()));
-        let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), key)
             .unwrap();
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add(ca.chain[1].clone()).unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut c = builder.with_single_cert(self.chain.clone(), key).unwrap();
         c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(c)
     }
+}
+
+/// The client certificate chain a TLS peer presented (verified by the
+/// server configuration), put in each request's extensions by [`serve`].
+#[derive(Clone, Debug)]
+pub struct PeerCerts(pub Vec<CertificateDer<'static>>);
+
+/// The subject common name of a DER certificate.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
 }
 
 pub type Reply = Response<Full<Bytes>>;
@@ -117,10 +176,14 @@ pub fn serve(
             let (acceptor, handler) = (acceptor.clone(), handler.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let peer = tls.get_ref().1.peer_certificates().map(|c| PeerCerts(c.to_vec()));
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let handler = handler.clone();
+                    let (handler, peer) = (handler.clone(), peer.clone());
                     async move {
-                        let (parts, body) = req.into_parts();
+                        let (mut parts, body) = req.into_parts();
+                        if let Some(p) = peer {
+                            parts.extensions.insert(p);
+                        }
                         let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                         Ok::<_, std::convert::Infallible>(handler(Request::from_parts(parts, body)).await)
                     }
@@ -148,6 +211,8 @@ pub struct Seen {
     pub headers: HeaderMap,
     pub body: Value,
     pub version: hyper::Version,
+    /// Common name of the TLS client certificate of the connection, if any.
+    pub client_cert: Option<String>,
 }
 
 /// What the stand-ins share: the requests seen and rule violations found.
@@ -191,6 +256,11 @@ impl Log {
     }
 }
 
+fn client_cert(req: &Request<Bytes>) -> Option<String> {
+    let certs = req.extensions().get::<PeerCerts>()?;
+    common_name(certs.0.first()?)
+}
+
 fn verify_es256(jwt_text: &str, public_key: &[u8]) -> Result<(Value, Value), String> {
     let mut parts = jwt_text.split('.');
     let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
@@ -217,9 +287,17 @@ fn now() -> i64 {
 pub const APNS_KEY_ID: &str = "ABC123DEFG";
 pub const APNS_TEAM_ID: &str = "DEF123GHIJ";
 pub const APNS_TOPIC: &str = "org.example.chat";
+/// How Apple names an app's push certificate: the common name carries the topic.
+pub const APNS_CERT_CN_PREFIX: &str = "Apple Push Services: ";
 
 /// APNs as Apple documents it: HTTP/2 only, `POST /3/device/<token>`,
-/// provider-token JWT checked against the team's key, header rules checked.
+/// header rules checked, and both ways to authenticate on the same host:
+/// a connection with a TLS client certificate (which must chain to the test
+/// CA; one that does not fails the handshake) uses certificate
+/// authentication, and its common name `Apple Push Services: <bundle id>`
+/// must match `apns-topic` (else 400 `TopicDisallowed`); a connection
+/// without one needs a provider-token JWT checked against the team's key
+/// (none: 403 `MissingProviderToken`).
 pub struct ApnsStandIn {
     pub addr: SocketAddr,
     pub url: String,
@@ -236,8 +314,10 @@ pub struct ApnsState {
     pub unregistered: Mutex<HashSet<String>>,
     /// Tokens APNs never issued: 400 BadDeviceToken.
     pub bad: Mutex<HashSet<String>>,
-    /// Per token: how many 429s to answer first, with this Retry-After.
+    /// Per token: how many 429s to answer first, with this Retry-After (seconds).
     pub throttle: Mutex<HashMap<String, (u32, u64)>>,
+    /// Send Retry-After as an HTTP-date (that many seconds from now) instead of delta-seconds.
+    pub retry_after_as_date: std::sync::atomic::AtomicBool,
     /// An outage: every request answers 503 ServiceUnavailable while set.
     pub down: std::sync::atomic::AtomicBool,
 }
@@ -269,7 +349,7 @@ impl ApnsStandIn {
             let (l, s, public) = (l.clone(), s.clone(), public.clone());
             Box::pin(async move { apns_answer(&l, &s, &public, req) })
         });
-        let task = serve(listener, ca.server_config(&[b"h2"]), true, handler);
+        let task = serve(listener, ca.server_config_with(&[b"h2"], Some(ca)), true, handler);
         ApnsStandIn {
             addr,
             url: format!("https://localhost:{}", addr.port()),
@@ -283,6 +363,20 @@ impl ApnsStandIn {
     /// Stop listening (APNs "down"); connections not yet made are refused.
     pub fn stop(self) {
         self.task.abort();
+    }
+
+    /// A `[relay.apns]` section with certificate authentication: a client
+    /// certificate for `topic` issued by `ca`, written in `dir`.
+    pub fn cert_config(&self, ca: &TestCa, dir: &Path, topic: &str) -> String {
+        let (cert, key) = ca.client_cert(dir, &format!("{APNS_CERT_CN_PREFIX}{topic}"));
+        format!(
+            "[relay.apns]\ncertificate = {:?}\ncertificate_key = {:?}\ntopic = {APNS_TOPIC:?}\n\
+             environment = \"sandbox\"\nendpoint = {:?}\nca_roots = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string(),
+            self.url,
+            ca.ca_pem.display().to_string()
+        )
     }
 
     pub fn config(&self, ca: &TestCa) -> String {
@@ -304,7 +398,18 @@ fn apns_error(status: u16, reason: &str) -> Reply {
     reply(status, body, &[("apns-id", uuid::Uuid::new_v4().to_string())])
 }
 
+/// APNs echoes the request's `apns-id` in its answer, and makes one up
+/// when the request has none (clients match answers to pushes by it).
 fn apns_answer(log: &Log, state: &ApnsState, public: &[u8], req: Request<Bytes>) -> Reply {
+    let id = req.headers().get("apns-id").cloned();
+    let mut r = apns_answer_to(log, state, public, req);
+    if let Some(id) = id {
+        r.headers_mut().insert("apns-id", id);
+    }
+    r
+}
+
+fn apns_answer_to(log: &Log, state: &ApnsState, public: &[u8], req: Request<Bytes>) -> Reply {
     let h = |k: &str| req.headers().get(k).and_then(|v| v.to_str().ok()).map(str::to_string);
     let body: Value = serde_json::from_slice(req.body()).unwrap_or(Value::Null);
     log.push(Seen {
@@ -313,6 +418,7 @@ fn apns_answer(log: &Log, state: &ApnsState, public: &[u8], req: Request<Bytes>)
         headers: req.headers().clone(),
         body: body.clone(),
         version: req.version(),
+        client_cert: client_cert(&req),
     });
     if state.down.load(std::sync::atomic::Ordering::SeqCst) {
         return apns_error(503, "ServiceUnavailable");
@@ -327,6 +433,17 @@ fn apns_answer(log: &Log, state: &ApnsState, public: &[u8], req: Request<Bytes>)
     let Some(token) = req.uri().path().strip_prefix("/3/device/").map(str::to_string) else {
         return apns_error(404, "BadPath");
     };
+    if let Some(cn) = client_cert(&req) {
+        // Certificate authentication: the certificate says which topic it may push to.
+        if h("authorization").is_some() {
+            log.violation("authorization header on a certificate-authenticated connection".into());
+        }
+        let allowed = cn.strip_prefix(APNS_CERT_CN_PREFIX).unwrap_or_default();
+        if h("apns-topic").as_deref() != Some(allowed) {
+            return apns_error(400, "TopicDisallowed");
+        }
+        return apns_checked(log, state, &req, &body, token, &h);
+    }
     // Provider token.
     let Some(auth) = h("authorization").and_then(|a| a.strip_prefix("bearer ").map(str::to_string)) else {
         log.violation("no bearer provider token".into());
@@ -352,6 +469,18 @@ fn apns_answer(log: &Log, state: &ApnsState, public: &[u8], req: Request<Bytes>)
         log.violation(format!("apns-topic {:?}", h("apns-topic")));
         return apns_error(400, "TopicDisallowed");
     }
+    apns_checked(log, state, &req, &body, token, &h)
+}
+
+/// The checks after authentication, the same for both ways.
+fn apns_checked(
+    log: &Log,
+    state: &ApnsState,
+    req: &Request<Bytes>,
+    body: &Value,
+    token: String,
+    h: &dyn Fn(&str) -> Option<String>,
+) -> Reply {
     let push_type = h("apns-push-type").unwrap_or_default();
     let priority = h("apns-priority").unwrap_or_else(|| "10".into());
     match (push_type.as_str(), priority.as_str()) {
@@ -403,7 +532,13 @@ fn apns_answer(log: &Log, state: &ApnsState, public: &[u8], req: Request<Bytes>)
         if *n > 0 {
             *n -= 1;
             let mut r = apns_error(429, "TooManyRequests");
-            r.headers_mut().insert("retry-after", (*after).into());
+            if state.retry_after_as_date.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = std::time::SystemTime::now() + Duration::from_secs(*after);
+                r.headers_mut()
+                    .insert("retry-after", httpdate::fmt_http_date(at).parse().unwrap());
+            } else {
+                r.headers_mut().insert("retry-after", (*after).into());
+            }
             return r;
         }
     }
@@ -710,6 +845,7 @@ fn fcm_answer(log: &Log, state: &FcmState, n: &[u8], e: &[u8], token_uri: &str, 
         headers: req.headers().clone(),
         body: body.clone(),
         version: req.version(),
+        client_cert: client_cert(&req),
     });
     if path == "/token" {
         let form = String::from_utf8_lossy(&raw).to_string();
@@ -956,6 +1092,7 @@ fn webpush_answer(log: &Log, state: &WebPushState, origin: &str, req: Request<By
         headers: req.headers().clone(),
         body: decrypted,
         version: req.version(),
+        client_cert: client_cert(&req),
     });
     match answer {
         Ok(()) => reply(

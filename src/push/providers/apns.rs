@@ -1,14 +1,16 @@
-//! APNs over HTTP/2 with token authentication (.p8 key, ES256 JWT reused
+//! APNs over HTTP/2, with token authentication (.p8 key, ES256 JWT reused
 //! for 40 minutes: Apple refuses tokens older than an hour and throttles
-//! refreshes more often than every 20 minutes). Headers are built per push;
-//! the JSON payload is built here (the `a2` crate's client cannot be pointed
-//! at another host and brings its own TLS set-up).
+//! refreshes more often than every 20 minutes) or certificate authentication
+//! (the app's push certificate presented as the TLS client certificate, no
+//! `authorization` header). Headers are built per push; the JSON payload is
+//! built here (the `a2` crate's client cannot be pointed at another host and
+//! brings its own TLS set-up).
 
 use super::{message_dict, priority, Outcome};
 use crate::{
-    config::relay::{Apns as ApnsConfig, ApnsEnvironment},
+    config::relay::{Apns as ApnsConfig, ApnsAuth, ApnsEnvironment},
     push::{
-        client::{retry_after, HttpsClient},
+        client::{retry_after, tls_config_with_client_cert, HttpsClient},
         jwt, Priority,
     },
     store::relay::Delivery,
@@ -33,6 +35,12 @@ pub struct Apns {
     client: HttpsClient,
     base: String,
     topic: String,
+    /// `None` with certificate authentication: the TLS connection authenticates.
+    token: Option<ProviderToken>,
+}
+
+/// Token authentication: the key and the cached JWT.
+struct ProviderToken {
     key_id: String,
     team_id: String,
     key: EcdsaKeyPair,
@@ -42,8 +50,10 @@ pub struct Apns {
 
 impl Apns {
     pub fn new(c: &ApnsConfig) -> anyhow::Result<Apns> {
-        let pem = std::fs::read_to_string(&c.key).map_err(|e| anyhow::anyhow!("reading {}: {e}", c.key.display()))?;
-        let key = jwt::es256_key(&jwt::pkcs8_from_pem(&pem)?)?;
+        let auth = c.auth().map_err(|problems| {
+            let all: Vec<String> = problems.into_iter().map(|(k, m)| format!("{k}: {m}")).collect();
+            anyhow::anyhow!(all.join("; "))
+        })?;
         let base = c.endpoint.clone().unwrap_or_else(|| {
             match c.environment {
                 ApnsEnvironment::Production => PRODUCTION,
@@ -51,37 +61,40 @@ impl Apns {
             }
             .to_string()
         });
+        let (client, token) = match auth {
+            ApnsAuth::Token { key, key_id, team_id } => {
+                let pem =
+                    std::fs::read_to_string(key).map_err(|e| anyhow::anyhow!("reading {}: {e}", key.display()))?;
+                let key = jwt::es256_key(&jwt::pkcs8_from_pem(&pem)?)?;
+                let token = ProviderToken {
+                    key_id: key_id.to_string(),
+                    team_id: team_id.to_string(),
+                    key,
+                    jwt: Mutex::new(None),
+                };
+                (HttpsClient::new(c.ca_roots.as_deref())?, Some(token))
+            }
+            ApnsAuth::Certificate { certificate, key } => {
+                let tls = tls_config_with_client_cert(c.ca_roots.as_deref(), certificate, key)?;
+                (HttpsClient::with_tls(tls), None)
+            }
+        };
         Ok(Apns {
-            client: HttpsClient::new(c.ca_roots.as_deref())?,
+            client,
             base: base.trim_end_matches('/').to_string(),
             topic: c.topic.clone(),
-            key_id: c.key_id.clone(),
-            team_id: c.team_id.clone(),
-            key,
-            jwt: Mutex::new(None),
+            token,
         })
     }
 
-    fn provider_token(&self) -> anyhow::Result<String> {
-        let mut cached = self.jwt.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((t, at)) = &*cached {
-            if at.elapsed() < JWT_REUSE {
-                return Ok(t.clone());
-            }
-        }
-        let header = serde_json::json!({ "alg": "ES256", "kid": self.key_id });
-        let claims = serde_json::json!({ "iss": self.team_id, "iat": crate::store::now() });
-        let t = jwt::es256(&self.key, &header, &claims)?;
-        *cached = Some((t.clone(), Instant::now()));
-        Ok(t)
-    }
-
     fn forget_token(&self) {
-        *self.jwt.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if let Some(t) = &self.token {
+            *t.jwt.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        }
     }
 
     pub async fn send(&self, d: &Delivery) -> Outcome {
-        let jwt = match self.provider_token() {
+        let jwt = match self.token.as_ref().map(ProviderToken::get).transpose() {
             Ok(t) => t,
             Err(e) => return Outcome::Drop(format!("APNs provider token: {e}")),
         };
@@ -95,8 +108,11 @@ impl Apns {
         };
         let body = serde_json::json!({ "aps": aps, "message": message_dict(d) });
         let url = format!("{}/3/device/{}", self.base, d.device.registration_id);
-        let req = hyper::Request::post(url)
-            .header("authorization", format!("bearer {jwt}"))
+        let mut req = hyper::Request::post(url);
+        if let Some(jwt) = jwt {
+            req = req.header("authorization", format!("bearer {jwt}"));
+        }
+        let req = req
             .header("apns-topic", &self.topic)
             .header("apns-push-type", push_type)
             .header("apns-priority", prio)
@@ -135,6 +151,22 @@ impl Apns {
     }
 }
 
+impl ProviderToken {
+    fn get(&self) -> anyhow::Result<String> {
+        let mut cached = self.jwt.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((t, at)) = &*cached {
+            if at.elapsed() < JWT_REUSE {
+                return Ok(t.clone());
+            }
+        }
+        let header = serde_json::json!({ "alg": "ES256", "kid": self.key_id });
+        let claims = serde_json::json!({ "iss": self.team_id, "iat": crate::store::now() });
+        let t = jwt::es256(&self.key, &header, &claims)?;
+        *cached = Some((t.clone(), Instant::now()));
+        Ok(t)
+    }
+}
+
 /// Map an APNs answer onto an outcome (Apple's documented status codes and reasons).
 fn classify(status: u16, reason: &str, after: Option<Duration>, forget_token: impl FnOnce()) -> Outcome {
     let why = format!("APNs {status} {reason}");
@@ -151,8 +183,7 @@ fn classify(status: u16, reason: &str, after: Option<Duration>, forget_token: im
             forget_token();
             Outcome::Drop(why)
         }
-        (429, _) | (500..=599, _) => Outcome::Retry { after, reason: why },
-        _ => Outcome::Drop(why),
+        _ => super::retry_or_drop(status, after, why),
     }
 }
 

@@ -114,14 +114,7 @@ impl Fcm {
         let status = resp.status().as_u16();
         if status != 200 {
             let why = format!("OAuth token endpoint answered {status}");
-            return Err(if status == 429 || status >= 500 {
-                Outcome::Retry {
-                    after: retry_after(&resp),
-                    reason: why,
-                }
-            } else {
-                Outcome::Drop(why)
-            });
+            return Err(super::retry_or_drop(status, retry_after(&resp), why));
         }
         #[derive(Deserialize)]
         struct Grant {
@@ -232,8 +225,7 @@ fn classify(status: u16, code: &str, after: Option<Duration>) -> Outcome {
             after: None,
             reason: why,
         },
-        (429, _) | (500..=599, _) => Outcome::Retry { after, reason: why },
-        _ => Outcome::Drop(why),
+        _ => super::retry_or_drop(status, after, why),
     }
 }
 

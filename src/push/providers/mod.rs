@@ -95,17 +95,45 @@ pub fn ttl_left(d: &Delivery) -> u64 {
 
 /// A generic mapping of an HTTP status for providers without special cases.
 pub fn by_status(status: u16, retry_after: Option<Duration>, what: &str) -> Outcome {
+    let why = format!("{what} answered {status}");
     match status {
         200..=299 => Outcome::Delivered(None),
-        404 | 410 => Outcome::Dead(format!("{what} answered {status}")),
-        429 | 500..=599 => Outcome::Retry {
-            after: retry_after,
-            reason: format!("{what} answered {status}"),
-        },
+        404 | 410 => Outcome::Dead(why),
         408 => Outcome::Retry {
             after: retry_after,
-            reason: format!("{what} answered {status}"),
+            reason: why,
         },
-        _ => Outcome::Drop(format!("{what} answered {status}")),
+        _ => retry_or_drop(status, retry_after, why),
+    }
+}
+
+/// The rule every provider shares once its own cases are handled: 429 and
+/// 5xx are worth another try (not before `Retry-After`, when given); any
+/// other refusal is dropped.
+pub fn retry_or_drop(status: u16, retry_after: Option<Duration>, why: String) -> Outcome {
+    match status {
+        429 | 500..=599 => Outcome::Retry {
+            after: retry_after,
+            reason: why,
+        },
+        _ => Outcome::Drop(why),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generic_status_mapping() {
+        let after = Some(Duration::from_secs(7));
+        assert_eq!(by_status(201, None, "x"), Outcome::Delivered(None));
+        assert!(matches!(by_status(410, None, "x"), Outcome::Dead(_)));
+        assert!(matches!(by_status(404, None, "x"), Outcome::Dead(_)));
+        assert!(matches!(by_status(408, after, "x"), Outcome::Retry { after: a, .. } if a == after));
+        assert!(matches!(by_status(429, after, "x"), Outcome::Retry { after: a, .. } if a == after));
+        assert!(matches!(by_status(503, None, "x"), Outcome::Retry { after: None, .. }));
+        assert!(matches!(by_status(400, None, "x"), Outcome::Drop(_)));
+        assert!(matches!(by_status(413, None, "x"), Outcome::Drop(_)));
     }
 }

@@ -7,7 +7,7 @@
 //! domains authenticated on this stream (else stream error `invalid-from`),
 //! converted to `jabber:client` and routed like local ones.
 
-use super::{db, header, limits, to_client_ns, NS_DIALBACK, NS_DIALBACK_FEATURE};
+use super::{db, header, limits, tls::AnyClientCert, to_client_ns, NS_DIALBACK, NS_DIALBACK_FEATURE};
 use crate::{
     certs::ALPN_XMPP_SERVER,
     server::{self, Server},
@@ -15,7 +15,7 @@ use crate::{
         router,
         stanza::{self, Kind},
         stream::{new_id, ConnError, XmlStream},
-        xml::{elem, ElementExt, Event, StreamError, StreamHeader, NS_SERVER, NS_TLS},
+        xml::{elem, ElementExt, Event, StreamError, StreamHeader, NS_SASL, NS_SERVER, NS_TLS},
     },
 };
 use minidom::Element;
@@ -51,7 +51,7 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
         if xs.has_buffered_input() {
             return end(&server, &mut xs, ConnError::Stream(StreamError::PolicyViolation)).await;
         }
-        let acceptor = TlsAcceptor::from(server.certs.server_config(&[]));
+        let acceptor = TlsAcceptor::from(server.certs.server_config_with_client_auth(&[], AnyClientCert::new()));
         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(xs.into_inner())).await {
             Ok(Ok(tls)) => after_tls(server, tls).await,
             Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
@@ -67,7 +67,11 @@ pub async fn serve_direct_tls(server: Arc<Server>, tcp: TcpStream, peer: SocketA
     let span = tracing::info_span!("s2s-in", %peer, tls = "direct", from = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
-        let acceptor = TlsAcceptor::from(server.certs.server_config(&[ALPN_XMPP_SERVER]));
+        let acceptor = TlsAcceptor::from(
+            server
+                .certs
+                .server_config_with_client_auth(&[ALPN_XMPP_SERVER], AnyClientCert::new()),
+        );
         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => after_tls(server, tls).await,
             Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
@@ -142,6 +146,59 @@ async fn starttls(server: &Server, xs: &mut XmlStream<TcpStream>) -> Result<(), 
     }
 }
 
+/// Answer `<auth/>` on an incoming stream: SASL EXTERNAL for `domain`, the
+/// name the peer's certificate was verified for. On success the stream
+/// restarts and its new id is returned; on a failure the stream goes on
+/// (dialback may still follow).
+async fn sasl_external(
+    server: &Arc<Server>,
+    xs: &mut XmlStream<Tls>,
+    domain: Option<&str>,
+    authenticated: &mut HashSet<String>,
+    auth: &Element,
+) -> Result<Option<String>, ConnError> {
+    let failure = |cond: &str| elem("failure", NS_SASL).child(elem(cond, NS_SASL));
+    let Some(domain) = domain.filter(|_| auth.attr("mechanism") == Some("EXTERNAL")) else {
+        xs.send(&failure("invalid-mechanism")).await?;
+        return Ok(None);
+    };
+    // The authorization identity: empty or "=" means the certificate's
+    // domain; otherwise it must name that same domain (XEP-0178).
+    let text = auth.text();
+    let authzid = match text.trim() {
+        "" | "=" => Some(domain.to_string()),
+        b64 => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+        }
+    };
+    if !authzid.is_some_and(|a| a.eq_ignore_ascii_case(domain)) {
+        xs.send(&failure("invalid-authzid")).await?;
+        return Ok(None);
+    }
+    if !authenticated.contains(domain)
+        && !server
+            .s2s
+            .enter(domain, server.config.federation.max_streams_per_domain)
+    {
+        tracing::warn!(from = %domain, "too many incoming streams from this domain");
+        xs.send(&failure("temporary-auth-failure")).await?;
+        return Ok(None);
+    }
+    xs.send(&elem("success", NS_SASL)).await?;
+    authenticated.insert(domain.to_string());
+    tracing::info!(from = %domain, "remote domain authenticated with SASL EXTERNAL");
+    tracing::Span::current().record("from", tracing::field::display(domain));
+    xs.restart();
+    let (id, _) = open_stream(server, xs).await?;
+    xs.queue_features(&[]);
+    xs.flush().await?;
+    Ok(Some(id))
+}
+
 /// A dialback verification finished: (originating domain, our domain, verdict).
 type Verdict = (String, String, Result<bool, String>);
 
@@ -165,10 +222,21 @@ async fn serve(
 ) -> Result<(), ConnError> {
     let auth_deadline = Instant::now() + server.config.limits.auth_timeout.get();
     let idle = server.config.limits.idle_timeout.get();
-    let (stream_id, _) = tokio::time::timeout_at(auth_deadline, open_stream(server, xs))
+    let (mut stream_id, peer_from) = tokio::time::timeout_at(auth_deadline, open_stream(server, xs))
         .await
         .unwrap_or(Err(ConnError::Timeout))?;
-    xs.queue_features(&[elem("dialback", NS_DIALBACK_FEATURE).child(elem("errors", NS_DIALBACK_FEATURE))]);
+    // SASL EXTERNAL is offered when the certificate the peer showed during
+    // the handshake verifies for the domain its stream header names.
+    let external_for = peer_from.map(|f| f.to_ascii_lowercase()).filter(|f| {
+        let chain = xs.get_ref().get_ref().1.peer_certificates().unwrap_or_default();
+        server.s2s.tls.verifies_for(chain, f)
+    });
+    let mut features = vec![];
+    if external_for.is_some() {
+        features.push(elem("mechanisms", NS_SASL).child(elem("mechanism", NS_SASL).text_child("EXTERNAL")));
+    }
+    features.push(elem("dialback", NS_DIALBACK_FEATURE).child(elem("errors", NS_DIALBACK_FEATURE)));
+    xs.queue_features(&features);
     xs.flush().await?;
     let (verdict_tx, mut verdicts) = mpsc::channel::<Verdict>(MAX_PENDING_VERIFICATIONS);
     let mut pending: HashSet<String> = HashSet::new();
@@ -185,6 +253,11 @@ async fn serve(
             ev = xs.next_event() => {
                 last = Instant::now();
                 match ev? {
+                    Event::Stanza(el) if el.is("auth", NS_SASL) => {
+                        if let Some(id) = sasl_external(server, xs, external_for.as_deref(), authenticated, &el).await? {
+                            stream_id = id;
+                        }
+                    }
                     Event::Stanza(el) => {
                         element(server, xs, &stream_id, authenticated, &mut pending, &verdict_tx, el).await?
                     }

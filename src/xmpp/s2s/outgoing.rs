@@ -14,7 +14,7 @@ use crate::{
     xmpp::{
         stanza::Condition,
         stream::{ConnError, XmlStream},
-        xml::{elem, ElementExt, Event, StreamError, NS_SERVER, NS_STREAM, NS_TLS},
+        xml::{elem, ElementExt, Event, StreamError, NS_SASL, NS_SERVER, NS_STREAM, NS_TLS},
     },
 };
 use minidom::Element;
@@ -196,7 +196,12 @@ async fn connect_and_authenticate(server: &Arc<Server>, local: &str, remote: &st
     let mut last = None;
     for t in &targets {
         match open(server, local, remote, t).await {
-            Ok(o) => return dialback(server, local, remote, o).await,
+            Ok(o) => {
+                return match sasl_external(server, local, remote, o).await? {
+                    Ok(xs) => Ok(xs),
+                    Err(o) => dialback(server, local, remote, o).await,
+                }
+            }
             Err(e) => {
                 tracing::debug!(host = %t.host, port = t.port, error = %e, "candidate failed");
                 last = Some(e);
@@ -210,6 +215,8 @@ async fn connect_and_authenticate(server: &Arc<Server>, local: &str, remote: &st
 struct Opened {
     xs: XmlStream<Tls>,
     stream_id: String,
+    /// The features offered after TLS.
+    features: Element,
 }
 
 /// Connect to one target and get to the features after TLS.
@@ -217,7 +224,10 @@ async fn open(server: &Arc<Server>, local: &str, remote: &str, t: &Target) -> Re
     let addrs = server.s2s.resolver.addresses(&t.host, t.port).await?;
     let tcp = super::resolve::happy_eyeballs(&addrs).await?;
     let _ = tcp.set_nodelay(true);
-    let (connector, verified) = server.s2s.tls.connector(t.direct_tls);
+    let (connector, verified) = server
+        .s2s
+        .tls
+        .connector(t.direct_tls, server.certs.certified_key(local));
     let sni = ServerName::try_from(remote.to_string()).map_err(|e| Failed::Tls(e.to_string()))?;
     let tcp = if t.direct_tls {
         tcp
@@ -245,8 +255,67 @@ async fn open(server: &Arc<Server>, local: &str, remote: &str, t: &Target) -> Re
     let mut xs = XmlStream::new(tls, limits(server));
     xs.send_raw(&header(local, Some(remote), None)).await?;
     let stream_id = read_header(&mut xs).await?;
+    let features = read_features(&mut xs).await?;
+    Ok(Opened {
+        xs,
+        stream_id,
+        features,
+    })
+}
+
+/// SASL EXTERNAL (RFC 6120 §6, XEP-0178) when the peer offers it: the peer
+/// accepts our certificate for `local`, and no dialback round trip is
+/// needed. `Ok(None)` gives the stream back for dialback: EXTERNAL was not
+/// offered, or the peer refused it with a SASL failure.
+async fn sasl_external(
+    server: &Arc<Server>,
+    local: &str,
+    remote: &str,
+    o: Opened,
+) -> Result<Result<XmlStream<Tls>, Opened>, Failed> {
+    let offered = o.features.get_child("mechanisms", NS_SASL).is_some_and(|m| {
+        m.children()
+            .any(|c| c.name() == "mechanism" && c.text().trim() == "EXTERNAL")
+    });
+    if !offered || server.certs.certified_key(local).is_none() {
+        return Ok(Err(o));
+    }
+    let Opened {
+        mut xs,
+        stream_id,
+        features,
+    } = o;
+    use base64::Engine;
+    let authzid = base64::engine::general_purpose::STANDARD.encode(local);
+    xs.send(&elem("auth", NS_SASL).with("mechanism", "EXTERNAL").text_child(authzid))
+        .await?;
+    loop {
+        match xs.next_event().await? {
+            Event::Stanza(el) if el.name() == "success" && el.ns() == NS_SASL => break,
+            Event::Stanza(el) if el.name() == "failure" && el.ns() == NS_SASL => {
+                let why = el.children().next().map(|c| c.name().to_string()).unwrap_or_default();
+                tracing::debug!(reason = %why, "SASL EXTERNAL refused; trying dialback");
+                return Ok(Err(Opened {
+                    xs,
+                    stream_id,
+                    features,
+                }));
+            }
+            Event::Stanza(el) if el.name() == "error" && el.ns() == NS_STREAM => {
+                return Err(Failed::Refused(stream_error_condition(&el)))
+            }
+            Event::Stanza(_) => {}
+            Event::Close => return Err(Failed::Conn(ConnError::Eof)),
+            Event::Header(_) => return Err(Failed::Conn(ConnError::Stream(StreamError::NotWellFormed))),
+        }
+    }
+    // Restart the stream on the authenticated connection.
+    xs.restart();
+    xs.send_raw(&header(local, Some(remote), None)).await?;
+    read_header(&mut xs).await?;
     read_features(&mut xs).await?;
-    Ok(Opened { xs, stream_id })
+    tracing::info!("authenticated to the remote server with SASL EXTERNAL");
+    Ok(Ok(xs))
 }
 
 async fn read_header<S>(xs: &mut XmlStream<S>) -> Result<String, Failed>
@@ -286,7 +355,7 @@ fn stream_error_condition(el: &Element) -> String {
 
 /// XEP-0220 as the originating server: send our key, wait for the verdict.
 async fn dialback(server: &Arc<Server>, local: &str, remote: &str, o: Opened) -> Result<XmlStream<Tls>, Failed> {
-    let Opened { mut xs, stream_id } = o;
+    let Opened { mut xs, stream_id, .. } = o;
     if stream_id.is_empty() {
         return Err(Failed::Protocol("the remote stream has no id"));
     }

@@ -54,9 +54,30 @@ impl Client {
         })
     }
 
+    /// Whether a certificate chain a peer presented verifies for `domain`
+    /// (chain to a trusted root, RFC 6125 DNS-ID): what SASL EXTERNAL needs.
+    /// The chain is checked as a server certificate, since that is the one
+    /// servers present in both directions.
+    pub fn verifies_for(&self, chain: &[CertificateDer<'_>], domain: &str) -> bool {
+        let (Some(webpki), Some((end, intermediates))) = (&self.webpki, chain.split_first()) else {
+            return false;
+        };
+        let Ok(name) = ServerName::try_from(domain.to_string()) else {
+            return false;
+        };
+        webpki
+            .verify_server_cert(end, intermediates, &name, &[], UnixTime::now())
+            .is_ok()
+    }
+
     /// A connector for one connection, and the flag that becomes true if the
     /// peer's certificate verifies for the name given at connect time.
-    pub fn connector(&self, direct_tls: bool) -> (TlsConnector, Arc<AtomicBool>) {
+    /// `own` is presented when the peer asks for a client certificate.
+    pub fn connector(
+        &self,
+        direct_tls: bool,
+        own: Option<Arc<rustls::sign::CertifiedKey>>,
+    ) -> (TlsConnector, Arc<AtomicBool>) {
         let verified = Arc::new(AtomicBool::new(false));
         let verifier = Recording {
             inner: self.webpki.clone(),
@@ -64,16 +85,96 @@ impl Client {
             required: self.required,
             provider: Arc::new(rustls::crypto::ring::default_provider()),
         };
-        let mut cfg = ClientConfig::builder_with_provider(verifier.provider.clone())
+        let cfg = ClientConfig::builder_with_provider(verifier.provider.clone())
             .with_safe_default_protocol_versions()
             .expect("ring supports the default versions")
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_no_client_auth();
+            .with_custom_certificate_verifier(Arc::new(verifier));
+        let mut cfg = match own {
+            Some(key) => cfg.with_client_cert_resolver(Arc::new(OwnCert(key))),
+            None => cfg.with_no_client_auth(),
+        };
         if direct_tls {
             cfg.alpn_protocols = vec![ALPN_XMPP_SERVER.to_vec()];
         }
         (TlsConnector::from(Arc::new(cfg)), verified)
+    }
+}
+
+/// Our certificate for the local name of an outgoing stream.
+#[derive(Debug)]
+struct OwnCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for OwnCert {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Incoming streams ask for a client certificate but never require one,
+/// and accept any chain during the handshake: whether it is good for the
+/// peer's domain is decided once the stream header names that domain
+/// ([`Client::verifies_for`]). Signatures are checked here: the peer must
+/// hold the key of the certificate it shows.
+#[derive(Debug)]
+pub struct AnyClientCert {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl AnyClientCert {
+    pub fn new() -> Arc<AnyClientCert> {
+        Arc::new(AnyClientCert {
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        })
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for AnyClientCert {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
