@@ -756,3 +756,171 @@ async fn stanzas_before_dialback_are_refused() {
     assert!(all.contains("invalid-from"), "{all}");
     a.stop().await;
 }
+
+/// Read on a plain TCP stream until the peer closes (or is quiet for WAIT).
+async fn read_all_plain(tcp: &mut TcpStream) -> String {
+    let mut acc = Vec::new();
+    let mut buf = [0u8; 8192];
+    while let Ok(Ok(n)) = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        acc.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&acc).into_owned()
+}
+
+/// The client's session still answers a ping to its server.
+async fn still_serving(alice: &mut TestClient, case: &str) {
+    let id = format!("alive{}", rand_id());
+    let r = alice
+        .iq(xml(&format!(
+            "<iq xmlns='jabber:client' type='get' id='{id}' to='a.example'><ping xmlns='urn:xmpp:ping'/></iq>"
+        )))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "after {case}");
+}
+
+/// Hostile input on the s2s port, each case with the answer it must get.
+/// After every case the local client's session still answers a ping and a
+/// new peer stream still gets its features after STARTTLS.
+#[tokio::test]
+async fn hostile_s2s_input_gets_the_named_answers() {
+    let (ac, as_) = (bind().await, bind().await);
+    let a = Node::start(
+        "a.example",
+        ac,
+        as_,
+        true,
+        // Continues the base config's `[limits]` table.
+        "auth_timeout = \"3s\"\n[federation]\nenabled = true\n",
+    )
+    .await;
+    a.add_user("alice", "pw-a");
+    let mut alice = a.client("alice", "pw-a").await;
+    let mut failures = Vec::new();
+    let mut n = 0;
+    // Before TLS, on plain TCP.
+    let plain: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "binary garbage",
+            b"\x16\x03\x01\x02\x00\xff\xfe\x00garbage".to_vec(),
+            "not-well-formed",
+        ),
+        // Text without a `<` is held as character data until the auth timeout ends the stream.
+        (
+            "an HTTP request",
+            b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n".to_vec(),
+            "connection-timeout",
+        ),
+        (
+            "jabber:client on the s2s port",
+            header("b.example", "a.example")
+                .replace("jabber:server", "jabber:client")
+                .into_bytes(),
+            "invalid-namespace",
+        ),
+        (
+            "a domain not served here",
+            header("b.example", "nowhere.example").into_bytes(),
+            "host-unknown",
+        ),
+        (
+            "a stanza before STARTTLS",
+            format!(
+                "{}<message from='x@b.example' to='alice@a.example'><body>hi</body></message>",
+                header("b.example", "a.example")
+            )
+            .into_bytes(),
+            "</stream:stream>",
+        ),
+        (
+            "garbage after the header",
+            format!("{}\u{0}\u{1}<<>>", header("b.example", "a.example")).into_bytes(),
+            "not-well-formed",
+        ),
+    ];
+    for (name, bytes, want) in plain {
+        n += 1;
+        let mut tcp = TcpStream::connect(a.s2s).await.unwrap();
+        tcp.write_all(&bytes).await.unwrap();
+        let got = read_all_plain(&mut tcp).await;
+        if !got.contains(want) || got.contains("hi</body>") {
+            failures.push(format!("{name}: want {want:?}, got {got:.400}"));
+        }
+        still_serving(&mut alice, name).await;
+    }
+
+    // After STARTTLS, as b.example (whose dialback is never verified).
+    let big = format!(
+        "<message from='x@b.example' to='alice@a.example'><body>{}</body></message>",
+        "a".repeat(600 * 1024)
+    );
+    let tls_cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "binary garbage after TLS",
+            b"\xff\xfe\x00\x01<<>>".to_vec(),
+            "not-well-formed",
+        ),
+        (
+            "dialback verify with a wrong key",
+            b"<db:verify from='b.example' to='a.example' id='stream-1'>not-the-key</db:verify>".to_vec(),
+            "type='invalid'",
+        ),
+        (
+            "a stanza from a domain that never authenticated",
+            b"<message from='x@b.example' to='alice@a.example'><body>hi</body></message>".to_vec(),
+            "invalid-from",
+        ),
+        (
+            "a stanza claiming the receiving server's own domain",
+            b"<message from='alice@a.example' to='alice@a.example'><body>hi</body></message>".to_vec(),
+            "invalid-from",
+        ),
+        (
+            "a stanza without from",
+            b"<message to='alice@a.example'><body>hi</body></message>".to_vec(),
+            "invalid-from",
+        ),
+        ("a 600 kB stanza", big.into_bytes(), "policy-violation"),
+        (
+            "DOCTYPE with an entity",
+            b"<!DOCTYPE x [<!ENTITY e 'lol'>]><message>&e;</message>".to_vec(),
+            "not-well-formed",
+        ),
+        (
+            "a second stream header",
+            header("b.example", "a.example").into_bytes(),
+            "</stream:stream>",
+        ),
+    ];
+    for (name, bytes, want) in tls_cases {
+        n += 1;
+        let mut peer = RawServer::connect(a.s2s, "b.example", "a.example").await;
+        let _ = peer.tls.write_all(&bytes).await;
+        let got = if want == "type='invalid'" {
+            peer.read_until(want).await
+        } else {
+            peer.read_to_end().await
+        };
+        if !got.contains(want) || got.contains("hi</body>") {
+            failures.push(format!("{name}: want {want:?}, got {got:.400}"));
+        }
+        still_serving(&mut alice, name).await;
+        // A well-behaved peer still gets a stream.
+        let ok = RawServer::connect(a.s2s, "b.example", "a.example").await;
+        assert!(ok.received.contains("</stream:features>"), "after {name}");
+    }
+    assert!(
+        !alice.backlog.iter().any(|e| e.name() == "message"),
+        "a hostile stanza reached alice"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {n} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    alice.close().await;
+    a.stop().await;
+}

@@ -239,7 +239,8 @@ pub struct Limits {
     pub max_depth: usize,
     /// Most attributes on one element.
     pub max_attributes: usize,
-    /// Time a new connection has to finish authentication.
+    /// Time a new connection has to finish authentication (on the HTTPS
+    /// listener: to send a complete request head).
     pub auth_timeout: Duration,
     /// Failed authentication attempts allowed on one connection before it is closed.
     pub max_auth_failures: u32,

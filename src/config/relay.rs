@@ -27,6 +27,9 @@ pub struct RelayConfig {
     pub token_lifetime: Duration,
     /// How long a push is kept and retried when the sender names no TTL.
     pub push_ttl: Duration,
+    /// Longest wait between two delivery attempts of a push: retries back off
+    /// from one second, doubling, up to this.
+    pub max_retry_delay: Duration,
     /// Largest `data` of a push, in bytes of JSON (APNs allows 4 KiB for a whole payload).
     pub max_data_bytes: usize,
     /// Pushes per minute per whitelist token (a token may ask for less).
@@ -49,6 +52,7 @@ impl Default for RelayConfig {
             signup: Signup::Open,
             token_lifetime: Duration::from_secs(30 * 86400),
             push_ttl: Duration::from_secs(86400),
+            max_retry_delay: Duration::from_secs(15 * 60),
             max_data_bytes: 3072,
             token_rate: 60,
             ip_rate: 600,
@@ -211,6 +215,9 @@ impl RelayConfig {
             if !(u.starts_with("https://") || u.starts_with("http://")) {
                 report("relay.public_url", format!("`{u}` is not an http(s) URL"));
             }
+        }
+        if self.max_retry_delay.get() < std::time::Duration::from_secs(1) {
+            report("relay.max_retry_delay", "must be at least 1s".into());
         }
         if self.token_rate == 0 {
             report("relay.token_rate", "must be at least 1".into());

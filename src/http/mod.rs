@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, Request, Response, StatusCode};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
@@ -62,8 +62,16 @@ pub fn spawn(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<()>
                     Err(_) => return,
                 };
                 let mut stop = server.shutdown.clone();
+                // A request head must arrive within the auth timeout: without a
+                // timer hyper never enforces one, and a client trickling header
+                // bytes would hold the connection for ever.
+                let head_timeout = server.config.limits.auth_timeout.get();
                 let svc = hyper::service::service_fn(move |req| handle(server.clone(), peer, req));
-                let builder = auto::Builder::new(TokioExecutor::new());
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(head_timeout);
                 let conn = builder.serve_connection(TokioIo::new(stream), svc);
                 tokio::pin!(conn);
                 tokio::select! {

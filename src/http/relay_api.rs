@@ -18,6 +18,8 @@ use std::{net::SocketAddr, time::Duration};
 
 /// Largest request body.
 pub const MAX_BODY: usize = 64 * 1024;
+/// Longest wait for a whole request body (a client trickling bytes holds a task).
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Fields = Map<String, Value>;
 
@@ -33,6 +35,15 @@ impl Answer {
 impl From<crate::store::StoreError> for Answer {
     fn from(e: crate::store::StoreError) -> Self {
         tracing::error!(error = %e, "relay API storage error");
+        if e.is_full() {
+            // Nothing was accepted; the client may try again once space returns.
+            let mut r = detail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The relay's storage is full; try again later.",
+            );
+            r.headers_mut().insert(hyper::header::RETRY_AFTER, 60.into());
+            return Answer::new(r);
+        }
         Answer::new(detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error."))
     }
 }
@@ -182,14 +193,21 @@ async fn body(req: Request<Incoming>) -> Result<Fields, Answer> {
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let too_large = || Answer::new(detail(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large."));
+    // A declared length beyond the limit is refused before waiting for the body.
+    if hyper::body::Body::size_hint(req.body()).lower() > MAX_BODY as u64 {
+        return Err(too_large());
+    }
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), MAX_BODY).collect());
+    let Ok(read) = read.await else {
+        return Err(Answer::new(detail(
+            StatusCode::REQUEST_TIMEOUT,
+            "The request body did not arrive in time.",
+        )));
+    };
+    let bytes: Bytes = match read {
         Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(Answer::new(detail(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "Request body too large.",
-            )))
-        }
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
         Err(_) => {
             return Err(Answer::new(detail(
                 StatusCode::BAD_REQUEST,
@@ -197,13 +215,18 @@ async fn body(req: Request<Incoming>) -> Result<Fields, Answer> {
             )))
         }
     };
+    parse_body(form, &bytes)
+}
+
+/// Parse a request body: form-encoded when `form`, JSON otherwise; it must be an object.
+fn parse_body(form: bool, bytes: &[u8]) -> Result<Fields, Answer> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Fields::new());
     }
     if form {
-        return Ok(parse_form(&bytes));
+        return Ok(parse_form(bytes));
     }
-    match serde_json::from_slice::<Value>(&bytes) {
+    match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(Answer::new(json(
             StatusCode::BAD_REQUEST,
@@ -413,9 +436,10 @@ fn valid_username(u: &str) -> bool {
     u.chars().all(|c| c.is_alphanumeric() || "@.+-_".contains(c))
 }
 
-async fn accounts_create(server: &Server, f: Fields) -> R {
+/// Check the fields of `POST accounts/`: username, password, email.
+fn account_request(f: &Fields) -> Result<(String, String, String), Answer> {
     let mut errs = Errors::default();
-    let username = required(&f, "username", push::MAX_USERNAME, &mut errs);
+    let username = required(f, "username", push::MAX_USERNAME, &mut errs);
     if let Some(u) = &username {
         if !valid_username(u) {
             errs.add(
@@ -424,13 +448,17 @@ async fn accounts_create(server: &Server, f: Fields) -> R {
             );
         }
     }
-    let password = required(&f, "password", 1024, &mut errs);
-    let email = string(&f, "email", 254, &mut errs).unwrap_or_default();
+    let password = required(f, "password", 1024, &mut errs);
+    let email = string(f, "email", 254, &mut errs).unwrap_or_default();
     if !email.is_empty() && !email.contains('@') {
         errs.add("email", "Enter a valid email address.");
     }
     errs.check()?;
-    let (username, password) = (username.unwrap_or_default(), password.unwrap_or_default());
+    Ok((username.unwrap_or_default(), password.unwrap_or_default(), email))
+}
+
+async fn accounts_create(server: &Server, f: Fields) -> R {
+    let (username, password, email) = account_request(&f)?;
     match server.relay.login_or_signup(&username, &password, &email).await {
         Ok(l) => {
             let status = if l.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -617,17 +645,27 @@ fn token_json(t: &Token, secret: Option<&str>) -> Value {
     v
 }
 
-async fn token_create(server: &Server, a: &Account, f: Fields) -> R {
+/// A checked `POST tokens/` request.
+struct TokenRequest {
+    name: Option<String>,
+    /// The field naming the device, its kind, and the device id.
+    device: (&'static str, Kind, String),
+    expires: Option<i64>,
+    rate: Option<u32>,
+}
+
+/// Check the fields of `POST tokens/` (`now`: the current Unix time, for `date_expires`).
+fn token_request(f: &Fields, now: i64) -> Result<TokenRequest, Answer> {
     let mut errs = Errors::default();
-    let name = string(&f, "name", 100, &mut errs);
-    let named: Vec<(&str, Kind, String)> = TOKEN_DEVICE_FIELDS
+    let name = string(f, "name", 100, &mut errs);
+    let mut named: Vec<(&'static str, Kind, String)> = TOKEN_DEVICE_FIELDS
         .iter()
-        .filter_map(|(k, kind)| string(&f, k, 64, &mut errs).map(|id| (*k, *kind, id)))
+        .filter_map(|(k, kind)| string(f, k, 64, &mut errs).map(|id| (*k, *kind, id)))
         .collect();
     let expires = match f.get("date_expires") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => match parse_date(s) {
-            Some(t) if t > crate::store::now() => Some(t),
+            Some(t) if t > now => Some(t),
             Some(_) => {
                 errs.add("date_expires", "Must be in the future.");
                 None
@@ -667,8 +705,26 @@ async fn token_create(server: &Server, a: &Account, f: Fields) -> R {
         _ => errs.add("non_field_errors", "A token is bound to exactly one device."),
     }
     errs.check()?;
-    let (field, kind, id) = &named[0];
-    let dev = server.relay.device(a.id, id).await?.filter(|d| d.kind == kind.as_str());
+    Ok(TokenRequest {
+        name,
+        device: named.swap_remove(0),
+        expires,
+        rate,
+    })
+}
+
+async fn token_create(server: &Server, a: &Account, f: Fields) -> R {
+    let TokenRequest {
+        name,
+        device: (field, kind, id),
+        expires,
+        rate,
+    } = token_request(&f, crate::store::now())?;
+    let dev = server
+        .relay
+        .device(a.id, &id)
+        .await?
+        .filter(|d| d.kind == kind.as_str());
     let Some(dev) = dev else {
         let mut e = Errors::default();
         e.add(field, format!("Invalid pk \"{id}\" - object does not exist."));
@@ -682,9 +738,10 @@ async fn token_create(server: &Server, a: &Account, f: Fields) -> R {
     ))
 }
 
-async fn messages(server: &Server, f: Fields) -> R {
+/// Check the fields of `POST messages/`: token, priority, ttl.
+fn message_request(f: &Fields) -> Result<(String, Priority, Option<Duration>), Answer> {
     let mut errs = Errors::default();
-    let token = required(&f, "token", 200, &mut errs);
+    let token = required(f, "token", 200, &mut errs);
     let priority = match f.get("priority") {
         None | Some(Value::Null) => Priority::default(),
         Some(Value::String(s)) => Priority::parse(s).unwrap_or_else(|| {
@@ -707,7 +764,11 @@ async fn messages(server: &Server, f: Fields) -> R {
         },
     };
     errs.check()?;
-    let token = token.unwrap_or_default();
+    Ok((token.unwrap_or_default(), priority, ttl))
+}
+
+async fn messages(server: &Server, f: Fields) -> R {
+    let (token, priority, ttl) = message_request(&f)?;
     let data = f.get("data").cloned();
     match server.relay.submit(&token, data, priority, ttl).await {
         Ok(_) => Ok(json(StatusCode::ACCEPTED, Value::Object(f))),
@@ -721,6 +782,47 @@ async fn messages(server: &Server, f: Fields) -> R {
     }
 }
 
+/// Entry points for the fuzz target `relay_api`: the body parsing and field
+/// checks of every endpoint that takes a body, without a server.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Parse `body` (form-encoded when `form`) and check it as the request of
+    /// endpoint `which` (accounts, each device kind created and updated,
+    /// tokens, messages). `Ok` when accepted, else the HTTP status of the answer.
+    pub fn request(which: u8, form: bool, body: &[u8]) -> Result<(), u16> {
+        let status = |a: Answer| a.0.status().as_u16();
+        let f = parse_body(form, body).map_err(status)?;
+        match which % 11 {
+            0 => {
+                let (u, p, _) = account_request(&f).map_err(status)?;
+                assert!(!u.is_empty() && u.chars().count() <= push::MAX_USERNAME && valid_username(&u));
+                assert!(!p.is_empty());
+            }
+            n @ 1..=8 => {
+                let kind = Kind::ALL[usize::from(n - 1) % 4];
+                let mut errs = Errors::default();
+                let d = device_fields(kind, &f, n > 4, &mut errs);
+                errs.check().map_err(status)?;
+                if kind == Kind::Apns {
+                    assert!(d.registration_id.bytes().all(|b| b.is_ascii_hexdigit()));
+                }
+            }
+            9 => {
+                let t = token_request(&f, 1_700_000_000).map_err(status)?;
+                assert!(t.expires.is_none_or(|e| e > 1_700_000_000));
+                assert!(t.rate.is_none_or(|r| r >= 1));
+            }
+            _ => {
+                let (t, _, _) = message_request(&f).map_err(status)?;
+                assert!(!t.is_empty());
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,6 +832,44 @@ mod tests {
         assert_eq!(date(0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(date(1_462_299_881), "2016-05-03T18:24:41.000000Z");
         assert_eq!(parse_date("2016-05-03T18:24:41Z"), Some(1_462_299_881));
+    }
+
+    #[test]
+    fn a_full_disk_answers_503_with_retry_after() {
+        let full = crate::store::StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        ));
+        assert!(full.is_full());
+        let Answer(r) = Answer::from(full);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().contains_key(hyper::header::RETRY_AFTER));
+        let other = crate::store::StoreError::Other("x".into());
+        assert_eq!(Answer::from(other).0.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+
+    #[test]
+    fn request_checks_without_a_server() {
+        use fuzzing::request;
+        assert_eq!(request(0, false, br#"{"username":"al","password":"pw"}"#), Ok(()));
+        assert_eq!(request(0, true, b"username=al&password=pw"), Ok(()));
+        assert_eq!(request(0, false, b"[1]"), Err(400));
+        assert_eq!(request(0, false, b"{\"username\":"), Err(400));
+        assert_eq!(request(1, false, br#"{"registration_id":"zz"}"#), Err(400));
+        assert_eq!(request(9, false, br#"{"apns_device":"1","rate_limit":0}"#), Err(400));
+        assert_eq!(
+            request(
+                9,
+                false,
+                br#"{"apns_device":"1","date_expires":"2000-01-01T00:00:00Z"}"#
+            ),
+            Err(400)
+        );
+        assert_eq!(
+            request(10, false, br#"{"token":"t","ttl":18446744073709551615}"#),
+            Ok(())
+        );
+        assert_eq!(request(10, false, br#"{"token":"t","ttl":-1}"#), Err(400));
     }
 
     #[test]

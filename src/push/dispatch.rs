@@ -20,7 +20,7 @@ use tracing::Instrument;
 const CONCURRENCY: usize = 512;
 /// Deliveries fetched per look at the outbox.
 const BATCH: usize = 512;
-/// Longest wait between retries.
+/// Longest wait between retries, whatever `relay.max_retry_delay` says.
 const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 /// How often the outbox is looked at when nothing wakes the dispatcher.
 const POLL: Duration = Duration::from_secs(1);
@@ -83,6 +83,12 @@ async fn deliver(relay: &Relay, d: Delivery) {
     let store = &relay.inner.store;
     let kind = Kind::parse(&d.device.kind);
     let counters = kind.map(|k| relay.inner.counters.provider(k));
+    // The same outcome, exported as `pushbox_pushes_total{provider, outcome}`.
+    let export = |outcome: &'static str| {
+        if let Some(k) = kind {
+            metrics::counter!(crate::metrics::PUSHES, "provider" => k.as_str(), "outcome" => outcome).increment(1);
+        }
+    };
     let (push_id, dev) = (d.push_id, d.device.id.clone());
     let finish = |state: &'static str| {
         let dev = dev.clone();
@@ -99,25 +105,32 @@ async fn deliver(relay: &Relay, d: Delivery) {
         Outcome::Delivered(id) => {
             tracing::info!(provider_id = id.as_deref().unwrap_or(""), "delivered");
             counters.map(|c| c.delivered.fetch_add(1, Ordering::Relaxed));
+            export("delivered");
             finish("done").await
         }
         Outcome::Retry { after, reason } => {
+            let cap = relay.inner.config.max_retry_delay.get();
             // Capped at the longest TTL: a later retry would find the push expired anyway.
-            let delay = backoff(d.attempts).max(after.unwrap_or_default()).min(super::MAX_TTL);
+            let delay = backoff(d.attempts, cap)
+                .max(after.unwrap_or_default())
+                .min(super::MAX_TTL);
             let at = now_ms() + delay.as_millis() as i64;
             if at / 1000 >= d.expires {
                 tracing::warn!(%reason, "giving up: the push expires before the next attempt");
                 counters.map(|c| c.failed.fetch_add(1, Ordering::Relaxed));
+                export("failed");
                 finish("failed").await
             } else {
                 tracing::info!(%reason, attempt = d.attempts + 1, retry_in_ms = delay.as_millis() as u64, "will retry");
                 counters.map(|c| c.retried.fetch_add(1, Ordering::Relaxed));
+                export("retried");
                 store.call(move |c| db::reschedule(c, push_id, &dev, at)).await
             }
         }
         Outcome::Dead(reason) => {
             tracing::warn!(%reason, "device token is dead; device deactivated");
             counters.map(|c| c.pruned.fetch_add(1, Ordering::Relaxed));
+            export("pruned");
             let dev = dev.clone();
             match store.call(move |c| db::deactivate_device(c, &dev)).await {
                 Ok(()) => store.call(|c| db::sweep(c)).await.map(|_| ()),
@@ -127,6 +140,7 @@ async fn deliver(relay: &Relay, d: Delivery) {
         Outcome::Drop(reason) => {
             tracing::warn!(%reason, "push dropped");
             counters.map(|c| c.failed.fetch_add(1, Ordering::Relaxed));
+            export("failed");
             finish("failed").await
         }
     };
@@ -135,11 +149,12 @@ async fn deliver(relay: &Relay, d: Delivery) {
     }
 }
 
-/// Exponential backoff from one second, capped, with full jitter on the upper half.
-fn backoff(attempts: u32) -> Duration {
+/// Exponential backoff from one second, capped at `cap` (and at most
+/// [`MAX_BACKOFF`]), with full jitter on the upper half.
+fn backoff(attempts: u32, cap: Duration) -> Duration {
     let base = Duration::from_secs(1)
         .saturating_mul(1u32 << attempts.min(20))
-        .min(MAX_BACKOFF);
+        .min(cap.min(MAX_BACKOFF));
     let jitter: f64 = rand::random::<f64>() * 0.5 + 0.5;
     base.mul_f64(jitter)
 }
@@ -150,8 +165,11 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert!(backoff(0) <= Duration::from_secs(1) && backoff(0) >= Duration::from_millis(500));
-        assert!(backoff(3) >= Duration::from_secs(4) && backoff(3) <= Duration::from_secs(8));
-        assert!(backoff(40) <= MAX_BACKOFF);
+        let b = |n| backoff(n, MAX_BACKOFF);
+        assert!(b(0) <= Duration::from_secs(1) && b(0) >= Duration::from_millis(500));
+        assert!(b(3) >= Duration::from_secs(4) && b(3) <= Duration::from_secs(8));
+        assert!(b(40) <= MAX_BACKOFF);
+        assert!(backoff(40, Duration::from_secs(2)) <= Duration::from_secs(2));
+        assert!(backoff(40, Duration::from_secs(3600)) <= MAX_BACKOFF);
     }
 }

@@ -17,6 +17,20 @@ pub struct Account {
 
 /// Normalise a username (XMPP localpart, PRECIS UsernameCaseMapped via the jid crate).
 pub fn normalize(username: &str) -> Result<String> {
+    let once = normalize_once(username)?;
+    // The jid crate's nodeprep is not always idempotent (`ax\u{1d34}` →
+    // `axH` → `axh`, found by fuzzing): such a name would be stored under one
+    // form and looked up under another. Only names that settle in one round
+    // are accepted.
+    if normalize_once(&once)? != once {
+        return Err(StoreError::Other(format!(
+            "`{username}` is not a valid username: it does not normalise to a stable form"
+        )));
+    }
+    Ok(once)
+}
+
+fn normalize_once(username: &str) -> Result<String> {
     let j = jid::BareJid::new(&format!("{username}@localhost"))
         .map_err(|e| StoreError::Other(format!("`{username}` is not a valid username: {e}")))?;
     j.node()
@@ -124,6 +138,17 @@ pub fn list(c: &Connection) -> Result<Vec<(String, bool, i64)>> {
 mod tests {
     use super::*;
     use crate::store::Store;
+
+    #[test]
+    fn normalisation_is_a_fixed_point_or_an_error() {
+        assert_eq!(normalize("Alice").unwrap(), "alice");
+        // MODIFIER LETTER CAPITAL H: one round gives `axH`, a second `axh`.
+        assert!(normalize("ax\u{1d34}").is_err());
+        for name in ["alice", "Zoë", "a.b-c_d"] {
+            let n = normalize(name).unwrap();
+            assert_eq!(normalize(&n).unwrap(), n);
+        }
+    }
 
     #[test]
     fn create_get_passwd_delete() {

@@ -47,6 +47,14 @@ pub enum StoreError {
     Other(String),
 }
 
+impl StoreError {
+    /// The disk holding the database is full (`SQLITE_FULL`): a condition
+    /// that clears by itself once space returns, worth a "try later" answer.
+    pub fn is_full(&self) -> bool {
+        matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Cheap-clone handle to the database.

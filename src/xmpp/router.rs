@@ -185,7 +185,15 @@ async fn store_offline(server: &Arc<Server>, mut msg: Element, bare: &BareJid) {
         Ok(None) => reply(server, bounce(&msg, Condition::ServiceUnavailable, server.domain())).await,
         Err(e) => {
             tracing::error!(error = %e, "cannot store an offline message");
-            reply(server, bounce(&msg, Condition::InternalServerError, server.domain())).await
+            let e = if e.is_full() {
+                stanza::StanzaError::new(
+                    Condition::ResourceConstraint,
+                    "the server's storage is full; try again later",
+                )
+            } else {
+                Condition::InternalServerError.into()
+            };
+            reply(server, bounce(&msg, e, server.domain())).await
         }
     }
 }

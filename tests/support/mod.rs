@@ -318,6 +318,8 @@ pub struct ApnsState {
     pub throttle: Mutex<HashMap<String, (u32, u64)>>,
     /// Send Retry-After as an HTTP-date (that many seconds from now) instead of delta-seconds.
     pub retry_after_as_date: std::sync::atomic::AtomicBool,
+    /// An outage: every request answers 503 ServiceUnavailable while set.
+    pub down: std::sync::atomic::AtomicBool,
 }
 
 impl ApnsStandIn {
@@ -418,6 +420,9 @@ fn apns_answer_to(log: &Log, state: &ApnsState, public: &[u8], req: Request<Byte
         version: req.version(),
         client_cert: client_cert(&req),
     });
+    if state.down.load(std::sync::atomic::Ordering::SeqCst) {
+        return apns_error(503, "ServiceUnavailable");
+    }
     if req.version() != hyper::Version::HTTP_2 {
         log.violation("APNs requires HTTP/2".into());
         return apns_error(400, "BadRequest");

@@ -151,8 +151,21 @@ fn field<'a>(fs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// An XEP-0357 publish: node = whitelist token, secret in publish-options.
-async fn publish(server: &Arc<Server>, pubsub: &Element) -> Result<(), StanzaError> {
+/// What an XEP-0357 publish asks for, read from its `<pubsub/>` payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// The node: a relay whitelist token.
+    pub node: String,
+    /// The `secret` field of the publish-options form (empty when absent).
+    pub secret: String,
+    /// High when the summary carries a message body or a Tigase priority
+    /// mark says `high` (an alert), low otherwise.
+    pub priority: Priority,
+}
+
+/// Read a publish from a `<pubsub/>` payload: a pure function (no store, no
+/// network), so that the fuzz target `app_server_publish` can call it.
+pub fn parse_publish(pubsub: &Element) -> Result<Publish, StanzaError> {
     let p = pubsub.get_child("publish", NS_PUBSUB).ok_or(Condition::BadRequest)?;
     let node = p.attr("node").ok_or(Condition::BadRequest)?.to_string();
     let opts = pubsub
@@ -160,6 +173,26 @@ async fn publish(server: &Arc<Server>, pubsub: &Element) -> Result<(), StanzaErr
         .and_then(|o| o.get_child("x", NS_DATA));
     let fs = fields(opts);
     let secret = field(&fs, "secret").unwrap_or_default().to_string();
+    // A body in the summary or a tigase:push:priority:0 `high` means "show
+    // an alert"; otherwise wake silently.
+    let notification = p
+        .get_child("item", NS_PUBSUB)
+        .and_then(|i| i.get_child("notification", crate::xmpp::modules::push::NS));
+    let summary = fields(notification.and_then(|n| n.get_child("x", NS_DATA)));
+    let marked_high = notification
+        .and_then(|n| n.get_child("priority", crate::xmpp::modules::push_tigase::NS_PRIORITY))
+        .is_some_and(|p| p.text().trim() == "high");
+    let priority = if marked_high || field(&summary, "last-message-body").is_some() {
+        Priority::High
+    } else {
+        Priority::Low
+    };
+    Ok(Publish { node, secret, priority })
+}
+
+/// An XEP-0357 publish: node = whitelist token, secret in publish-options.
+async fn publish(server: &Arc<Server>, pubsub: &Element) -> Result<(), StanzaError> {
+    let Publish { node, secret, priority } = parse_publish(pubsub)?;
     let h = sha256(&node);
     let row = server
         .store
@@ -179,20 +212,6 @@ async fn publish(server: &Arc<Server>, pubsub: &Element) -> Result<(), StanzaErr
     if !bool::from(sha256(&secret).ct_eq(&secret_hash)) {
         return Err(StanzaError::new(Condition::Forbidden, "wrong secret"));
     }
-    // A body in the summary or a tigase:push:priority:0 `high` means "show
-    // an alert"; otherwise wake silently.
-    let notification = p
-        .get_child("item", NS_PUBSUB)
-        .and_then(|i| i.get_child("notification", crate::xmpp::modules::push::NS));
-    let summary = fields(notification.and_then(|n| n.get_child("x", NS_DATA)));
-    let marked_high = notification
-        .and_then(|n| n.get_child("priority", crate::xmpp::modules::push_tigase::NS_PRIORITY))
-        .is_some_and(|p| p.text().trim() == "high");
-    let priority = if marked_high || field(&summary, "last-message-body").is_some() {
-        Priority::High
-    } else {
-        Priority::Low
-    };
     match server.relay.submit(&node, None, priority, None).await {
         Ok(_) => Ok(()),
         Err(SubmitError::UnknownToken) => Err(StanzaError::new(Condition::ItemNotFound, "this registration is gone")),
@@ -435,4 +454,36 @@ async fn forget_device(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pubsub(xml: &str) -> Element {
+        format!("<pubsub xmlns='{NS_PUBSUB}'>{xml}</pubsub>").parse().unwrap()
+    }
+
+    #[test]
+    fn publish_is_read_without_a_server() {
+        let p = parse_publish(&pubsub(
+            "<publish node='tok'><item><notification xmlns='urn:xmpp:push:0'><x xmlns='jabber:x:data'>\
+             <field var='last-message-body'><value>hi</value></field></x></notification></item></publish>\
+             <publish-options><x xmlns='jabber:x:data'><field var='secret'><value>s</value></field></x>\
+             </publish-options>",
+        ))
+        .unwrap();
+        assert_eq!(
+            p,
+            Publish {
+                node: "tok".into(),
+                secret: "s".into(),
+                priority: Priority::High
+            }
+        );
+        let p = parse_publish(&pubsub("<publish node='tok'/>")).unwrap();
+        assert_eq!((p.secret.as_str(), p.priority), ("", Priority::Low));
+        assert!(parse_publish(&pubsub("<publish/>")).is_err());
+        assert!(parse_publish(&pubsub("<items node='tok'/>")).is_err());
+    }
 }
