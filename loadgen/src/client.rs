@@ -26,6 +26,11 @@ pub const STEP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where and how to connect.
 pub struct Target {
     pub addr: SocketAddr,
+    /// Local addresses to connect from, in turn (more than ~28,000
+    /// connections to one server port need several: one source address has
+    /// that many ephemeral ports). Empty: the system's choice.
+    pub sources: Vec<std::net::IpAddr>,
+    pub next_source: std::sync::atomic::AtomicUsize,
     pub domain: String,
     pub direct_tls: bool,
     pub tls: Arc<rustls::ClientConfig>,
@@ -205,7 +210,19 @@ pub struct Steps {
 
 /// Connect, authenticate as `user`, bind; returns the stream and the bound JID.
 pub async fn login(t: &Target, user: &str, password: &str, steps: Steps) -> Result<(Conn, String)> {
-    let tcp = TcpStream::connect(t.addr).await.context("connect")?;
+    let tcp = if t.sources.is_empty() {
+        TcpStream::connect(t.addr).await.context("connect")?
+    } else {
+        let i = t.next_source.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let src = t.sources[i % t.sources.len()];
+        let sock = if src.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.bind(SocketAddr::new(src, 0)).context("bind the source address")?;
+        sock.connect(t.addr).await.context("connect")?
+    };
     tcp.set_nodelay(true)?;
     let mut xs = if t.direct_tls {
         Xs::new(tls(t, tcp).await?)

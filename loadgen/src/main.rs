@@ -48,6 +48,10 @@ struct Cli {
     /// The password of every account.
     #[arg(long, default_value = "loadgen-pw")]
     password: String,
+    /// Connect from these local addresses in turn (comma-separated, e.g.
+    /// 127.0.0.1,127.0.0.2): needed beyond ~28,000 connections to one port.
+    #[arg(long, value_delimiter = ',')]
+    source: Vec<std::net::IpAddr>,
     /// Server process id: report its CPU time and RSS from /proc.
     #[arg(long)]
     pid: Option<String>,
@@ -299,6 +303,8 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
     let mech = cli.mech.as_deref().map(scram::Mech::parse).transpose()?;
     let t = Arc::new(Target {
         addr: cli.server,
+        sources: cli.source.clone(),
+        next_source: Default::default(),
         domain: cli.domain.clone(),
         direct_tls: cli.direct_tls,
         tls: client::tls_config(cli.ca.as_deref(), cli.direct_tls)?,
