@@ -14,29 +14,13 @@ mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use common::{RawClient, TestServer};
+use common::{form_field, RawClient, TestServer};
 use std::{
     collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
-
-fn field(xml: &str, var: &str) -> String {
-    let i = xml
-        .find(&format!("var='{var}'"))
-        .unwrap_or_else(|| panic!("no field {var} in {xml}"));
-    let rest = &xml[i..];
-    let v = rest.find("<value>").unwrap() + 7;
-    rest[v..v + rest[v..].find("</value>").unwrap()].to_string()
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
+use support::{ms, pct};
 
 /// Log in as `user`, register `device` with push.localhost, enable push, leave.
 async fn fall_asleep(c2s: std::net::SocketAddr, user: String, device: String) {
@@ -47,7 +31,7 @@ async fn fall_asleep(c2s: std::net::SocketAddr, user: String, device: String) {
     ))
     .await;
     let r = c.read_until("</iq>").await;
-    let (jid, node, secret) = (field(&r, "jid"), field(&r, "node"), field(&r, "secret"));
+    let (jid, node, secret) = (form_field(&r, "jid"), form_field(&r, "node"), form_field(&r, "secret"));
     c.received.clear();
     c.send(&format!(
         "<iq type='set' id='en'><enable xmlns='urn:xmpp:push:0' jid='{jid}' node='{node}'><x xmlns='jabber:x:data' type='submit'>\

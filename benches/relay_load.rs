@@ -25,17 +25,6 @@ use std::{
 };
 use support::*;
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
@@ -93,25 +82,13 @@ async fn main() {
     from_202.sort();
     assert_eq!(seen.len(), n, "every push delivered once");
     println!("relay: {n} pushes, {conc} concurrent senders");
-    println!(
-        "  accepted (202) in {:.2} s: {:.0} pushes/s",
-        accepted.as_secs_f64(),
-        n as f64 / accepted.as_secs_f64()
-    );
-    println!(
-        "  delivered to APNs in {:.2} s: {:.0} pushes/s",
-        total.as_secs_f64(),
-        n as f64 / total.as_secs_f64()
-    );
-    println!(
-        "  POST -> provider request: p50 {} p99 {}",
-        ms(pct(&from_post, 0.5)),
-        ms(pct(&from_post, 0.99))
-    );
-    println!(
-        "  202 -> provider request:  p50 {} p99 {} (0 when the provider saw it before the sender saw 202)",
-        ms(pct(&from_202, 0.5)),
-        ms(pct(&from_202, 0.99))
+    print_rate("accepted (202)", n, accepted);
+    print_rate("delivered to APNs", n, total);
+    print_spread("POST -> provider request:", &from_post, "");
+    print_spread(
+        "202 -> provider request: ",
+        &from_202,
+        " (0 when the provider saw it before the sender saw 202)",
     );
     daemon.stop().await;
 
@@ -369,26 +346,10 @@ async fn sygnal(python: &str, n: usize, conc: usize) {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     println!("sygnal {version}: {n} pushes, {conc} concurrent senders (plain HTTP/1.1, keep-alive)");
-    println!(
-        "  answered (200, after APNs answered) in {:.2} s: {:.0} pushes/s",
-        answered.as_secs_f64(),
-        n as f64 / answered.as_secs_f64()
-    );
-    println!(
-        "  delivered to APNs in {:.2} s: {:.0} pushes/s",
-        total.as_secs_f64(),
-        n as f64 / total.as_secs_f64()
-    );
-    println!(
-        "  POST -> provider request: p50 {} p99 {}",
-        ms(pct(&from_post, 0.5)),
-        ms(pct(&from_post, 0.99))
-    );
-    println!(
-        "  POST -> 200:              p50 {} p99 {}",
-        ms(pct(&round_trip, 0.5)),
-        ms(pct(&round_trip, 0.99))
-    );
+    print_rate("answered (200, after APNs answered)", n, answered);
+    print_rate("delivered to APNs", n, total);
+    print_spread("POST -> provider request:", &from_post, "");
+    print_spread("POST -> 200:             ", &round_trip, "");
     let v = apns.log.violations();
     if !v.is_empty() {
         println!("  stand-in rule violations by Sygnal: {} (first: {})", v.len(), v[0]);

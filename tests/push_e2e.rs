@@ -7,15 +7,6 @@ mod common;
 mod support;
 use common::*;
 
-fn field(xml: &str, var: &str) -> String {
-    let i = xml
-        .find(&format!("var='{var}'"))
-        .unwrap_or_else(|| panic!("no field {var} in {xml}"));
-    let rest = &xml[i..];
-    let v = rest.find("<value>").unwrap() + 7;
-    rest[v..v + rest[v..].find("</value>").unwrap()].to_string()
-}
-
 #[tokio::test]
 async fn sleeping_phone_gets_exactly_one_apns_push() {
     let dir = tempfile::tempdir().unwrap();
@@ -42,7 +33,7 @@ async fn sleeping_phone_gets_exactly_one_apns_push() {
     .await;
     let r = a.read_until("</iq>").await;
     assert!(r.contains("status='completed'"), "{r}");
-    let (jid, node, secret) = (field(&r, "jid"), field(&r, "node"), field(&r, "secret"));
+    let (jid, node, secret) = (form_field(&r, "jid"), form_field(&r, "node"), form_field(&r, "secret"));
     assert_eq!(jid, "push.localhost");
     assert!(node.len() >= 32 && secret.len() >= 32, "{r}");
     a.received.clear();

@@ -425,16 +425,6 @@ async fn direct_push_is_retried_after_a_busy_answer() {
     s.stop().await;
 }
 
-/// The `<value/>` of field `var` in a raw XML answer.
-fn field(xml: &str, var: &str) -> String {
-    let i = xml
-        .find(&format!("var='{var}'"))
-        .unwrap_or_else(|| panic!("no field {var} in {xml}"));
-    let rest = &xml[i..];
-    let v = rest.find("<value>").unwrap() + 7;
-    rest[v..v + rest[v..].find("</value>").unwrap()].to_string()
-}
-
 #[tokio::test]
 async fn sealed_push_through_the_local_app_server_is_an_alert() {
     let dir = tempfile::tempdir().unwrap();
@@ -451,7 +441,7 @@ async fn sealed_push_through_the_local_app_server_is_an_alert() {
     ))
     .await;
     let r = a.read_until("</iq>").await;
-    let (jid, node, secret) = (field(&r, "jid"), field(&r, "node"), field(&r, "secret"));
+    let (jid, node, secret) = (form_field(&r, "jid"), form_field(&r, "node"), form_field(&r, "secret"));
     a.received.clear();
     let r = iq(
         &mut a,

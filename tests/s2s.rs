@@ -12,17 +12,16 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::oneshot,
 };
 use tokio_xmpp::{connect::DnsConfig, parsers::jid::BareJid, xmlstream::Timeouts, Client};
 
 struct Node {
+    /// First, so that dropping a node stops its daemon before its directory goes.
+    daemon: common::daemon::InProcess,
     domain: String,
     c2s: SocketAddr,
     s2s: SocketAddr,
     dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 async fn bind() -> TcpListener {
@@ -61,32 +60,13 @@ impl Node {
             s2s: vec![s2s],
             ..Default::default()
         };
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let task = tokio::spawn(async move {
-            pushbox::run(
-                config,
-                listeners,
-                async {
-                    let _ = stopped.await;
-                },
-                move || {
-                    let _ = ready_tx.send(());
-                },
-            )
-            .await
-        });
-        tokio::time::timeout(WAIT, ready_rx)
-            .await
-            .expect("daemon ready")
-            .unwrap();
+        let daemon = common::daemon::InProcess::start(config, listeners, WAIT).await;
         Node {
             domain: domain.into(),
             c2s: c2s_addr,
             s2s: s2s_addr,
             dir,
-            stop: Some(stop),
-            task: Some(task),
+            daemon,
         }
     }
 
@@ -113,24 +93,7 @@ impl Node {
     }
 
     async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(WAIT, t)
-                .await
-                .expect("daemon stops")
-                .unwrap()
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
+        self.daemon.stop(WAIT).await.expect("daemon stops").unwrap();
     }
 }
 
@@ -144,10 +107,18 @@ fn federation(hosts: &[(&str, SocketAddr)], more: &str) -> String {
 
 /// Two daemons that trust each other's certificates (one test CA).
 async fn pair(more: &str) -> (Node, Node) {
+    two_nodes(more, &["a.example"]).await
+}
+
+/// `a.example` (with `alice`) reaching `b.example` (with `bob`) through
+/// `[federation.hosts]`; `b.example` reaches `a.example`'s s2s listener
+/// under the names in `b_knows` only.
+async fn two_nodes(more: &str, b_knows: &[&str]) -> (Node, Node) {
     let (ac, as_, bc, bs) = (bind().await, bind().await, bind().await, bind().await);
     let (a_s2s, b_s2s) = (as_.local_addr().unwrap(), bs.local_addr().unwrap());
     let a = Node::start("a.example", ac, as_, true, &federation(&[("b.example", b_s2s)], more)).await;
-    let b = Node::start("b.example", bc, bs, true, &federation(&[("a.example", a_s2s)], more)).await;
+    let b_hosts: Vec<_> = b_knows.iter().map(|n| (*n, a_s2s)).collect();
+    let b = Node::start("b.example", bc, bs, true, &federation(&b_hosts, more)).await;
     a.add_user("alice", "pw-a");
     b.add_user("bob", "pw-b");
     (a, b)
@@ -266,13 +237,7 @@ async fn messages_presence_and_iq_cross_between_two_daemons() {
 /// message arrives.
 #[tokio::test]
 async fn sasl_external_authenticates_without_dialback() {
-    let (ac, as_, bc, bs) = (bind().await, bind().await, bind().await, bind().await);
-    let b_s2s = bs.local_addr().unwrap();
-    let more = "require_valid_certificates = true";
-    let a = Node::start("a.example", ac, as_, true, &federation(&[("b.example", b_s2s)], more)).await;
-    let b = Node::start("b.example", bc, bs, true, &federation(&[], more)).await;
-    a.add_user("alice", "pw-a");
-    b.add_user("bob", "pw-b");
+    let (a, b) = two_nodes("require_valid_certificates = true", &[]).await;
     let mut alice = a.client("alice", "pw-a").await;
     let mut bob = b.client("bob", "pw-b").await;
     bob.send_el(xml("<presence xmlns='jabber:client'/>")).await;
@@ -302,17 +267,11 @@ async fn sasl_external_authenticates_without_dialback() {
 /// server verifies by dialback against `push.a.example` itself.
 #[tokio::test]
 async fn remote_servers_reach_the_service_subdomains() {
-    let (ac, as_, bc, bs) = (bind().await, bind().await, bind().await, bind().await);
-    let (a_s2s, b_s2s) = (as_.local_addr().unwrap(), bs.local_addr().unwrap());
-    let more = "require_valid_certificates = true";
-    let a = Node::start("a.example", ac, as_, true, &federation(&[("b.example", b_s2s)], more)).await;
-    let b_hosts = [
-        ("a.example", a_s2s),
-        ("push.a.example", a_s2s),
-        ("upload.a.example", a_s2s),
-    ];
-    let b = Node::start("b.example", bc, bs, true, &federation(&b_hosts, more)).await;
-    b.add_user("bob", "pw-b");
+    let (a, b) = two_nodes(
+        "require_valid_certificates = true",
+        &["a.example", "push.a.example", "upload.a.example"],
+    )
+    .await;
     let mut bob = b.client("bob", "pw-b").await;
     let r = bob
         .iq(xml(
@@ -612,28 +571,33 @@ async fn fake_authoritative(listener: TcpListener) {
     }
 }
 
-/// XEP-0220 §4.4, receiving side: a peer authenticated on a stream may
-/// authenticate further domains on it (piggybacking), and may address any
-/// of the names this daemon serves.
-#[tokio::test]
-async fn dialback_piggybacking_on_an_incoming_stream() {
+/// `a.example` with `alice` online, and [`fake_authoritative`] serving as
+/// the authoritative server of `domains` (certificates not required).
+async fn a_and_a_fake_peer(domains: &[&str]) -> (tokio::task::JoinHandle<()>, Node, TestClient) {
     let auth = bind().await;
     let auth_addr = auth.local_addr().unwrap();
     let fake = tokio::spawn(fake_authoritative(auth));
     let (ac, as_) = (bind().await, bind().await);
+    let hosts: Vec<_> = domains.iter().map(|d| (*d, auth_addr)).collect();
     let a = Node::start(
         "a.example",
         ac,
         as_,
         true,
-        &federation(
-            &[("evil.example", auth_addr), ("sub.evil.example", auth_addr)],
-            "require_valid_certificates = false",
-        ),
+        &federation(&hosts, "require_valid_certificates = false"),
     )
     .await;
     a.add_user("alice", "pw-a");
-    let mut alice = a.client("alice", "pw-a").await;
+    let alice = a.client("alice", "pw-a").await;
+    (fake, a, alice)
+}
+
+/// XEP-0220 §4.4, receiving side: a peer authenticated on a stream may
+/// authenticate further domains on it (piggybacking), and may address any
+/// of the names this daemon serves.
+#[tokio::test]
+async fn dialback_piggybacking_on_an_incoming_stream() {
+    let (fake, a, mut alice) = a_and_a_fake_peer(&["evil.example", "sub.evil.example"]).await;
     let mut peer = RawServer::connect(a.s2s, "evil.example", "a.example").await;
     peer.send("<db:result from='evil.example' to='a.example'>key-1</db:result>")
         .await;
@@ -679,20 +643,7 @@ async fn dialback_piggybacking_on_an_incoming_stream() {
 
 #[tokio::test]
 async fn a_forged_from_on_an_authenticated_stream_ends_it() {
-    let auth = bind().await;
-    let auth_addr = auth.local_addr().unwrap();
-    let fake = tokio::spawn(fake_authoritative(auth));
-    let (ac, as_) = (bind().await, bind().await);
-    let a = Node::start(
-        "a.example",
-        ac,
-        as_,
-        true,
-        &federation(&[("evil.example", auth_addr)], "require_valid_certificates = false"),
-    )
-    .await;
-    a.add_user("alice", "pw-a");
-    let mut alice = a.client("alice", "pw-a").await;
+    let (fake, a, mut alice) = a_and_a_fake_peer(&["evil.example"]).await;
 
     let mut evil = RawServer::connect(a.s2s, "evil.example", "a.example").await;
     // Before authentication, no stanza is accepted.

@@ -61,20 +61,23 @@ pub enum Taken {
     Email,
 }
 
+/// An account from columns 0–2 and the secret (hash) stored with it from column 3.
+fn account_and_secret<T: rusqlite::types::FromSql>(r: &Row<'_>) -> rusqlite::Result<(Account, T)> {
+    Ok((
+        Account {
+            id: r.get(0)?,
+            username: r.get(1)?,
+            email: r.get(2)?,
+        },
+        r.get(3)?,
+    ))
+}
+
 pub fn account_by_username(c: &Connection, username: &str) -> Result<Option<(Account, String)>> {
     Ok(c.query_row(
         "SELECT id, username, email, password_hash FROM relay_accounts WHERE username = ?1",
         [username],
-        |r| {
-            Ok((
-                Account {
-                    id: r.get(0)?,
-                    username: r.get(1)?,
-                    email: r.get(2)?,
-                },
-                r.get(3)?,
-            ))
-        },
+        account_and_secret,
     )
     .optional()?)
 }
@@ -125,16 +128,7 @@ pub fn account_by_api_key(c: &Connection, hash: &[u8]) -> Result<Option<(Account
         "SELECT a.id, a.username, a.email, k.hash FROM relay_api_keys k JOIN relay_accounts a ON a.id = k.account_id
          WHERE k.hash = ?1",
         [hash],
-        |r| {
-            Ok((
-                Account {
-                    id: r.get(0)?,
-                    username: r.get(1)?,
-                    email: r.get(2)?,
-                },
-                r.get(3)?,
-            ))
-        },
+        account_and_secret,
     )
     .optional()?)
 }

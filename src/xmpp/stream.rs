@@ -177,6 +177,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> XmlStream<S> {
         self.header_sent = true;
     }
 
+    /// End a connection that failed: log why once, and send the stream
+    /// error that says so (`ns` is the stream's content namespace, `from`
+    /// the name we answer as).
+    pub async fn end(&mut self, ns: &str, from: &str, e: ConnError) {
+        match e {
+            ConnError::Stream(se) => {
+                tracing::info!(condition = se.condition(), "closing the stream with an error");
+                self.stream_error(ns, from, se, None).await;
+            }
+            ConnError::Timeout => {
+                tracing::info!("connection timed out");
+                self.stream_error(ns, from, StreamError::ConnectionTimeout, None).await;
+            }
+            ConnError::Eof => tracing::debug!("peer closed the connection"),
+            ConnError::Io(e) => tracing::debug!(error = %e, "connection error"),
+        }
+    }
+
     /// Send a stream error and close the stream (RFC 6120 §4.9).
     pub async fn stream_error(&mut self, ns: &str, from: &str, e: StreamError, text: Option<&str>) {
         if !self.header_sent {

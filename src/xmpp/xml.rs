@@ -42,6 +42,23 @@ pub struct StreamHeader {
     pub prefixes: Vec<(String, String)>,
 }
 
+impl StreamHeader {
+    /// RFC 6120 §4.7–4.9 checks every stream header gets: the content
+    /// namespace `ns`, a 1.x version, and a `to` that `serves` accepts.
+    pub fn check(&self, ns: &str, serves: impl Fn(&str) -> bool) -> Result<(), StreamError> {
+        if self.default_ns.as_deref() != Some(ns) {
+            return Err(StreamError::InvalidNamespace);
+        }
+        if self.version.as_deref().is_some_and(|v| !v.starts_with("1.")) {
+            return Err(StreamError::UnsupportedVersion);
+        }
+        match &self.to {
+            Some(to) if serves(to) => Ok(()),
+            _ => Err(StreamError::HostUnknown),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Event {
     Header(StreamHeader),

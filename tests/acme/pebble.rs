@@ -3,6 +3,9 @@
 //! challenges by connecting to pushbox's listeners. Run by `tests/acme/run`,
 //! which installs Pebble; without Pebble every test here fails.
 
+#[path = "../common/daemon.rs"]
+mod daemon;
+
 use pushbox::config::Config;
 use rustls::{pki_types::ServerName, RootCertStore};
 use rustls_pki_types::CertificateDer;
@@ -16,7 +19,6 @@ use std::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    sync::oneshot,
 };
 
 const DOMAIN: &str = "a.example";
@@ -183,11 +185,10 @@ impl Pebble {
 
 /// pushbox, in-process, with a fixed data directory (so a restart sees the cache).
 struct Daemon {
+    daemon: daemon::InProcess,
     c2s: SocketAddr,
     c2s_tls: SocketAddr,
     config: Config,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl Daemon {
@@ -196,46 +197,17 @@ impl Daemon {
         let listeners = pushbox::Listeners::bind(&config).await.unwrap();
         let c2s = listeners.c2s[0].local_addr().unwrap();
         let c2s_tls = listeners.c2s_direct_tls[0].local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let cfg = config.clone();
-        let task = tokio::spawn(async move {
-            pushbox::run(
-                cfg,
-                listeners,
-                async {
-                    let _ = stopped.await;
-                },
-                move || {
-                    let _ = ready_tx.send(());
-                },
-            )
-            .await
-        });
-        let mut task = task;
-        if tokio::time::timeout(WAIT, ready_rx)
-            .await
-            .expect("daemon ready in time")
-            .is_err()
-        {
-            panic!("daemon did not start: {:?}", (&mut task).await);
-        }
+        let daemon = daemon::InProcess::start(config.clone(), listeners, WAIT).await;
         Daemon {
             c2s,
             c2s_tls,
             config,
-            stop: Some(stop),
-            task,
+            daemon,
         }
     }
 
     async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(WAIT, &mut self.task)
-            .await
-            .expect("daemon stops")
-            .unwrap()
-            .unwrap();
+        self.daemon.stop(WAIT).await.expect("daemon stops").unwrap();
     }
 
     fn status(&self) -> pushbox::certs::acme::Status {

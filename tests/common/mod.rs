@@ -4,6 +4,9 @@
 
 #![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
+#[allow(clippy::duplicate_mod)] // `support` loads it too
+pub mod daemon;
+
 use futures_util::StreamExt;
 use pushbox::config::Config;
 use std::{
@@ -15,7 +18,6 @@ use std::{
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
-    sync::oneshot,
 };
 use tokio_xmpp::{
     connect::DnsConfig,
@@ -45,14 +47,14 @@ pub fn test_ca() -> &'static Path {
 }
 
 pub struct TestServer {
+    /// First, so that dropping the server stops the daemon before its directory goes.
+    daemon: daemon::InProcess,
     /// The https listener, when started with [`TestServer::start_with_https`].
     pub https: Option<SocketAddr>,
     pub c2s: SocketAddr,
     pub c2s_tls: SocketAddr,
     pub dir: tempfile::TempDir,
     pub config: Config,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestServer {
@@ -101,34 +103,14 @@ impl TestServer {
         listeners.https.extend(https);
         let c2s = listeners.c2s[0].local_addr().unwrap();
         let c2s_tls = listeners.c2s_direct_tls[0].local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = oneshot::channel();
-        let cfg = config.clone();
-        let task = tokio::spawn(async move {
-            pushbox::run(
-                cfg,
-                listeners,
-                async {
-                    let _ = stopped.await;
-                },
-                move || {
-                    let _ = ready_tx.send(());
-                },
-            )
-            .await
-        });
-        tokio::time::timeout(WAIT, ready_rx)
-            .await
-            .expect("daemon ready")
-            .unwrap();
+        let daemon = daemon::InProcess::start(config.clone(), listeners, WAIT).await;
         TestServer {
             https: https_addr,
             c2s,
             c2s_tls,
             dir,
             config,
-            stop: Some(stop),
-            task: Some(task),
+            daemon,
         }
     }
 
@@ -161,16 +143,7 @@ impl TestServer {
 
     /// Stop the daemon and wait for it to finish.
     pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            tokio::time::timeout(WAIT, t)
-                .await
-                .expect("daemon stops")
-                .unwrap()
-                .unwrap();
-        }
+        self.daemon.stop(WAIT).await.expect("daemon stops").unwrap();
     }
 }
 
@@ -180,14 +153,6 @@ fn merge_limits(toml: &str) -> String {
         toml.to_string()
     } else {
         format!("{toml}\n[limits]\nconnections_per_ip_per_minute = 10000\nmax_auth_failures_per_ip = 1000\n")
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
     }
 }
 
@@ -518,4 +483,14 @@ impl RawClient {
             .await
             .unwrap_or_else(|_| panic!("peer did not close; got: {}", self.received))
     }
+}
+
+/// The `<value/>` of data-form field `var` in a raw XML answer.
+pub fn form_field(xml: &str, var: &str) -> String {
+    let i = xml
+        .find(&format!("var='{var}'"))
+        .unwrap_or_else(|| panic!("no field {var} in {xml}"));
+    let rest = &xml[i..];
+    let v = rest.find("<value>").unwrap() + 7;
+    rest[v..v + rest[v..].find("</value>").unwrap()].to_string()
 }

@@ -4,6 +4,12 @@
 //! with an API client. No key material is stored in the repository.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+// Also loaded by `common` in binaries that use both harnesses: two small
+// copies of one in-process runner, rather than a dependency between them.
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/daemon.rs"]
+mod daemon;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, HeaderMap, Request, Response, StatusCode};
@@ -565,11 +571,10 @@ pub fn rand_bytes<const N: usize>() -> [u8; N] {
 
 /// A daemon booted in-process with `pushbox::run` on 127.0.0.1:0.
 pub struct Daemon {
+    daemon: daemon::InProcess,
     pub url: String,
     pub ca: PathBuf,
     pub data_dir: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -591,32 +596,12 @@ impl Daemon {
             https: vec![l],
             ..Default::default()
         };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            pushbox::run(
-                config,
-                listeners,
-                async {
-                    let _ = stopped.await;
-                },
-                move || {
-                    let _ = ready_tx.send(());
-                },
-            )
-            .await
-            .unwrap();
-        });
-        tokio::time::timeout(PATIENCE, ready_rx)
-            .await
-            .expect("daemon ready")
-            .expect("daemon started");
+        let daemon = daemon::InProcess::start(config, listeners, PATIENCE).await;
         Daemon {
             url: format!("https://localhost:{port}"),
             ca: data_dir.join("tls/ca.pem"),
             data_dir,
-            stop: Some(stop),
-            task: Some(task),
+            daemon,
         }
     }
 
@@ -625,12 +610,7 @@ impl Daemon {
     }
 
     pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.task.take() {
-            let _ = tokio::time::timeout(PATIENCE, t).await;
-        }
+        let _ = self.daemon.stop(PATIENCE).await;
     }
 
     /// Open the daemon's database beside it (for checks the API cannot show).
@@ -1161,4 +1141,34 @@ impl Process {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
     }
+}
+
+/// The `p` quantile (0–1) of sorted durations (zero when there are none).
+pub fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// A benchmark line: `label in 1.23 s: 456 pushes/s`.
+pub fn print_rate(label: &str, n: usize, took: Duration) {
+    println!(
+        "  {label} in {:.2} s: {:.0} pushes/s",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+}
+
+/// A benchmark line: `label p50 … p99 …` of sorted durations.
+pub fn print_spread(label: &str, sorted: &[Duration], note: &str) {
+    println!(
+        "  {label} p50 {} p99 {}{note}",
+        ms(pct(sorted, 0.5)),
+        ms(pct(sorted, 0.99))
+    );
 }

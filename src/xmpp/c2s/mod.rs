@@ -10,10 +10,7 @@ use super::{
     sessions::{SessionHandle, ToSession},
     stanza::{self, iq_result, Kind},
     stream::{new_id, ConnError, XmlStream},
-    xml::{
-        elem, ElementExt, Event, ParserLimits, StreamError, StreamHeader, NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION,
-        NS_TLS,
-    },
+    xml::{elem, ElementExt, Event, ParserLimits, StreamError, NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_TLS},
 };
 use crate::{certs::ALPN_XMPP_CLIENT, server::Server, store};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
@@ -98,34 +95,7 @@ async fn until_shutdown<T>(
 
 /// Log the end of a connection once and send the right stream error.
 pub(crate) async fn end<S: AsyncRead + AsyncWrite + Unpin>(server: &Server, xs: &mut XmlStream<S>, e: ConnError) {
-    let domain = server.domain();
-    match e {
-        ConnError::Stream(se) => {
-            tracing::info!(condition = se.condition(), "closing the stream with an error");
-            xs.stream_error(NS_CLIENT, domain, se, None).await;
-        }
-        ConnError::Timeout => {
-            tracing::info!("connection timed out");
-            xs.stream_error(NS_CLIENT, domain, StreamError::ConnectionTimeout, None)
-                .await;
-        }
-        ConnError::Eof => tracing::debug!("peer closed the connection"),
-        ConnError::Io(e) => tracing::debug!(error = %e, "connection error"),
-    }
-}
-
-/// Check a client's stream header: namespace, version and our domain.
-fn check_header(server: &Server, h: &StreamHeader) -> Result<(), StreamError> {
-    if h.default_ns.as_deref() != Some(NS_CLIENT) {
-        return Err(StreamError::InvalidNamespace);
-    }
-    if h.version.as_deref().is_some_and(|v| !v.starts_with("1.")) {
-        return Err(StreamError::UnsupportedVersion);
-    }
-    match &h.to {
-        Some(to) if server.is_local(to) => Ok(()),
-        _ => Err(StreamError::HostUnknown),
-    }
+    xs.end(NS_CLIENT, server.domain(), e).await
 }
 
 async fn expect_header<S: AsyncRead + AsyncWrite + Unpin>(
@@ -133,7 +103,7 @@ async fn expect_header<S: AsyncRead + AsyncWrite + Unpin>(
     xs: &mut XmlStream<S>,
 ) -> Result<(), ConnError> {
     match xs.next_event().await? {
-        Event::Header(h) => check_header(server, &h).map_err(ConnError::Stream),
+        Event::Header(h) => h.check(NS_CLIENT, |to| server.is_local(to)).map_err(ConnError::Stream),
         _ => Err(ConnError::Stream(StreamError::NotWellFormed)),
     }
 }

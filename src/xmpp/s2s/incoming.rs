@@ -15,7 +15,7 @@ use crate::{
         router,
         stanza::{self, Kind},
         stream::{new_id, ConnError, XmlStream},
-        xml::{elem, ElementExt, Event, StreamError, StreamHeader, NS_SASL, NS_SERVER, NS_TLS},
+        xml::{elem, ElementExt, Event, StreamError, NS_SASL, NS_SERVER, NS_TLS},
     },
 };
 use minidom::Element;
@@ -83,34 +83,7 @@ pub async fn serve_direct_tls(server: Arc<Server>, tcp: TcpStream, peer: SocketA
 }
 
 async fn end<S: AsyncRead + AsyncWrite + Unpin>(server: &Server, xs: &mut XmlStream<S>, e: ConnError) {
-    let domain = server.domain();
-    match e {
-        ConnError::Stream(se) => {
-            tracing::info!(condition = se.condition(), "closing the stream with an error");
-            xs.stream_error(NS_SERVER, domain, se, None).await;
-        }
-        ConnError::Timeout => {
-            tracing::info!("connection timed out");
-            xs.stream_error(NS_SERVER, domain, StreamError::ConnectionTimeout, None)
-                .await;
-        }
-        ConnError::Eof => tracing::debug!("peer closed the connection"),
-        ConnError::Io(e) => tracing::debug!(error = %e, "connection error"),
-    }
-}
-
-/// Check a server's stream header: namespace, version and that it is for us.
-fn check_header(server: &Server, h: &StreamHeader) -> Result<(), StreamError> {
-    if h.default_ns.as_deref() != Some(NS_SERVER) {
-        return Err(StreamError::InvalidNamespace);
-    }
-    if h.version.as_deref().is_some_and(|v| !v.starts_with("1.")) {
-        return Err(StreamError::UnsupportedVersion);
-    }
-    match &h.to {
-        Some(to) if server.serves(to) => Ok(()),
-        _ => Err(StreamError::HostUnknown),
-    }
+    xs.end(NS_SERVER, server.domain(), e).await
 }
 
 /// Read and answer a stream header; returns the id we gave the stream.
@@ -122,7 +95,7 @@ async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
         Event::Header(h) => h,
         _ => return Err(ConnError::Stream(StreamError::NotWellFormed)),
     };
-    check_header(server, &h).map_err(ConnError::Stream)?;
+    h.check(NS_SERVER, |to| server.serves(to)).map_err(ConnError::Stream)?;
     let id = new_id();
     // Answer as the name the peer asked for: the domain or one of its services.
     let local = h.to.as_deref().unwrap_or(server.domain()).to_ascii_lowercase();
