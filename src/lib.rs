@@ -7,8 +7,9 @@
 //! - [`store`]: SQLite, reached only through the blocking pool
 //! - [`certs`]: one SNI certificate store for every TLS listener
 //! - [`net`]: per-IP limits shared by all listeners
-//! - [`xmpp`]: streams, SASL, sessions, router, feature modules
-//! - [`server`]: the shared state every connection holds
+//! - [`shutdown`]: the stop signal every task holds
+//! - [`core`]: the shared core (config, store, certificates, limits, relay, shutdown)
+//! - [`xmpp`]: streams, SASL, sessions, router, feature modules; `xmpp::Server` wraps the core
 //! - [`push`]: the push core (relay accounts, tokens, outbox, providers)
 //! - [`http`]: the HTTPS listener and the relay's JSON API
 //! - [`metrics`]: metric names, recording helpers, the `/metrics` endpoint
@@ -18,23 +19,21 @@
 pub mod certs;
 pub mod check;
 pub mod config;
+pub mod core;
 pub mod http;
 pub mod metrics;
 pub mod net;
 pub mod push;
-pub mod server;
+pub mod shutdown;
 pub mod store;
 pub mod systemd;
 pub mod xmpp;
 
 use anyhow::{Context, Result};
 use config::Config;
-use server::Server;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
-use tokio::{
-    net::TcpListener,
-    sync::{mpsc, watch},
-};
+use tokio::{net::TcpListener, sync::mpsc};
+use xmpp::Server;
 
 /// Bound sockets, one list per `[listen]` key.
 #[derive(Default)]
@@ -79,8 +78,9 @@ impl Listeners {
     }
 }
 
-/// Open storage and certificates and build the shared state.
-pub fn build_server(config: Config, shutdown: watch::Receiver<bool>) -> Result<Arc<Server>> {
+/// Open storage and certificates and build the shared core and the XMPP
+/// server around it.
+pub fn build_server(config: Config, shutdown: shutdown::Shutdown) -> Result<Arc<Server>> {
     let store = store::Store::open_in(&config.data_dir).context("opening the database")?;
     let certs = certs::CertStore::new(&config).context("loading TLS certificates")?;
     let l = &config.limits;
@@ -89,31 +89,17 @@ pub fn build_server(config: Config, shutdown: watch::Receiver<bool>) -> Result<A
         l.max_connections_per_ip,
         l.max_auth_failures_per_ip,
     );
-    let modules = xmpp::modules::Modules::for_config(&config);
-    let relay = push::Relay::new(
-        store.clone(),
-        &config.relay,
-        &config.data_dir,
-        &http::public_url(&config),
-    )
-    .context("starting the push relay")?;
-    let s2s = xmpp::s2s::S2s::new(&config).context("setting up federation")?;
-    Ok(Arc::new(Server {
-        s2s,
+    let relay = push::Relay::new(store.clone(), &config.relay, &config.data_dir, &config.public_url())
+        .context("starting the push relay")?;
+    let core = Arc::new(core::Core {
         config: Arc::new(config),
         store,
         certs,
-        sessions: Default::default(),
-        modules,
-        archive: Default::default(),
-        iq_tracker: Default::default(),
-        push_state: Default::default(),
         limiter,
         relay,
-        fake_salt_secret: rand::random(),
         shutdown,
-        started: std::time::Instant::now(),
-    }))
+    });
+    Ok(Arc::new(Server::new(core).context("setting up federation")?))
 }
 
 /// Run the daemon until `shutdown` completes, then close every stream
@@ -124,14 +110,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     ready: impl FnOnce(),
 ) -> Result<()> {
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = shutdown::channel();
     let server = tokio::task::spawn_blocking(move || build_server(config, stop_rx)).await??;
-    xmpp::modules::mam::Archive::spawn_workers(&server);
-    http::upload::spawn_expiry(&server);
+    let core = server.core.clone();
+    server.modules.start(&server);
+    http::upload::spawn_expiry(&core);
     // Every connection task holds a clone of `alive`; when all are gone, we are done.
     let (alive, mut all_done) = mpsc::channel::<()>(1);
     // Plain HTTP, the ACME worker, and a TLS-ALPN-01 responder until an HTTPS server exists.
-    certs::start_services(&server, !listeners.https.is_empty()).await?;
+    http::acme::start(&core, !listeners.https.is_empty()).await?;
 
     for l in listeners.c2s {
         spawn_accept(server.clone(), l, alive.clone(), Kind::C2sStartTls);
@@ -139,9 +126,9 @@ pub async fn run(
     for l in listeners.c2s_direct_tls {
         spawn_accept(server.clone(), l, alive.clone(), Kind::C2sDirectTls);
     }
-    server.relay.start(server.shutdown.clone());
+    core.relay.start(core.shutdown.clone());
     for l in listeners.https {
-        http::spawn(server.clone(), l, alive.clone());
+        http::spawn(core.clone(), l, alive.clone());
     }
     for l in listeners.s2s {
         spawn_accept(server.clone(), l, alive.clone(), Kind::S2sStartTls);
@@ -150,10 +137,10 @@ pub async fn run(
         spawn_accept(server.clone(), l, alive.clone(), Kind::S2sDirectTls);
     }
     for l in listeners.metrics {
-        metrics::spawn_serve(server.clone(), l);
+        http::metrics::spawn_serve(core.clone(), l);
     }
     #[cfg(unix)]
-    spawn_reload(server.clone());
+    spawn_reload(core.clone());
     ready();
     tracing::info!(domain = server.domain(), "pushbox is ready");
 
@@ -206,7 +193,7 @@ fn spawn_accept(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<
                         continue;
                     }
                 },
-                _ = server::stopped(&mut stop) => return,
+                _ = shutdown::stopped(&mut stop) => return,
             };
             let server = server.clone();
             let alive = alive.clone();
@@ -218,7 +205,7 @@ fn spawn_accept(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<
                         return;
                     }
                 };
-                metrics::connection(kind.label());
+                crate::metrics::connection(kind.label());
                 match kind {
                     Kind::C2sStartTls => xmpp::c2s::serve_starttls(server.clone(), tcp, peer).await,
                     Kind::C2sDirectTls => xmpp::c2s::serve_direct_tls(server.clone(), tcp, peer).await,
@@ -232,7 +219,7 @@ fn spawn_accept(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<
 }
 
 #[cfg(unix)]
-fn spawn_reload(server: Arc<Server>) {
+fn spawn_reload(server: Arc<core::Core>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
@@ -242,7 +229,7 @@ fn spawn_reload(server: Arc<Server>) {
         loop {
             tokio::select! {
                 s = hup.recv() => if s.is_none() { return },
-                _ = server::stopped(&mut stop) => return,
+                _ = shutdown::stopped(&mut stop) => return,
             }
             let certs = server.certs.clone();
             match tokio::task::spawn_blocking(move || certs.reload()).await {

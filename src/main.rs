@@ -285,7 +285,7 @@ fn invite(config: &Config, cmd: InviteCmd) -> Result<()> {
             if config.listen.https.is_empty() {
                 eprintln!("warning: listen.https is empty, so the invitation page is not served");
             }
-            println!("{}/invite/{token}", pushbox::http::public_url(config));
+            println!("{}/invite/{token}", config.public_url());
             println!("xmpp:{}?register;preauth={token};ibr=y", config.domain);
         }
         InviteCmd::List => {

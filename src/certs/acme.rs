@@ -366,7 +366,7 @@ async fn run(
     loop {
         let event = tokio::select! {
             e = state.next() => e,
-            _ = crate::server::stopped(&mut stop) => return,
+            _ = crate::shutdown::stopped(&mut stop) => return,
         };
         let Some(event) = event else { return };
         match event {

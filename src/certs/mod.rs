@@ -5,7 +5,6 @@
 //! the HTTP-01 key authorizations for the plain HTTP listener.
 
 pub mod acme;
-pub mod http;
 
 mod validity;
 
@@ -355,31 +354,4 @@ fn self_signed(dir: &Path, names: &[String]) -> Result<Arc<CertifiedKey>> {
 fn time_now() -> (time::OffsetDateTime, time::OffsetDateTime) {
     let now = time::OffsetDateTime::now_utc();
     (now - time::Duration::days(1), now + time::Duration::days(800))
-}
-
-/// Start what certificates need beside the TLS listeners: the plain HTTP
-/// listener (`listen.http`), and in mode `acme` the ACME worker plus, while no
-/// HTTPS server serves `listen.https` (`https_served` false), a TLS-ALPN-01
-/// responder there.
-pub async fn start_services(server: &Arc<crate::server::Server>, https_served: bool) -> Result<()> {
-    use crate::config::AcmeChallenge;
-    let config = &server.config;
-    for a in &config.listen.http {
-        let l = tokio::net::TcpListener::bind(a)
-            .await
-            .with_context(|| format!("cannot listen on {a} (listen.http)"))?;
-        http::spawn(server.clone(), l);
-    }
-    if config.tls.mode == TlsMode::Acme {
-        if config.tls.acme.challenge == AcmeChallenge::TlsAlpn01 && !https_served {
-            for a in &config.listen.https {
-                let l = tokio::net::TcpListener::bind(a)
-                    .await
-                    .with_context(|| format!("cannot listen on {a} (listen.https)"))?;
-                http::spawn_tls_alpn_responder(server.clone(), l);
-            }
-        }
-        acme::start(config, server.certs.clone(), server.shutdown.clone()).context("starting ACME")?;
-    }
-    Ok(())
 }

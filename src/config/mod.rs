@@ -475,6 +475,19 @@ pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
 }
 
 impl Config {
+    /// The HTTPS URL clients reach this daemon at (the relay API, uploads,
+    /// invitations): `[relay] public_url`, else `https://<domain>` with the
+    /// first `listen.https` port unless it is 443.
+    pub fn public_url(&self) -> String {
+        if let Some(u) = &self.relay.public_url {
+            return u.trim_end_matches('/').to_string();
+        }
+        match self.listen.https.first().map(|a| a.port()) {
+            Some(443) | None => format!("https://{}", self.domain),
+            Some(p) => format!("https://{}:{p}", self.domain),
+        }
+    }
+
     /// Load and check the configuration. `path = None` uses defaults and the
     /// environment only.
     pub fn load(path: Option<&Path>) -> Result<Config, Problems> {

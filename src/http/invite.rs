@@ -7,7 +7,7 @@
 use super::Resp;
 use crate::{
     config::RegistrationMode,
-    server::Server,
+    core::Core,
     store::{self, invites::SignUp},
     xmpp::stream::escape as esc,
 };
@@ -24,15 +24,15 @@ const MIN_PASSWORD: usize = 8;
 /// there is no reason to take megabytes).
 const MAX_PASSWORD: usize = 1024;
 
-pub async fn handle(server: &Arc<Server>, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+pub async fn handle(core: &Arc<Core>, peer: SocketAddr, req: Request<Incoming>) -> Resp {
     let token = req
         .uri()
         .path()
         .trim_start_matches("/invite/")
         .trim_end_matches('/')
         .to_string();
-    let domain = server.config.domain.clone();
-    if server.limiter.login_blocked(peer.ip()) {
+    let domain = core.config.domain.clone();
+    if core.limiter.login_blocked(peer.ip()) {
         let mut r = page(
             StatusCode::TOO_MANY_REQUESTS,
             &domain,
@@ -43,7 +43,7 @@ pub async fn handle(server: &Arc<Server>, peer: SocketAddr, req: Request<Incomin
             .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
         return r;
     }
-    if server.config.registration.mode == RegistrationMode::Closed {
+    if core.config.registration.mode == RegistrationMode::Closed {
         return page(
             StatusCode::FORBIDDEN,
             &domain,
@@ -60,7 +60,7 @@ pub async fn handle(server: &Arc<Server>, peer: SocketAddr, req: Request<Incomin
     }
     let invite = if plausible_token(&token) {
         let t = token.clone();
-        match server.store.call(move |c| store::invites::lookup(c, &t)).await {
+        match core.store.call(move |c| store::invites::lookup(c, &t)).await {
             Ok(i) => i,
             Err(e) => {
                 tracing::error!(error = %e, "invitation look-up failed");
@@ -77,7 +77,7 @@ pub async fn handle(server: &Arc<Server>, peer: SocketAddr, req: Request<Incomin
     };
     let Some(invite) = invite else {
         // Unknown tokens count like failed logins: guessing is rate limited.
-        server.limiter.login_failed(peer.ip());
+        core.limiter.login_failed(peer.ip());
         return invalid(&domain);
     };
     if method != Method::POST {
@@ -142,7 +142,7 @@ pub async fn handle(server: &Arc<Server>, peer: SocketAddr, req: Request<Incomin
         return refuse("The two passwords differ.", StatusCode::BAD_REQUEST);
     }
     let (u, t) = (username.clone(), token.clone());
-    let outcome = server
+    let outcome = core
         .store
         .call(move |c| store::invites::sign_up(c, &u, &password, Some(&t)))
         .await;

@@ -2,11 +2,13 @@
 //! http/1.1), hyper's auto server, and the routes. This module and its
 //! children are the only code that knows HTTP routes and JSON shapes.
 
+pub mod acme;
 pub mod invite;
+pub mod metrics;
 pub mod relay_api;
 pub mod upload;
 
-use crate::{config::Config, server::Server};
+use crate::core::Core;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, Request, Response, StatusCode};
@@ -22,21 +24,10 @@ pub type Resp = Response<Full<Bytes>>;
 /// Time allowed for a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The URL clients reach the relay at: `[relay] public_url`, else `https://<domain>`.
-pub fn public_url(config: &Config) -> String {
-    if let Some(u) = &config.relay.public_url {
-        return u.trim_end_matches('/').to_string();
-    }
-    match config.listen.https.first().map(|a| a.port()) {
-        Some(443) | None => format!("https://{}", config.domain),
-        Some(p) => format!("https://{}:{p}", config.domain),
-    }
-}
-
 /// Serve HTTPS on `listener` until shutdown.
-pub fn spawn(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<()>) {
-    let tls = tokio_rustls::TlsAcceptor::from(server.certs.server_config(&[b"h2", b"http/1.1"]));
-    let mut stop = server.shutdown.clone();
+pub fn spawn(core: Arc<Core>, listener: TcpListener, alive: mpsc::Sender<()>) {
+    let tls = tokio_rustls::TlsAcceptor::from(core.certs.server_config(&[b"h2", b"http/1.1"]));
+    let mut stop = core.shutdown.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -50,7 +41,7 @@ pub fn spawn(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<()>
                 },
                 _ = stop.changed() => return,
             };
-            let (server, tls, alive) = (server.clone(), tls.clone(), alive.clone());
+            let (core, tls, alive) = (core.clone(), tls.clone(), alive.clone());
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
@@ -61,12 +52,12 @@ pub fn spawn(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<()>
                     }
                     Err(_) => return,
                 };
-                let mut stop = server.shutdown.clone();
+                let mut stop = core.shutdown.clone();
                 // A request head must arrive within the auth timeout: without a
                 // timer hyper never enforces one, and a client trickling header
                 // bytes would hold the connection for ever.
-                let head_timeout = server.config.limits.auth_timeout.get();
-                let svc = hyper::service::service_fn(move |req| handle(server.clone(), peer, req));
+                let head_timeout = core.config.limits.auth_timeout.get();
+                let svc = hyper::service::service_fn(move |req| handle(core.clone(), peer, req));
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder
                     .http1()
@@ -89,14 +80,14 @@ pub fn spawn(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<()>
     });
 }
 
-async fn handle(server: Arc<Server>, peer: SocketAddr, req: Request<Incoming>) -> Result<Resp, Infallible> {
+async fn handle(core: Arc<Core>, peer: SocketAddr, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
-    let resp = if path.starts_with("/api/v1/") && server.config.relay.enabled {
-        relay_api::handle(&server, peer, req).await
+    let resp = if path.starts_with("/api/v1/") && core.config.relay.enabled {
+        relay_api::handle(&core, peer, req).await
     } else if path.starts_with("/invite/") {
-        invite::handle(&server, peer, req).await
+        invite::handle(&core, peer, req).await
     } else if path.starts_with("/upload/") {
-        upload::handle(&server, req).await
+        upload::handle(&core, req).await
     } else {
         json(StatusCode::NOT_FOUND, serde_json::json!({ "detail": "Not found." }))
     };

@@ -6,8 +6,8 @@
 
 use super::{json, Resp};
 use crate::{
+    core::Core,
     push::{self, AccountError, Kind, NewDevice, Priority, SubmitError},
-    server::Server,
     store::relay::{Account, Device, Token},
 };
 use bytes::Bytes;
@@ -157,12 +157,12 @@ fn device_kind(collection: &str) -> Option<Kind> {
     }
 }
 
-pub async fn handle(server: &Server, peer: SocketAddr, req: Request<Incoming>) -> Resp {
-    let relay = &server.relay;
+pub async fn handle(core: &Core, peer: SocketAddr, req: Request<Incoming>) -> Resp {
+    let relay = &core.relay;
     if let Err(wait) = relay.check_ip(peer.ip()) {
         return throttled(wait);
     }
-    match route(server, req).await {
+    match route(core, req).await {
         Ok(r) => r,
         Err(Answer(r)) => *r,
     }
@@ -275,7 +275,7 @@ fn parse_form(b: &[u8]) -> Fields {
     m
 }
 
-async fn auth(server: &Server, req: &Request<Incoming>) -> Result<Account, Answer> {
+async fn auth(core: &Core, req: &Request<Incoming>) -> Result<Account, Answer> {
     let unauthorized = |msg: &str| {
         let mut r = detail(StatusCode::UNAUTHORIZED, msg);
         r.headers_mut().insert(
@@ -292,14 +292,13 @@ async fn auth(server: &Server, req: &Request<Incoming>) -> Result<Account, Answe
         Some((scheme, key)) if scheme.eq_ignore_ascii_case("token") && !key.trim().is_empty() => key.trim(),
         _ => return Err(unauthorized("Invalid token header. No credentials provided.")),
     };
-    server
-        .relay
+    core.relay
         .authenticate(key)
         .await?
         .ok_or_else(|| unauthorized("Invalid token."))
 }
 
-async fn route(server: &Server, req: Request<Incoming>) -> R {
+async fn route(core: &Core, req: Request<Incoming>) -> R {
     let path = req
         .uri()
         .path()
@@ -309,14 +308,14 @@ async fn route(server: &Server, req: Request<Incoming>) -> R {
     let parts: Vec<&str> = path.split('/').collect();
     let m = req.method().clone();
     match (parts.as_slice(), &m) {
-        (["accounts"], &Method::POST) => accounts_create(server, body(req).await?).await,
+        (["accounts"], &Method::POST) => accounts_create(core, body(req).await?).await,
         (["accounts"], &Method::GET) => {
-            let a = auth(server, &req).await?;
+            let a = auth(core, &req).await?;
             Ok(json(StatusCode::OK, account_json(&a, None)))
         }
         (["accounts"], _) => Err(method_not_allowed(&m, "GET, POST")),
         (["accounts", name], &Method::GET | &Method::DELETE) => {
-            let a = auth(server, &req).await?;
+            let a = auth(core, &req).await?;
             if a.username != percent_decode(name, false) {
                 return Err(Answer::new(detail(
                     StatusCode::FORBIDDEN,
@@ -326,7 +325,7 @@ async fn route(server: &Server, req: Request<Incoming>) -> R {
             if m == Method::GET {
                 Ok(json(StatusCode::OK, account_json(&a, None)))
             } else {
-                server.relay.delete_account(a.id).await?;
+                core.relay.delete_account(a.id).await?;
                 tracing::info!(account = a.id, "relay account deleted");
                 Ok(no_content())
             }
@@ -334,23 +333,23 @@ async fn route(server: &Server, req: Request<Incoming>) -> R {
         (["accounts", _], _) => Err(method_not_allowed(&m, "GET, DELETE")),
         (["device", coll], _) => {
             let kind = device_kind(coll).ok_or_else(not_found)?;
-            let a = auth(server, &req).await?;
+            let a = auth(core, &req).await?;
             match m {
                 Method::GET => {
-                    let list = server.relay.devices(a.id, kind).await?;
+                    let list = core.relay.devices(a.id, kind).await?;
                     Ok(json(
                         StatusCode::OK,
                         Value::Array(list.iter().map(device_json).collect()),
                     ))
                 }
-                Method::POST => device_create(server, &a, kind, body(req).await?).await,
+                Method::POST => device_create(core, &a, kind, body(req).await?).await,
                 _ => Err(method_not_allowed(&m, "GET, POST")),
             }
         }
         (["device", coll, id], _) => {
             let kind = device_kind(coll).ok_or_else(not_found)?;
-            let a = auth(server, &req).await?;
-            let dev = server
+            let a = auth(core, &req).await?;
+            let dev = core
                 .relay
                 .device(a.id, id)
                 .await?
@@ -358,32 +357,32 @@ async fn route(server: &Server, req: Request<Incoming>) -> R {
                 .ok_or_else(not_found)?;
             match m {
                 Method::GET => Ok(json(StatusCode::OK, device_json(&dev))),
-                Method::PUT | Method::PATCH => device_update(server, dev, body(req).await?).await,
+                Method::PUT | Method::PATCH => device_update(core, dev, body(req).await?).await,
                 Method::DELETE => {
-                    server.relay.delete_device(a.id, id).await?;
+                    core.relay.delete_device(a.id, id).await?;
                     Ok(no_content())
                 }
                 _ => Err(method_not_allowed(&m, "GET, PUT, PATCH, DELETE")),
             }
         }
         (["tokens"], _) => {
-            let a = auth(server, &req).await?;
+            let a = auth(core, &req).await?;
             match m {
                 Method::GET => {
-                    let list = server.relay.tokens(a.id).await?;
+                    let list = core.relay.tokens(a.id).await?;
                     Ok(json(
                         StatusCode::OK,
                         Value::Array(list.iter().map(|t| token_json(t, None)).collect()),
                     ))
                 }
-                Method::POST => token_create(server, &a, body(req).await?).await,
+                Method::POST => token_create(core, &a, body(req).await?).await,
                 _ => Err(method_not_allowed(&m, "GET, POST")),
             }
         }
         (["tokens", secret], _) => {
-            let a = auth(server, &req).await?;
+            let a = auth(core, &req).await?;
             let secret = secret.to_string();
-            let t = server.relay.token(a.id, &secret).await?.ok_or_else(not_found)?;
+            let t = core.relay.token(a.id, &secret).await?.ok_or_else(not_found)?;
             match m {
                 Method::GET => Ok(json(StatusCode::OK, token_json(&t, Some(&secret)))),
                 Method::PUT | Method::PATCH => {
@@ -392,27 +391,27 @@ async fn route(server: &Server, req: Request<Incoming>) -> R {
                     let name = string(&f, "name", 100, &mut errs);
                     errs.check()?;
                     let name = if f.contains_key("name") { name } else { t.name.clone() };
-                    server.relay.rename_token(t.hash.clone(), name.clone()).await?;
+                    core.relay.rename_token(t.hash.clone(), name.clone()).await?;
                     Ok(json(StatusCode::OK, token_json(&Token { name, ..t }, Some(&secret))))
                 }
                 Method::DELETE => {
-                    server.relay.delete_token(t.hash).await?;
+                    core.relay.delete_token(t.hash).await?;
                     tracing::info!(token = push::secret::prefix(&secret), "whitelist token revoked");
                     Ok(no_content())
                 }
                 _ => Err(method_not_allowed(&m, "GET, PUT, PATCH, DELETE")),
             }
         }
-        (["messages"], &Method::POST) => messages(server, body(req).await?).await,
+        (["messages"], &Method::POST) => messages(core, body(req).await?).await,
         (["messages"], _) => Err(method_not_allowed(&m, "POST")),
         (["pubsub"], &Method::GET) => Ok(json(
             StatusCode::OK,
-            json!({ "jid": format!("push.{}", server.domain()) }),
+            json!({ "jid": format!("push.{}", core.domain()) }),
         )),
         (["pubsub"], _) => Err(method_not_allowed(&m, "GET")),
         (["vapid"], &Method::GET) => Ok(json(
             StatusCode::OK,
-            json!({ "public_key": server.relay.vapid_public_key() }),
+            json!({ "public_key": core.relay.vapid_public_key() }),
         )),
         _ => Err(not_found()),
     }
@@ -457,9 +456,9 @@ fn account_request(f: &Fields) -> Result<(String, String, String), Answer> {
     Ok((username.unwrap_or_default(), password.unwrap_or_default(), email))
 }
 
-async fn accounts_create(server: &Server, f: Fields) -> R {
+async fn accounts_create(core: &Core, f: Fields) -> R {
     let (username, password, email) = account_request(&f)?;
-    match server.relay.login_or_signup(&username, &password, &email).await {
+    match core.relay.login_or_signup(&username, &password, &email).await {
         Ok(l) => {
             let status = if l.created { StatusCode::CREATED } else { StatusCode::OK };
             Ok(json(status, account_json(&l.account, Some(&l.api_key))))
@@ -578,15 +577,15 @@ fn device_fields(kind: Kind, f: &Fields, partial: bool, errs: &mut Errors) -> Ne
     d
 }
 
-async fn device_create(server: &Server, a: &Account, kind: Kind, f: Fields) -> R {
+async fn device_create(core: &Core, a: &Account, kind: Kind, f: Fields) -> R {
     let mut errs = Errors::default();
     let d = device_fields(kind, &f, false, &mut errs);
     errs.check()?;
-    let dev = server.relay.create_device(a.id, kind, d).await?;
+    let dev = core.relay.create_device(a.id, kind, d).await?;
     Ok(json(StatusCode::CREATED, device_json(&dev)))
 }
 
-async fn device_update(server: &Server, mut dev: Device, f: Fields) -> R {
+async fn device_update(core: &Core, mut dev: Device, f: Fields) -> R {
     let kind = Kind::parse(&dev.kind).ok_or_else(not_found)?;
     let mut errs = Errors::default();
     let d = device_fields(kind, &f, true, &mut errs);
@@ -609,7 +608,7 @@ async fn device_update(server: &Server, mut dev: Device, f: Fields) -> R {
     if !d.registration_id.is_empty() {
         dev.registration_id = d.registration_id;
     }
-    server.relay.update_device(dev.clone()).await?;
+    core.relay.update_device(dev.clone()).await?;
     Ok(json(StatusCode::OK, device_json(&dev)))
 }
 
@@ -713,24 +712,20 @@ fn token_request(f: &Fields, now: i64) -> Result<TokenRequest, Answer> {
     })
 }
 
-async fn token_create(server: &Server, a: &Account, f: Fields) -> R {
+async fn token_create(core: &Core, a: &Account, f: Fields) -> R {
     let TokenRequest {
         name,
         device: (field, kind, id),
         expires,
         rate,
     } = token_request(&f, crate::store::now())?;
-    let dev = server
-        .relay
-        .device(a.id, &id)
-        .await?
-        .filter(|d| d.kind == kind.as_str());
+    let dev = core.relay.device(a.id, &id).await?.filter(|d| d.kind == kind.as_str());
     let Some(dev) = dev else {
         let mut e = Errors::default();
         e.add(field, format!("Invalid pk \"{id}\" - object does not exist."));
         return e.check().map(|_| unreachable!());
     };
-    let issued = server.relay.create_token(a.id, &dev.id, name, expires, rate).await?;
+    let issued = core.relay.create_token(a.id, &dev.id, name, expires, rate).await?;
     tracing::info!(token = issued.token.prefix, device = %dev.id, "whitelist token issued");
     Ok(json(
         StatusCode::CREATED,
@@ -767,10 +762,10 @@ fn message_request(f: &Fields) -> Result<(String, Priority, Option<Duration>), A
     Ok((token.unwrap_or_default(), priority, ttl))
 }
 
-async fn messages(server: &Server, f: Fields) -> R {
+async fn messages(core: &Core, f: Fields) -> R {
     let (token, priority, ttl) = message_request(&f)?;
     let data = f.get("data").cloned();
-    match server.relay.submit(&token, data, priority, ttl).await {
+    match core.relay.submit(&token, data, priority, ttl).await {
         Ok(_) => Ok(json(StatusCode::ACCEPTED, Value::Object(f))),
         Err(SubmitError::UnknownToken) => Err(not_found()),
         Err(SubmitError::RateLimited { retry_after }) => Err(Answer::new(throttled(retry_after))),

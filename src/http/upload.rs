@@ -3,7 +3,7 @@
 //! `data_dir/upload/<id>`; the name in the URL is never used as a path.
 
 use super::Resp;
-use crate::{server::Server, store};
+use crate::{core::Core, store};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
@@ -39,8 +39,8 @@ fn status(s: StatusCode, msg: &str) -> Resp {
     cors(super::json(s, serde_json::json!({ "detail": msg })))
 }
 
-fn dir(server: &Server) -> PathBuf {
-    server.config.data_dir.join("upload")
+fn dir(core: &Core) -> PathBuf {
+    core.config.data_dir.join("upload")
 }
 
 struct Slot {
@@ -50,8 +50,8 @@ struct Slot {
     uploaded: bool,
 }
 
-pub async fn handle(server: &Arc<Server>, req: Request<Incoming>) -> Resp {
-    if !server.config.upload.enabled {
+pub async fn handle(core: &Arc<Core>, req: Request<Incoming>) -> Resp {
+    if !core.config.upload.enabled {
         return status(StatusCode::NOT_FOUND, "Not found.");
     }
     let path = req.uri().path().to_string();
@@ -67,7 +67,7 @@ pub async fn handle(server: &Arc<Server>, req: Request<Incoming>) -> Resp {
         return cors(r);
     }
     let i = id.clone();
-    let slot = server
+    let slot = core
         .store
         .call(move |c| {
             Ok(c.query_row(
@@ -89,13 +89,13 @@ pub async fn handle(server: &Arc<Server>, req: Request<Incoming>) -> Resp {
         return status(StatusCode::NOT_FOUND, "Not found.");
     };
     match *req.method() {
-        Method::PUT => put(server, &id, slot, req).await,
-        Method::GET | Method::HEAD => get(server, &id, slot, &req).await,
+        Method::PUT => put(core, &id, slot, req).await,
+        Method::GET | Method::HEAD => get(core, &id, slot, &req).await,
         _ => status(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed."),
     }
 }
 
-async fn put(server: &Arc<Server>, id: &str, slot: Slot, req: Request<Incoming>) -> Resp {
+async fn put(core: &Arc<Core>, id: &str, slot: Slot, req: Request<Incoming>) -> Resp {
     if slot.uploaded {
         return status(StatusCode::CONFLICT, "This slot was already used.");
     }
@@ -121,7 +121,7 @@ async fn put(server: &Arc<Server>, id: &str, slot: Slot, req: Request<Incoming>)
             return status(StatusCode::BAD_REQUEST, "Content-Type differs from the slot's.");
         }
     }
-    let d = dir(server);
+    let d = dir(core);
     if let Err(e) = tokio::fs::create_dir_all(&d).await {
         tracing::error!(error = %e, "cannot create the upload directory");
         return status(StatusCode::INTERNAL_SERVER_ERROR, "Storage unavailable.");
@@ -169,7 +169,7 @@ async fn put(server: &Arc<Server>, id: &str, slot: Slot, req: Request<Incoming>)
         return status(StatusCode::INTERNAL_SERVER_ERROR, "Storage unavailable.");
     }
     let i = id.to_string();
-    let _ = server
+    let _ = core
         .store
         .call(move |c| Ok(c.execute("UPDATE uploads SET uploaded=1 WHERE id=?1", params![i])?))
         .await;
@@ -196,11 +196,11 @@ fn range(h: &str, len: u64) -> Option<(u64, u64)> {
     (start <= end && end < len).then_some((start, end))
 }
 
-async fn get(server: &Arc<Server>, id: &str, slot: Slot, req: &Request<Incoming>) -> Resp {
+async fn get(core: &Arc<Core>, id: &str, slot: Slot, req: &Request<Incoming>) -> Resp {
     if !slot.uploaded {
         return status(StatusCode::NOT_FOUND, "Not found.");
     }
-    let data = match tokio::fs::read(dir(server).join(id)).await {
+    let data = match tokio::fs::read(dir(core).join(id)).await {
         Ok(d) => d,
         Err(_) => return status(StatusCode::NOT_FOUND, "Not found."),
     };
@@ -250,14 +250,14 @@ async fn get(server: &Arc<Server>, id: &str, slot: Slot, req: &Request<Incoming>
 }
 
 /// Delete files older than `[upload] expire_after` (hourly, in the background).
-pub fn spawn_expiry(server: &Arc<Server>) {
-    let server = server.clone();
-    let mut stop = server.shutdown.clone();
+pub fn spawn_expiry(core: &Arc<Core>) {
+    let core = core.clone();
+    let mut stop = core.shutdown.clone();
     tokio::spawn(async move {
         loop {
-            let cutoff = store::now() - server.config.upload.expire_after.get().as_secs() as i64;
+            let cutoff = store::now() - core.config.upload.expire_after.get().as_secs() as i64;
             let stale = store::now() - PUT_WINDOW * 2;
-            let ids = server
+            let ids = core
                 .store
                 .call(move |c| {
                     let mut st = c.prepare(
@@ -275,11 +275,11 @@ pub fn spawn_expiry(server: &Arc<Server>) {
                 .await
                 .unwrap_or_default();
             for id in ids {
-                let _ = tokio::fs::remove_file(dir(&server).join(&id)).await;
+                let _ = tokio::fs::remove_file(dir(&core).join(&id)).await;
             }
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(3600)) => {},
-                _ = crate::server::stopped(&mut stop) => return,
+                _ = crate::shutdown::stopped(&mut stop) => return,
             }
         }
     });

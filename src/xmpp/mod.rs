@@ -4,12 +4,16 @@
 pub mod c2s;
 pub mod iq_tracker;
 pub mod modules;
+pub mod ns;
 pub mod presence;
 pub mod router;
 pub mod s2s;
 pub mod sasl;
+pub mod server;
 pub mod services;
 pub mod sessions;
 pub mod stanza;
 pub mod stream;
 pub mod xml;
+
+pub use server::Server;

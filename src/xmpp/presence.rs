@@ -9,11 +9,11 @@ use super::{
     xml::{elem, ElementExt, NS_CLIENT},
 };
 use crate::{
-    server::Server,
     store::{
         self,
         roster::{Item, Sub},
     },
+    xmpp::Server,
 };
 use jid::{BareJid, Jid};
 use minidom::Element;
@@ -74,7 +74,10 @@ pub async fn broadcast(server: &Arc<Server>, session: &Arc<SessionHandle>, p: El
         session.presence.available.store(false, Ordering::Release);
         *session.presence.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
-    super::modules::pep::on_presence(server, &p, &Jid::from(session.jid.clone()), &bare).await;
+    server
+        .modules
+        .presence(server, &p, &Jid::from(session.jid.clone()), &bare)
+        .await;
     let items = roster_items(server, &bare).await;
     for item in items.iter().filter(|i| i.sub.from()) {
         let mut copy = p.clone();
@@ -111,7 +114,7 @@ pub async fn broadcast(server: &Arc<Server>, session: &Arc<SessionHandle>, p: El
         return;
     }
     if initial {
-        server.push_state.reset(&bare);
+        server.modules.available(server, session);
         // Probes: local contacts answer at once from their sessions' state.
         for item in items.iter().filter(|i| i.sub.to()) {
             let probe = elem("presence", NS_CLIENT)
@@ -200,7 +203,7 @@ pub async fn inbound(server: &Arc<Server>, p: Element, from: &Jid, to: &Jid) {
     if to.node().is_none() {
         return; // presence to the server itself
     }
-    super::modules::pep::on_presence(server, &p, from, &to.to_bare()).await;
+    server.modules.presence(server, &p, from, &to.to_bare()).await;
     match t.as_str() {
         "subscribe" | "subscribed" | "unsubscribe" | "unsubscribed" => {
             inbound_subscription(server, &from.to_bare(), &to.to_bare(), &t, p).await
@@ -414,8 +417,7 @@ async fn inbound_subscription(server: &Arc<Server>, from: &BareJid, owner: &Bare
                 save(server, owner, id, item, false).await;
                 let awake = server.sessions.of(owner).iter().any(|s| s.available() && !s.asleep());
                 if !awake {
-                    let ev = crate::xmpp::modules::push::Event::subscription(from.clone().into());
-                    crate::xmpp::modules::push::notify(server, owner, ev);
+                    server.modules.subscription_request(server, owner, from);
                 }
                 deliver(p);
             }

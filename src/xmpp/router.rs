@@ -3,12 +3,12 @@
 //! carries a `from` that its stream authenticated.
 
 use super::{
-    modules::{carbons, mam, push, BoxFuture, IqCtx, Target},
-    presence,
+    modules::{BoxFuture, IqCtx, Target},
+    ns, presence,
     stanza::{self, bounce, iq_payload, iq_result, Condition, Kind},
     xml::{elem, ElementExt},
 };
-use crate::{server::Server, store};
+use crate::{store, xmpp::Server};
 use jid::{BareJid, Jid};
 use minidom::Element;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ async fn route_inner(server: &Arc<Server>, stanza: Element) {
     let Some(kind) = Kind::of(&stanza) else {
         return;
     };
-    crate::metrics::stanza_routed(kind);
+    crate::metrics::stanza_routed(kind.name());
     let Some(from) = stanza::from(&stanza) else {
         tracing::warn!("dropping a stanza without a from address");
         return;
@@ -33,11 +33,11 @@ async fn route_inner(server: &Arc<Server>, stanza: Element) {
         Ok(None) => Jid::from(from.to_bare()),
         Err(c) => return reply(server, bounce(&stanza, c, server.domain())).await,
     };
-    if super::modules::blocking::intercept(server, &stanza, &from, &to).await {
+    if server.modules.intercept(server, &stanza, &from, &to).await {
         return;
     }
-    if let Some(service) = super::services::for_domain(server, to.domain().as_str()) {
-        return super::services::handle(server, service, stanza).await;
+    if let Some(service) = server.services.find(to.domain().as_str()) {
+        return service.handle(server, stanza).await;
     }
     if !server.is_local(to.domain().as_str()) {
         return super::s2s::send(server, stanza).await;
@@ -85,48 +85,34 @@ async fn deliver_message(server: &Arc<Server>, msg: Element, to: &Jid) {
         // RFC 6121 §8.5.3.2: headline and error to an offline resource are dropped.
         return;
     }
-    let msg = mam::archive_incoming(server, &bare, msg).await;
+    let msg = server.modules.message_in(server, &bare, msg);
     let mut delivered = Vec::with_capacity(2);
     if let Some(s) = full_target {
         s.send(msg.clone());
-        delivered.push(s.id);
+        delivered.push(s);
     } else {
         for s in server.sessions.of(&bare) {
             if s.available() && s.priority() >= 0 {
                 s.send(msg.clone());
-                delivered.push(s.id);
+                delivered.push(s);
             }
         }
     }
+    if delivered.is_empty() && (t == "headline" || t == "error") {
+        return;
+    }
+    // Hooks see where it went: pushes wake sleeping clients, carbons copy it.
+    server.modules.delivered(server, &msg, &bare, &delivered);
     if delivered.is_empty() {
-        if t == "headline" || t == "error" {
-            return;
-        }
-        if let Some(ev) = push::event_for(&msg) {
-            push::notify(server, &bare, ev);
-        }
-        return store_offline(server, msg, &bare).await;
+        store_offline(server, msg, &bare).await;
     }
-    // Every client that got it is asleep (hibernated or inactive): wake one up.
-    let asleep = server
-        .sessions
-        .of(&bare)
-        .iter()
-        .filter(|s| delivered.contains(&s.id))
-        .all(|s| s.asleep());
-    if asleep {
-        if let Some(ev) = push::event_for(&msg) {
-            push::notify(server, &bare, ev);
-        }
-    }
-    carbons::copy_received(server, &msg, &bare, &delivered);
 }
 
 /// A message that reached a session but was never acknowledged (stream
 /// management): give it to the account's other awake resources, or keep it
 /// offline. Copies and archive results are not redelivered.
 pub async fn store_undelivered(server: &Arc<Server>, msg: Element, bare: &BareJid) {
-    if msg.has_child("received", carbons::NS) || msg.has_child("sent", carbons::NS) || msg.has_child("result", mam::NS)
+    if msg.has_child("received", ns::CARBONS) || msg.has_child("sent", ns::CARBONS) || msg.has_child("result", ns::MAM)
     {
         return;
     }
@@ -219,7 +205,7 @@ async fn route_iq(server: &Arc<Server>, iq: Element, from: &Jid, to: &Jid) {
         // Results and errors addressed to the server or a bare JID: answers to
         // IQs the server sent on its own (publishes, caps queries), or nobody's.
         if !server.iq_tracker.resolve(&iq) {
-            super::modules::pep::on_iq_response(server, &iq).await;
+            server.modules.iq_response(server, &iq).await;
         }
         return;
     }

@@ -5,7 +5,7 @@ use minidom::Element;
 use std::{
     collections::{HashMap, HashSet},
     sync::{
-        atomic::{AtomicBool, AtomicI8, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI8, AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, RwLock,
     },
 };
@@ -88,6 +88,8 @@ pub struct Sessions {
     /// XEP-0198 resumption ids of sessions that may be resumed.
     resumable: Mutex<HashMap<String, Arc<SessionHandle>>>,
     next_id: AtomicU64,
+    /// Bound sessions (the map's total length), for the metrics gauge.
+    bound: AtomicUsize,
 }
 
 impl Sessions {
@@ -101,6 +103,10 @@ impl Sessions {
         let list = map.entry(h.jid.to_bare()).or_default();
         let old = list.iter().position(|s| s.jid == h.jid).map(|i| list.swap_remove(i));
         list.push(h);
+        if old.is_none() {
+            let n = self.bound.fetch_add(1, Ordering::Relaxed) + 1;
+            crate::metrics::sessions_online(n);
+        }
         old
     }
 
@@ -124,7 +130,12 @@ impl Sessions {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
         let bare = jid.to_bare();
         if let Some(list) = map.get_mut(&bare) {
+            let before = list.len();
             list.retain(|s| s.id != id);
+            if list.len() < before {
+                let n = self.bound.fetch_sub(1, Ordering::Relaxed) - 1;
+                crate::metrics::sessions_online(n);
+            }
             if list.is_empty() {
                 map.remove(&bare);
             }
@@ -153,7 +164,6 @@ impl Sessions {
     }
 
     pub fn count(&self) -> usize {
-        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        map.values().map(Vec::len).sum()
+        self.bound.load(Ordering::Relaxed)
     }
 }

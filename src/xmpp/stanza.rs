@@ -133,6 +133,15 @@ impl Kind {
             _ => None,
         }
     }
+
+    /// The element name, also the label of the routed-stanza metric.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Message => "message",
+            Kind::Presence => "presence",
+            Kind::Iq => "iq",
+        }
+    }
 }
 
 pub fn typ(el: &Element) -> &str {

@@ -12,7 +12,7 @@ use super::{
     stream::{new_id, ConnError, XmlStream},
     xml::{elem, ElementExt, Event, ParserLimits, StreamError, NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_TLS},
 };
-use crate::{certs::ALPN_XMPP_CLIENT, server::Server, store};
+use crate::{certs::ALPN_XMPP_CLIENT, store, xmpp::Server};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use jid::{BareJid, FullJid};
 use minidom::Element;
@@ -89,7 +89,7 @@ async fn until_shutdown<T>(
     let mut stop = server.shutdown.clone();
     tokio::select! {
         r = tokio::time::timeout(deadline, phase) => r.unwrap_or(Err(ConnError::Timeout)),
-        _ = crate::server::stopped(&mut stop) => Err(ConnError::Stream(StreamError::SystemShutdown)),
+        _ = crate::shutdown::stopped(&mut stop) => Err(ConnError::Stream(StreamError::SystemShutdown)),
     }
 }
 

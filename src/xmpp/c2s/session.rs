@@ -8,9 +8,9 @@
 
 use super::{end, Tls};
 use crate::{
-    server::{stopped, Server},
+    shutdown::stopped,
+    xmpp::Server,
     xmpp::{
-        modules::{carbons, mam},
         presence,
         router::{self, route},
         sessions::{SessionHandle, ToSession},
@@ -407,9 +407,8 @@ impl Session {
                 me.send(r);
             }
             Kind::Message => {
-                let el = mam::archive_outgoing(server, me, el).await;
-                carbons::copy_sent(server, me, &el);
-                route(server, carbons::strip_private(el)).await
+                let el = server.modules.message_out(server, me, el);
+                route(server, el).await
             }
             Kind::Iq => route(server, el).await,
         }

@@ -1,11 +1,11 @@
 //! Blocking Command (XEP-0191): the blocklist IQs with pushes to the
-//! resources that asked for the list, and [`intercept`], which the router
-//! calls on every stanza to enforce the lists in both directions.
+//! resources that asked for the list, and an intercept hook that sees every
+//! stanza the router routes and enforces the lists in both directions.
 
-use super::{pep::account_id, BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
+use super::{account_id, internal, BoxFuture, Hook, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
-    server::Server,
     store,
+    xmpp::Server,
     xmpp::{
         router::route,
         stanza::{self, Condition, Kind, StanzaError},
@@ -31,11 +31,35 @@ pub struct Blocking {
     interested: Mutex<HashMap<BareJid, HashSet<u64>>>,
 }
 
-pub struct BlockingModule;
+#[derive(Default)]
+pub struct BlockingModule {
+    state: Blocking,
+}
+
+/// The blocking module's state.
+fn state(server: &Server) -> &Blocking {
+    &server
+        .modules
+        .get::<BlockingModule>()
+        .expect("the blocking module is always registered")
+        .state
+}
 
 impl Module for BlockingModule {
     fn name(&self) -> &'static str {
         "blocking"
+    }
+    fn hooks(&self) -> &'static [Hook] {
+        &[Hook::Intercept]
+    }
+    fn intercept<'a>(
+        &'a self,
+        server: &'a Arc<Server>,
+        stanza: &'a Element,
+        from: &'a Jid,
+        to: &'a Jid,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(intercept(server, stanza, from, to))
     }
     fn server_features(&self) -> &'static [&'static str] {
         &[NS]
@@ -64,14 +88,9 @@ impl Module for BlockingModule {
     }
 }
 
-fn internal(e: store::StoreError) -> StanzaError {
-    tracing::error!(error = %e, "blocklist storage error");
-    Condition::InternalServerError.into()
-}
-
 /// The blocklist of a local account, loaded on first use.
 pub async fn list(server: &Arc<Server>, owner: &BareJid) -> Arc<HashSet<String>> {
-    let b = &server.modules.blocking;
+    let b = &state(server);
     if let Some(l) = b.lists.lock().unwrap_or_else(|e| e.into_inner()).get(owner) {
         return l.clone();
     }
@@ -121,7 +140,7 @@ fn is_account(server: &Server, j: &Jid) -> bool {
 
 /// Enforce blocklists on a stanza about to be routed. Returns true when the
 /// stanza was consumed (dropped, or answered with an error).
-pub async fn intercept(server: &Arc<Server>, stanza: &Element, from: &Jid, to: &Jid) -> bool {
+async fn intercept(server: &Arc<Server>, stanza: &Element, from: &Jid, to: &Jid) -> bool {
     if from.to_bare() == to.to_bare() {
         return false;
     }
@@ -197,9 +216,7 @@ async fn handle(ctx: IqCtx<'_>) -> IqReply {
         (false, "blocklist") => {
             if let Ok(full) = ctx.from.try_as_full() {
                 if let Some(s) = server.sessions.get(full) {
-                    server
-                        .modules
-                        .blocking
+                    state(server)
                         .interested
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -278,7 +295,7 @@ async fn handle(ctx: IqCtx<'_>) -> IqReply {
 }
 
 fn update(server: &Server, owner: &BareJid, f: impl FnOnce(&mut HashSet<String>)) {
-    let mut lists = server.modules.blocking.lists.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lists = state(server).lists.lock().unwrap_or_else(|e| e.into_inner());
     let mut set: HashSet<String> = lists.get(owner).map(|s| (**s).clone()).unwrap_or_default();
     f(&mut set);
     lists.insert(owner.clone(), Arc::new(set));
@@ -287,12 +304,7 @@ fn update(server: &Server, owner: &BareJid, f: impl FnOnce(&mut HashSet<String>)
 /// Push a block/unblock to the resources that asked for the blocklist.
 fn push(server: &Server, owner: &BareJid, payload: Element) {
     let sessions = server.sessions.of(owner);
-    let mut interested = server
-        .modules
-        .blocking
-        .interested
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let mut interested = state(server).interested.lock().unwrap_or_else(|e| e.into_inner());
     let Some(ids) = interested.get_mut(owner) else {
         return;
     };

@@ -4,11 +4,11 @@
 //! (XEP-0223, `#compat-pep`; XEP-0411 conversion). Whichever side a client
 //! writes, the server rewrites the other two.
 
-use super::pep::{self, account_id};
+use super::{account_id, pep};
 use crate::{
-    server::Server,
     store,
     xmpp::xml::{elem, ElementExt},
+    xmpp::Server,
 };
 use jid::BareJid;
 use minidom::Element;

@@ -1,9 +1,9 @@
 //! Message Carbons (XEP-0280, `urn:xmpp:carbons:2`): copies of sent and
 //! received messages for the account's other resources that enabled them.
 
-use super::{BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
+use super::{BoxFuture, Hook, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
-    server::Server,
+    xmpp::Server,
     xmpp::{
         sessions::SessionHandle,
         stanza::{self, Condition},
@@ -14,15 +14,26 @@ use jid::BareJid;
 use minidom::Element;
 use std::sync::{atomic::Ordering, Arc};
 
-pub const NS: &str = "urn:xmpp:carbons:2";
-pub const NS_FORWARD: &str = "urn:xmpp:forward:0";
-pub const NS_HINTS: &str = "urn:xmpp:hints";
+pub use crate::xmpp::ns::{CARBONS as NS, FORWARD as NS_FORWARD, HINTS as NS_HINTS};
 
 pub struct Carbons;
 
 impl Module for Carbons {
     fn name(&self) -> &'static str {
         "carbons"
+    }
+    fn hooks(&self) -> &'static [Hook] {
+        &[Hook::Delivered, Hook::MessageOut]
+    }
+    fn delivered(&self, server: &Arc<Server>, msg: &Element, to: &BareJid, sessions: &[Arc<SessionHandle>]) {
+        // A message stored offline reached no resource: nothing to copy.
+        if !sessions.is_empty() {
+            copy_received(server, msg, to, sessions);
+        }
+    }
+    fn message_out(&self, server: &Arc<Server>, from: &Arc<SessionHandle>, msg: Element) -> Element {
+        copy_sent(server, from, &msg);
+        strip_private(msg)
     }
     fn server_features(&self) -> &'static [&'static str] {
         &[NS]
@@ -103,7 +114,7 @@ fn wrap(kind: &str, to: &SessionHandle, bare: &BareJid, msg: &Element) -> Elemen
 }
 
 /// A local session sent `msg`: copy it to the sender's other resources.
-pub fn copy_sent(server: &Server, me: &Arc<SessionHandle>, msg: &Element) {
+fn copy_sent(server: &Server, me: &Arc<SessionHandle>, msg: &Element) {
     if !eligible(msg) {
         return;
     }
@@ -117,19 +128,19 @@ pub fn copy_sent(server: &Server, me: &Arc<SessionHandle>, msg: &Element) {
 
 /// `msg` was delivered to the sessions in `delivered` of account `bare`:
 /// copy it to the account's other carbons-enabled resources.
-pub fn copy_received(server: &Server, msg: &Element, bare: &BareJid, delivered: &[u64]) {
+fn copy_received(server: &Server, msg: &Element, bare: &BareJid, delivered: &[Arc<SessionHandle>]) {
     if !eligible(msg) {
         return;
     }
     for s in server.sessions.of(bare) {
-        if !delivered.contains(&s.id) && s.carbons.load(Ordering::Relaxed) {
+        if !delivered.iter().any(|d| d.id == s.id) && s.carbons.load(Ordering::Relaxed) {
             s.send(wrap("received", &s, bare, msg));
         }
     }
 }
 
 /// Remove the `<private/>` marker before a message leaves for its recipient.
-pub fn strip_private(mut msg: Element) -> Element {
+fn strip_private(mut msg: Element) -> Element {
     if msg.has_child("private", NS) {
         msg.remove_child("private", NS);
     }

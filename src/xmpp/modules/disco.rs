@@ -4,8 +4,8 @@
 
 use super::{BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
-    server::Server,
     xmpp::xml::{elem, ElementExt},
+    xmpp::Server,
 };
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use minidom::Element;
@@ -16,8 +16,7 @@ use xmpp_parsers::{
     hashes::Algo,
 };
 
-pub const NS_INFO: &str = "http://jabber.org/protocol/disco#info";
-pub const NS_ITEMS: &str = "http://jabber.org/protocol/disco#items";
+pub use crate::xmpp::ns::{DISCO_INFO as NS_INFO, DISCO_ITEMS as NS_ITEMS};
 pub const NS_CAPS: &str = "http://jabber.org/protocol/caps";
 pub const CAPS_NODE: &str = "https://pushbox.example/caps";
 
@@ -88,14 +87,8 @@ impl Module for Disco {
                 }
                 (true, false) if node.is_none() => {
                     let mut q = elem("query", NS_ITEMS);
-                    for svc in [
-                        crate::xmpp::services::Service::Push,
-                        crate::xmpp::services::Service::Upload,
-                    ] {
-                        let jid = format!("{}.{}", svc.prefix(), ctx.server.domain());
-                        if crate::xmpp::services::for_domain(ctx.server, &jid).is_some() {
-                            q.append_child(elem("item", NS_ITEMS).with("jid", jid));
-                        }
+                    for domain in ctx.server.services.domains() {
+                        q.append_child(elem("item", NS_ITEMS).with("jid", domain));
                     }
                     q
                 }

@@ -6,10 +6,10 @@
 //! first waits for the writer to drain, so it sees every message delivered
 //! before it.
 
-use super::{BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
+use super::{BoxFuture, Hook, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
-    server::Server,
     store::{self, archive as db},
+    xmpp::Server,
     xmpp::{
         sessions::SessionHandle,
         stanza::{self, Condition, StanzaError},
@@ -24,10 +24,9 @@ use std::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-pub const NS: &str = "urn:xmpp:mam:2";
-pub const NS_SID: &str = "urn:xmpp:sid:0";
+pub use crate::xmpp::ns::{MAM as NS, SID as NS_SID};
 pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
-pub const NS_DATA: &str = "jabber:x:data";
+pub use crate::xmpp::ns::DATA as NS_DATA;
 const DEFAULT_MAX: usize = 50;
 const MAX_MAX: usize = 250;
 
@@ -61,8 +60,8 @@ impl Default for Archive {
 
 impl Archive {
     /// Start the writer and the retention sweeper (once, from `run`).
-    pub fn spawn_workers(server: &Arc<Server>) {
-        let rx = server.archive.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+    fn spawn_workers(&self, server: &Arc<Server>) {
+        let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(mut rx) = rx else { return };
         let store = server.store.clone();
         tokio::spawn(async move {
@@ -127,7 +126,7 @@ impl Archive {
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(3600)) => {},
-                    _ = crate::server::stopped(&mut stop) => return,
+                    _ = crate::shutdown::stopped(&mut stop) => return,
                 }
             }
         });
@@ -185,7 +184,7 @@ pub fn archivable(msg: &Element) -> bool {
 
 /// A message for local account `owner` from `from`: stamp it with a
 /// stanza-id (removing any that claims to be ours) and archive it.
-pub async fn archive_incoming(server: &Server, owner: &BareJid, mut msg: Element) -> Element {
+fn archive_incoming(archive: &Archive, owner: &BareJid, mut msg: Element) -> Element {
     let by = owner.to_string();
     // XEP-0359 §5: a stanza-id by us that we did not add is a forgery.
     if msg
@@ -202,28 +201,54 @@ pub async fn archive_incoming(server: &Server, owner: &BareJid, mut msg: Element
     let id = new_stanza_id();
     msg.append_child(elem("stanza-id", NS_SID).with("id", id.clone()).with("by", by));
     let with = stanza::from(&msg).map(|j| j.to_bare().to_string()).unwrap_or_default();
-    server.archive.insert(owner, id, with, &msg);
+    archive.insert(owner, id, with, &msg);
     msg
 }
 
 /// A message sent by a local session: archive it in the sender's archive.
-pub async fn archive_outgoing(server: &Server, me: &Arc<SessionHandle>, msg: Element) -> Element {
+fn archive_outgoing(archive: &Archive, me: &SessionHandle, msg: Element) -> Element {
     if archivable(&msg) {
         let with = msg
             .attr("to")
             .and_then(|t| Jid::new(t).ok())
             .map(|j| j.to_bare().to_string())
             .unwrap_or_else(|| me.jid.to_bare().to_string());
-        server.archive.insert(&me.jid.to_bare(), new_stanza_id(), with, &msg);
+        archive.insert(&me.jid.to_bare(), new_stanza_id(), with, &msg);
     }
     msg
 }
 
-pub struct Mam;
+#[derive(Default)]
+pub struct Mam {
+    archive: Archive,
+}
+
+impl Mam {
+    /// The archive writer of a running server.
+    pub fn archive(server: &Server) -> &Archive {
+        &server
+            .modules
+            .get::<Mam>()
+            .expect("the mam module is always registered")
+            .archive
+    }
+}
 
 impl Module for Mam {
     fn name(&self) -> &'static str {
         "mam"
+    }
+    fn start(&self, server: &Arc<Server>) {
+        self.archive.spawn_workers(server);
+    }
+    fn hooks(&self) -> &'static [Hook] {
+        &[Hook::MessageIn, Hook::MessageOut]
+    }
+    fn message_in(&self, _server: &Arc<Server>, to: &BareJid, msg: Element) -> Element {
+        archive_incoming(&self.archive, to, msg)
+    }
+    fn message_out(&self, _server: &Arc<Server>, from: &Arc<SessionHandle>, msg: Element) -> Element {
+        archive_outgoing(&self.archive, from, msg)
     }
     fn account_features(&self) -> &'static [&'static str] {
         &[NS, "urn:xmpp:mam:2#extended", NS_SID]
@@ -330,7 +355,7 @@ async fn query(ctx: &IqCtx<'_>) -> IqReply {
         }
     }
     q.max = q.max.min(MAX_MAX);
-    ctx.server.archive.flush().await;
+    Mam::archive(ctx.server).flush().await;
     let username = user_of(ctx);
     let page = ctx
         .server

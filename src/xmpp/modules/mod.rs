@@ -1,6 +1,9 @@
-//! Feature modules: one file per XEP, each declaring its disco features,
-//! stream features and the IQ payloads it answers. Adding one is a new file
-//! plus one line in [`Modules::new`]; the router never changes.
+//! Feature modules: one file per XEP. A module declares its disco features,
+//! stream features and the IQ payloads it answers, and hooks the stanza
+//! flow the way Prosody's modules do: the router, the session and presence
+//! handling call every module that declared a [`Hook`], in registration
+//! order, and name no module themselves. Adding a feature is a new file
+//! plus one line in [`Modules::new`].
 
 pub mod blocking;
 pub mod bookmarks;
@@ -21,11 +24,15 @@ pub mod roster;
 pub mod vcard;
 pub mod version;
 
-use super::stanza::{Condition, StanzaError};
-use crate::server::Server;
+use super::{
+    sessions::SessionHandle,
+    stanza::{Condition, StanzaError},
+    Server,
+};
+use crate::store;
 use jid::{BareJid, Jid};
 use minidom::Element;
-use std::{collections::HashMap, future::Future, pin::Pin, sync::Arc};
+use std::{any::Any, collections::HashMap, future::Future, pin::Pin, sync::Arc};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -73,7 +80,37 @@ impl IqCtx<'_> {
 /// What a handler answers: a result (with optional payload) or an error.
 pub type IqReply = Result<Option<Element>, StanzaError>;
 
-pub trait Module: Send + Sync + 'static {
+/// The points in the stanza flow a module can hook. A module lists the
+/// hooks it implements in [`Module::hooks`]; only those are called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// [`Module::intercept`]: every stanza the router is about to route.
+    Intercept,
+    /// [`Module::message_in`]: a message for a local account, before delivery.
+    MessageIn,
+    /// [`Module::delivered`]: a message for a local account, after delivery.
+    Delivered,
+    /// [`Module::message_out`]: a message a local client sent, before routing.
+    MessageOut,
+    /// [`Module::presence`]: presence that reached a local account.
+    Presence,
+    /// [`Module::available`]: a session sent its initial presence.
+    Available,
+    /// [`Module::subscription_request`]: a subscription request waits for an account.
+    SubscriptionRequest,
+    /// [`Module::iq_response`]: an IQ result or error nobody waited for.
+    IqResponse,
+}
+
+const HOOKS: usize = 8;
+
+impl Hook {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+pub trait Module: Any + Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Features in disco#info of the domain.
     fn server_features(&self) -> &'static [&'static str] {
@@ -93,16 +130,65 @@ pub trait Module: Send + Sync + 'static {
     fn handle_iq<'a>(&'a self, _ctx: IqCtx<'a>) -> BoxFuture<'a, IqReply> {
         Box::pin(async { Err(Condition::ServiceUnavailable.into()) })
     }
+    /// Background work, started once when the daemon runs.
+    fn start(&self, _server: &Arc<Server>) {}
+    /// The hooks this module implements.
+    fn hooks(&self) -> &'static [Hook] {
+        &[]
+    }
+    /// A stanza from `from` to `to` is about to be routed. Returns true when
+    /// the module consumed it (dropped, or answered with an error).
+    fn intercept<'a>(
+        &'a self,
+        _server: &'a Arc<Server>,
+        _stanza: &'a Element,
+        _from: &'a Jid,
+        _to: &'a Jid,
+    ) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
+    /// A message for the local account `to` is about to be delivered (or
+    /// stored offline); the module may change it (a stanza-id, say).
+    fn message_in(&self, _server: &Arc<Server>, _to: &BareJid, msg: Element) -> Element {
+        msg
+    }
+    /// A message for the local account `to` went to `sessions` (none: it was
+    /// stored offline).
+    fn delivered(&self, _server: &Arc<Server>, _msg: &Element, _to: &BareJid, _sessions: &[Arc<SessionHandle>]) {}
+    /// The local session `from` sent a message; the module may change it
+    /// before it is routed.
+    fn message_out(&self, _server: &Arc<Server>, _from: &Arc<SessionHandle>, msg: Element) -> Element {
+        msg
+    }
+    /// Presence from `from` reached the local account `owner` (a contact's,
+    /// or one of the owner's own resources' broadcast).
+    fn presence<'a>(
+        &'a self,
+        _server: &'a Arc<Server>,
+        _p: &'a Element,
+        _from: &'a Jid,
+        _owner: &'a BareJid,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+    /// A session sent its initial presence: the account is online.
+    fn available(&self, _server: &Arc<Server>, _session: &Arc<SessionHandle>) {}
+    /// A subscription request from `from` waits for `owner`'s answer and no
+    /// client of `owner` is awake to see it.
+    fn subscription_request(&self, _server: &Arc<Server>, _owner: &BareJid, _from: &BareJid) {}
+    /// An IQ result or error addressed to the server or a bare JID that no
+    /// waiting task claimed. Returns whether the module consumed it.
+    fn iq_response<'a>(&'a self, _server: &'a Arc<Server>, _iq: &'a Element) -> BoxFuture<'a, bool> {
+        Box::pin(async { false })
+    }
 }
 
-/// The registered modules and an index of their IQ routes.
+/// The registered modules, an index of their IQ routes, and per hook the
+/// modules that implement it.
 pub struct Modules {
     list: Vec<Arc<dyn Module>>,
     routes: HashMap<(&'static str, &'static str), Vec<(Target, usize)>>,
-    /// State of the PEP service (who is online with which caps).
-    pub pep: pep::Pep,
-    /// Blocklists loaded so far.
-    pub blocking: blocking::Blocking,
+    hooked: [Vec<Arc<dyn Module>>; HOOKS],
 }
 
 impl Modules {
@@ -115,45 +201,49 @@ impl Modules {
         m
     }
 
+    /// The modules every server has. Hooks run in this order: the archive
+    /// stamps a message before carbons copy it.
+    pub fn new() -> Modules {
+        let mut m = Modules {
+            list: vec![],
+            routes: HashMap::new(),
+            hooked: Default::default(),
+        };
+        m.add(Arc::new(blocking::BlockingModule::default()));
+        m.add(Arc::new(disco::Disco));
+        m.add(Arc::new(ping::Ping));
+        m.add(Arc::new(version::Version));
+        m.add(Arc::new(roster::Roster));
+        m.add(Arc::new(register::Register));
+        m.add(Arc::new(mam::Mam::default()));
+        m.add(Arc::new(carbons::Carbons));
+        m.add(Arc::new(push::Push::default()));
+        m.add(Arc::new(pep::PepModule::default()));
+        m.add(Arc::new(vcard::VcardModule));
+        m.add(Arc::new(private::PrivateModule));
+        m
+    }
+
     fn add(&mut self, module: Arc<dyn Module>) {
         let i = self.list.len();
         for r in module.iqs() {
             self.routes.entry((r.name, r.ns)).or_default().push((r.target, i));
         }
+        for h in module.hooks() {
+            self.hooked[h.index()].push(module.clone());
+        }
         self.list.push(module);
-    }
-
-    pub fn new() -> Modules {
-        let list: Vec<Arc<dyn Module>> = vec![
-            Arc::new(disco::Disco),
-            Arc::new(ping::Ping),
-            Arc::new(version::Version),
-            Arc::new(roster::Roster),
-            Arc::new(register::Register),
-            Arc::new(carbons::Carbons),
-            Arc::new(mam::Mam),
-            Arc::new(push::Push),
-            Arc::new(pep::PepModule),
-            Arc::new(vcard::VcardModule),
-            Arc::new(private::PrivateModule),
-            Arc::new(blocking::BlockingModule),
-        ];
-        let mut routes: HashMap<_, Vec<_>> = HashMap::new();
-        for (i, m) in list.iter().enumerate() {
-            for r in m.iqs() {
-                routes.entry((r.name, r.ns)).or_default().push((r.target, i));
-            }
-        }
-        Modules {
-            list,
-            routes,
-            pep: Default::default(),
-            blocking: Default::default(),
-        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Module>> {
         self.list.iter()
+    }
+
+    /// The registered module of type `T` (its state lives in the module object).
+    pub fn get<T: Module>(&self) -> Option<&T> {
+        self.list
+            .iter()
+            .find_map(|m| (m.as_ref() as &dyn Any).downcast_ref::<T>())
     }
 
     /// The module answering `payload` sent to `target`.
@@ -184,10 +274,103 @@ impl Modules {
         v.dedup();
         v
     }
+
+    fn hooked(&self, h: Hook) -> &[Arc<dyn Module>] {
+        &self.hooked[h.index()]
+    }
+
+    /// Start every module's background work.
+    pub fn start(&self, server: &Arc<Server>) {
+        for m in &self.list {
+            m.start(server);
+        }
+    }
+
+    /// Run [`Hook::Intercept`]: true when a module consumed the stanza.
+    pub async fn intercept(&self, server: &Arc<Server>, stanza: &Element, from: &Jid, to: &Jid) -> bool {
+        for m in self.hooked(Hook::Intercept) {
+            if m.intercept(server, stanza, from, to).await {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Run [`Hook::MessageIn`].
+    pub fn message_in(&self, server: &Arc<Server>, to: &BareJid, mut msg: Element) -> Element {
+        for m in self.hooked(Hook::MessageIn) {
+            msg = m.message_in(server, to, msg);
+        }
+        msg
+    }
+
+    /// Run [`Hook::Delivered`].
+    pub fn delivered(&self, server: &Arc<Server>, msg: &Element, to: &BareJid, sessions: &[Arc<SessionHandle>]) {
+        for m in self.hooked(Hook::Delivered) {
+            m.delivered(server, msg, to, sessions);
+        }
+    }
+
+    /// Run [`Hook::MessageOut`].
+    pub fn message_out(&self, server: &Arc<Server>, from: &Arc<SessionHandle>, mut msg: Element) -> Element {
+        for m in self.hooked(Hook::MessageOut) {
+            msg = m.message_out(server, from, msg);
+        }
+        msg
+    }
+
+    /// Run [`Hook::Presence`].
+    pub async fn presence(&self, server: &Arc<Server>, p: &Element, from: &Jid, owner: &BareJid) {
+        for m in self.hooked(Hook::Presence) {
+            m.presence(server, p, from, owner).await;
+        }
+    }
+
+    /// Run [`Hook::Available`].
+    pub fn available(&self, server: &Arc<Server>, session: &Arc<SessionHandle>) {
+        for m in self.hooked(Hook::Available) {
+            m.available(server, session);
+        }
+    }
+
+    /// Run [`Hook::SubscriptionRequest`].
+    pub fn subscription_request(&self, server: &Arc<Server>, owner: &BareJid, from: &BareJid) {
+        for m in self.hooked(Hook::SubscriptionRequest) {
+            m.subscription_request(server, owner, from);
+        }
+    }
+
+    /// Run [`Hook::IqResponse`]: true when a module consumed the answer.
+    pub async fn iq_response(&self, server: &Arc<Server>, iq: &Element) -> bool {
+        for m in self.hooked(Hook::IqResponse) {
+            if m.iq_response(server, iq).await {
+                return true;
+            }
+        }
+        false
+    }
 }
 
 impl Default for Modules {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The database id of a local account (`None`: no such account).
+pub async fn account_id(server: &Server, bare: &BareJid) -> Result<Option<i64>, StanzaError> {
+    let Some(user) = bare.node().map(|n| n.to_string()) else {
+        return Ok(None);
+    };
+    server
+        .store
+        .call(move |c| store::accounts::id_of(c, &user))
+        .await
+        .map_err(internal)
+}
+
+/// A storage failure, logged, as the stanza error a client gets.
+pub fn internal(e: store::StoreError) -> StanzaError {
+    tracing::error!(error = %e, "storage error");
+    Condition::InternalServerError.into()
 }

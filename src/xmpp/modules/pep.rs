@@ -4,14 +4,14 @@
 //! entity-capabilities `+notify` features (learnt through [`super::caps`])
 //! plus explicit subscribers ([`super::pep_subscribe`]).
 
-use super::{caps, BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
+use super::{account_id, caps, internal, BoxFuture, Hook, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
-    server::Server,
     store::{
         self,
         pep::{Access, Item, NodeConfig, SendLast},
         roster::Item as RosterItem,
     },
+    xmpp::Server,
     xmpp::{
         router::route,
         stanza::{Condition, StanzaError},
@@ -25,13 +25,13 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
+pub use crate::xmpp::ns::PUBSUB as NS_PUBSUB;
 pub const NS_OWNER: &str = "http://jabber.org/protocol/pubsub#owner";
 pub const NS_EVENT: &str = "http://jabber.org/protocol/pubsub#event";
 pub const NS_ERRORS: &str = "http://jabber.org/protocol/pubsub#errors";
 pub const NS_NODE_CONFIG: &str = "http://jabber.org/protocol/pubsub#node_config";
 pub const NS_PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
-pub const NS_DATA: &str = "jabber:x:data";
+pub use crate::xmpp::ns::DATA as NS_DATA;
 
 /// Items kept per node when a node asks for `max` (and the ceiling for any number).
 pub const MAX_ITEMS: u32 = 1000;
@@ -79,11 +79,38 @@ const FEATURES: &[&str] = &[
     "http://jabber.org/protocol/pubsub#subscribe",
 ];
 
-pub struct PepModule;
+#[derive(Default)]
+pub struct PepModule {
+    state: Pep,
+}
+
+/// The PEP service's in-memory state.
+fn state(server: &Server) -> &Pep {
+    &server
+        .modules
+        .get::<PepModule>()
+        .expect("the pep module is always registered")
+        .state
+}
 
 impl Module for PepModule {
     fn name(&self) -> &'static str {
         "pep"
+    }
+    fn hooks(&self) -> &'static [Hook] {
+        &[Hook::Presence, Hook::IqResponse]
+    }
+    fn presence<'a>(
+        &'a self,
+        server: &'a Arc<Server>,
+        p: &'a Element,
+        from: &'a Jid,
+        owner: &'a BareJid,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(on_presence(server, p, from, owner))
+    }
+    fn iq_response<'a>(&'a self, server: &'a Arc<Server>, iq: &'a Element) -> BoxFuture<'a, bool> {
+        Box::pin(on_iq_response(server, iq))
     }
     fn account_features(&self) -> &'static [&'static str] {
         FEATURES
@@ -114,23 +141,6 @@ pub fn perr(condition: Condition, app: Option<&str>) -> StanzaError {
         text: None,
         extra: app.map(|a| Box::new(elem(a, NS_ERRORS))),
     }
-}
-
-fn internal(e: store::StoreError) -> StanzaError {
-    tracing::error!(error = %e, "PEP storage error");
-    Condition::InternalServerError.into()
-}
-
-/// The database id of a local account.
-pub async fn account_id(server: &Arc<Server>, bare: &BareJid) -> Result<Option<i64>, StanzaError> {
-    let Some(user) = bare.node().map(|n| n.to_string()) else {
-        return Ok(None);
-    };
-    server
-        .store
-        .call(move |c| store::accounts::id_of(c, &user))
-        .await
-        .map_err(internal)
 }
 
 async fn handle(ctx: IqCtx<'_>) -> IqReply {
@@ -729,7 +739,7 @@ pub(super) fn event_message(owner: &BareJid, to: &Jid, ev: Element) -> Element {
 async fn notify(server: &Arc<Server>, owner: &BareJid, account: i64, node: &str, cfg: &NodeConfig, ev: Element) {
     let want = format!("{node}+notify");
     let implicit: Vec<FullJid> = {
-        let map = server.modules.pep.recipients.lock().unwrap_or_else(|e| e.into_inner());
+        let map = state(server).recipients.lock().unwrap_or_else(|e| e.into_inner());
         map.get(owner)
             .map(|m| {
                 m.iter()
@@ -832,11 +842,11 @@ async fn send_last_items(server: &Arc<Server>, owner: BareJid, jid: FullJid, fea
 /// Presence from `from` reached the account `owner` (a contact's presence,
 /// or one of the owner's own resources): track who is online with which
 /// caps, ask for unknown caps once per `ver`, and send last items.
-pub async fn on_presence(server: &Arc<Server>, p: &Element, from: &Jid, owner: &BareJid) {
+async fn on_presence(server: &Arc<Server>, p: &Element, from: &Jid, owner: &BareJid) {
     let Ok(full) = from.try_as_full() else {
         return;
     };
-    let pep = &server.modules.pep;
+    let pep = &state(server);
     let t = p.attr("type").unwrap_or("");
     if t == "unavailable" || t == "error" {
         let mut map = pep.recipients.lock().unwrap_or_else(|e| e.into_inner());
@@ -885,8 +895,8 @@ pub async fn on_presence(server: &Arc<Server>, p: &Element, from: &Jid, owner: &
 
 /// An IQ result or error addressed to an account or the domain: the answer
 /// to a caps query, if it is one. Returns whether it was consumed.
-pub async fn on_iq_response(server: &Arc<Server>, iq: &Element) -> bool {
-    let pep = &server.modules.pep;
+async fn on_iq_response(server: &Arc<Server>, iq: &Element) -> bool {
+    let pep = &state(server);
     let Some((key, waiters, features)) = pep.caps.finish_query(iq) else {
         return false;
     };

@@ -5,10 +5,10 @@
 //! later publishes reach it beside the caps-filtered recipients.
 
 use super::pep::{access_denied, event_message, item_element, perr, NS_EVENT, NS_PUBSUB};
-use super::IqReply;
+use super::{internal, IqReply};
 use crate::{
-    server::Server,
     store::{self, pep::SendLast},
+    xmpp::Server,
     xmpp::{
         router::route,
         stanza::{Condition, StanzaError},
@@ -18,11 +18,6 @@ use crate::{
 use jid::{BareJid, Jid};
 use minidom::Element;
 use std::sync::Arc;
-
-fn internal(e: store::StoreError) -> StanzaError {
-    tracing::error!(error = %e, "PEP subscription storage failed");
-    Condition::InternalServerError.into()
-}
 
 /// The `jid` attribute, which must name the requester (bare or full).
 fn subscriber(from: &Jid, el: &Element) -> Result<Jid, StanzaError> {

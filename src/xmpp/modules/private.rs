@@ -1,7 +1,7 @@
 //! Private XML storage (XEP-0049): one element per namespace per account,
 //! readable and writable only by the account itself.
 
-use super::{pep::account_id, BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
+use super::{account_id, internal, BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
     store,
     xmpp::{
@@ -41,11 +41,6 @@ impl Module for PrivateModule {
     fn handle_iq<'a>(&'a self, ctx: IqCtx<'a>) -> BoxFuture<'a, IqReply> {
         Box::pin(handle(ctx))
     }
-}
-
-fn internal(e: store::StoreError) -> StanzaError {
-    tracing::error!(error = %e, "private storage error");
-    Condition::InternalServerError.into()
 }
 
 async fn handle(ctx: IqCtx<'_>) -> IqReply {

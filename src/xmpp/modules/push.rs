@@ -3,12 +3,13 @@
 //! arrives while every client of the account is offline, hibernated or
 //! inactive, the server publishes a summary to each registered app server.
 
-use super::{push_tigase, BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
+use super::{push_tigase, BoxFuture, Hook, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
-    server::Server,
     store,
+    xmpp::Server,
     xmpp::{
         router::route,
+        sessions::SessionHandle,
         stanza::{self, Condition, StanzaError},
         xml::{elem, ElementExt, NS_CLIENT},
     },
@@ -23,8 +24,7 @@ use std::{
 
 pub const NS: &str = "urn:xmpp:push:0";
 pub const NS_SUMMARY: &str = "urn:xmpp:push:summary";
-pub const NS_PUBSUB: &str = "http://jabber.org/protocol/pubsub";
-pub const NS_DATA: &str = "jabber:x:data";
+pub use crate::xmpp::ns::{DATA as NS_DATA, PUBSUB as NS_PUBSUB};
 pub const PUBLISH_OPTIONS: &str = "http://jabber.org/protocol/pubsub#publish-options";
 /// How long to wait for an app server's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -80,7 +80,7 @@ impl PushState {
     }
 
     /// The account came online: start counting afresh.
-    pub fn reset(&self, who: &BareJid) {
+    fn reset(&self, who: &BareJid) {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).remove(who);
     }
 }
@@ -138,7 +138,7 @@ pub fn notify(server: &Arc<Server>, owner: &BareJid, event: Event) {
         if regs.is_empty() {
             return;
         }
-        let count = server.push_state.bump(&owner);
+        let count = Push::state(&server).bump(&owner);
         for r in regs {
             let server = server.clone();
             let owner = owner.clone();
@@ -276,11 +276,42 @@ pub(super) async fn registration_failed(
     }
 }
 
-pub struct Push;
+#[derive(Default)]
+pub struct Push {
+    state: PushState,
+}
+
+impl Push {
+    fn state(server: &Server) -> &PushState {
+        &server
+            .modules
+            .get::<Push>()
+            .expect("the push module is always registered")
+            .state
+    }
+}
 
 impl Module for Push {
     fn name(&self) -> &'static str {
         "push"
+    }
+    fn hooks(&self) -> &'static [Hook] {
+        &[Hook::Delivered, Hook::Available, Hook::SubscriptionRequest]
+    }
+    /// A message that went offline, or only to clients that sleep
+    /// (hibernated or inactive), wakes the account up.
+    fn delivered(&self, server: &Arc<Server>, msg: &Element, to: &BareJid, sessions: &[Arc<SessionHandle>]) {
+        if sessions.iter().all(|s| s.asleep()) {
+            if let Some(ev) = event_for(msg) {
+                notify(server, to, ev);
+            }
+        }
+    }
+    fn available(&self, _server: &Arc<Server>, session: &Arc<SessionHandle>) {
+        self.state.reset(&session.jid.to_bare());
+    }
+    fn subscription_request(&self, server: &Arc<Server>, owner: &BareJid, from: &BareJid) {
+        notify(server, owner, Event::subscription(from.clone().into()));
     }
     fn account_features(&self) -> &'static [&'static str] {
         &[

@@ -11,8 +11,8 @@ use super::push::{registration_failed, Event, NS_DATA};
 use super::push_tigase::is_high;
 use crate::{
     push::{client::HttpsClient, Priority, SubmitError},
-    server::Server,
     store,
+    xmpp::Server,
 };
 use bytes::Bytes;
 use http_body_util::Full;
@@ -95,7 +95,7 @@ enum Outcome {
 }
 
 fn own_relay(server: &Server, endpoint: &str) -> bool {
-    let own = format!("{}/api/v1/messages", crate::http::public_url(&server.config));
+    let own = format!("{}/api/v1/messages", server.config.public_url());
     server.config.relay.enabled && endpoint.trim_end_matches('/') == own
 }
 

@@ -6,8 +6,8 @@
 use super::{BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
     config::RegistrationMode,
-    server::Server,
     store::{self, invites::SignUp},
+    xmpp::Server,
     xmpp::{
         stanza::{iq_payload, Condition, StanzaError},
         xml::{elem, ElementExt},

@@ -2,8 +2,8 @@
 
 use super::{BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
-    server::Server,
     store::{self, roster::Item},
+    xmpp::Server,
     xmpp::{
         router::route,
         stanza::{Condition, StanzaError},

@@ -2,15 +2,12 @@
 //! ways: a PHOTO set in the vCard is published as a XEP-0084 avatar, and
 //! a XEP-0084 avatar published over PEP becomes the vCard's PHOTO.
 
-use super::{
-    pep::{self, account_id},
-    BoxFuture, IqCtx, IqReply, IqRoute, Module, Target,
-};
+use super::{account_id, internal, pep, BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
-    server::Server,
     store,
+    xmpp::Server,
     xmpp::{
-        stanza::{Condition, StanzaError},
+        stanza::Condition,
         xml::{elem, ElementExt},
     },
 };
@@ -47,11 +44,6 @@ impl Module for VcardModule {
     fn handle_iq<'a>(&'a self, ctx: IqCtx<'a>) -> BoxFuture<'a, IqReply> {
         Box::pin(handle(ctx))
     }
-}
-
-fn internal(e: store::StoreError) -> StanzaError {
-    tracing::error!(error = %e, "vCard storage error");
-    Condition::InternalServerError.into()
 }
 
 async fn handle(ctx: IqCtx<'_>) -> IqReply {

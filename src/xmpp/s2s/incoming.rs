@@ -10,7 +10,8 @@
 use super::{db, header, limits, tls::AnyClientCert, to_client_ns, NS_DIALBACK, NS_DIALBACK_FEATURE};
 use crate::{
     certs::ALPN_XMPP_SERVER,
-    server::{self, Server},
+    shutdown,
+    xmpp::Server,
     xmpp::{
         router,
         stanza::{self, Kind},
@@ -278,7 +279,7 @@ async fn serve(
                 }
             }
             _ = tokio::time::sleep_until(deadline) => return Err(ConnError::Timeout),
-            _ = server::stopped(&mut stop) => return Err(ConnError::Stream(StreamError::SystemShutdown)),
+            _ = shutdown::stopped(&mut stop) => return Err(ConnError::Stream(StreamError::SystemShutdown)),
         }
         xs.shrink();
     }

@@ -25,7 +25,7 @@ use super::{
     stanza::{self, Condition, StanzaError},
     xml::{ParserLimits, NS_CLIENT, NS_SERVER},
 };
-use crate::server::Server;
+use crate::xmpp::Server;
 use hmac::{digest::KeyInit, Hmac, Mac};
 use minidom::{Element, Node};
 use sha2::{Digest, Sha256};

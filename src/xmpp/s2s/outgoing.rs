@@ -10,7 +10,8 @@
 
 use super::{db, header, limits, resolve::Target, to_server_ns, NS_DIALBACK};
 use crate::{
-    server::{self, Server},
+    shutdown,
+    xmpp::Server,
     xmpp::{
         stanza::Condition,
         stream::{ConnError, XmlStream},
@@ -85,7 +86,7 @@ async fn run(server: Arc<Server>, local: String, remote: String, id: u64, mut rx
     let mut stop = server.shutdown.clone();
     let r = tokio::select! {
         r = tokio::time::timeout(deadline, connect_and_authenticate(&server, &local, &remote)) => r,
-        _ = server::stopped(&mut stop) => return,
+        _ = shutdown::stopped(&mut stop) => return,
     };
     let mut xs = match r {
         Ok(Ok(xs)) => xs,
@@ -151,7 +152,7 @@ async fn run(server: Arc<Server>, local: String, remote: String, id: u64, mut rx
                 }
             },
             _ = tokio::time::sleep_until(last + idle) => break "idle",
-            _ = server::stopped(&mut stop) => break "shutdown",
+            _ = shutdown::stopped(&mut stop) => break "shutdown",
         }
     };
     tracing::info!(reason, "closing the outgoing stream");

@@ -11,13 +11,13 @@
 
 use crate::{
     push::{self, Kind, NewDevice, Priority, SubmitError},
-    server::Server,
     store,
     xmpp::{
-        modules::{disco::NS_INFO, disco::NS_ITEMS, push::NS_DATA, push::NS_PUBSUB},
+        modules::{disco::NS_INFO, disco::NS_ITEMS, push::NS_DATA, push::NS_PUBSUB, BoxFuture},
         router::route,
         stanza::{self, bounce, iq_payload, iq_result, Condition, StanzaError},
         xml::{elem, ElementExt},
+        Server,
     },
 };
 use jid::Jid;
@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
-pub const NS_COMMANDS: &str = "http://jabber.org/protocol/commands";
+pub use crate::xmpp::ns::COMMANDS as NS_COMMANDS;
 
 const COMMANDS: &[(&str, &str)] = &[
     ("register-push-apns", "Register an iOS device (APNs)"),
@@ -41,7 +41,19 @@ fn sha256(s: &str) -> Vec<u8> {
     Sha256::digest(s.as_bytes()).to_vec()
 }
 
-pub async fn handle(server: &Arc<Server>, st: Element) {
+/// The `push.<domain>` service.
+pub struct AppServer;
+
+impl super::Service for AppServer {
+    fn name(&self) -> &'static str {
+        "push"
+    }
+    fn handle<'a>(&'a self, server: &'a Arc<Server>, stanza: Element) -> BoxFuture<'a, ()> {
+        Box::pin(handle(server, stanza))
+    }
+}
+
+async fn handle(server: &Arc<Server>, st: Element) {
     if st.name() != "iq" {
         return; // messages and presence to the app server mean nothing
     }
@@ -409,10 +421,7 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
                 &node,
                 &session,
                 &[
-                    (
-                        "endpoint",
-                        format!("{}/api/v1/messages/", crate::http::public_url(&server.config)),
-                    ),
+                    ("endpoint", format!("{}/api/v1/messages/", server.config.public_url())),
                     ("token", t.secret),
                     ("expires", expires.to_string()),
                 ],

@@ -1,48 +1,59 @@
-//! Services on subdomains of the server's domain: `push.<domain>` (the
+//! Services on their own domains, beside the server's: `push.<domain>` (the
 //! relay's XMPP face, an XEP-0357 app server) and `upload.<domain>`
-//! (XEP-0363). The router hands them every
-//! stanza addressed to their domain.
+//! (XEP-0363). The router hands a service every stanza addressed to its
+//! domain or to any JID on it. Adding one is a new file with a
+//! [`Service`] implementation plus one line in [`Services::for_config`].
 
 pub mod app_server;
 pub mod upload;
 
-use crate::server::Server;
+use super::{modules::BoxFuture, Server};
+use crate::config::Config;
 use minidom::Element;
 use std::sync::Arc;
 
-/// The services pushbox runs on subdomains.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
-    Push,
-    Upload,
+/// A service on a domain of its own.
+pub trait Service: Send + Sync + 'static {
+    /// Its name in logs.
+    fn name(&self) -> &'static str;
+    /// Handle a stanza addressed to the service's domain (its `from` is
+    /// trusted: authenticated by the stream it came on).
+    fn handle<'a>(&'a self, server: &'a Arc<Server>, stanza: Element) -> BoxFuture<'a, ()>;
 }
 
-impl Service {
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Service::Push => "push",
-            Service::Upload => "upload",
+/// The services this daemon runs, by domain (lower case).
+#[derive(Default)]
+pub struct Services {
+    list: Vec<(String, Arc<dyn Service>)>,
+}
+
+impl Services {
+    /// The services `config` turns on.
+    pub fn for_config(config: &Config) -> Services {
+        let mut s = Services::default();
+        if config.relay.enabled {
+            s.add(format!("push.{}", config.domain), Arc::new(app_server::AppServer));
         }
+        if config.upload.enabled {
+            s.add(format!("upload.{}", config.domain), Arc::new(upload::Upload));
+        }
+        s
     }
-}
 
-/// Which service, if any, `domain` names.
-pub fn for_domain(server: &Server, domain: &str) -> Option<Service> {
-    let (prefix, rest) = domain.split_once('.')?;
-    if !server.is_local(rest) {
-        return None;
+    pub fn add(&mut self, domain: String, service: Arc<dyn Service>) {
+        self.list.push((domain.to_ascii_lowercase(), service));
     }
-    match prefix.to_ascii_lowercase().as_str() {
-        "push" if server.config.relay.enabled => Some(Service::Push),
-        "upload" if server.config.upload.enabled => Some(Service::Upload),
-        _ => None,
-    }
-}
 
-/// Handle a stanza addressed to a service (its `from` is trusted).
-pub async fn handle(server: &Arc<Server>, service: Service, stanza: Element) {
-    match service {
-        Service::Push => app_server::handle(server, stanza).await,
-        Service::Upload => upload::handle(server, stanza).await,
+    /// The service on `domain`, if any.
+    pub fn find(&self, domain: &str) -> Option<&Arc<dyn Service>> {
+        self.list
+            .iter()
+            .find(|(d, _)| d.eq_ignore_ascii_case(domain))
+            .map(|(_, s)| s)
+    }
+
+    /// Every service domain, in registration order (for disco#items).
+    pub fn domains(&self) -> impl Iterator<Item = &str> {
+        self.list.iter().map(|(d, _)| d.as_str())
     }
 }

@@ -3,13 +3,16 @@
 //! slots, enforcing the size limit and each account's quota.
 
 use crate::{
-    server::Server,
     store,
     xmpp::{
-        modules::disco::{NS_INFO, NS_ITEMS},
+        modules::{
+            disco::{NS_INFO, NS_ITEMS},
+            BoxFuture,
+        },
         router::route,
         stanza::{self, bounce, iq_payload, iq_result, Condition, StanzaError},
         xml::{elem, ElementExt},
+        Server,
     },
 };
 use minidom::Element;
@@ -20,7 +23,19 @@ pub const NS: &str = "urn:xmpp:http:upload:0";
 /// AES-GCM tag added by OMEMO media sharing (aesgcm://).
 pub const GCM_TAG: u64 = 16;
 
-pub async fn handle(server: &Arc<Server>, st: Element) {
+/// The `upload.<domain>` service.
+pub struct Upload;
+
+impl super::Service for Upload {
+    fn name(&self) -> &'static str {
+        "upload"
+    }
+    fn handle<'a>(&'a self, server: &'a Arc<Server>, stanza: Element) -> BoxFuture<'a, ()> {
+        Box::pin(handle(server, stanza))
+    }
+}
+
+async fn handle(server: &Arc<Server>, st: Element) {
     if st.name() != "iq" || matches!(stanza::typ(&st), "result" | "error") {
         return;
     }
@@ -160,11 +175,7 @@ async fn slot(server: &Arc<Server>, owner: &str, req: &Element) -> Result<Elemen
     if !ok {
         return Err(StanzaError::new(Condition::ResourceConstraint, "upload quota exceeded"));
     }
-    let url = format!(
-        "{}/upload/{id}/{}",
-        crate::http::public_url(&server.config),
-        pct(&filename)
-    );
+    let url = format!("{}/upload/{id}/{}", server.config.public_url(), pct(&filename));
     Ok(elem("slot", NS)
         .child(elem("put", NS).with("url", url.clone()))
         .child(elem("get", NS).with("url", url)))

@@ -1,10 +1,16 @@
-//! The plain HTTP listener (`listen.http`, port 80 in production): answers
-//! ACME HTTP-01 challenges from the [`CertStore`](super::CertStore) and
-//! redirects everything else to HTTPS. Until the HTTPS server binds
-//! `listen.https` itself, [`spawn_tls_alpn_responder`] answers TLS-ALPN-01
-//! there.
+//! What certificates need over HTTP: the plain HTTP listener (`listen.http`,
+//! port 80 in production), which answers ACME HTTP-01 challenges from the
+//! [`CertStore`](crate::certs::CertStore) and redirects everything else to
+//! HTTPS, and, until the HTTPS server binds `listen.https` itself, a
+//! TLS-ALPN-01 responder there. [`start`] also starts the ACME worker.
 
-use crate::server::{stopped, Server};
+use crate::{
+    certs::acme,
+    config::{AcmeChallenge, TlsMode},
+    core::Core,
+    shutdown::stopped,
+};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, header, Request, Response, StatusCode};
@@ -18,8 +24,8 @@ use tokio::{
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// Serve plain HTTP on `listener` until shutdown.
-pub fn spawn(server: Arc<Server>, listener: TcpListener) {
-    let mut stop = server.shutdown.clone();
+pub fn spawn(core: Arc<Core>, listener: TcpListener) {
+    let mut stop = core.shutdown.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -33,14 +39,14 @@ pub fn spawn(server: Arc<Server>, listener: TcpListener) {
                 },
                 _ = stopped(&mut stop) => return,
             };
-            let server = server.clone();
+            let core = core.clone();
             tokio::spawn(async move {
-                let Ok(_guard) = server.limiter.admit(peer.ip()) else {
+                let Ok(_guard) = core.limiter.admit(peer.ip()) else {
                     return;
                 };
                 let svc = hyper::service::service_fn(|req| {
-                    let server = server.clone();
-                    async move { Ok::<_, Infallible>(answer(&server, &req)) }
+                    let core = core.clone();
+                    async move { Ok::<_, Infallible>(answer(&core, &req)) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -53,10 +59,10 @@ pub fn spawn(server: Arc<Server>, listener: TcpListener) {
     });
 }
 
-fn answer(server: &Server, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(core: &Core, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
-        return match server.certs.http01_key_auth(token) {
+        return match core.certs.http01_key_auth(token) {
             Some(key_auth) => {
                 tracing::info!(token, "ACME: answered an HTTP-01 challenge");
                 reply(StatusCode::OK, "application/octet-stream", key_auth)
@@ -70,9 +76,9 @@ fn answer(server: &Server, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(|h| h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_ascii_lowercase())
-        .filter(|h| server.certs.names().iter().any(|n| n == h))
-        .unwrap_or_else(|| server.domain().to_string());
-    let port = server
+        .filter(|h| core.certs.names().iter().any(|n| n == h))
+        .unwrap_or_else(|| core.domain().to_string());
+    let port = core
         .config
         .listen
         .https
@@ -103,9 +109,9 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 /// Until the HTTPS server serves `listen.https`, ACME's TLS-ALPN-01 still
 /// needs a TLS endpoint there: complete challenge handshakes, and answer
 /// other HTTPS clients with 503 over the real certificate.
-pub fn spawn_tls_alpn_responder(server: Arc<Server>, listener: TcpListener) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(server.certs.server_config(&[b"http/1.1".as_slice()]));
-    let mut stop = server.shutdown.clone();
+pub fn spawn_tls_alpn_responder(core: Arc<Core>, listener: TcpListener) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(core.certs.server_config(&[b"http/1.1".as_slice()]));
+    let mut stop = core.shutdown.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, peer) = tokio::select! {
@@ -118,14 +124,14 @@ pub fn spawn_tls_alpn_responder(server: Arc<Server>, listener: TcpListener) {
                 },
                 _ = stopped(&mut stop) => return,
             };
-            let (acceptor, server) = (acceptor.clone(), server.clone());
+            let (acceptor, core) = (acceptor.clone(), core.clone());
             tokio::spawn(async move {
-                let Ok(_guard) = server.limiter.admit(peer.ip()) else {
+                let Ok(_guard) = core.limiter.admit(peer.ip()) else {
                     return;
                 };
                 let work = async {
                     let mut tls = acceptor.accept(tcp).await.ok()?;
-                    if tls.get_ref().1.alpn_protocol() == Some(super::ALPN_ACME_TLS) {
+                    if tls.get_ref().1.alpn_protocol() == Some(crate::certs::ALPN_ACME_TLS) {
                         tracing::info!(%peer, "ACME: answered a TLS-ALPN-01 challenge");
                         let _ = tls.shutdown().await;
                         return Some(());
@@ -145,4 +151,30 @@ pub fn spawn_tls_alpn_responder(server: Arc<Server>, listener: TcpListener) {
             });
         }
     });
+}
+
+/// Start what certificates need beside the TLS listeners: the plain HTTP
+/// listener (`listen.http`), and in mode `acme` the ACME worker plus, while no
+/// HTTPS server serves `listen.https` (`https_served` false), a TLS-ALPN-01
+/// responder there.
+pub async fn start(core: &Arc<Core>, https_served: bool) -> Result<()> {
+    let config = &core.config;
+    for a in &config.listen.http {
+        let l = tokio::net::TcpListener::bind(a)
+            .await
+            .with_context(|| format!("cannot listen on {a} (listen.http)"))?;
+        spawn(core.clone(), l);
+    }
+    if config.tls.mode == TlsMode::Acme {
+        if config.tls.acme.challenge == AcmeChallenge::TlsAlpn01 && !https_served {
+            for a in &config.listen.https {
+                let l = tokio::net::TcpListener::bind(a)
+                    .await
+                    .with_context(|| format!("cannot listen on {a} (listen.https)"))?;
+                spawn_tls_alpn_responder(core.clone(), l);
+            }
+        }
+        acme::start(config, core.certs.clone(), core.shutdown.clone()).context("starting ACME")?;
+    }
+    Ok(())
 }
