@@ -20,6 +20,7 @@ pub mod certs;
 pub mod check;
 pub mod config;
 pub mod core;
+pub mod escape;
 pub mod http;
 pub mod metrics;
 pub mod net;

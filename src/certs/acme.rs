@@ -8,10 +8,7 @@ use super::CertStore;
 use crate::config::{AcmeChallenge, Config, TlsMode};
 use anyhow::{anyhow, Context, Result};
 use rustls::{crypto::ring::sign::any_supported_type, sign::CertifiedKey, RootCertStore};
-use rustls_acme::{
-    acme::{LETS_ENCRYPT_PRODUCTION_DIRECTORY, LETS_ENCRYPT_STAGING_DIRECTORY},
-    AccountCache, AcmeConfig, CertCache, EventError, EventOk, OrderError, UseChallenge,
-};
+use rustls_acme::{AccountCache, AcmeConfig, CertCache, EventError, EventOk, OrderError, UseChallenge};
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -22,18 +19,6 @@ use std::{
     time::Instant,
 };
 use tokio::sync::watch;
-
-/// The directory URL for `tls.acme.directory`, `None` when it is not valid.
-pub fn directory_url(directory: &str) -> Option<String> {
-    match directory {
-        "letsencrypt" => Some(LETS_ENCRYPT_PRODUCTION_DIRECTORY.into()),
-        "letsencrypt-staging" => Some(LETS_ENCRYPT_STAGING_DIRECTORY.into()),
-        u if u.starts_with("https://") && u.len() > "https://".len() && !u.contains(char::is_whitespace) => {
-            Some(u.into())
-        }
-        _ => None,
-    }
-}
 
 /// Where account and certificates are cached.
 pub fn cache_dir(config: &Config) -> PathBuf {
@@ -47,7 +32,7 @@ pub fn status_path(config: &Config) -> PathBuf {
 
 /// The cached certificate (private key then chain, PEM) for this configuration.
 pub fn cert_path(config: &Config) -> Option<PathBuf> {
-    let url = directory_url(&config.tls.acme.directory)?;
+    let url = config.tls.acme.directory_url()?;
     Some(cache_dir(config).join(cert_file_name(&super::service_names(&config.domain), &url)))
 }
 
@@ -307,7 +292,10 @@ pub fn start(config: &Config, certs: Arc<CertStore>, stop: watch::Receiver<bool>
     if config.tls.mode != TlsMode::Acme {
         return Err(anyhow!("tls.mode is not \"acme\""));
     }
-    let url = directory_url(&config.tls.acme.directory)
+    let url = config
+        .tls
+        .acme
+        .directory_url()
         .ok_or_else(|| anyhow!("tls.acme.directory `{}` is not valid", config.tls.acme.directory))?;
     let dir = cache_dir(config);
     private_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -474,6 +474,44 @@ pub fn locate(explicit: Option<&Path>) -> Option<PathBuf> {
     None
 }
 
+/// Parse `host:port` (`[v6]:port` for IPv6 literals); `None` when invalid.
+pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
+    let (h, p) = s.rsplit_once(':')?;
+    let port: u16 = p.parse().ok().filter(|p| *p != 0)?;
+    let h = h.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(h);
+    if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/') {
+        return None;
+    }
+    Some((h.to_string(), port))
+}
+
+impl Federation {
+    /// `[federation.hosts]` as typed values: lower-case domain → (host, port).
+    /// Entries that do not parse are left out (`Config::load` refuses them).
+    pub fn static_hosts(&self) -> BTreeMap<String, (String, u16)> {
+        self.hosts
+            .iter()
+            .filter_map(|(d, hp)| Some((d.to_ascii_lowercase(), parse_host_port(hp)?)))
+            .collect()
+    }
+}
+
+impl Acme {
+    /// The directory URL `directory` names (`letsencrypt`,
+    /// `letsencrypt-staging`, or an https URL); `None` when it is not valid.
+    pub fn directory_url(&self) -> Option<String> {
+        use rustls_acme::acme::{LETS_ENCRYPT_PRODUCTION_DIRECTORY, LETS_ENCRYPT_STAGING_DIRECTORY};
+        match self.directory.as_str() {
+            "letsencrypt" => Some(LETS_ENCRYPT_PRODUCTION_DIRECTORY.into()),
+            "letsencrypt-staging" => Some(LETS_ENCRYPT_STAGING_DIRECTORY.into()),
+            u if u.starts_with("https://") && u.len() > "https://".len() && !u.contains(char::is_whitespace) => {
+                Some(u.into())
+            }
+            _ => None,
+        }
+    }
+}
+
 impl Config {
     /// The HTTPS URL clients reach this daemon at (the relay API, uploads,
     /// invitations): `[relay] public_url`, else `https://<domain>` with the
@@ -671,7 +709,7 @@ impl Config {
             report("federation.max_stanza_size", "must be at least 4096 bytes".into());
         }
         for (domain, target) in &self.federation.hosts {
-            if crate::xmpp::s2s::resolve::parse_host_port(target).is_none() {
+            if parse_host_port(target).is_none() {
                 report(
                     &format!("federation.hosts.{domain}"),
                     format!("`{target}` is not \"host:port\" (e.g. \"127.0.0.1:5269\" or \"xmpp.example.org:5269\")"),
@@ -750,7 +788,7 @@ impl Config {
                 );
             }
         }
-        if crate::certs::acme::directory_url(&acme.directory).is_none() {
+        if acme.directory_url().is_none() {
             report(
                 "tls.acme.directory",
                 format!(
@@ -855,6 +893,19 @@ fn unknown_keys(user: &Dict, known: &Dict, prefix: &str, report: &mut dyn FnMut(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn host_port_parsing() {
+        assert_eq!(parse_host_port("127.0.0.1:25269"), Some(("127.0.0.1".into(), 25269)));
+        assert_eq!(parse_host_port("[::1]:5269"), Some(("::1".into(), 5269)));
+        assert_eq!(
+            parse_host_port("xmpp.example.org:5269"),
+            Some(("xmpp.example.org".into(), 5269))
+        );
+        assert_eq!(parse_host_port("nope"), None);
+        assert_eq!(parse_host_port("h:0"), None);
+        assert_eq!(parse_host_port(":5269"), None);
+    }
+
     use super::*;
 
     #[test]

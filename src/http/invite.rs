@@ -8,8 +8,8 @@ use super::Resp;
 use crate::{
     config::RegistrationMode,
     core::Core,
+    escape::escape as esc,
     store::{self, invites::SignUp},
-    xmpp::stream::escape as esc,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};

@@ -1,11 +1,10 @@
 //! The `accounts` table: usernames and SCRAM keys.
 
+pub use super::scram::{ScramKeys, ITERATIONS};
 use super::{now, Result, StoreError};
-use crate::xmpp::sasl::ScramKeys;
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// PBKDF2 iterations for new passwords (RFC 7677 asks for at least 4096).
-pub const ITERATIONS: u32 = 4096;
 
 #[derive(Debug, Clone)]
 pub struct Account {

@@ -15,6 +15,7 @@ pub mod pep_subscriptions;
 pub mod push;
 pub mod relay;
 pub mod roster;
+pub mod scram;
 
 use rusqlite::Connection;
 use std::{

@@ -9,6 +9,7 @@
 use super::{BoxFuture, Hook, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
     store::{self, archive as db},
+    xmpp::forms::Form,
     xmpp::Server,
     xmpp::{
         sessions::SessionHandle,
@@ -311,16 +312,13 @@ async fn query(ctx: &IqCtx<'_>) -> IqReply {
         max: DEFAULT_MAX,
         ..Default::default()
     };
-    if let Some(x) = ctx.payload.get_child("x", NS_DATA) {
-        for f in x.children().filter(|f| f.name() == "field") {
-            let values: Vec<String> = f.children().filter(|v| v.name() == "value").map(|v| v.text()).collect();
-            let first = values.first().cloned().unwrap_or_default();
-            match f.attr("var").unwrap_or("") {
-                "FORM_TYPE" => {
-                    if first != NS {
-                        return Err(StanzaError::new(Condition::BadRequest, "unknown FORM_TYPE"));
-                    }
-                }
+    if let Some(form) = Form::child_of(ctx.payload) {
+        if !form.is_type_or_untyped(NS) {
+            return Err(StanzaError::new(Condition::BadRequest, "unknown FORM_TYPE"));
+        }
+        for f in form.fields {
+            let first = f.values.first().cloned().unwrap_or_default();
+            match f.var.as_str() {
                 "with" => {
                     let j = Jid::new(&first).map_err(|_| StanzaError::from(Condition::JidMalformed))?;
                     q.with = Some(j.to_bare().to_string());
@@ -329,7 +327,7 @@ async fn query(ctx: &IqCtx<'_>) -> IqReply {
                 "end" => q.end = Some(parse_time(&first)?),
                 "after-id" => q.after = Some(first),
                 "before-id" => q.before = Some(first),
-                "ids" => q.ids = values,
+                "ids" => q.ids = f.values,
                 other => {
                     return Err(StanzaError::new(
                         Condition::FeatureNotImplemented,

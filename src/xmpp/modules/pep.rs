@@ -11,6 +11,7 @@ use crate::{
         pep::{Access, Item, NodeConfig, SendLast},
         roster::Item as RosterItem,
     },
+    xmpp::forms::Form,
     xmpp::Server,
     xmpp::{
         router::route,
@@ -391,27 +392,11 @@ async fn handle(ctx: IqCtx<'_>) -> IqReply {
 
 /// The fields of a data form of type `form_type` (FORM_TYPE left out).
 fn form_fields(x: &Element, form_type: &str) -> Result<Vec<(String, Vec<String>)>, ()> {
-    let mut out = vec![];
-    let mut ft = None;
-    for f in x.children().filter(|c| c.is("field", NS_DATA)) {
-        let Some(var) = f.attr("var") else { continue };
-        let values: Vec<String> = f
-            .children()
-            .filter(|v| v.is("value", NS_DATA))
-            .map(|v| v.text())
-            .collect();
-        if var == "FORM_TYPE" {
-            ft = values.into_iter().next();
-        } else {
-            out.push((var.to_string(), values));
-        }
+    let form = Form::read(x);
+    if !form.is_type_or_untyped(form_type) {
+        return Err(());
     }
-    match ft {
-        Some(t) if t == form_type => Ok(out),
-        // Lenient: some clients leave FORM_TYPE out.
-        None => Ok(out),
-        _ => Err(()),
-    }
+    Ok(form.fields.into_iter().map(|f| (f.var, f.values)).collect())
 }
 
 fn parse_bool(v: &str) -> Result<bool, ()> {

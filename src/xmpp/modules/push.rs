@@ -6,6 +6,7 @@
 use super::{push_tigase, BoxFuture, Hook, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
     store,
+    xmpp::forms::Form,
     xmpp::Server,
     xmpp::{
         router::route,
@@ -363,12 +364,7 @@ impl Module for Push {
             let node = node.ok_or_else(|| StanzaError::new(Condition::BadRequest, "a node attribute is required"))?;
             let options = match ctx.payload.get_child("x", NS_DATA) {
                 Some(x) => {
-                    let form_type = x
-                        .children()
-                        .find(|f| f.attr("var") == Some("FORM_TYPE"))
-                        .and_then(|f| f.get_child("value", NS_DATA))
-                        .map(|v| v.text());
-                    if form_type.as_deref() != Some(PUBLISH_OPTIONS) {
+                    if Form::read(x).form_type.as_deref() != Some(PUBLISH_OPTIONS) {
                         return Err(StanzaError::new(
                             Condition::BadRequest,
                             "publish options need FORM_TYPE pubsub#publish-options",

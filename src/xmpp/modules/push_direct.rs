@@ -7,11 +7,12 @@
 //! process. A relay's 404 (token unknown, revoked or expired) removes the
 //! registration; 429, 5xx and network errors are retried with backoff.
 
-use super::push::{registration_failed, Event, NS_DATA};
+use super::push::{registration_failed, Event};
 use super::push_tigase::is_high;
 use crate::{
     push::{client::HttpsClient, Priority, SubmitError},
     store,
+    xmpp::forms::Form,
     xmpp::Server,
 };
 use bytes::Bytes;
@@ -36,22 +37,15 @@ pub struct Target {
     pub token: String,
 }
 
-fn form_field(x: &Element, var: &str) -> Option<String> {
-    x.children()
-        .find(|f| f.name() == "field" && f.attr("var") == Some(var))
-        .and_then(|f| f.get_child("value", NS_DATA))
-        .map(|v| v.text().trim().to_string())
-        .filter(|v| !v.is_empty())
-}
-
 impl Target {
     /// The target named by a publish-options form, if it has an `endpoint`;
     /// the token is the `token` field, else the registration's node (what
     /// ChatSecure sends).
     pub fn from_form(x: &Element, node: &str) -> Option<Target> {
+        let form = Form::read(x);
         Some(Target {
-            endpoint: form_field(x, "endpoint")?,
-            token: form_field(x, "token").unwrap_or_else(|| node.to_string()),
+            endpoint: form.value("endpoint")?.to_string(),
+            token: form.value("token").unwrap_or(node).to_string(),
         })
     }
 

@@ -41,18 +41,7 @@ pub enum ResolveError {
 
 pub struct Resolver {
     dns: TokioResolver,
-    hosts: BTreeMap<String, String>,
-}
-
-/// Parse `host:port` (`[v6]:port` for IPv6 literals).
-pub fn parse_host_port(s: &str) -> Option<(String, u16)> {
-    let (h, p) = s.rsplit_once(':')?;
-    let port: u16 = p.parse().ok().filter(|p| *p != 0)?;
-    let h = h.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(h);
-    if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/') {
-        return None;
-    }
-    Some((h.to_string(), port))
+    hosts: BTreeMap<String, (String, u16)>,
 }
 
 impl Resolver {
@@ -89,21 +78,16 @@ impl Resolver {
         let dns = builder.build().map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
         Ok(Resolver {
             dns,
-            hosts: f
-                .hosts
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect(),
+            hosts: f.static_hosts(),
         })
     }
 
     /// The places to try for `domain`, best first.
     pub async fn targets(&self, domain: &str) -> Result<Vec<Target>, ResolveError> {
-        if let Some(hp) = self.hosts.get(&domain.to_ascii_lowercase()) {
-            let (host, port) = parse_host_port(hp).ok_or_else(|| ResolveError::NoAddress(domain.into()))?;
+        if let Some((host, port)) = self.hosts.get(&domain.to_ascii_lowercase()) {
             return Ok(vec![Target {
-                host,
-                port,
+                host: host.clone(),
+                port: *port,
                 direct_tls: false,
             }]);
         }
@@ -287,18 +271,5 @@ mod tests {
         }
         // Weight 9 against 1: "b" comes first about 90% of the time.
         assert!((1500..2000).contains(&first_b), "{first_b}");
-    }
-
-    #[test]
-    fn host_port_parsing() {
-        assert_eq!(parse_host_port("127.0.0.1:25269"), Some(("127.0.0.1".into(), 25269)));
-        assert_eq!(parse_host_port("[::1]:5269"), Some(("::1".into(), 5269)));
-        assert_eq!(
-            parse_host_port("xmpp.example.org:5269"),
-            Some(("xmpp.example.org".into(), 5269))
-        );
-        assert_eq!(parse_host_port("nope"), None);
-        assert_eq!(parse_host_port("h:0"), None);
-        assert_eq!(parse_host_port(":5269"), None);
     }
 }

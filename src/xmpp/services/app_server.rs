@@ -12,6 +12,7 @@
 use crate::{
     push::{self, Kind, NewDevice, Priority, SubmitError},
     store,
+    xmpp::forms::Form,
     xmpp::{
         modules::{disco::NS_INFO, disco::NS_ITEMS, push::NS_DATA, push::NS_PUBSUB, BoxFuture},
         router::route,
@@ -144,25 +145,6 @@ fn disco_items(server: &Server, node: Option<&str>) -> Element {
     q
 }
 
-/// Field values of a submitted data form.
-fn fields(x: Option<&Element>) -> Vec<(String, String)> {
-    let Some(x) = x else { return vec![] };
-    x.children()
-        .filter(|f| f.name() == "field")
-        .map(|f| {
-            let v = f.get_child("value", NS_DATA).map(|v| v.text()).unwrap_or_default();
-            (f.attr("var").unwrap_or_default().to_string(), v)
-        })
-        .collect()
-}
-
-fn field<'a>(fs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    fs.iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-        .filter(|v| !v.is_empty())
-}
-
 /// What an XEP-0357 publish asks for, read from its `<pubsub/>` payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
@@ -183,18 +165,18 @@ pub fn parse_publish(pubsub: &Element) -> Result<Publish, StanzaError> {
     let opts = pubsub
         .get_child("publish-options", NS_PUBSUB)
         .and_then(|o| o.get_child("x", NS_DATA));
-    let fs = fields(opts);
-    let secret = field(&fs, "secret").unwrap_or_default().to_string();
+    let fs = opts.map(Form::read).unwrap_or_default();
+    let secret = fs.value("secret").unwrap_or_default().to_string();
     // A body in the summary or a tigase:push:priority:0 `high` means "show
     // an alert"; otherwise wake silently.
     let notification = p
         .get_child("item", NS_PUBSUB)
         .and_then(|i| i.get_child("notification", crate::xmpp::modules::push::NS));
-    let summary = fields(notification.and_then(|n| n.get_child("x", NS_DATA)));
+    let summary = notification.and_then(Form::child_of).unwrap_or_default();
     let marked_high = notification
         .and_then(|n| n.get_child("priority", crate::xmpp::modules::push_tigase::NS_PRIORITY))
         .is_some_and(|p| p.text().trim() == "high");
-    let priority = if marked_high || field(&summary, "last-message-body").is_some() {
+    let priority = if marked_high || summary.value("last-message-body").is_some() {
         Priority::High
     } else {
         Priority::Low
@@ -292,7 +274,7 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
         .attr("sessionid")
         .map(str::to_string)
         .unwrap_or_else(crate::xmpp::stream::new_id);
-    let fs = fields(cmd.get_child("x", NS_DATA));
+    let fs = Form::child_of(cmd).unwrap_or_default();
     let owner = from.to_bare().to_string();
     let (kind, wanted): (Option<Kind>, &[&str]) = match node.as_str() {
         "register-push-apns" => (Some(Kind::Apns), &["token", "device-id"]),
@@ -301,11 +283,11 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
         "unregister-push" => (None, &["node"]),
         _ => (None, &["contact"]),
     };
-    if fs.is_empty() {
+    if fs.fields.is_empty() && fs.form_type.is_none() {
         return Ok(command_form(&node, &session, wanted));
     }
     for w in wanted {
-        if field(&fs, w).is_none() && *w != "device-id" {
+        if fs.value(w).is_none() && *w != "device-id" {
             return Err(StanzaError::new(
                 Condition::BadRequest,
                 format!("field `{w}` is required"),
@@ -318,7 +300,7 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
     };
     match kind {
         Some(kind) => {
-            let device_id = field(&fs, "device-id").unwrap_or("default").to_string();
+            let device_id = fs.value("device-id").unwrap_or("default").to_string();
             // One registration per device: a re-registration replaces the old one.
             forget_device(server, &owner, kind, &device_id)
                 .await
@@ -326,12 +308,13 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
             let dev = NewDevice {
                 name: Some(format!("xmpp {device_id}")),
                 active: true,
-                registration_id: field(&fs, if kind == Kind::WebPush { "endpoint" } else { "token" })
+                registration_id: fs
+                    .value(if kind == Kind::WebPush { "endpoint" } else { "token" })
                     .unwrap_or_default()
                     .to_string(),
                 device_id: Some(device_id.clone()),
-                p256dh: field(&fs, "p256dh").map(str::to_string),
-                auth: field(&fs, "auth").map(str::to_string),
+                p256dh: fs.value("p256dh").map(str::to_string),
+                auth: fs.value("auth").map(str::to_string),
                 upstream_token: None,
             };
             let reg = server.relay.register(&owner, kind, dev).await.map_err(internal)?;
@@ -366,7 +349,7 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
             ))
         }
         None if node == "unregister-push" => {
-            let token = field(&fs, "node").unwrap_or_default().to_string();
+            let token = fs.value("node").unwrap_or_default().to_string();
             let (h, o) = (sha256(&token), owner.clone());
             let dev: Option<String> = server
                 .store
@@ -396,7 +379,8 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
         }
         None => {
             // issue-contact-token: a whitelist token for one contact.
-            let contact = field(&fs, "contact")
+            let contact = fs
+                .value("contact")
                 .and_then(|c| Jid::new(c).ok())
                 .ok_or(Condition::JidMalformed)?;
             let Some(account) = relay_account(server, &owner).await.map_err(internal)? else {
