@@ -83,7 +83,7 @@ pub fn spawn(core: Arc<Core>, listener: TcpListener, alive: mpsc::Sender<()>) {
 async fn handle(core: Arc<Core>, peer: SocketAddr, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
     let resp = if path.starts_with("/api/v1/") && core.config.relay.enabled {
-        relay_api::handle(&core, peer, req).await
+        relay_api::handle(&core.relay, core.domain(), peer, req).await
     } else if path.starts_with("/invite/") {
         invite::handle(&core, peer, req).await
     } else if path.starts_with("/upload/") {
