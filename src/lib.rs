@@ -121,24 +121,54 @@ pub async fn run(
     // Plain HTTP, the ACME worker, and a TLS-ALPN-01 responder until an HTTPS server exists.
     http::acme::start(&core, !listeners.https.is_empty()).await?;
 
+    // One accept loop for every listener: per-IP limits, metrics, shutdown.
+    let acceptor = net::Acceptor {
+        limiter: core.limiter.clone(),
+        shutdown: core.shutdown.clone(),
+        alive: Some(alive.clone()),
+    };
     for l in listeners.c2s {
-        spawn_accept(server.clone(), l, alive.clone(), Kind::C2sStartTls);
+        let s = server.clone();
+        acceptor.spawn("c2s_starttls", l, move |tcp, peer| {
+            xmpp::c2s::serve_starttls(s.clone(), tcp, peer)
+        });
     }
     for l in listeners.c2s_direct_tls {
-        spawn_accept(server.clone(), l, alive.clone(), Kind::C2sDirectTls);
+        let s = server.clone();
+        acceptor.spawn("c2s_direct_tls", l, move |tcp, peer| {
+            xmpp::c2s::serve_direct_tls(s.clone(), tcp, peer)
+        });
     }
     core.relay.start(core.shutdown.clone());
     for l in listeners.https {
-        http::spawn(core.clone(), l, alive.clone());
+        let (c, tls) = (core.clone(), http::tls_acceptor(&core));
+        acceptor.spawn("https", l, move |tcp, peer| {
+            http::serve(c.clone(), tls.clone(), tcp, peer)
+        });
     }
     for l in listeners.s2s {
-        spawn_accept(server.clone(), l, alive.clone(), Kind::S2sStartTls);
+        let s = server.clone();
+        acceptor.spawn("s2s_starttls", l, move |tcp, peer| {
+            xmpp::s2s::incoming::serve_starttls(s.clone(), tcp, peer)
+        });
     }
     for l in listeners.s2s_direct_tls {
-        spawn_accept(server.clone(), l, alive.clone(), Kind::S2sDirectTls);
+        let s = server.clone();
+        acceptor.spawn("s2s_direct_tls", l, move |tcp, peer| {
+            xmpp::s2s::incoming::serve_direct_tls(s.clone(), tcp, peer)
+        });
+    }
+    if !listeners.metrics.is_empty() {
+        // Install the recorder now, so that counts from before the first scrape are kept.
+        metrics::handle();
     }
     for l in listeners.metrics {
-        http::metrics::spawn_serve(core.clone(), l);
+        let c = core.clone();
+        net::Acceptor {
+            alive: None,
+            ..acceptor.clone()
+        }
+        .spawn("metrics", l, move |tcp, _| http::metrics::serve(c.clone(), tcp));
     }
     #[cfg(unix)]
     spawn_reload(core.clone());
@@ -155,68 +185,6 @@ pub async fn run(
     // Give sessions time to write their closing bytes.
     let _ = tokio::time::timeout(Duration::from_secs(10), all_done.recv()).await;
     Ok(())
-}
-
-#[derive(Clone, Copy)]
-#[allow(
-    clippy::enum_variant_names,
-    reason = "STARTTLS and direct TLS for clients and servers"
-)]
-enum Kind {
-    C2sStartTls,
-    C2sDirectTls,
-    S2sStartTls,
-    S2sDirectTls,
-}
-
-impl Kind {
-    fn label(self) -> &'static str {
-        match self {
-            Kind::C2sStartTls => "c2s_starttls",
-            Kind::C2sDirectTls => "c2s_direct_tls",
-            Kind::S2sStartTls => "s2s_starttls",
-            Kind::S2sDirectTls => "s2s_direct_tls",
-        }
-    }
-}
-
-fn spawn_accept(server: Arc<Server>, listener: TcpListener, alive: mpsc::Sender<()>, kind: Kind) {
-    let mut stop = server.shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown::stopped(&mut stop) => return,
-            };
-            let server = server.clone();
-            let alive = alive.clone();
-            tokio::spawn(async move {
-                let _guard = match server.limiter.admit(peer.ip()) {
-                    Ok(g) => g,
-                    Err(why) => {
-                        tracing::info!(%peer, ?why, "connection refused by limits");
-                        return;
-                    }
-                };
-                crate::metrics::connection(kind.label());
-                match kind {
-                    Kind::C2sStartTls => xmpp::c2s::serve_starttls(server.clone(), tcp, peer).await,
-                    Kind::C2sDirectTls => xmpp::c2s::serve_direct_tls(server.clone(), tcp, peer).await,
-                    Kind::S2sStartTls => xmpp::s2s::incoming::serve_starttls(server.clone(), tcp, peer).await,
-                    Kind::S2sDirectTls => xmpp::s2s::incoming::serve_direct_tls(server.clone(), tcp, peer).await,
-                }
-                drop(alive);
-            });
-        }
-    });
 }
 
 #[cfg(unix)]

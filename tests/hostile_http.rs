@@ -309,3 +309,69 @@ async fn a_trickled_request_head_is_cut_off() {
     assert_eq!(statuses(&normal), vec![401], "{normal}");
     s.stop().await;
 }
+
+/// The HTTPS listener applies the same per-IP limits as the XMPP ones:
+/// beyond `max_connections_per_ip` open connections, and beyond
+/// `connections_per_ip_per_minute` new ones, a connection from that address
+/// is closed before the TLS handshake; another address is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_applies_the_per_ip_connection_limits() {
+    let s = TestServer::start_with_https(
+        "[limits]\nmax_connections_per_ip = 3\nconnections_per_ip_per_minute = 5\nmax_auth_failures_per_ip = 1000\n",
+    )
+    .await;
+    let https = s.https.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls_config());
+    let from = |ip: &str| {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        async move {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.bind(std::net::SocketAddr::new(ip, 0)).unwrap();
+            sock.connect(https).await.unwrap()
+        }
+    };
+    // Three open connections from one address complete their handshakes.
+    let mut open = vec![];
+    for _ in 0..3 {
+        let tcp = from("127.0.0.3").await;
+        open.push(connector.connect(name.clone(), tcp).await.expect("within the limit"));
+    }
+    // The fourth is one too many open at once: closed before TLS.
+    let tcp = from("127.0.0.3").await;
+    assert!(
+        connector.connect(name.clone(), tcp).await.is_err(),
+        "a fourth open connection from one address was served"
+    );
+    // Closing one frees a slot (the refused one did not count against the minute).
+    drop(open.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let tcp = from("127.0.0.3").await;
+    open.push(connector.connect(name.clone(), tcp).await.expect("a freed slot"));
+    // Now the rate: with every slot free, the fifth connection of the minute
+    // is served and a sixth is refused.
+    open.clear();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let tcp = from("127.0.0.3").await;
+    open.push(
+        connector
+            .connect(name.clone(), tcp)
+            .await
+            .expect("the fifth in the minute"),
+    );
+    let tcp = from("127.0.0.3").await;
+    assert!(
+        connector.connect(name.clone(), tcp).await.is_err(),
+        "a sixth connection in one minute from one address was served"
+    );
+    // Another address is unaffected and gets real answers.
+    let tcp = from("127.0.0.4").await;
+    let mut tls = connector.connect(name.clone(), tcp).await.expect("another address");
+    tls.write_all(b"GET /api/v1/tokens/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    let _ = tls.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    s.stop().await;
+}

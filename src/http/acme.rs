@@ -8,55 +8,33 @@ use crate::{
     certs::acme,
     config::{AcmeChallenge, TlsMode},
     core::Core,
-    shutdown::stopped,
+    net::Acceptor,
 };
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, header, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpListener,
+    net::TcpStream,
 };
 
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
-/// Serve plain HTTP on `listener` until shutdown.
-pub fn spawn(core: Arc<Core>, listener: TcpListener) {
-    let mut stop = core.shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "http: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                _ = stopped(&mut stop) => return,
-            };
-            let core = core.clone();
-            tokio::spawn(async move {
-                let Ok(_guard) = core.limiter.admit(peer.ip()) else {
-                    return;
-                };
-                let svc = hyper::service::service_fn(|req| {
-                    let core = core.clone();
-                    async move { Ok::<_, Infallible>(answer(&core, &req)) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(10))
-                    .keep_alive(false)
-                    .serve_connection(TokioIo::new(tcp), svc);
-                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-            });
-        }
+/// Serve one plain HTTP connection: answer, then close.
+async fn serve_plain(core: Arc<Core>, tcp: TcpStream) {
+    let svc = hyper::service::service_fn(|req| {
+        let core = core.clone();
+        async move { Ok::<_, Infallible>(answer(&core, &req)) }
     });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(tcp), svc);
+    let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
 }
 
 fn answer(core: &Core, req: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -109,48 +87,26 @@ fn reply(status: StatusCode, content_type: &'static str, body: String) -> Respon
 /// Until the HTTPS server serves `listen.https`, ACME's TLS-ALPN-01 still
 /// needs a TLS endpoint there: complete challenge handshakes, and answer
 /// other HTTPS clients with 503 over the real certificate.
-pub fn spawn_tls_alpn_responder(core: Arc<Core>, listener: TcpListener) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(core.certs.server_config(&[b"http/1.1".as_slice()]));
-    let mut stop = core.shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(_) => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                _ = stopped(&mut stop) => return,
-            };
-            let (acceptor, core) = (acceptor.clone(), core.clone());
-            tokio::spawn(async move {
-                let Ok(_guard) = core.limiter.admit(peer.ip()) else {
-                    return;
-                };
-                let work = async {
-                    let mut tls = acceptor.accept(tcp).await.ok()?;
-                    if tls.get_ref().1.alpn_protocol() == Some(crate::certs::ALPN_ACME_TLS) {
-                        tracing::info!(%peer, "ACME: answered a TLS-ALPN-01 challenge");
-                        let _ = tls.shutdown().await;
-                        return Some(());
-                    }
-                    let mut buf = vec![0u8; 8192];
-                    let _ = tls.read(&mut buf).await.ok()?;
-                    let body = "pushbox: HTTPS services are not available on this listener yet\n";
-                    let head = format!(
-                        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                        body.len()
-                    );
-                    tls.write_all(head.as_bytes()).await.ok()?;
-                    tls.write_all(body.as_bytes()).await.ok()?;
-                    tls.shutdown().await.ok()
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(20), work).await;
-            });
+async fn serve_tls_alpn(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
+    let work = async {
+        let mut tls = acceptor.accept(tcp).await.ok()?;
+        if tls.get_ref().1.alpn_protocol() == Some(crate::certs::ALPN_ACME_TLS) {
+            tracing::info!(%peer, "ACME: answered a TLS-ALPN-01 challenge");
+            let _ = tls.shutdown().await;
+            return Some(());
         }
-    });
+        let mut buf = vec![0u8; 8192];
+        let _ = tls.read(&mut buf).await.ok()?;
+        let body = "pushbox: HTTPS services are not available on this listener yet\n";
+        let head = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes()).await.ok()?;
+        tls.write_all(body.as_bytes()).await.ok()?;
+        tls.shutdown().await.ok()
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), work).await;
 }
 
 /// Start what certificates need beside the TLS listeners: the plain HTTP
@@ -159,11 +115,17 @@ pub fn spawn_tls_alpn_responder(core: Arc<Core>, listener: TcpListener) {
 /// responder there.
 pub async fn start(core: &Arc<Core>, https_served: bool) -> Result<()> {
     let config = &core.config;
+    let acceptor = Acceptor {
+        limiter: core.limiter.clone(),
+        shutdown: core.shutdown.clone(),
+        alive: None,
+    };
     for a in &config.listen.http {
         let l = tokio::net::TcpListener::bind(a)
             .await
             .with_context(|| format!("cannot listen on {a} (listen.http)"))?;
-        spawn(core.clone(), l);
+        let c = core.clone();
+        acceptor.spawn("http", l, move |tcp, _| serve_plain(c.clone(), tcp));
     }
     if config.tls.mode == TlsMode::Acme {
         if config.tls.acme.challenge == AcmeChallenge::TlsAlpn01 && !https_served {
@@ -171,7 +133,8 @@ pub async fn start(core: &Arc<Core>, https_served: bool) -> Result<()> {
                 let l = tokio::net::TcpListener::bind(a)
                     .await
                     .with_context(|| format!("cannot listen on {a} (listen.https)"))?;
-                spawn_tls_alpn_responder(core.clone(), l);
+                let tls = tokio_rustls::TlsAcceptor::from(core.certs.server_config(&[b"http/1.1".as_slice()]));
+                acceptor.spawn("https", l, move |tcp, peer| serve_tls_alpn(tls.clone(), tcp, peer));
             }
         }
         acme::start(config, core.certs.clone(), core.shutdown.clone()).context("starting ACME")?;

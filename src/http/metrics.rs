@@ -6,7 +6,7 @@ use crate::{core::Core, metrics as m};
 use http_body_util::Full;
 use hyper::{body::Bytes, Method, Request, Response, StatusCode};
 use std::{convert::Infallible, sync::Arc, time::Duration};
-use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 
 /// Update the gauges that describe state, then render the text format.
 async fn render(core: &Arc<Core>) -> String {
@@ -32,36 +32,15 @@ async fn render(core: &Arc<Core>) -> String {
     h.render()
 }
 
-/// Serve `GET /metrics` on `listener` until the daemon stops.
-pub fn spawn_serve(core: Arc<Core>, listener: TcpListener) {
-    m::handle();
-    let mut stop = core.shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, _peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "metrics: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                _ = crate::shutdown::stopped(&mut stop) => return,
-            };
-            let core = core.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let core = core.clone();
-                    async move { Ok::<_, Infallible>(answer(&core, &req).await) }
-                });
-                let conn =
-                    hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
-                // Scrapers are local and quick; a stuck one is dropped.
-                let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-            });
-        }
+/// Serve `GET /metrics` on one connection (accepted by `net::accept`).
+pub async fn serve(core: Arc<Core>, tcp: TcpStream) {
+    let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let core = core.clone();
+        async move { Ok::<_, Infallible>(answer(&core, &req).await) }
     });
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tcp), svc);
+    // Scrapers are local and quick; a stuck one is dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
 }
 
 async fn answer(core: &Arc<Core>, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {

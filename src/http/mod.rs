@@ -17,67 +17,52 @@ use hyper_util::{
     server::conn::auto,
 };
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::net::TcpStream;
 
 pub type Resp = Response<Full<Bytes>>;
 
 /// Time allowed for a TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Serve HTTPS on `listener` until shutdown.
-pub fn spawn(core: Arc<Core>, listener: TcpListener, alive: mpsc::Sender<()>) {
-    let tls = tokio_rustls::TlsAcceptor::from(core.certs.server_config(&[b"h2", b"http/1.1"]));
-    let mut stop = core.shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "https accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-                _ = stop.changed() => return,
-            };
-            let (core, tls, alive) = (core.clone(), tls.clone(), alive.clone());
-            tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "https TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let mut stop = core.shutdown.clone();
-                // A request head must arrive within the auth timeout: without a
-                // timer hyper never enforces one, and a client trickling header
-                // bytes would hold the connection for ever.
-                let head_timeout = core.config.limits.auth_timeout.get();
-                let svc = hyper::service::service_fn(move |req| handle(core.clone(), peer, req));
-                let mut builder = auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(head_timeout);
-                let conn = builder.serve_connection(TokioIo::new(stream), svc);
-                tokio::pin!(conn);
-                tokio::select! {
-                    r = conn.as_mut() => if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "https connection ended with an error");
-                    },
-                    _ = stop.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
-                    }
-                }
-                drop(alive);
-            });
+/// The TLS acceptor for HTTPS listeners (ALPN h2 and http/1.1).
+pub fn tls_acceptor(core: &Core) -> tokio_rustls::TlsAcceptor {
+    tokio_rustls::TlsAcceptor::from(core.certs.server_config(&[b"h2", b"http/1.1"]))
+}
+
+/// Serve one HTTPS connection (accepted by `net::accept`) until it ends or
+/// the daemon stops.
+pub async fn serve(core: Arc<Core>, tls: tokio_rustls::TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "https TLS handshake failed");
+            return;
         }
-    });
+        Err(_) => return,
+    };
+    let mut stop = core.shutdown.clone();
+    // A request head must arrive within the auth timeout: without a
+    // timer hyper never enforces one, and a client trickling header
+    // bytes would hold the connection for ever.
+    let head_timeout = core.config.limits.auth_timeout.get();
+    let svc = hyper::service::service_fn(move |req| handle(core.clone(), peer, req));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(head_timeout);
+    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r {
+            tracing::debug!(%peer, error = %e, "https connection ended with an error");
+        },
+        _ = crate::shutdown::stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        }
+    }
 }
 
 async fn handle(core: Arc<Core>, peer: SocketAddr, req: Request<Incoming>) -> Result<Resp, Infallible> {

@@ -1,16 +1,25 @@
-//! Accept loops and connection limits shared by every listener.
+//! Below every protocol: per-IP connection and login-failure limits
+//! ([`Limiter`]) and the one accept loop ([`Acceptor`]) every listener runs —
+//! c2s and s2s (STARTTLS and direct TLS), HTTPS, plain HTTP and metrics —
+//! so that each applies the same limits and stops the same way.
+
+mod accept;
+
+pub use accept::{Acceptor, Alive};
 
 use std::{
     collections::HashMap,
     net::IpAddr,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-/// Per-IP connection and login-failure accounting.
+/// Per-IP connection and login-failure accounting. A cheap-clone handle:
+/// every accept loop and every connection's guard share one table.
+#[derive(Clone)]
 pub struct Limiter {
     // A std Mutex: held for a map look-up only, never across an await.
-    inner: Mutex<HashMap<IpAddr, IpState>>,
+    inner: Arc<Mutex<HashMap<IpAddr, IpState>>>,
     per_minute: u32,
     max_open: u32,
     max_failures: u32,
@@ -37,7 +46,7 @@ const WINDOW: Duration = Duration::from_secs(60);
 impl Limiter {
     pub fn new(per_minute: u32, max_open: u32, max_failures: u32) -> Limiter {
         Limiter {
-            inner: Mutex::new(HashMap::new()),
+            inner: Arc::new(Mutex::new(HashMap::new())),
             per_minute,
             max_open,
             max_failures,
@@ -46,7 +55,7 @@ impl Limiter {
 
     /// Account for a new connection from `ip`. On success the caller must
     /// hold the returned guard for the connection's lifetime.
-    pub fn admit<'a>(&'a self, ip: IpAddr) -> Result<ConnGuard<'a>, Refusal> {
+    pub fn admit(&self, ip: IpAddr) -> Result<ConnGuard, Refusal> {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         // Keep the map from growing without bound under a flood of sources.
         if map.len() > 100_000 {
@@ -69,7 +78,10 @@ impl Limiter {
         }
         s.opened_in_window += 1;
         s.open += 1;
-        Ok(ConnGuard { limiter: self, ip })
+        Ok(ConnGuard {
+            limiter: self.clone(),
+            ip,
+        })
     }
 
     /// Record a failed login from `ip`; returns whether it is now blocked.
@@ -98,12 +110,12 @@ impl Limiter {
 }
 
 /// Releases the connection slot when dropped.
-pub struct ConnGuard<'a> {
-    limiter: &'a Limiter,
+pub struct ConnGuard {
+    limiter: Limiter,
     ip: IpAddr,
 }
 
-impl Drop for ConnGuard<'_> {
+impl Drop for ConnGuard {
     fn drop(&mut self) {
         let mut map = self.limiter.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = map.get_mut(&self.ip) {

@@ -14,6 +14,7 @@ pub mod server;
 pub mod services;
 pub mod sessions;
 pub mod stanza;
+pub mod starttls;
 pub mod stream;
 pub mod xml;
 

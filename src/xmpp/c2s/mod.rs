@@ -9,8 +9,9 @@ use super::{
     sasl::{self, Failure, Mechanism, ScramServer},
     sessions::{SessionHandle, ToSession},
     stanza::{self, iq_result, Kind},
+    starttls,
     stream::{new_id, ConnError, XmlStream},
-    xml::{elem, ElementExt, Event, ParserLimits, StreamError, NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION, NS_TLS},
+    xml::{elem, ElementExt, Event, ParserLimits, StreamError, NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION},
 };
 use crate::{certs::ALPN_XMPP_CLIENT, store, xmpp::Server};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
@@ -22,12 +23,10 @@ use tokio::{
     net::TcpStream,
     sync::mpsc,
 };
-use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-pub type Tls = TlsStream<TcpStream>;
-
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+pub use super::starttls::Tls;
 
 fn limits(server: &Server) -> ParserLimits {
     let l = &server.config.limits;
@@ -43,21 +42,11 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
     let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
-        let deadline = server.config.limits.auth_timeout.get();
-        let mut xs = XmlStream::new(tcp, limits(&server));
-        let r = until_shutdown(&server, deadline, starttls(&server, &mut xs)).await;
-        if let Err(e) = r {
-            return end(&server, &mut xs, e).await;
-        }
-        if xs.has_buffered_input() {
-            // Bytes pipelined after <starttls/> were sent in the clear: refuse them.
-            return end(&server, &mut xs, ConnError::Stream(StreamError::PolicyViolation)).await;
-        }
+        let xs = XmlStream::new(tcp, limits(&server));
         let acceptor = TlsAcceptor::from(server.certs.server_config(&[]));
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(xs.into_inner())).await {
-            Ok(Ok(tls)) => after_tls(server, tls).await,
-            Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
-            Err(_) => tracing::info!("TLS handshake timed out"),
+        let open = async |xs: &mut XmlStream<TcpStream>| open_plaintext(&server, xs).await;
+        if let Some(tls) = starttls::negotiate(&server, xs, NS_CLIENT, acceptor, open).await {
+            after_tls(server, tls).await
         }
     }
     .instrument(span)
@@ -68,12 +57,9 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
 pub async fn serve_direct_tls(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("c2s", %peer, tls = "direct", jid = tracing::field::Empty);
     async move {
-        let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(server.certs.server_config(&[ALPN_XMPP_CLIENT]));
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => after_tls(server, tls).await,
-            Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
-            Err(_) => tracing::info!("TLS handshake timed out"),
+        if let Some(tls) = starttls::direct(tcp, acceptor).await {
+            after_tls(server, tls).await
         }
     }
     .instrument(span)
@@ -108,26 +94,11 @@ async fn expect_header<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// Plaintext phase: only `<starttls/>` is acceptable.
-async fn starttls(server: &Server, xs: &mut XmlStream<TcpStream>) -> Result<(), ConnError> {
+/// The plaintext stream header and our answer (features follow).
+async fn open_plaintext(server: &Server, xs: &mut XmlStream<TcpStream>) -> Result<(), ConnError> {
     expect_header(server, xs).await?;
     xs.queue_header(NS_CLIENT, server.domain(), None, &new_id());
-    xs.queue_features(&[elem("starttls", NS_TLS).child(elem("required", NS_TLS))]);
-    xs.flush().await?;
-    match xs.next_event().await? {
-        Event::Stanza(el) if el.name() == "starttls" && el.ns() == NS_TLS => {
-            xs.send(&elem("proceed", NS_TLS)).await?;
-            Ok(())
-        }
-        Event::Stanza(el) if el.ns() == NS_SASL => {
-            tracing::info!("authentication attempted before TLS");
-            xs.queue(&elem("failure", NS_SASL).child(elem("encryption-required", NS_SASL)));
-            Err(ConnError::Stream(StreamError::PolicyViolation))
-        }
-        Event::Stanza(_) => Err(ConnError::Stream(StreamError::PolicyViolation)),
-        Event::Close => Err(ConnError::Eof),
-        Event::Header(_) => Err(ConnError::Stream(StreamError::NotWellFormed)),
-    }
+    Ok(())
 }
 
 /// The TLS 1.3 exporter value for `tls-exporter` channel binding (RFC 9266).

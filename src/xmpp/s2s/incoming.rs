@@ -15,24 +15,24 @@ use crate::{
     xmpp::{
         router,
         stanza::{self, Kind},
+        starttls,
         stream::{new_id, ConnError, XmlStream},
-        xml::{elem, ElementExt, Event, StreamError, NS_SASL, NS_SERVER, NS_TLS},
+        xml::{elem, ElementExt, Event, StreamError, NS_SASL, NS_SERVER},
     },
 };
 use minidom::Element;
-use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashSet, net::SocketAddr, sync::Arc};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
     sync::mpsc,
     time::Instant,
 };
-use tokio_rustls::{server::TlsStream, TlsAcceptor};
+use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
-type Tls = TlsStream<TcpStream>;
+use crate::xmpp::starttls::Tls;
 
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Dialback requests one stream may have in flight.
 const MAX_PENDING_VERIFICATIONS: usize = 4;
 
@@ -41,22 +41,11 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
     let span = tracing::info_span!("s2s-in", %peer, from = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
-        let mut xs = XmlStream::new(tcp, limits(&server));
-        let deadline = server.config.limits.auth_timeout.get();
-        let r = tokio::time::timeout(deadline, starttls(&server, &mut xs))
-            .await
-            .unwrap_or(Err(ConnError::Timeout));
-        if let Err(e) = r {
-            return end(&server, &mut xs, e).await;
-        }
-        if xs.has_buffered_input() {
-            return end(&server, &mut xs, ConnError::Stream(StreamError::PolicyViolation)).await;
-        }
+        let xs = XmlStream::new(tcp, limits(&server));
         let acceptor = TlsAcceptor::from(server.certs.server_config_with_client_auth(&[], AnyClientCert::new()));
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(xs.into_inner())).await {
-            Ok(Ok(tls)) => after_tls(server, tls).await,
-            Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
-            Err(_) => tracing::info!("TLS handshake timed out"),
+        let open = async |xs: &mut XmlStream<TcpStream>| open_stream(&server, xs).await.map(|_| ());
+        if let Some(tls) = starttls::negotiate(&server, xs, NS_SERVER, acceptor, open).await {
+            after_tls(server, tls).await
         }
     }
     .instrument(span)
@@ -67,16 +56,13 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
 pub async fn serve_direct_tls(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("s2s-in", %peer, tls = "direct", from = tracing::field::Empty);
     async move {
-        let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(
             server
                 .certs
                 .server_config_with_client_auth(&[ALPN_XMPP_SERVER], AnyClientCert::new()),
         );
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => after_tls(server, tls).await,
-            Ok(Err(e)) => tracing::info!(error = %e, "TLS handshake failed"),
-            Err(_) => tracing::info!("TLS handshake timed out"),
+        if let Some(tls) = starttls::direct(tcp, acceptor).await {
+            after_tls(server, tls).await
         }
     }
     .instrument(span)
@@ -103,21 +89,6 @@ async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
     xs.queue_raw(&header(&local, h.from.as_deref(), Some(&id)));
     xs.header_sent = true;
     Ok((id, h.from))
-}
-
-async fn starttls(server: &Server, xs: &mut XmlStream<TcpStream>) -> Result<(), ConnError> {
-    open_stream(server, xs).await?;
-    xs.queue_features(&[elem("starttls", NS_TLS).child(elem("required", NS_TLS))]);
-    xs.flush().await?;
-    match xs.next_event().await? {
-        Event::Stanza(el) if el.name() == "starttls" && el.ns() == NS_TLS => {
-            xs.send(&elem("proceed", NS_TLS)).await?;
-            Ok(())
-        }
-        Event::Stanza(_) => Err(ConnError::Stream(StreamError::PolicyViolation)),
-        Event::Close => Err(ConnError::Eof),
-        Event::Header(_) => Err(ConnError::Stream(StreamError::NotWellFormed)),
-    }
 }
 
 /// Answer `<auth/>` on an incoming stream: SASL EXTERNAL for `domain`, the
