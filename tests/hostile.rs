@@ -145,7 +145,7 @@ fn cases() -> Vec<Case> {
         case("second header before auth", PreSasl, &[h], Stream("restricted-xml")),
         case("unknown mechanism", PreSasl, &[&auth("X-EVIL", b"x")], Sasl("invalid-mechanism")),
         case("no mechanism attribute", PreSasl, &["<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>AGFsaWNlAHB3</auth>"], Sasl("invalid-mechanism")),
-        case("PLUS with an unsupported binding type", PreSasl, &[&auth("SCRAM-SHA-1-PLUS", b"p=tls-unique,,n=alice,r=abc")], Sasl("malformed-request")),
+        case("PLUS with an unsupported binding type", PreSasl, &[&auth("SCRAM-SHA-1-PLUS", b"p=tls-unique,,n=alice,r=abc")], Sasl("invalid-mechanism")),
         case("PLAIN with bad base64", PreSasl, &["<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>!!!not base64***</auth>"], Sasl("malformed-request")),
         case("PLAIN empty", PreSasl, &["<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'/>"], Sasl("malformed-request")),
         case("PLAIN '=' (empty response)", PreSasl, &["<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>=</auth>"], Sasl("malformed-request")),

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pushbox::xmpp::sasl::{parse_plain, scram_client_first, Mechanism, ScramKeys, ScramServer};
+use pushbox::xmpp::sasl::{parse_plain, scram_client_first, ChannelBindings, Mechanism, ScramKeys, ScramServer};
 use std::sync::OnceLock;
 
 fn keys() -> &'static ScramKeys {
@@ -21,13 +21,21 @@ fuzz_target!(|data: &[u8]| {
         2 => Mechanism::ScramSha256Plus,
         _ => Mechanism::ScramSha1Plus,
     };
-    let cb = sel & 4 != 0;
+    // With bit 2 the connection offers both bindings, so -PLUS parses.
+    let cb = if sel & 4 != 0 {
+        ChannelBindings {
+            tls_exporter: Some(vec![7u8; 32]),
+            tls_server_end_point: Some(vec![9u8; 32]),
+        }
+    } else {
+        ChannelBindings::default()
+    };
     match sel >> 3 {
         0 => {
             let _ = parse_plain(rest);
         }
         1 => {
-            let _ = scram_client_first(mech, rest, cb);
+            let _ = scram_client_first(mech, rest, &cb);
         }
         _ => {
             // A valid first message, then the fuzzed final one (split at the first NUL:
@@ -36,14 +44,13 @@ fuzz_target!(|data: &[u8]| {
                 Some(i) => (&rest[..i], &rest[i + 1..]),
                 None => (&b"n,,n=alice,r=clientnonce"[..], rest),
             };
-            let Ok(first) = scram_client_first(mech, first, cb) else {
+            let Ok(first) = scram_client_first(mech, first, &cb) else {
                 return;
             };
             let known = sel & 8 != 0;
             let (server, _server_first) = ScramServer::new(mech, first, known.then(|| keys().clone()), b"secret");
-            let cb_data = cb.then_some(&[7u8; 32][..]);
             // Random input must never authenticate.
-            assert!(server.finish(fin, cb_data).is_err(), "fuzzed proof accepted");
+            assert!(server.finish(fin, &cb).is_err(), "fuzzed proof accepted");
         }
     }
 });

@@ -9,6 +9,64 @@ use subtle::ConstantTimeEq;
 use crate::store::scram::{digest, hmac};
 pub use crate::store::scram::{Hash, ScramKeys};
 
+/// Channel-binding types (names from the IANA channel-binding registry)
+/// that a connection may offer to SCRAM-*-PLUS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CbType {
+    /// RFC 9266: keying material exported from TLS 1.3.
+    TlsExporter,
+    /// RFC 5929 §4: a hash of the server's certificate.
+    TlsServerEndPoint,
+}
+
+impl CbType {
+    pub fn name(self) -> &'static str {
+        match self {
+            CbType::TlsExporter => "tls-exporter",
+            CbType::TlsServerEndPoint => "tls-server-end-point",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<CbType> {
+        match s {
+            "tls-exporter" => Some(CbType::TlsExporter),
+            "tls-server-end-point" => Some(CbType::TlsServerEndPoint),
+            _ => None,
+        }
+    }
+}
+
+/// The channel-binding data one connection can bind to, per type; computed
+/// once after its TLS handshake. Empty means no -PLUS mechanism is offered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelBindings {
+    pub tls_exporter: Option<Vec<u8>>,
+    pub tls_server_end_point: Option<Vec<u8>>,
+}
+
+impl ChannelBindings {
+    /// The data for `t`, when this connection supports it.
+    pub fn data(&self, t: CbType) -> Option<&[u8]> {
+        match t {
+            CbType::TlsExporter => self.tls_exporter.as_deref(),
+            CbType::TlsServerEndPoint => self.tls_server_end_point.as_deref(),
+        }
+    }
+
+    /// Supported types, strongest first (XEP-0440 lists them in this order).
+    pub fn types(&self) -> Vec<CbType> {
+        [CbType::TlsExporter, CbType::TlsServerEndPoint]
+            .into_iter()
+            .filter(|t| self.data(*t).is_some())
+            .collect()
+    }
+
+    /// Whether any binding is possible, i.e. whether -PLUS is offered.
+    pub fn any(&self) -> bool {
+        self.tls_exporter.is_some() || self.tls_server_end_point.is_some()
+    }
+}
+
 /// SASL mechanisms pushbox offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mechanism {
@@ -42,9 +100,9 @@ impl Mechanism {
     }
 
     /// Mechanisms in order of preference; `-PLUS` only when the connection
-    /// can export channel-binding data (TLS 1.3).
-    pub fn offered(channel_binding: bool) -> &'static [Mechanism] {
-        if channel_binding {
+    /// has a channel binding to offer.
+    pub fn offered(cb: &ChannelBindings) -> &'static [Mechanism] {
+        if cb.any() {
             &[
                 Mechanism::ScramSha256Plus,
                 Mechanism::ScramSha1Plus,
@@ -64,7 +122,7 @@ impl Mechanism {
         }
     }
 
-    fn plus(self) -> bool {
+    pub fn plus(self) -> bool {
         matches!(self, Mechanism::ScramSha1Plus | Mechanism::ScramSha256Plus)
     }
 }
@@ -76,6 +134,7 @@ pub enum Failure {
     InvalidAuthzid,
     InvalidMechanism,
     MalformedRequest,
+    MechanismTooWeak,
     NotAuthorized,
 }
 
@@ -86,7 +145,84 @@ impl Failure {
             Failure::InvalidAuthzid => "invalid-authzid",
             Failure::InvalidMechanism => "invalid-mechanism",
             Failure::MalformedRequest => "malformed-request",
+            Failure::MechanismTooWeak => "mechanism-too-weak",
             Failure::NotAuthorized => "not-authorized",
+        }
+    }
+}
+
+/// RFC 5802 §7 `server-error-value`s that pushbox sends (as `e=…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScramError {
+    InvalidEncoding,
+    ExtensionsNotSupported,
+    InvalidProof,
+    ChannelBindingsDontMatch,
+    ServerDoesSupportChannelBinding,
+    UnsupportedChannelBindingType,
+    OtherError,
+}
+
+impl ScramError {
+    pub fn value(self) -> &'static str {
+        match self {
+            ScramError::InvalidEncoding => "invalid-encoding",
+            ScramError::ExtensionsNotSupported => "extensions-not-supported",
+            ScramError::InvalidProof => "invalid-proof",
+            ScramError::ChannelBindingsDontMatch => "channel-bindings-dont-match",
+            ScramError::ServerDoesSupportChannelBinding => "server-does-support-channel-binding",
+            ScramError::UnsupportedChannelBindingType => "unsupported-channel-binding-type",
+            ScramError::OtherError => "other-error",
+        }
+    }
+}
+
+/// A refused SASL attempt: the condition to answer with, the SCRAM error
+/// behind it, and whether the client proved wrong credentials. Only those
+/// attempts count towards the per-connection and per-address login limits;
+/// a client walking down the mechanisms (a channel-binding type we lack, a
+/// `y` flag) is negotiating, not guessing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    pub condition: Failure,
+    pub scram: Option<ScramError>,
+    pub bad_credentials: bool,
+}
+
+impl Refused {
+    fn scram(condition: Failure, e: ScramError) -> Refused {
+        Refused {
+            condition,
+            scram: Some(e),
+            bad_credentials: false,
+        }
+    }
+
+    /// A password or token that does not verify.
+    pub fn wrong_credentials() -> Refused {
+        Refused {
+            condition: Failure::NotAuthorized,
+            scram: None,
+            bad_credentials: true,
+        }
+    }
+
+    fn malformed() -> Refused {
+        Refused::scram(Failure::MalformedRequest, ScramError::InvalidEncoding)
+    }
+
+    /// The RFC 5802 `e=` value, for the failure's `<text/>`.
+    pub fn text(&self) -> Option<String> {
+        self.scram.map(|e| format!("e={}", e.value()))
+    }
+}
+
+impl From<Failure> for Refused {
+    fn from(condition: Failure) -> Refused {
+        Refused {
+            condition,
+            scram: None,
+            bad_credentials: false,
         }
     }
 }
@@ -98,27 +234,45 @@ pub struct ClientFirst {
     gs2_header: String,
     client_first_bare: String,
     client_nonce: String,
+    /// The binding the client asked for (`p=…`), which this connection supports.
+    cb_type: Option<CbType>,
 }
 
-/// Parse a SCRAM client-first message. `channel_binding` says whether the
-/// server offered -PLUS on this connection (for the downgrade check).
-pub fn scram_client_first(mech: Mechanism, msg: &[u8], channel_binding: bool) -> Result<ClientFirst, Failure> {
-    let msg = std::str::from_utf8(msg).map_err(|_| Failure::MalformedRequest)?;
+/// Parse a SCRAM client-first message. `cb` is what this connection can
+/// bind to (non-empty exactly when -PLUS was offered).
+pub fn scram_client_first(mech: Mechanism, msg: &[u8], cb: &ChannelBindings) -> Result<ClientFirst, Refused> {
+    let msg = std::str::from_utf8(msg).map_err(|_| Refused::malformed())?;
     // gs2-header = gs2-cbind-flag "," [ authzid ] ","
     let mut parts = msg.splitn(3, ',');
-    let flag = parts.next().ok_or(Failure::MalformedRequest)?;
-    let authzid = parts.next().ok_or(Failure::MalformedRequest)?;
-    let bare = parts.next().ok_or(Failure::MalformedRequest)?;
-    match (flag, mech.plus()) {
-        ("p=tls-exporter", true) => {}
-        (f, true) if f.starts_with("p=") => return Err(Failure::MalformedRequest),
-        // The client can bind but believes we cannot, while we offered -PLUS: downgrade.
-        ("y", false) if channel_binding => return Err(Failure::NotAuthorized),
-        ("n" | "y", false) => {}
-        _ => return Err(Failure::MalformedRequest),
-    }
+    let flag = parts.next().ok_or_else(Refused::malformed)?;
+    let authzid = parts.next().ok_or_else(Refused::malformed)?;
+    let bare = parts.next().ok_or_else(Refused::malformed)?;
+    let cb_type = match (flag, mech.plus()) {
+        ("n", false) => None,
+        // "I can bind, but I think you cannot" while we could: a man in the
+        // middle may have removed -PLUS from the list (RFC 5802 §6).
+        ("y", false) if cb.any() => {
+            return Err(Refused::scram(
+                Failure::MechanismTooWeak,
+                ScramError::ServerDoesSupportChannelBinding,
+            ))
+        }
+        ("y", false) => None,
+        (f, true) if f.starts_with("p=") => match CbType::from_name(&f[2..]).filter(|t| cb.data(*t).is_some()) {
+            Some(t) => Some(t),
+            // A type this connection cannot provide (tls-unique, or
+            // tls-exporter on TLS 1.2): the client may try another mechanism.
+            None => {
+                return Err(Refused::scram(
+                    Failure::InvalidMechanism,
+                    ScramError::UnsupportedChannelBindingType,
+                ))
+            }
+        },
+        _ => return Err(Refused::malformed()),
+    };
     if !authzid.is_empty() && !authzid.starts_with("a=") {
-        return Err(Failure::MalformedRequest);
+        return Err(Refused::malformed());
     }
     let mut username = None;
     let mut nonce = None;
@@ -129,19 +283,22 @@ pub fn scram_client_first(mech: Mechanism, msg: &[u8], channel_binding: bool) ->
             nonce = Some(v.to_string());
         } else if attr.starts_with("m=") {
             // Mandatory extension we do not know (RFC 5802 §5.1).
-            return Err(Failure::MalformedRequest);
+            return Err(Refused::scram(
+                Failure::MalformedRequest,
+                ScramError::ExtensionsNotSupported,
+            ));
         }
     }
-    let username = username.ok_or(Failure::MalformedRequest)?;
+    let username = username.ok_or_else(Refused::malformed)?;
     let client_nonce = nonce
         .filter(|n| !n.is_empty() && n.is_ascii())
-        .ok_or(Failure::MalformedRequest)?;
+        .ok_or_else(Refused::malformed)?;
     if !authzid.is_empty() {
         let az = unescape_saslname(&authzid[2..])?;
         // Only "act as myself" is allowed; the c2s layer compares it with the bare JID.
         let local = az.split('@').next().unwrap_or_default();
         if !local.eq_ignore_ascii_case(&username) {
-            return Err(Failure::InvalidAuthzid);
+            return Err(Failure::InvalidAuthzid.into());
         }
     }
     Ok(ClientFirst {
@@ -149,10 +306,11 @@ pub fn scram_client_first(mech: Mechanism, msg: &[u8], channel_binding: bool) ->
         gs2_header: format!("{flag},{authzid},"),
         client_first_bare: bare.to_string(),
         client_nonce,
+        cb_type,
     })
 }
 
-fn unescape_saslname(s: &str) -> Result<String, Failure> {
+fn unescape_saslname(s: &str) -> Result<String, Refused> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('=') {
@@ -160,7 +318,7 @@ fn unescape_saslname(s: &str) -> Result<String, Failure> {
         match rest.get(i..i + 3) {
             Some("=2C") => out.push(','),
             Some("=3D") => out.push('='),
-            _ => return Err(Failure::MalformedRequest),
+            _ => return Err(Refused::malformed()),
         }
         rest = &rest[i + 3..];
     }
@@ -179,6 +337,7 @@ pub struct ScramServer {
     client_first_bare: String,
     server_first: String,
     nonce: String,
+    cb_type: Option<CbType>,
 }
 
 impl ScramServer {
@@ -215,47 +374,61 @@ impl ScramServer {
                 client_first_bare: first.client_first_bare,
                 server_first,
                 nonce,
+                cb_type: first.cb_type,
             },
             out,
         )
     }
 
     /// Check the client-final message. On success returns the server-final
-    /// message (`v=…`). `cb_data` is the tls-exporter value of this connection.
-    pub fn finish(self, msg: &[u8], cb_data: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
-        let msg = std::str::from_utf8(msg).map_err(|_| Failure::MalformedRequest)?;
-        let (without_proof, proof) = msg.rsplit_once(",p=").ok_or(Failure::MalformedRequest)?;
-        let proof = B64.decode(proof).map_err(|_| Failure::MalformedRequest)?;
+    /// message (`v=…`). `cb` is the same connection's binding data as for
+    /// the first message. The binding is checked before the proof, so a
+    /// mismatch tells nothing about the password.
+    pub fn finish(self, msg: &[u8], cb: &ChannelBindings) -> Result<Vec<u8>, Refused> {
+        let msg = std::str::from_utf8(msg).map_err(|_| Refused::malformed())?;
+        let (without_proof, proof) = msg.rsplit_once(",p=").ok_or_else(Refused::malformed)?;
+        let proof = B64.decode(proof).map_err(|_| Refused::malformed())?;
         let mut c = None;
         let mut r = None;
         for attr in without_proof.split(',') {
             if let Some(v) = attr.strip_prefix("c=") {
-                c = Some(B64.decode(v).map_err(|_| Failure::MalformedRequest)?);
+                c = Some(B64.decode(v).map_err(|_| Refused::malformed())?);
             } else if let Some(v) = attr.strip_prefix("r=") {
                 r = Some(v);
             }
         }
-        let (c, r) = (c.ok_or(Failure::MalformedRequest)?, r.ok_or(Failure::MalformedRequest)?);
+        let (c, r) = (c.ok_or_else(Refused::malformed)?, r.ok_or_else(Refused::malformed)?);
         if r != self.nonce {
-            return Err(Failure::NotAuthorized);
+            return Err(Refused::scram(Failure::NotAuthorized, ScramError::OtherError));
         }
         let mut expected_c = self.gs2_header.as_bytes().to_vec();
-        if self.mech.plus() {
-            expected_c.extend_from_slice(cb_data.ok_or(Failure::NotAuthorized)?);
+        if let Some(t) = self.cb_type {
+            let data = cb.data(t).ok_or(Refused::scram(
+                Failure::NotAuthorized,
+                ScramError::ChannelBindingsDontMatch,
+            ))?;
+            expected_c.extend_from_slice(data);
         }
         if !bool::from(c.ct_eq(&expected_c)) {
-            return Err(Failure::NotAuthorized);
+            return Err(Refused::scram(
+                Failure::NotAuthorized,
+                ScramError::ChannelBindingsDontMatch,
+            ));
         }
         let h = self.mech.hash();
         let auth_message = format!("{},{},{}", self.client_first_bare, self.server_first, without_proof);
         let client_signature = hmac(h, self.keys.stored(h), auth_message.as_bytes());
+        let invalid_proof = Refused {
+            scram: Some(ScramError::InvalidProof),
+            ..Refused::wrong_credentials()
+        };
         if proof.len() != client_signature.len() {
-            return Err(Failure::NotAuthorized);
+            return Err(invalid_proof);
         }
         let client_key: Vec<u8> = proof.iter().zip(&client_signature).map(|(a, b)| a ^ b).collect();
         let ok: bool = digest(h, &client_key).ct_eq(self.keys.stored(h)).into();
         if !ok || !self.real {
-            return Err(Failure::NotAuthorized);
+            return Err(invalid_proof);
         }
         let server_signature = hmac(h, self.keys.server(h), auth_message.as_bytes());
         Ok(format!("v={}", B64.encode(server_signature)).into_bytes())
@@ -300,10 +473,18 @@ mod tests {
         format!("{without},p={}", B64.encode(proof))
     }
 
-    fn run(mech: Mechanism, stored_pw: &str, pw: &str, gs2: &str, cb: Option<&[u8]>) -> Result<Vec<u8>, Failure> {
+    fn exporter(data: &[u8]) -> ChannelBindings {
+        ChannelBindings {
+            tls_exporter: Some(data.to_vec()),
+            tls_server_end_point: None,
+        }
+    }
+
+    fn run(mech: Mechanism, stored_pw: &str, pw: &str, gs2: &str, cb: &ChannelBindings) -> Result<Vec<u8>, Refused> {
         let keys = ScramKeys::derive(stored_pw, 4096);
         let first = format!("{gs2}n=alice,r=abcdef");
-        let cf = scram_client_first(mech, first.as_bytes(), cb.is_some())?;
+        let cf = scram_client_first(mech, first.as_bytes(), cb)?;
+        let bound = cf.cb_type.and_then(|t| cb.data(t)).unwrap_or(&[]).to_vec();
         let (srv, sf) = ScramServer::new(mech, cf, Some(keys), b"k");
         let fin = client_final(
             mech.hash(),
@@ -311,34 +492,35 @@ mod tests {
             "n=alice,r=abcdef",
             std::str::from_utf8(&sf).unwrap(),
             gs2,
-            cb.unwrap_or(&[]),
+            &bound,
         );
         srv.finish(fin.as_bytes(), cb)
     }
 
     #[test]
     fn scram_sha256_and_sha1_accept_right_password() {
-        assert!(run(Mechanism::ScramSha256, "pw", "pw", "n,,", None)
+        let none = ChannelBindings::default();
+        assert!(run(Mechanism::ScramSha256, "pw", "pw", "n,,", &none)
             .unwrap()
             .starts_with(b"v="));
-        assert!(run(Mechanism::ScramSha1, "pw", "pw", "n,,", None).is_ok());
+        assert!(run(Mechanism::ScramSha1, "pw", "pw", "n,,", &none).is_ok());
     }
 
     #[test]
-    fn scram_rejects_wrong_password() {
-        assert_eq!(
-            run(Mechanism::ScramSha256, "pw", "nope", "n,,", None),
-            Err(Failure::NotAuthorized)
-        );
+    fn scram_rejects_wrong_password_and_counts_it() {
+        let r = run(Mechanism::ScramSha256, "pw", "nope", "n,,", &ChannelBindings::default()).unwrap_err();
+        assert_eq!(r.condition, Failure::NotAuthorized);
+        assert_eq!(r.scram, Some(ScramError::InvalidProof));
+        assert!(r.bad_credentials);
     }
 
     #[test]
     fn plus_checks_the_binding_data() {
-        let cb = [7u8; 32];
-        assert!(run(Mechanism::ScramSha256Plus, "pw", "pw", "p=tls-exporter,,", Some(&cb)).is_ok());
+        let cb = exporter(&[7u8; 32]);
+        assert!(run(Mechanism::ScramSha256Plus, "pw", "pw", "p=tls-exporter,,", &cb).is_ok());
         // The client bound to different data (a man in the middle).
         let keys = ScramKeys::derive("pw", 4096);
-        let cf = scram_client_first(Mechanism::ScramSha256Plus, b"p=tls-exporter,,n=alice,r=x", true).unwrap();
+        let cf = scram_client_first(Mechanism::ScramSha256Plus, b"p=tls-exporter,,n=alice,r=x", &cb).unwrap();
         let (srv, sf) = ScramServer::new(Mechanism::ScramSha256Plus, cf, Some(keys), b"k");
         let fin = client_final(
             Hash::Sha256,
@@ -348,21 +530,59 @@ mod tests {
             "p=tls-exporter,,",
             &[1u8; 32],
         );
-        assert_eq!(srv.finish(fin.as_bytes(), Some(&cb)), Err(Failure::NotAuthorized));
+        let r = srv.finish(fin.as_bytes(), &cb).unwrap_err();
+        assert_eq!(r.condition, Failure::NotAuthorized);
+        assert_eq!(r.scram, Some(ScramError::ChannelBindingsDontMatch));
+        assert_eq!(r.text().as_deref(), Some("e=channel-bindings-dont-match"));
+        // The proof was never looked at: no guess was made.
+        assert!(!r.bad_credentials);
+    }
+
+    #[test]
+    fn each_type_binds_to_its_own_data() {
+        let cb = ChannelBindings {
+            tls_exporter: Some(vec![1; 32]),
+            tls_server_end_point: Some(vec![2; 32]),
+        };
+        assert_eq!(cb.types(), vec![CbType::TlsExporter, CbType::TlsServerEndPoint]);
+        assert!(run(Mechanism::ScramSha256Plus, "pw", "pw", "p=tls-server-end-point,,", &cb).is_ok());
+        assert!(run(Mechanism::ScramSha1Plus, "pw", "pw", "p=tls-exporter,,", &cb).is_ok());
+    }
+
+    #[test]
+    fn unsupported_binding_type_lets_the_client_move_on() {
+        let cb = exporter(&[7u8; 32]);
+        for gs2 in ["p=tls-unique,,", "p=tls-server-end-point,,", "p=made-up,,"] {
+            let r = run(Mechanism::ScramSha256Plus, "pw", "pw", gs2, &cb).unwrap_err();
+            assert_eq!(r.condition, Failure::InvalidMechanism, "{gs2}");
+            assert_eq!(r.text().as_deref(), Some("e=unsupported-channel-binding-type"));
+            assert!(!r.bad_credentials);
+        }
+        // p= with a mechanism without -PLUS, and -PLUS without p=, are malformed.
+        for (m, gs2) in [
+            (Mechanism::ScramSha256, "p=tls-exporter,,"),
+            (Mechanism::ScramSha256Plus, "n,,"),
+            (Mechanism::ScramSha256Plus, "y,,"),
+        ] {
+            let r = run(m, "pw", "pw", gs2, &cb).unwrap_err();
+            assert_eq!(r.condition, Failure::MalformedRequest, "{gs2}");
+            assert!(!r.bad_credentials);
+        }
     }
 
     #[test]
     fn downgrade_flag_is_refused_when_plus_was_offered() {
-        assert_eq!(
-            scram_client_first(Mechanism::ScramSha256, b"y,,n=alice,r=x", true).err(),
-            Some(Failure::NotAuthorized)
-        );
-        assert!(scram_client_first(Mechanism::ScramSha256, b"y,,n=alice,r=x", false).is_ok());
+        let r = scram_client_first(Mechanism::ScramSha256, b"y,,n=alice,r=x", &exporter(&[1; 32])).unwrap_err();
+        assert_eq!(r.condition, Failure::MechanismTooWeak);
+        assert_eq!(r.text().as_deref(), Some("e=server-does-support-channel-binding"));
+        assert!(!r.bad_credentials);
+        assert!(scram_client_first(Mechanism::ScramSha256, b"y,,n=alice,r=x", &ChannelBindings::default()).is_ok());
     }
 
     #[test]
     fn unknown_user_fails_at_the_end() {
-        let cf = scram_client_first(Mechanism::ScramSha256, b"n,,n=ghost,r=x", false).unwrap();
+        let none = ChannelBindings::default();
+        let cf = scram_client_first(Mechanism::ScramSha256, b"n,,n=ghost,r=x", &none).unwrap();
         let (srv, sf) = ScramServer::new(Mechanism::ScramSha256, cf, None, b"k");
         let fin = client_final(
             Hash::Sha256,
@@ -372,7 +592,8 @@ mod tests {
             "n,,",
             &[],
         );
-        assert_eq!(srv.finish(fin.as_bytes(), None), Err(Failure::NotAuthorized));
+        let r = srv.finish(fin.as_bytes(), &none).unwrap_err();
+        assert_eq!((r.condition, r.bad_credentials), (Failure::NotAuthorized, true));
     }
 
     #[test]
@@ -385,12 +606,11 @@ mod tests {
             b"n,,n=a",
             b"n,,n=a=ZZ,r=b",
             b"\xff\xfe",
+            b"n,,m=ext,n=a,r=b",
         ] {
-            assert_eq!(
-                scram_client_first(Mechanism::ScramSha256, g, false).err(),
-                Some(Failure::MalformedRequest),
-                "{g:?}"
-            );
+            let r = scram_client_first(Mechanism::ScramSha256, g, &ChannelBindings::default()).unwrap_err();
+            assert_eq!(r.condition, Failure::MalformedRequest, "{g:?}");
+            assert!(!r.bad_credentials);
         }
         assert!(parse_plain(b"\0alice").is_err());
         assert_eq!(parse_plain(b"\0alice\0pw").unwrap().1, "alice");

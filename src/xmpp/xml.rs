@@ -14,6 +14,8 @@ pub const NS_TLS: &str = "urn:ietf:params:xml:ns:xmpp-tls";
 pub const NS_SASL: &str = "urn:ietf:params:xml:ns:xmpp-sasl";
 pub const NS_BIND: &str = "urn:ietf:params:xml:ns:xmpp-bind";
 pub const NS_SESSION: &str = "urn:ietf:params:xml:ns:xmpp-session";
+/// XEP-0440 channel-binding type list.
+pub const NS_SASL_CB: &str = "urn:xmpp:sasl-cb:0";
 /// Reserved by Namespaces in XML: never declared, never bound.
 const NS_XMLNS: &str = "http://www.w3.org/2000/xmlns/";
 /// Bound to the `xml` prefix and only to it.

@@ -6,6 +6,7 @@
 
 #[allow(clippy::duplicate_mod)] // `support` loads it too
 pub mod daemon;
+pub mod scram;
 
 use futures_util::StreamExt;
 use pushbox::config::Config;
@@ -262,6 +263,11 @@ pub struct RawClient {
 pub const HEADER: &str = "<?xml version='1.0'?><stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='localhost' version='1.0'>";
 
 fn client_tls_config() -> Arc<rustls::ClientConfig> {
+    client_tls_config_for(rustls::DEFAULT_VERSIONS)
+}
+
+/// The test CA's client configuration, limited to the given TLS versions.
+pub fn client_tls_config_for(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<rustls::ClientConfig> {
     let ca = test_ca().join("ca.pem");
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::{pem::PemObject, CertificateDer};
@@ -270,7 +276,7 @@ fn client_tls_config() -> Arc<rustls::ClientConfig> {
     }
     Arc::new(
         rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth(),
@@ -301,18 +307,28 @@ impl RawClient {
 
     /// Negotiate STARTTLS on a plain connection made with [`RawClient::connect_from`].
     pub async fn starttls(&mut self) {
+        self.starttls_with(client_tls_config()).await
+    }
+
+    /// [`RawClient::starttls`] with a given client configuration (to pin a TLS version).
+    pub async fn starttls_with(&mut self, config: Arc<rustls::ClientConfig>) {
         self.send(HEADER).await;
         self.read_until("</stream:features>").await;
         self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>").await;
         self.read_until("<proceed").await;
         let tcp = self.tcp.take().unwrap();
         let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(client_tls_config())
+        let tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .unwrap();
         self.tls = Some(tls);
         self.received.clear();
+    }
+
+    /// The client side of the TLS connection (after [`RawClient::starttls`]).
+    pub fn tls_conn(&self) -> &rustls::ClientConnection {
+        self.tls.as_ref().expect("TLS is up").get_ref().1
     }
 
     /// After [`RawClient::starttls`]: SASL PLAIN, restart, bind.

@@ -6,12 +6,12 @@ pub mod session;
 
 use super::{
     modules::register::{self, PreAuthState},
-    sasl::{self, Failure, Mechanism, ScramServer},
+    sasl::{self, ChannelBindings, Failure, Mechanism, Refused, ScramServer},
     sessions::{SessionHandle, ToSession},
     stanza::{self, iq_result, Kind},
     starttls,
     stream::{new_id, ConnError, XmlStream},
-    xml::{elem, ElementExt, Event, ParserLimits, StreamError, NS_BIND, NS_CLIENT, NS_SASL, NS_SESSION},
+    xml::{elem, ElementExt, Event, ParserLimits, StreamError, NS_BIND, NS_CLIENT, NS_SASL, NS_SASL_CB, NS_SESSION},
 };
 use crate::{certs::ALPN_XMPP_CLIENT, store, xmpp::Server};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
@@ -101,27 +101,28 @@ async fn open_plaintext(server: &Server, xs: &mut XmlStream<TcpStream>) -> Resul
     Ok(())
 }
 
-/// The TLS 1.3 exporter value for `tls-exporter` channel binding (RFC 9266).
-fn channel_binding(tls: &Tls) -> Option<Vec<u8>> {
+/// What SCRAM-*-PLUS can bind to on this connection: the TLS 1.3 exporter
+/// value (`tls-exporter`, RFC 9266).
+fn channel_bindings(tls: &Tls) -> ChannelBindings {
     let conn = tls.get_ref().1;
-    if conn.protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3) {
-        return None;
+    let tls_exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
+        conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+            .ok()
+    } else {
+        None
+    };
+    ChannelBindings {
+        tls_exporter,
+        tls_server_end_point: None,
     }
-    conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
-        .ok()
 }
 
 async fn after_tls(server: Arc<Server>, tls: Tls) {
-    let cb = channel_binding(&tls);
+    let cb = channel_bindings(&tls);
     let peer_ip = tls.get_ref().0.peer_addr().map(|a| a.ip()).ok();
     let mut xs = XmlStream::new(tls, limits(&server));
     let deadline = server.config.limits.auth_timeout.get();
-    let bound = until_shutdown(
-        &server,
-        deadline,
-        authenticate_and_bind(&server, &mut xs, cb.as_deref(), peer_ip),
-    )
-    .await;
+    let bound = until_shutdown(&server, deadline, authenticate_and_bind(&server, &mut xs, &cb, peer_ip)).await;
     match bound {
         Ok(Bound::New(jid, handle, rx)) => {
             tracing::Span::current().record("jid", tracing::field::display(&jid));
@@ -154,7 +155,7 @@ enum Bound {
 async fn authenticate_and_bind(
     server: &Arc<Server>,
     xs: &mut XmlStream<Tls>,
-    cb: Option<&[u8]>,
+    cb: &ChannelBindings,
     peer_ip: Option<std::net::IpAddr>,
 ) -> Result<Bound, ConnError> {
     let username = authenticate(server, xs, cb, peer_ip).await?;
@@ -248,32 +249,39 @@ async fn authenticate_and_bind(
     }
 }
 
+/// SASL attempts one stream may make, whatever their outcome: clients walk
+/// down the offered mechanisms (at most five here), so this only stops a
+/// client that loops.
+const MAX_SASL_ATTEMPTS: u32 = 10;
+
 /// SASL: returns the authenticated username.
 async fn authenticate(
     server: &Arc<Server>,
     xs: &mut XmlStream<Tls>,
-    cb: Option<&[u8]>,
+    cb: &ChannelBindings,
     peer_ip: Option<std::net::IpAddr>,
 ) -> Result<String, ConnError> {
     expect_header(server, xs).await?;
     xs.queue_header(NS_CLIENT, server.domain(), None, &new_id());
     let mut mechs = elem("mechanisms", NS_SASL);
-    for m in Mechanism::offered(cb.is_some()) {
+    for m in Mechanism::offered(cb) {
         mechs.append_child(elem("mechanism", NS_SASL).text_child(m.name()));
     }
     let mut features = vec![mechs];
-    if cb.is_some() {
-        // XEP-0440: which channel-binding types we support.
-        features.push(
-            elem("sasl-channel-binding", "urn:xmpp:sasl-cb:0")
-                .child(elem("channel-binding", "urn:xmpp:sasl-cb:0").with("type", "tls-exporter")),
-        );
+    if cb.any() {
+        // XEP-0440: which channel-binding types this connection supports.
+        let mut list = elem("sasl-channel-binding", NS_SASL_CB);
+        for t in cb.types() {
+            list.append_child(elem("channel-binding", NS_SASL_CB).with("type", t.name()));
+        }
+        features.push(list);
     }
     features.extend(register::pre_auth_features(server));
     xs.queue_features(&features);
     xs.flush().await?;
 
     let mut failures = 0u32;
+    let mut attempts = 0u32;
     let mut reg = PreAuthState::default();
     let max_failures = server.config.limits.max_auth_failures;
     loop {
@@ -305,25 +313,56 @@ async fn authenticate(
             .await?;
             return Err(ConnError::Stream(StreamError::PolicyViolation));
         }
+        attempts += 1;
         match sasl_exchange(server, xs, &el, cb).await? {
             Ok(username) => {
                 crate::metrics::login(true);
                 return Ok(username);
             }
-            Err(f) => {
-                crate::metrics::login(false);
-                failures += 1;
-                let blocked = f == Failure::NotAuthorized && peer_ip.is_some_and(|ip| server.limiter.login_failed(ip));
-                tracing::info!(condition = f.condition(), failures, "authentication failed");
-                // Slow down guessing: each failure costs the client a moment.
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
-                xs.send(&sasl_failure(f, None)).await?;
-                if failures >= max_failures || blocked {
+            Err(r) => {
+                let blocked = refused(server, r, &mut failures, peer_ip).await;
+                xs.send(&sasl_failure(r.condition, r.text().as_deref())).await?;
+                if failures >= max_failures || blocked || attempts >= MAX_SASL_ATTEMPTS {
                     return Err(ConnError::Stream(StreamError::PolicyViolation));
                 }
             }
         }
     }
+}
+
+/// Account for a refused attempt: log it, and when it proved wrong
+/// credentials count it (per stream and per address) and slow the client
+/// down. Returns whether the address is now blocked.
+pub(crate) async fn refused(
+    server: &Server,
+    r: Refused,
+    failures: &mut u32,
+    peer_ip: Option<std::net::IpAddr>,
+) -> bool {
+    let scram = r.scram.map(|e| e.value());
+    if !r.bad_credentials {
+        if r.scram == Some(sasl::ScramError::ChannelBindingsDontMatch) {
+            tracing::warn!("SCRAM channel binding does not match: a client bug or a man in the middle");
+        } else {
+            tracing::info!(
+                condition = r.condition.condition(),
+                scram,
+                "SASL attempt refused (not counted)"
+            );
+        }
+        return false;
+    }
+    crate::metrics::login(false);
+    *failures += 1;
+    let blocked = peer_ip.is_some_and(|ip| server.limiter.login_failed(ip));
+    tracing::info!(
+        condition = r.condition.condition(),
+        failures = *failures,
+        "authentication failed"
+    );
+    // Slow down guessing: each failure costs the client a moment.
+    tokio::time::sleep(Duration::from_millis(200 * u64::from((*failures).min(10)))).await;
+    blocked
 }
 
 fn sasl_failure(f: Failure, text: Option<&str>) -> Element {
@@ -349,49 +388,86 @@ async fn sasl_exchange(
     server: &Arc<Server>,
     xs: &mut XmlStream<Tls>,
     auth: &Element,
-    cb: Option<&[u8]>,
-) -> Result<Result<String, Failure>, ConnError> {
+    cb: &ChannelBindings,
+) -> Result<Result<String, Refused>, ConnError> {
     let mech = auth
         .attr("mechanism")
         .and_then(Mechanism::from_name)
-        .filter(|m| Mechanism::offered(cb.is_some()).contains(m));
+        .filter(|m| Mechanism::offered(cb).contains(m));
     let Some(mech) = mech else {
-        return Ok(Err(Failure::InvalidMechanism));
+        return Ok(Err(Failure::InvalidMechanism.into()));
     };
     let initial = match decode_payload(auth) {
         Ok(p) => p,
-        Err(f) => return Ok(Err(f)),
+        Err(f) => return Ok(Err(f.into())),
     };
     if mech == Mechanism::Plain {
-        let (authz, authc, pw) = match sasl::parse_plain(&initial) {
-            Ok(x) => x,
-            Err(f) => return Ok(Err(f)),
-        };
-        let username = match store::accounts::normalize(&authc) {
-            Ok(u) => u,
-            Err(_) => return Ok(Err(Failure::NotAuthorized)),
-        };
-        if let Some(a) = authz {
-            if BareJid::new(&a).ok().map(|j| j.to_string()) != Some(format!("{username}@{}", server.domain())) {
-                return Ok(Err(Failure::InvalidAuthzid));
+        return match check_plain(server, &initial).await {
+            Ok(username) => {
+                xs.send(&elem("success", NS_SASL)).await?;
+                Ok(Ok(username))
             }
-        }
-        let u = username.clone();
-        let ok = server
-            .store
-            .call(move |c| Ok(store::accounts::get(c, &u)?.is_some_and(|a| a.keys.verify_password(&pw))))
-            .await
-            .unwrap_or(false);
-        if !ok {
-            return Ok(Err(Failure::NotAuthorized));
-        }
-        xs.send(&elem("success", NS_SASL)).await?;
-        return Ok(Ok(username));
+            Err(r) => Ok(Err(r)),
+        };
     }
-    let first = match sasl::scram_client_first(mech, &initial, cb.is_some()) {
+    let first = match sasl::scram_client_first(mech, &initial, cb) {
         Ok(f) => f,
-        Err(f) => return Ok(Err(f)),
+        Err(r) => return Ok(Err(r)),
     };
+    let (scram, server_first, username) = scram_start(server, mech, first).await;
+    xs.send(&elem("challenge", NS_SASL).text_child(B64.encode(server_first)))
+        .await?;
+    let response = match xs.next_event().await? {
+        Event::Stanza(el) if el.ns() == NS_SASL && el.name() == "response" => el,
+        Event::Stanza(el) if el.ns() == NS_SASL && el.name() == "abort" => return Ok(Err(Failure::Aborted.into())),
+        Event::Stanza(_) => return Ok(Err(Failure::MalformedRequest.into())),
+        Event::Close => return Err(ConnError::Eof),
+        Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
+    };
+    let final_msg = match decode_payload(&response) {
+        Ok(p) => p,
+        Err(f) => return Ok(Err(f.into())),
+    };
+    match scram.finish(&final_msg, cb) {
+        Ok(server_final) => {
+            xs.send(&elem("success", NS_SASL).text_child(B64.encode(server_final)))
+                .await?;
+            Ok(Ok(username))
+        }
+        Err(r) => Ok(Err(r)),
+    }
+}
+
+/// PLAIN: check `authzid NUL authcid NUL password`; returns the username.
+pub(crate) async fn check_plain(server: &Server, initial: &[u8]) -> Result<String, Refused> {
+    let (authz, authc, pw) = sasl::parse_plain(initial)?;
+    let Ok(username) = store::accounts::normalize(&authc) else {
+        return Err(Refused::wrong_credentials());
+    };
+    if let Some(a) = authz {
+        if BareJid::new(&a).ok().map(|j| j.to_string()) != Some(format!("{username}@{}", server.domain())) {
+            return Err(Failure::InvalidAuthzid.into());
+        }
+    }
+    let u = username.clone();
+    let ok = server
+        .store
+        .call(move |c| Ok(store::accounts::get(c, &u)?.is_some_and(|a| a.keys.verify_password(&pw))))
+        .await
+        .unwrap_or(false);
+    if ok {
+        Ok(username)
+    } else {
+        Err(Refused::wrong_credentials())
+    }
+}
+
+/// SCRAM's first server step: look the user up and answer with server-first.
+pub(crate) async fn scram_start(
+    server: &Server,
+    mech: Mechanism,
+    first: sasl::ClientFirst,
+) -> (ScramServer, Vec<u8>, String) {
     let username = match store::accounts::normalize(&first.username) {
         Ok(u) => u,
         Err(_) => first.username.clone(),
@@ -403,25 +479,5 @@ async fn sasl_exchange(
         .await
         .unwrap_or(None);
     let (scram, server_first) = ScramServer::new(mech, first, keys, &server.fake_salt_secret);
-    xs.send(&elem("challenge", NS_SASL).text_child(B64.encode(server_first)))
-        .await?;
-    let response = match xs.next_event().await? {
-        Event::Stanza(el) if el.ns() == NS_SASL && el.name() == "response" => el,
-        Event::Stanza(el) if el.ns() == NS_SASL && el.name() == "abort" => return Ok(Err(Failure::Aborted)),
-        Event::Stanza(_) => return Ok(Err(Failure::MalformedRequest)),
-        Event::Close => return Err(ConnError::Eof),
-        Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
-    };
-    let final_msg = match decode_payload(&response) {
-        Ok(p) => p,
-        Err(f) => return Ok(Err(f)),
-    };
-    match scram.finish(&final_msg, cb) {
-        Ok(server_final) => {
-            xs.send(&elem("success", NS_SASL).text_child(B64.encode(server_final)))
-                .await?;
-            Ok(Ok(username))
-        }
-        Err(f) => Ok(Err(f)),
-    }
+    (scram, server_first, username)
 }

@@ -134,7 +134,11 @@ pub fn server_info(server: &Server) -> DiscoInfoResult {
     }
     DiscoInfoResult {
         node: None,
-        identities: vec![Identity::new("server", "im", "en", "pushbox")],
+        identities: vec![
+            Identity::new("server", "im", "en", "pushbox"),
+            // Every account has PEP; Prosody names it on the domain too.
+            Identity::new("pubsub", "pep", "en", "pushbox"),
+        ],
         features: server.modules.server_features().into_iter().map(String::from).collect(),
         extensions,
     }

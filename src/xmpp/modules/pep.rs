@@ -116,6 +116,12 @@ impl Module for PepModule {
     fn account_features(&self) -> &'static [&'static str] {
         FEATURES
     }
+    /// What clients look for on the server's own disco#info to know that
+    /// their account has PEP (poezio's bookmark storage check, older
+    /// Conversations); Prosody's mod_pep answers the same.
+    fn server_features(&self) -> &'static [&'static str] {
+        &["http://jabber.org/protocol/pubsub#publish"]
+    }
     fn iqs(&self) -> &'static [IqRoute] {
         &[
             IqRoute {

@@ -24,6 +24,11 @@ impl Module for PrivateModule {
     fn account_features(&self) -> &'static [&'static str] {
         super::bookmarks::FEATURES
     }
+    /// Clients (poezio) look for private XML storage on the server's
+    /// disco#info, where Prosody's mod_private announces it.
+    fn server_features(&self) -> &'static [&'static str] {
+        &[NS]
+    }
     fn iqs(&self) -> &'static [IqRoute] {
         &[
             IqRoute {

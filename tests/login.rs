@@ -1,0 +1,209 @@
+//! Logging in the way real clients do: walking down the offered SASL
+//! mechanisms, channel bindings (`tls-exporter`, `tls-server-end-point`),
+//! and the limits that count only wrong credentials (issue 18).
+
+mod common;
+use common::{scram::*, *};
+use std::net::SocketAddr;
+
+/// One SASL attempt; returns everything up to the end of the server's answer.
+async fn attempt(c: &mut RawClient, mech: &str, first: &str) -> String {
+    c.received.clear();
+    c.send(&auth(mech, first)).await;
+    c.read_until("</failure>").await
+}
+
+/// A full SCRAM exchange that must succeed; checks the server's signature.
+async fn scram_ok(c: &mut RawClient, mech: &str, mut client: ScramClient) {
+    c.received.clear();
+    c.send(&auth(mech, &client.first())).await;
+    let server_first = decoded(&c.read_until("</challenge>").await, "challenge");
+    c.received.clear();
+    c.send(&response(&client.finish(&server_first))).await;
+    let out = c.read_until("</success>").await;
+    assert!(client.verify(&decoded(&out, "success")), "server signature: {out}");
+}
+
+/// A full SCRAM exchange that must fail at the end; returns the failure.
+async fn scram_refused(c: &mut RawClient, mech: &str, mut client: ScramClient) -> String {
+    c.received.clear();
+    c.send(&auth(mech, &client.first())).await;
+    let server_first = decoded(&c.read_until("</challenge>").await, "challenge");
+    c.received.clear();
+    c.send(&response(&client.finish(&server_first))).await;
+    c.read_until("</failure>").await
+}
+
+async fn bind(c: &mut RawClient) {
+    c.received.clear();
+    c.send(HEADER).await;
+    c.read_until("</stream:features>").await;
+    c.send("<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+        .await;
+    let r = c.read_until("</iq>").await;
+    assert!(r.contains("<jid>alice@localhost/"), "{r}");
+}
+
+async fn features(addr: SocketAddr) -> (RawClient, String) {
+    let mut c = RawClient::connect_tls(addr).await;
+    c.send(HEADER).await;
+    let f = c.read_until("</stream:features>").await;
+    (c, f)
+}
+
+fn exporter(c: &RawClient) -> Vec<u8> {
+    let mut out = [0u8; 32];
+    c.tls_conn()
+        .export_keying_material(&mut out, b"EXPORTER-Channel-Binding", None)
+        .unwrap();
+    out.to_vec()
+}
+
+/// The walk slixmpp 1.8.3 (poezio) makes on TLS 1.3: -PLUS with
+/// `tls-unique`, then SCRAM with the `y` flag, then a mechanism that works.
+/// More refusals than `max_auth_failures` (3), all on one connection, and
+/// the login still succeeds.
+#[tokio::test]
+async fn a_client_walking_down_the_mechanisms_logs_in_on_the_same_connection() {
+    let s = TestServer::start_with("[limits]\nconnections_per_ip_per_minute = 1000\n").await;
+    s.add_user("alice", "pw");
+    let (mut c, f) = features(s.c2s).await;
+    assert!(f.contains("<mechanism>SCRAM-SHA-256-PLUS</mechanism>"), "{f}");
+    assert!(
+        f.contains("<channel-binding type=\"tls-exporter\"/>") || f.contains("<channel-binding type='tls-exporter'/>"),
+        "{f}"
+    );
+
+    for mech in ["SCRAM-SHA-256-PLUS", "SCRAM-SHA-1-PLUS"] {
+        let r = attempt(&mut c, mech, "p=tls-unique,,n=alice,r=walk1").await;
+        assert!(r.contains("<invalid-mechanism"), "{r}");
+        assert!(r.contains("e=unsupported-channel-binding-type"), "{r}");
+    }
+    for mech in ["SCRAM-SHA-256", "SCRAM-SHA-1"] {
+        let r = attempt(&mut c, mech, "y,,n=alice,r=walk2").await;
+        assert!(r.contains("<mechanism-too-weak"), "{r}");
+        assert!(r.contains("e=server-does-support-channel-binding"), "{r}");
+    }
+    scram_ok(
+        &mut c,
+        "SCRAM-SHA-1",
+        ScramClient::new(false, "alice", "pw", "n,,", &[]),
+    )
+    .await;
+    bind(&mut c).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn scram_plus_with_tls_exporter_and_a_binding_mismatch() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    let (mut c, _) = features(s.c2s).await;
+    // Bound to other data: refused with RFC 5802's error, not counted (no proof was checked).
+    for _ in 0..4 {
+        let r = scram_refused(
+            &mut c,
+            "SCRAM-SHA-256-PLUS",
+            ScramClient::new(true, "alice", "pw", "p=tls-exporter,,", &[0u8; 32]),
+        )
+        .await;
+        assert!(r.contains("<not-authorized"), "{r}");
+        assert!(r.contains("e=channel-bindings-dont-match"), "{r}");
+    }
+    let cb = exporter(&c);
+    scram_ok(
+        &mut c,
+        "SCRAM-SHA-256-PLUS",
+        ScramClient::new(true, "alice", "pw", "p=tls-exporter,,", &cb),
+    )
+    .await;
+    bind(&mut c).await;
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn three_wrong_passwords_still_end_the_connection() {
+    let s = TestServer::start_with("[limits]\nconnections_per_ip_per_minute = 1000\n").await;
+    s.add_user("alice", "pw");
+    let (mut c, _) = features(s.c2s).await;
+    for i in 0..2 {
+        let r = scram_refused(
+            &mut c,
+            "SCRAM-SHA-256",
+            ScramClient::new(true, "alice", "nope", "n,,", &[]),
+        )
+        .await;
+        assert!(
+            r.contains("<not-authorized") && r.contains("e=invalid-proof"),
+            "{i}: {r}"
+        );
+    }
+    // Negotiation in between does not bring the end closer, nor push it away.
+    let r = attempt(&mut c, "SCRAM-SHA-256-PLUS", "p=tls-unique,,n=alice,r=x").await;
+    assert!(r.contains("<invalid-mechanism"), "{r}");
+    c.received.clear();
+    c.send(&auth("PLAIN", "\0alice\0still-wrong")).await;
+    let out = c.read_to_end().await;
+    assert!(out.contains("<not-authorized"), "{out}");
+    assert!(out.contains("<policy-violation"), "{out}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn the_per_address_limit_counts_only_wrong_credentials() {
+    let s = TestServer::start_with(
+        "[limits]\nconnections_per_ip_per_minute = 1000\nmax_auth_failures = 3\nmax_auth_failures_per_ip = 2\n",
+    )
+    .await;
+    s.add_user("alice", "pw");
+    // Negotiation failures, many of them, then a good login: nothing counted.
+    for _ in 0..3 {
+        let (mut c, _) = features(s.c2s).await;
+        for _ in 0..4 {
+            attempt(&mut c, "SCRAM-SHA-256", "y,,n=alice,r=x").await;
+        }
+        scram_ok(
+            &mut c,
+            "SCRAM-SHA-256",
+            ScramClient::new(true, "alice", "pw", "n,,", &[]),
+        )
+        .await;
+    }
+    // Wrong passwords from this address: two are allowed, the third blocks it.
+    let (mut c, _) = features(s.c2s).await;
+    for _ in 0..2 {
+        let r = attempt(&mut c, "PLAIN", "\0alice\0wrong").await;
+        assert!(r.contains("<not-authorized"), "{r}");
+    }
+    c.received.clear();
+    c.send(&auth("PLAIN", "\0alice\0wrong")).await;
+    assert!(c.read_to_end().await.contains("<policy-violation"));
+    // Even the right password is refused from this address now.
+    let (mut c, _) = features(s.c2s).await;
+    c.send(&auth("PLAIN", "\0alice\0pw")).await;
+    let out = c.read_to_end().await;
+    assert!(out.contains("too many failed logins"), "{out}");
+    s.stop().await;
+}
+
+/// poezio asks the domain's disco#info for `jabber:iq:private` or
+/// `pubsub#publish` before it uses remote bookmarks.
+#[tokio::test]
+async fn the_domain_announces_bookmark_storage() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    let mut c = RawClient::login(s.c2s, "alice", "pw").await;
+    c.send("<iq type='get' id='d' to='localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>")
+        .await;
+    let r = c.read_until("</iq>").await;
+    assert!(
+        r.contains("var=\"jabber:iq:private\"") || r.contains("var='jabber:iq:private'"),
+        "{r}"
+    );
+    assert!(r.contains("http://jabber.org/protocol/pubsub#publish"), "{r}");
+    assert!(
+        r.contains("category=\"pubsub\"") || r.contains("category='pubsub'"),
+        "{r}"
+    );
+    s.stop().await;
+}
