@@ -13,7 +13,6 @@ pub mod disco;
 pub mod extdisco;
 pub mod mam;
 pub mod pep;
-pub mod pep_subscribe;
 pub mod ping;
 pub mod private;
 pub mod push;

@@ -4,8 +4,8 @@
 //! without caps). A new subscriber gets the node's last item at once;
 //! later publishes reach it beside the caps-filtered recipients.
 
-use super::pep::{access_denied, event_message, item_element, perr, NS_EVENT, NS_PUBSUB};
-use super::{internal, IqReply};
+use super::{access_denied, event_message, item_element, perr, NS_EVENT, NS_PUBSUB};
+use crate::xmpp::modules::{internal, IqReply};
 use crate::{
     store::{self, pep::SendLast},
     xmpp::Server,
