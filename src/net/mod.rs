@@ -1,9 +1,11 @@
 //! Below every protocol: per-IP connection and login-failure limits
 //! ([`Limiter`]) and the one accept loop ([`Acceptor`]) every listener runs —
 //! c2s and s2s (STARTTLS and direct TLS), HTTPS, plain HTTP and metrics —
-//! so that each applies the same limits and stops the same way.
+//! so that each applies the same limits and stops the same way — and the
+//! one DNS resolver set-up ([`dns`]).
 
 mod accept;
+pub mod dns;
 
 pub use accept::{Acceptor, Alive};
 

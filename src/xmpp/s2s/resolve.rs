@@ -5,13 +5,11 @@
 //! happy-eyeballs style (RFC 8305): a new attempt every 250 ms until one
 //! succeeds.
 
-use crate::config::Federation;
-use hickory_resolver::{
-    config::{NameServerConfig, ResolverConfig},
-    net::runtime::TokioRuntimeProvider,
-    proto::rr::RData,
-    TokioResolver,
+use crate::{
+    config::Federation,
+    net::dns::{self, Patience},
 };
+use hickory_resolver::{proto::rr::RData, TokioResolver};
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
@@ -46,36 +44,16 @@ pub struct Resolver {
 
 impl Resolver {
     pub fn new(f: &Federation) -> anyhow::Result<Resolver> {
-        let provider = TokioRuntimeProvider::default();
-        let builder = if f.dns_servers.is_empty() {
-            match TokioResolver::builder(provider.clone()) {
-                Ok(b) => b,
-                Err(e) => {
-                    // No resolv.conf (containers, tests): fall back to loopback so startup still works.
-                    tracing::warn!(error = %e, "no system DNS configuration; set federation.dns_servers");
-                    TokioResolver::builder_with_config(
-                        ResolverConfig::from_name_servers(vec![NameServerConfig::udp_and_tcp(IpAddr::from([
-                            127, 0, 0, 1,
-                        ]))]),
-                        provider,
-                    )
-                }
+        let dns = match dns::resolver(&f.dns_servers, Patience::Default) {
+            Ok(r) => r,
+            Err(e) if f.dns_servers.is_empty() => {
+                // No resolv.conf (containers, tests): fall back to loopback so startup still works.
+                tracing::warn!(error = %e, "no system DNS configuration; set federation.dns_servers");
+                dns::resolver(&[SocketAddr::from(([127, 0, 0, 1], 53))], Patience::Default)
+                    .map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?
             }
-        } else {
-            let servers = f
-                .dns_servers
-                .iter()
-                .map(|a| {
-                    let mut ns = NameServerConfig::udp_and_tcp(a.ip());
-                    for c in &mut ns.connections {
-                        c.port = a.port();
-                    }
-                    ns
-                })
-                .collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+            Err(e) => anyhow::bail!("DNS resolver: {e}"),
         };
-        let dns = builder.build().map_err(|e| anyhow::anyhow!("DNS resolver: {e}"))?;
         Ok(Resolver {
             dns,
             hosts: f.static_hosts(),
