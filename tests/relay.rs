@@ -42,18 +42,6 @@ fn is_drf_date(v: &Value) -> bool {
     s.len() == 27 && s.ends_with('Z') && &s[10..11] == "T" && &s[19..20] == "."
 }
 
-async fn settled(d: &Daemon) {
-    let store = d.store();
-    eventually(|| {
-        let store = store.clone();
-        async move {
-            let n = store.call(|c| pushbox::store::relay::pending_count(c)).await.unwrap();
-            (n == 0).then_some(())
-        }
-    })
-    .await;
-}
-
 /// The request shapes a ChatSecure client sends, with the answers checked field by field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chatsecure_client_session_field_by_field() {

@@ -11,18 +11,6 @@ use serde_json::json;
 use std::time::Duration;
 use support::*;
 
-async fn settled(d: &Daemon) {
-    let store = d.store();
-    eventually(|| {
-        let store = store.clone();
-        async move {
-            let n = store.call(|c| pushbox::store::relay::pending_count(c)).await.unwrap();
-            (n == 0).then_some(())
-        }
-    })
-    .await;
-}
-
 /// account → device → token → message → exactly one request at APNs,
 /// authenticated by the client certificate alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

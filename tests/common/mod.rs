@@ -510,3 +510,47 @@ pub fn form_field(xml: &str, var: &str) -> String {
     let v = rest.find("<value>").unwrap() + 7;
     rest[v..v + rest[v..].find("</value>").unwrap()].to_string()
 }
+
+// ---------------------------------------------------------------- presence and rosters
+
+pub async fn ping(c: &mut TestClient) {
+    let r = c
+        .iq(xml(
+            "<iq xmlns='jabber:client' type='get' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>",
+        ))
+        .await;
+    assert_eq!(r.attr("type"), Some("result"), "{}", String::from(&r));
+}
+
+/// `x` subscribes to `y` and `y` approves (both must be available).
+pub async fn subscribe(x: &mut TestClient, xn: &str, y: &mut TestClient, yn: &str) {
+    x.send_el(xml(&format!(
+        "<presence xmlns='jabber:client' type='subscribe' to='{yn}@localhost'/>"
+    )))
+    .await;
+    y.expect("subscribe", |e| {
+        e.name() == "presence" && e.attr("type") == Some("subscribe")
+    })
+    .await;
+    y.send_el(xml(&format!(
+        "<presence xmlns='jabber:client' type='subscribed' to='{xn}@localhost'/>"
+    )))
+    .await;
+    x.expect("subscribed", |e| {
+        e.name() == "presence" && e.attr("type") == Some("subscribed")
+    })
+    .await;
+}
+
+/// Make `a` and `b` subscribed to each other.
+pub async fn befriend(a: &mut TestClient, an: &str, b: &mut TestClient, bn: &str) {
+    subscribe(a, an, b, bn).await;
+    subscribe(b, bn, a, an).await;
+}
+
+pub async fn online(s: &TestServer, name: &str) -> TestClient {
+    let mut c = s.client(name, "pw", false).await;
+    c.send_el(xml("<presence xmlns='jabber:client'/>")).await;
+    ping(&mut c).await;
+    c
+}
