@@ -1,6 +1,9 @@
-//! The HTTPS listener: TLS from the shared certificate store (ALPN h2 and
-//! http/1.1), hyper's auto server, and the routes. This module and its
-//! children are the only code that knows HTTP routes and JSON shapes.
+//! HTTP: one HTTPS connection (TLS from the shared certificate store, ALPN
+//! h2 and http/1.1, hyper's auto server) and its routes — the relay API,
+//! uploads, invitation pages — plus the plain HTTP listener for ACME
+//! ([`acme`]) and `/metrics` ([`metrics`]). Connections arrive through
+//! `net::Acceptor`. This tree is the only code that knows HTTP routes and
+//! JSON shapes, and it sees only the `Core`, never the XMPP server.
 
 pub mod acme;
 pub mod invite;
