@@ -242,6 +242,17 @@ impl Relay {
         self.inner.providers.webpush.public_key_b64()
     }
 
+    /// POST one push to another relay's `/api/v1/messages/` with a token it
+    /// issued, through the relay's own upstream client, and say what its
+    /// answer means (`Delivered`, `Dead` for 404, `Retry`, `Drop`).
+    pub async fn forward(&self, endpoint: &str, token: &str, priority: Priority) -> providers::Outcome {
+        self.inner
+            .providers
+            .upstream
+            .post(endpoint, token, priority, None)
+            .await
+    }
+
     /// Start the dispatcher; it stops when `stop` becomes true.
     pub fn start(&self, stop: tokio::sync::watch::Receiver<bool>) {
         tokio::spawn(dispatch::run(self.clone(), stop));

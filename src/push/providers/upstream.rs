@@ -4,6 +4,7 @@
 
 use super::{by_status, priority, Outcome};
 use crate::push::client::{retry_after, HttpsClient};
+use crate::push::Priority;
 use crate::store::relay::Delivery;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -25,12 +26,29 @@ impl Upstream {
             .data
             .as_deref()
             .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok());
-        let mut body = serde_json::json!({ "token": token, "priority": priority(d).as_str() });
+        self.post(&d.device.registration_id, token, priority(d), data).await
+    }
+
+    /// POST one push to the relay at `endpoint` (its `/api/v1/messages/`
+    /// URL) with the whitelist token it issued. Also the path of
+    /// ChatSecure-style direct pushes from the XMPP side.
+    pub async fn post(
+        &self,
+        endpoint: &str,
+        token: &str,
+        priority: Priority,
+        data: Option<serde_json::Value>,
+    ) -> Outcome {
+        let mut body = serde_json::json!({ "token": token, "priority": priority.as_str() });
         if let Some(data) = data {
             body["data"] = data;
         }
-        let req = hyper::Request::post(d.device.registration_id.as_str())
-            .header("content-type", "application/json")
+        let req = hyper::Request::post(endpoint)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("pushbox/", env!("CARGO_PKG_VERSION")),
+            )
             .body(Full::new(Bytes::from(body.to_string())));
         let req = match req {
             Ok(r) => r,

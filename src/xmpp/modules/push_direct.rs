@@ -5,25 +5,20 @@
 //! straight to the relay over HTTPS instead of publishing over XMPP. When
 //! the endpoint is this daemon's own relay, the push is submitted in
 //! process. A relay's 404 (token unknown, revoked or expired) removes the
-//! registration; 429, 5xx and network errors are retried with backoff.
+//! registration; 429, 5xx and network errors are retried with backoff. The
+//! POST and the meaning of its answer are the push core's (`Relay::forward`,
+//! the same path as relay federation).
 
 use super::push::{registration_failed, Event};
 use super::push_tigase::is_high;
 use crate::{
-    push::{client::HttpsClient, Priority, SubmitError},
+    push::{providers::Outcome as ProviderOutcome, Priority, SubmitError},
     store,
     xmpp::forms::Form,
     xmpp::Server,
 };
-use bytes::Bytes;
-use http_body_util::Full;
 use minidom::Element;
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 /// Attempts per push before the failure is counted against the registration.
 const ATTEMPTS: u32 = 5;
@@ -63,20 +58,6 @@ impl Target {
     }
 }
 
-/// One HTTPS client per set of extra roots, shared by every push.
-fn client(extra_roots: Option<PathBuf>) -> anyhow::Result<Arc<HttpsClient>> {
-    static CLIENTS: OnceLock<Mutex<HashMap<Option<PathBuf>, Arc<HttpsClient>>>> = OnceLock::new();
-    let map = CLIENTS.get_or_init(Default::default);
-    if let Some(c) = map.lock().unwrap_or_else(|p| p.into_inner()).get(&extra_roots) {
-        return Ok(c.clone());
-    }
-    let c = Arc::new(HttpsClient::new(extra_roots.as_deref())?);
-    map.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(extra_roots, c.clone());
-    Ok(c)
-}
-
 /// What one attempt came to.
 enum Outcome {
     Accepted,
@@ -103,30 +84,11 @@ async fn attempt(server: &Arc<Server>, t: &Target, priority: Priority) -> Outcom
             Err(SubmitError::Store(e)) => Outcome::Retry(None, e.to_string()),
         };
     }
-    let client = match client(server.config.relay.ca_roots.clone()) {
-        Ok(c) => c,
-        Err(e) => return Outcome::Refused(format!("HTTPS client: {e}")),
-    };
-    let body = serde_json::json!({ "token": t.token, "priority": priority.as_str() }).to_string();
-    let req = match hyper::Request::post(&t.endpoint)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(
-            hyper::header::USER_AGENT,
-            concat!("pushbox/", env!("CARGO_PKG_VERSION")),
-        )
-        .body(Full::new(Bytes::from(body)))
-    {
-        Ok(r) => r,
-        Err(e) => return Outcome::Refused(format!("bad endpoint: {e}")),
-    };
-    match client.send(req).await {
-        Ok(resp) => match resp.status().as_u16() {
-            200..=299 => Outcome::Accepted,
-            404 => Outcome::Gone,
-            s @ (429 | 500..=599) => Outcome::Retry(crate::push::client::retry_after(&resp), format!("HTTP {s}")),
-            s => Outcome::Refused(format!("HTTP {s}")),
-        },
-        Err(e) => Outcome::Retry(None, e.to_string()),
+    match server.relay.forward(&t.endpoint, &t.token, priority).await {
+        ProviderOutcome::Delivered(_) => Outcome::Accepted,
+        ProviderOutcome::Dead(_) => Outcome::Gone,
+        ProviderOutcome::Retry { after, reason } => Outcome::Retry(after, reason),
+        ProviderOutcome::Drop(reason) => Outcome::Refused(reason),
     }
 }
 
