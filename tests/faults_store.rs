@@ -18,7 +18,7 @@
 mod common;
 mod support;
 
-use common::{test_ca, RawClient};
+use common::{answer_server_pings, test_ca, RawClient};
 use serde_json::json;
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -164,9 +164,12 @@ async fn bob_receives(c2s: SocketAddr, expected: &BTreeSet<u32>) {
     b.send("<presence/>").await;
     b.send("<iq type='get' id='done' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
-    let got = bodies(&b.read_until("id='done'").await);
+    let text = b.read_until("id='done'").await;
+    let got = bodies(&text);
     let want: BTreeMap<u32, u32> = expected.iter().map(|n| (*n, 1)).collect();
     assert_eq!(got, want, "bob's offline messages differ from the acknowledged ones");
+    // The answer to the server's ping proves bob read them: only then are they deleted.
+    answer_server_pings(&mut b, &text).await;
     b.send("</stream:stream>").await;
     b.read_to_end().await;
     let mut again = RawClient::login(c2s, "bob", "pw").await;

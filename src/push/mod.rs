@@ -514,10 +514,11 @@ impl Relay {
         let collapse = secret::hex(&t.hash[..8]);
         let (account_id, tok, prio) = (t.account_id, token.to_string(), priority.as_str());
         let expires = now + ttl.as_secs() as i64;
+        // Durable (fsynced) before the 202: a push accepted survives a power cut.
         let (push_id, devices) = self
             .inner
             .store
-            .call(move |c| {
+            .call_durable(move |c| {
                 let p = db::NewPush {
                     account_id,
                     token: &tok,

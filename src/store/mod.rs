@@ -106,6 +106,24 @@ impl Store {
         .await?
     }
 
+    /// Like [`Store::call`], with `synchronous = FULL` for the duration:
+    /// the commit is on disk (the WAL fsynced) when this returns, so it
+    /// survives a power cut, not only a crash. For writes whose loss a user
+    /// would notice: offline messages and the relay's outbox.
+    pub async fn call_durable<F, R>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce(&mut Connection) -> Result<R> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.call(move |c| {
+            c.pragma_update(None, "synchronous", "FULL")?;
+            let r = f(c);
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+            r
+        })
+        .await
+    }
+
     /// Run `f` on the current thread: for the CLI and start-up, never from async code.
     pub fn blocking<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R>) -> Result<R> {
         let mut guard = self.conn.lock().unwrap_or_else(|p| p.into_inner());

@@ -20,17 +20,35 @@ pub fn push(c: &Connection, account: i64, stanza: &str, max: u32) -> Result<bool
     Ok(true)
 }
 
-/// Take every stored message (oldest first) and delete them, atomically.
-pub fn take_all(c: &mut Connection, account: i64) -> Result<Vec<(i64, String)>> {
+/// Store a message and return its row id (`None`: the account's queue is full).
+pub fn push_id(c: &Connection, account: i64, stanza: &str, max: u32) -> Result<Option<i64>> {
+    if !push(c, account, stanza, max)? {
+        return Ok(None);
+    }
+    Ok(Some(c.last_insert_rowid()))
+}
+
+/// Every stored message of an account, oldest first, as `(id, stanza)`.
+/// Nothing is deleted: a message leaves the table only when the client has
+/// shown it has it ([`delete`]).
+pub fn list(c: &Connection, account: i64) -> Result<Vec<(i64, String)>> {
+    let mut st = c.prepare_cached("SELECT id, stanza FROM offline WHERE account_id=?1 ORDER BY id")?;
+    let rows = st.query_map(params![account], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Delete delivered messages by row id, in one transaction.
+pub fn delete(c: &mut Connection, ids: &[i64]) -> Result<usize> {
     let tx = c.transaction()?;
-    let out = {
-        let mut st = tx.prepare("SELECT created_at, stanza FROM offline WHERE account_id=?1 ORDER BY id")?;
-        let rows = st.query_map(params![account], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
-    tx.execute("DELETE FROM offline WHERE account_id=?1", params![account])?;
+    let mut n = 0;
+    {
+        let mut st = tx.prepare_cached("DELETE FROM offline WHERE id=?1")?;
+        for id in ids {
+            n += st.execute(params![id])?;
+        }
+    }
     tx.commit()?;
-    Ok(out)
+    Ok(n)
 }
 
 pub fn count(c: &Connection, account: i64) -> Result<i64> {

@@ -6,6 +6,7 @@ pub mod forms;
 pub mod iq_tracker;
 pub mod modules;
 pub mod ns;
+pub mod offline;
 pub mod presence;
 pub mod router;
 pub mod s2s;

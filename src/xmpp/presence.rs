@@ -147,36 +147,7 @@ pub async fn broadcast(server: &Arc<Server>, session: &Arc<SessionHandle>, p: El
             req.set("to", bare.to_string());
             session.send(req);
         }
-        deliver_offline(server, session).await;
-    }
-}
-
-/// XEP-0160: hand stored messages to the first available resource.
-async fn deliver_offline(server: &Arc<Server>, session: &Arc<SessionHandle>) {
-    let Some(username) = session.jid.node().map(|n| n.to_string()) else {
-        return;
-    };
-    let res = server
-        .store
-        .call(move |c| {
-            let Some(id) = store::accounts::id_of(c, &username)? else {
-                return Ok(vec![]);
-            };
-            store::offline::take_all(c, id)
-        })
-        .await;
-    match res {
-        Ok(msgs) => {
-            for (_, xml) in msgs {
-                match xml.parse::<Element>() {
-                    Ok(m) => {
-                        session.send(m);
-                    }
-                    Err(e) => tracing::error!(error = %e, "unreadable offline message skipped"),
-                }
-            }
-        }
-        Err(e) => tracing::error!(error = %e, "cannot read offline messages"),
+        super::offline::deliver(server, session).await;
     }
 }
 

@@ -6,7 +6,7 @@ use super::{
     modules::{BoxFuture, IqCtx, Target},
     ns, presence,
     stanza::{self, bounce, iq_payload, iq_result, Condition, Kind},
-    xml::{elem, ElementExt},
+    xml::ElementExt,
 };
 use crate::{store, xmpp::Server};
 use jid::{BareJid, Jid};
@@ -104,7 +104,7 @@ async fn deliver_message(server: &Arc<Server>, msg: Element, to: &Jid) {
     // Hooks see where it went: pushes wake sleeping clients, carbons copy it.
     server.modules.delivered(server, &msg, &bare, &delivered);
     if delivered.is_empty() {
-        store_offline(server, msg, &bare).await;
+        super::offline::store(server, msg, &bare).await;
     }
 }
 
@@ -126,60 +126,10 @@ pub async fn store_undelivered(server: &Arc<Server>, msg: Element, bare: &BareJi
         .filter(|s| s.available() && s.priority() >= 0 && !s.hibernating.load(std::sync::atomic::Ordering::Relaxed))
         .collect();
     if others.is_empty() {
-        store_offline(server, msg, bare).await;
+        super::offline::store(server, msg, bare).await;
     } else {
         for s in others {
             s.send(msg.clone());
-        }
-    }
-}
-
-/// XEP-0160: keep a message for an account with no available resource.
-async fn store_offline(server: &Arc<Server>, mut msg: Element, bare: &BareJid) {
-    let username = bare.node().map(|n| n.to_string()).unwrap_or_default();
-    // Only messages a person would want later are stored (RFC 6121 §8.5.2.2.1).
-    let worth_storing = msg.children().any(|c| {
-        matches!(c.name(), "body" | "subject" | "encrypted" | "propose")
-            || c.ns() == "eu.siacs.conversations.axolotl"
-            || c.ns() == "urn:xmpp:omemo:2"
-    });
-    let max = server.config.limits.max_offline_messages;
-    let domain = server.domain().to_string();
-    msg.append_child(elem("delay", "urn:xmpp:delay").with("from", domain).with(
-        "stamp",
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-    ));
-    let xml = msg.to_xml();
-    let res = server
-        .store
-        .call(move |c| {
-            let Some(id) = store::accounts::id_of(c, &username)? else {
-                return Ok(None);
-            };
-            if !worth_storing {
-                return Ok(Some(true));
-            }
-            Ok(Some(store::offline::push(c, id, &xml, max)?))
-        })
-        .await;
-    match res {
-        Ok(Some(true)) => {}
-        Ok(Some(false)) => {
-            let e = stanza::StanzaError::new(Condition::ServiceUnavailable, "the recipient's offline storage is full");
-            reply(server, bounce(&msg, e, server.domain())).await
-        }
-        Ok(None) => reply(server, bounce(&msg, Condition::ServiceUnavailable, server.domain())).await,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot store an offline message");
-            let e = if e.is_full() {
-                stanza::StanzaError::new(
-                    Condition::ResourceConstraint,
-                    "the server's storage is full; try again later",
-                )
-            } else {
-                Condition::InternalServerError.into()
-            };
-            reply(server, bounce(&msg, e, server.domain())).await
         }
     }
 }

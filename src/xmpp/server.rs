@@ -3,7 +3,9 @@
 //! federation). Every c2s and s2s task and every module holds an
 //! `Arc<Server>`; code outside `xmpp/` sees only the core.
 
-use super::{iq_tracker::IqTracker, modules::Modules, s2s::S2s, services::Services, sessions::Sessions};
+use super::{
+    iq_tracker::IqTracker, modules::Modules, offline::InFlight, s2s::S2s, services::Services, sessions::Sessions,
+};
 use crate::core::Core;
 use std::{ops::Deref, sync::Arc};
 
@@ -16,6 +18,8 @@ pub struct Server {
     pub iq_tracker: IqTracker,
     /// Federation: outgoing streams, dialback keys, resolver.
     pub s2s: S2s,
+    /// Offline messages handed to a session and not yet proven delivered.
+    pub offline: InFlight,
     /// Keys the fake SCRAM salts of unknown users, so probes cannot tell
     /// unknown users from wrong passwords.
     pub fake_salt_secret: [u8; 32],
@@ -39,6 +43,7 @@ impl Server {
             services: Services::for_config(config),
             sessions: Sessions::default(),
             iq_tracker: IqTracker::default(),
+            offline: InFlight::default(),
             fake_salt_secret: rand::random(),
             core,
         })

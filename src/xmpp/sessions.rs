@@ -16,6 +16,9 @@ use tokio::sync::mpsc;
 pub enum ToSession {
     /// A stanza to write to the client.
     Stanza(Element),
+    /// A message from the offline table (its row id): deleted there once the
+    /// client has shown it has it (`xmpp::offline`).
+    Stored(Element, i64),
     /// Another login bound the same resource: close with `<conflict/>`.
     Replaced,
     /// A new connection resumes this session (XEP-0198).

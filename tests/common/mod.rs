@@ -554,3 +554,16 @@ pub async fn online(s: &TestServer, name: &str) -> TestClient {
     ping(&mut c).await;
     c
 }
+
+/// Answer every IQ get the server sent in `text`, as a client must
+/// (the server proves offline delivery with a ping: `xmpp::offline`).
+pub async fn answer_server_pings(c: &mut RawClient, text: &str) {
+    for part in text.split("<iq ").skip(1) {
+        let head = part.split('>').next().unwrap_or_default();
+        if head.contains("type='get'") && head.contains("from='localhost'") {
+            if let Some(id) = head.split("id='").nth(1).and_then(|r| r.split('\'').next()) {
+                c.send(&format!("<iq type='result' id='{id}' to='localhost'/>")).await;
+            }
+        }
+    }
+}

@@ -11,7 +11,7 @@ use crate::{
     shutdown::stopped,
     xmpp::Server,
     xmpp::{
-        presence,
+        offline, presence,
         router::{self, route},
         sessions::{SessionHandle, ToSession},
         stanza::{iq_result, Kind},
@@ -47,29 +47,45 @@ struct Sm {
     h_in: u32,
     /// Stanzas sent to the client, and those not yet acknowledged (oldest first).
     out: u32,
-    unacked: VecDeque<Element>,
+    unacked: VecDeque<Sent>,
     ack_pending: bool,
 }
 
+/// A stanza written to the client, with its offline row when it has one.
+struct Sent {
+    el: Element,
+    stored: Option<i64>,
+}
+
 impl Sm {
-    /// Drop what the client acknowledged (`h` counts all stanzas ever sent).
-    fn ack(&mut self, h: u32) -> Result<(), StreamError> {
+    /// Drop what the client acknowledged (`h` counts all stanzas ever sent);
+    /// returns the offline rows now proven delivered.
+    fn ack(&mut self, h: u32) -> Result<Vec<i64>, StreamError> {
         let acked_before = self.out.wrapping_sub(self.unacked.len() as u32);
         let newly = h.wrapping_sub(acked_before);
         if newly as usize > self.unacked.len() {
             // The client acknowledges more than we ever sent.
             return Err(StreamError::UndefinedCondition);
         }
-        self.unacked.drain(..newly as usize);
-        Ok(())
+        Ok(self.unacked.drain(..newly as usize).filter_map(|s| s.stored).collect())
     }
+}
+
+/// Without stream management: offline rows written to the client, and the
+/// ping whose answer will prove it read them (see `xmpp::offline`).
+#[derive(Default)]
+struct Proof {
+    /// Written, no ping sent for them yet.
+    unproven: Vec<i64>,
+    /// The ping in flight and the rows it covers.
+    pending: Option<(String, Vec<i64>)>,
 }
 
 /// CSI: stanzas held while the client says it is inactive.
 #[derive(Default)]
 struct Csi {
     inactive: bool,
-    held: Vec<Element>,
+    held: Vec<(Element, Option<i64>)>,
 }
 
 /// Most stanzas held for an inactive client before everything is flushed.
@@ -83,6 +99,7 @@ pub struct Session {
     rx: mpsc::UnboundedReceiver<ToSession>,
     sm: Option<Sm>,
     csi: Csi,
+    proof: Proof,
 }
 
 /// How one connection of a session ended.
@@ -107,6 +124,7 @@ impl Session {
             rx,
             sm: None,
             csi: Csi::default(),
+            proof: Proof::default(),
         }
     }
 
@@ -162,14 +180,17 @@ impl Session {
     /// Tell the new connection the session is back and retransmit.
     async fn resumed(&mut self, xs: &mut XmlStream<Tls>, h: u32) -> bool {
         let Some(sm) = self.sm.as_mut() else { return false };
-        if sm.ack(h).is_err() {
-            end_stream(&self.server, xs, ConnError::Stream(StreamError::UndefinedCondition)).await;
-            return false;
+        match sm.ack(h) {
+            Ok(proven) => offline::delivered(&self.server, proven),
+            Err(_) => {
+                end_stream(&self.server, xs, ConnError::Stream(StreamError::UndefinedCondition)).await;
+                return false;
+            }
         }
         let id = sm.resume_id.clone().unwrap_or_default();
         xs.queue(&elem("resumed", NS_SM).with("h", sm.h_in.to_string()).with("previd", id));
         for s in &sm.unacked {
-            xs.queue(s);
+            xs.queue(&s.el);
         }
         sm.ack_pending = false;
         self.csi = Csi::default();
@@ -187,10 +208,20 @@ impl Session {
         tokio::pin!(timeout);
         let mut stop = self.server.shutdown.clone();
         self.me.hibernating.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.keep_unacked().await;
         let r = loop {
             tokio::select! {
                 m = self.rx.recv() => match m {
-                    Some(ToSession::Stanza(el)) => self.record_sent(el),
+                    Some(ToSession::Stanza(el)) => {
+                        // Kept in the offline table while the client sleeps.
+                        let bare = self.me.jid.to_bare();
+                        let id = match el.name() == "message" && offline::worth_storing(&el) {
+                            true => offline::keep_for(&self.server, &bare, vec![el.clone()]).await.pop().flatten(),
+                            false => None,
+                        };
+                        self.record_sent(el, id)
+                    }
+                    Some(ToSession::Stored(el, id)) => self.record_sent(el, Some(id)),
                     Some(ToSession::Resume(req)) => break Some(req),
                     Some(ToSession::Replaced) | None => break None,
                 },
@@ -205,20 +236,47 @@ impl Session {
         r
     }
 
+    /// Write the unacknowledged messages that are only in memory to the
+    /// offline table, so that a crash while the client sleeps loses none.
+    async fn keep_unacked(&mut self) {
+        let Some(sm) = self.sm.as_mut() else { return };
+        let idx: Vec<usize> = (0..sm.unacked.len())
+            .filter(|&i| sm.unacked[i].stored.is_none() && sm.unacked[i].el.name() == "message")
+            .collect();
+        if idx.is_empty() {
+            return;
+        }
+        let msgs = idx.iter().map(|&i| sm.unacked[i].el.clone()).collect();
+        let ids = offline::keep_for(&self.server, &self.me.jid.to_bare(), msgs).await;
+        let Some(sm) = self.sm.as_mut() else { return };
+        for (i, id) in idx.into_iter().zip(ids) {
+            sm.unacked[i].stored = id;
+        }
+    }
+
     /// Count a stanza as sent to the client (it is in the unacked queue).
-    fn record_sent(&mut self, el: Element) {
-        if let Some(sm) = self.sm.as_mut() {
-            sm.out = sm.out.wrapping_add(1);
-            sm.unacked.push_back(el);
-            if sm.unacked.len() > SM_MAX_UNACKED {
-                // Keep memory bounded: the oldest go back to the router as undeliverable here.
-                if let Some(old) = sm.unacked.pop_front() {
-                    tracing::warn!("unacknowledged queue full; the oldest stanza is stored instead");
-                    let server = self.server.clone();
-                    let bare = self.me.jid.to_bare();
-                    tokio::spawn(async move { router::store_undelivered(&server, old, &bare).await });
+    fn record_sent(&mut self, el: Element, stored: Option<i64>) {
+        match self.sm.as_mut() {
+            Some(sm) => {
+                sm.out = sm.out.wrapping_add(1);
+                sm.unacked.push_back(Sent { el, stored });
+                if sm.unacked.len() > SM_MAX_UNACKED {
+                    // Keep memory bounded: the oldest go back to the router as undeliverable here.
+                    if let Some(old) = sm.unacked.pop_front() {
+                        tracing::warn!("unacknowledged queue full; the oldest stanza is stored instead");
+                        let server = self.server.clone();
+                        let bare = self.me.jid.to_bare();
+                        tokio::spawn(async move {
+                            match old.stored {
+                                // Already in the offline table: it stays there.
+                                Some(id) => offline::unproven(&server, &bare, vec![id]).await,
+                                None => router::store_undelivered(&server, old.el, &bare).await,
+                            }
+                        });
+                    }
                 }
             }
+            None => self.proof.unproven.extend(stored),
         }
     }
 
@@ -229,15 +287,27 @@ impl Session {
         server.sessions.unbind(&self.me.jid, self.me.id);
         self.rx.close();
         // Stanzas that raced into the channel are undelivered too.
-        let mut pending: Vec<Element> = self
+        let mut pending: Vec<Sent> = self
             .sm
             .take()
             .map(|s| s.unacked.into_iter().collect())
             .unwrap_or_default();
+        pending.extend(
+            std::mem::take(&mut self.csi.held)
+                .into_iter()
+                .map(|(el, stored)| Sent { el, stored }),
+        );
         while let Ok(m) = self.rx.try_recv() {
-            if let ToSession::Stanza(el) = m {
-                pending.push(el);
+            match m {
+                ToSession::Stanza(el) => pending.push(Sent { el, stored: None }),
+                ToSession::Stored(el, id) => pending.push(Sent { el, stored: Some(id) }),
+                _ => {}
             }
+        }
+        // Offline rows this session never proved delivered stay stored.
+        let mut unproven = std::mem::take(&mut self.proof.unproven);
+        if let Some((_, ids)) = self.proof.pending.take() {
+            unproven.extend(ids);
         }
         if self.me.available() {
             let p = elem("presence", NS_CLIENT)
@@ -247,12 +317,17 @@ impl Session {
         }
         let bare = self.me.jid.to_bare();
         let mut rerouted = 0;
-        for el in pending {
-            if el.name() == "message" {
-                rerouted += 1;
-                router::store_undelivered(&server, el, &bare).await;
+        for s in pending {
+            match s.stored {
+                Some(id) => unproven.push(id),
+                None if s.el.name() == "message" => {
+                    rerouted += 1;
+                    router::store_undelivered(&server, s.el, &bare).await;
+                }
+                None => {}
             }
         }
+        offline::unproven(&server, &bare, unproven).await;
         if rerouted > 0 {
             tracing::info!(rerouted, "unacknowledged messages redelivered or stored");
         }
@@ -290,27 +365,8 @@ impl Session {
         let mut wrote = false;
         loop {
             match next {
-                Some(ToSession::Stanza(el)) => {
-                    if self.csi.inactive && !important(&el) {
-                        self.hold(el);
-                        if self.csi.held.len() > CSI_MAX_HELD {
-                            // Bounded memory: an overfull hold is flushed at once.
-                            for h in std::mem::take(&mut self.csi.held) {
-                                self.write(xs, h);
-                            }
-                            wrote = true;
-                        }
-                    } else {
-                        if self.csi.inactive && el.name() == "message" {
-                            // An important message: flush what was held first, in order.
-                            for h in std::mem::take(&mut self.csi.held) {
-                                self.write(xs, h);
-                            }
-                        }
-                        self.write(xs, el);
-                        wrote = true;
-                    }
-                }
+                Some(ToSession::Stanza(el)) => wrote |= self.deliver_one(xs, el, None),
+                Some(ToSession::Stored(el, id)) => wrote |= self.deliver_one(xs, el, Some(id)),
                 Some(ToSession::Replaced) => {
                     xs.flush().await?;
                     return Err(ConnError::Stream(StreamError::Conflict));
@@ -334,24 +390,67 @@ impl Session {
                 }
             }
         }
+        self.ask_for_proof(xs);
         xs.flush().await?;
         Ok(None)
     }
 
-    fn write(&mut self, xs: &mut XmlStream<Tls>, el: Element) {
+    /// Write one stanza, or hold it while the client is inactive (CSI).
+    /// Returns whether something was written.
+    fn deliver_one(&mut self, xs: &mut XmlStream<Tls>, el: Element, stored: Option<i64>) -> bool {
+        if self.csi.inactive && !important(&el) {
+            self.hold(el, stored);
+            if self.csi.held.len() > CSI_MAX_HELD {
+                // Bounded memory: an overfull hold is flushed at once.
+                for (h, id) in std::mem::take(&mut self.csi.held) {
+                    self.write(xs, h, id);
+                }
+                return true;
+            }
+            return false;
+        }
+        if self.csi.inactive && el.name() == "message" {
+            // An important message: flush what was held first, in order.
+            for (h, id) in std::mem::take(&mut self.csi.held) {
+                self.write(xs, h, id);
+            }
+        }
+        self.write(xs, el, stored);
+        true
+    }
+
+    fn write(&mut self, xs: &mut XmlStream<Tls>, el: Element, stored: Option<i64>) {
         xs.queue(&el);
-        self.record_sent(el);
+        self.record_sent(el, stored);
+    }
+
+    /// Without stream management, offline rows written since the last proof
+    /// are proven delivered by the answer to a ping sent after them.
+    fn ask_for_proof(&mut self, xs: &mut XmlStream<Tls>) {
+        if self.sm.is_some() || self.proof.pending.is_some() || self.proof.unproven.is_empty() {
+            return;
+        }
+        let id = format!("offline-{}", new_id());
+        xs.queue(
+            &elem("iq", NS_CLIENT)
+                .with("type", "get")
+                .with("id", id.clone())
+                .with("from", self.server.domain().to_string())
+                .with("to", self.me.jid.to_string())
+                .child(elem("ping", "urn:xmpp:ping")),
+        );
+        self.proof.pending = Some((id, std::mem::take(&mut self.proof.unproven)));
     }
 
     /// CSI: keep only the latest presence per sender, and chat states.
-    fn hold(&mut self, el: Element) {
+    fn hold(&mut self, el: Element, stored: Option<i64>) {
         if el.name() == "presence" {
             let from = el.attr("from").map(str::to_string);
             self.csi
                 .held
-                .retain(|h| h.name() != "presence" || h.attr("from").map(str::to_string) != from);
+                .retain(|(h, _)| h.name() != "presence" || h.attr("from").map(str::to_string) != from);
         }
-        self.csi.held.push(el);
+        self.csi.held.push((el, stored));
     }
 
     /// Handle one element from the client.
@@ -369,9 +468,10 @@ impl Session {
                 "inactive" => self.csi.inactive = true,
                 "active" => {
                     self.csi.inactive = false;
-                    for h in std::mem::take(&mut self.csi.held) {
-                        self.write(xs, h);
+                    for (h, id) in std::mem::take(&mut self.csi.held) {
+                        self.write(xs, h, id);
                     }
+                    self.ask_for_proof(xs);
                     xs.flush().await?;
                 }
                 _ => return Err(ConnError::Stream(StreamError::UnsupportedStanzaType)),
@@ -391,6 +491,22 @@ impl Session {
             let ok = f == me.jid.as_str() || jid::Jid::new(f).is_ok_and(|j| j == me.jid.to_bare() || j == me.jid);
             if !ok {
                 return Err(ConnError::Stream(StreamError::InvalidFrom));
+            }
+        }
+        if kind == Kind::Iq && matches!(el.attr("type"), Some("result" | "error")) {
+            let answers_proof = self
+                .proof
+                .pending
+                .as_ref()
+                .is_some_and(|(id, _)| el.attr("id") == Some(id.as_str()));
+            if answers_proof {
+                // The client read everything written before the ping.
+                if let Some((_, ids)) = self.proof.pending.take() {
+                    offline::delivered(&self.server, ids);
+                }
+                self.ask_for_proof(xs);
+                xs.flush().await?;
+                return Ok(None);
             }
         }
         el.set("from", me.jid.to_string());
@@ -456,8 +572,9 @@ impl Session {
                     .attr("h")
                     .and_then(|h| h.parse::<u32>().ok())
                     .ok_or(ConnError::Stream(StreamError::BadFormat))?;
-                sm.ack(h).map_err(ConnError::Stream)?;
+                let proven = sm.ack(h).map_err(ConnError::Stream)?;
                 sm.ack_pending = false;
+                offline::delivered(&self.server, proven);
             }
             "resume" => {
                 // Resumption happens before binding; on a bound stream it is out of place.
