@@ -2,115 +2,28 @@
 //! set up logging, bind listeners and run.
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use pushbox::{config::Config, store};
-use std::{io::Read, path::PathBuf, process::ExitCode};
+use std::{io::Read, process::ExitCode};
 
-#[derive(Parser)]
-#[command(
-    name = "pushbox",
-    version,
-    about = "XMPP server, push relay and ACME certificates in one daemon"
-)]
-struct Cli {
-    /// Configuration file [default: $PUSHBOX_CONFIG, ./pushbox.toml, /etc/pushbox/pushbox.toml]
-    #[arg(long, short, global = true)]
-    config: Option<PathBuf>,
-    #[command(subcommand)]
-    command: Command,
-}
+mod cli;
 
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon.
-    Serve,
-    /// Check configuration, DNS, certificates and ports; say what to fix.
-    /// Exit status: 0 all well, 1 a check failed, 2 configuration problems.
-    Check {
-        /// Only this part (default: all of them).
-        #[arg(value_enum)]
-        what: Option<pushbox::check::Section>,
-        /// Print the findings as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Manage XMPP accounts.
-    #[command(subcommand)]
-    User(UserCmd),
-    /// Manage invitations (XEP-0401).
-    #[command(subcommand)]
-    Invite(InviteCmd),
-    /// Copy the database to FILE, consistently, while the daemon runs.
-    Backup {
-        /// Where to write the copy (must not exist yet).
-        file: PathBuf,
-    },
-    /// Write the man page and shell completions into DIR (used when packaging).
-    #[command(hide = true)]
-    GenerateAssets { dir: PathBuf },
-}
-
-#[derive(Subcommand)]
-enum UserCmd {
-    /// Create an account.
-    Add {
-        /// Username or JID.
-        user: String,
-        /// Read the password from standard input instead of prompting.
-        #[arg(long)]
-        password_stdin: bool,
-        /// Make the account an administrator.
-        #[arg(long)]
-        admin: bool,
-    },
-    /// Delete an account and everything stored for it.
-    Del { user: String },
-    /// Change an account's password.
-    Passwd {
-        user: String,
-        #[arg(long)]
-        password_stdin: bool,
-    },
-    /// List accounts.
-    List,
-}
-
-#[derive(Subcommand)]
-enum InviteCmd {
-    /// Create an invitation link.
-    Create {
-        /// The new account becomes an administrator.
-        #[arg(long)]
-        admin: bool,
-        /// How long the invitation stays valid.
-        #[arg(long, default_value = "7d")]
-        expires: String,
-        /// How many accounts it can create.
-        #[arg(long, default_value_t = 1)]
-        uses: u32,
-    },
-    /// List invitations that are still valid.
-    List,
-    /// Revoke an invitation by the first characters of its token.
-    Revoke { token_prefix: String },
-}
+use cli::{Cli, Command, InviteCmd, UserCmd};
 
 /// Exit status for a configuration problem.
 const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::GenerateAssets { dir } = &cli.command {
-        return match generate_assets(dir) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("pushbox: {e:#}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     let path = pushbox::config::locate(cli.config.as_deref());
     if let Command::Check { what, json } = cli.command {
+        use pushbox::check::Section;
+        let what = what.map(|w| match w {
+            cli::CheckSection::Config => Section::Config,
+            cli::CheckSection::Dns => Section::Dns,
+            cli::CheckSection::Certs => Section::Certs,
+            cli::CheckSection::Ports => Section::Ports,
+        });
         return ExitCode::from(pushbox::check::main(path.as_deref(), what, json));
     }
     let config = match Config::load(path.as_deref()) {
@@ -126,7 +39,6 @@ fn main() -> ExitCode {
         Command::User(u) => user(&config, u),
         Command::Invite(i) => invite(&config, i),
         Command::Backup { file } => backup(&config, &file),
-        Command::GenerateAssets { .. } => unreachable!("handled before loading the configuration"),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -317,21 +229,5 @@ fn backup(config: &Config, file: &std::path::Path) -> Result<()> {
     let db = config.data_dir.join("pushbox.sqlite3");
     let size = store::backup::backup(&db, file).map_err(|e| anyhow!("{e}"))?;
     println!("backed up {} to {} ({size} bytes)", db.display(), file.display());
-    Ok(())
-}
-
-/// The man page pushbox(1) and completions for bash, zsh and fish, from the
-/// clap definitions above, so they never drift from the real CLI.
-fn generate_assets(dir: &std::path::Path) -> Result<()> {
-    use clap::CommandFactory;
-    use clap_complete::Shell;
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let cmd = Cli::command();
-    let mut page = Vec::new();
-    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
-    std::fs::write(dir.join("pushbox.1"), page)?;
-    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
-        clap_complete::generate_to(shell, &mut cmd.clone(), "pushbox", dir)?;
-    }
     Ok(())
 }

@@ -494,3 +494,39 @@ async fn external_services_hand_out_turn_credentials() {
     );
     s.stop().await;
 }
+
+/// After bob approves alice's subscription, alice's client gets bob's
+/// current presence once per bob resource: not once from the approval and
+/// again from the probe (0.1 sent it two or three times).
+#[tokio::test]
+async fn an_approved_subscription_brings_presence_once() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let mut a = RawClient::login(s.c2s, "alice", "pw").await;
+    let mut b = RawClient::login(s.c2s, "bob", "pw").await;
+    a.send("<presence/>").await;
+    b.send("<presence><status>here</status></presence>").await;
+    a.send("<presence type='subscribe' to='bob@localhost'/>").await;
+    b.read_until("type='subscribe'").await;
+    b.send("<presence type='subscribed' to='alice@localhost'/>").await;
+    a.read_until("type='subscribed'").await;
+    // Let every presence the approval causes arrive, then count.
+    a.read_for(std::time::Duration::from_millis(800)).await;
+    a.send("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let text = a.read_until("id='sync'").await;
+    let from_bob = text
+        .split("<presence")
+        .skip(1)
+        .filter(|p| {
+            let head = p.split('>').next().unwrap_or_default();
+            head.contains("from='bob@localhost/") && !head.contains("type=")
+        })
+        .count();
+    assert_eq!(
+        from_bob, 1,
+        "bob's available presence reached alice {from_bob} times:\n{text}"
+    );
+    s.stop().await;
+}

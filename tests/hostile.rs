@@ -188,6 +188,7 @@ fn cases() -> Vec<Case> {
         case("huge text", Bound, &[&huge_text], Stream("policy-violation")),
         case("oversized stanza of small children", Bound, &[&many_children], Stream("policy-violation")),
         case("duplicate attribute", Bound, &["<message to='a@localhost' to='b@localhost'/>"], Stream("not-well-formed")),
+        case("colliding expanded attribute names", Bound, &["<message to='alice@localhost' xmlns:x='urn:a' xmlns:y='urn:a' x:a='1' y:a='2'><body>x</body></message>"], Stream("not-well-formed")),
         case("CDATA is plain text", Bound, &["<presence/><message to='alice@localhost' id='cd'><body><![CDATA[<b>&]]></body></message>"], Reply("&amp;")),
         case("iq without a payload", Bound, &["<iq type='get' id='e1' to='localhost'/>"], Stanza("bad-request")),
         case("iq with an unknown type", Bound, &["<iq type='bogus' id='e2' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>"], Stanza("bad-request")),

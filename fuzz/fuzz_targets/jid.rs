@@ -15,6 +15,14 @@ fuzz_target!(|data: &[u8]| {
         let third = jid::Jid::new(again.as_str()).expect("a printed JID parses");
         assert_eq!(third, again, "JID normalisation settles after two rounds");
     }
+    // What the router uses: a fixed point after one call.
+    if let Some(j) = pushbox::xmpp::stanza::jid(s) {
+        assert_eq!(
+            pushbox::xmpp::stanza::jid(j.as_str()),
+            Some(j),
+            "stanza::jid is a fixed point"
+        );
+    }
     // Usernames: what normalises is a fixed point (names that do not settle
     // in one round are refused; docs/reliability.md).
     if let Ok(u) = pushbox::store::accounts::normalize(s) {

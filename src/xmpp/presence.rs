@@ -398,12 +398,9 @@ async fn inbound_subscription(server: &Arc<Server>, from: &BareJid, owner: &Bare
             item.sub = Sub::with(true, item.sub.from());
             save(server, owner, id, item, true).await;
             deliver(p);
-            // Now that we see the contact, ask for its current presence.
-            let probe = elem("presence", NS_CLIENT)
-                .with("type", "probe")
-                .with("from", owner.to_string())
-                .with("to", from.to_string());
-            route(server, probe).await;
+            // No probe: the approving server MUST send the contact's current
+            // presence with the approval (RFC 6121 §3.1.5; a local contact's
+            // does, in `outbound_subscription`), so a probe would only repeat it.
         }
         "unsubscribe" if item.sub.from() || item.pending_in => {
             let had_from = item.sub.from();

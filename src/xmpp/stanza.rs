@@ -150,13 +150,26 @@ pub fn typ(el: &Element) -> &str {
 
 /// Parse the `to` attribute. `Ok(None)` when absent.
 pub fn to(el: &Element) -> Result<Option<Jid>, Condition> {
-    el.attr("to")
-        .map(|t| Jid::new(t).map_err(|_| Condition::JidMalformed))
-        .transpose()
+    el.attr("to").map(|t| jid(t).ok_or(Condition::JidMalformed)).transpose()
 }
 
 pub fn from(el: &Element) -> Option<Jid> {
-    el.attr("from").and_then(|f| Jid::new(f).ok())
+    el.attr("from").and_then(jid)
+}
+
+/// Parse and normalise a JID to a fixed point. The jid crate's
+/// normalisation is not always idempotent (`ax\u{1d34}` prints as `axH`,
+/// which parses to `axh`): the printed form is parsed once more, so that
+/// the router, blocklists and rosters see one spelling of an address; a
+/// JID that still changes on a third round is refused (`None`).
+pub fn jid(s: &str) -> Option<Jid> {
+    let once = Jid::new(s).ok()?;
+    let twice = Jid::new(once.as_str()).ok()?;
+    if twice == once {
+        return Some(once);
+    }
+    let thrice = Jid::new(twice.as_str()).ok()?;
+    (thrice == twice).then_some(twice)
 }
 
 /// Turn `stanza` into the error reply for it, or `None` when it must not be
@@ -214,5 +227,20 @@ pub fn iq_payload(iq: &Element) -> Result<&Element, Condition> {
     match (it.next(), it.next()) {
         (Some(c), None) => Ok(c),
         _ => Err(Condition::BadRequest),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jids_are_normalised_to_a_fixed_point() {
+        // One round gives axH; the second, axh; the result parses to itself.
+        let j = jid("ax\u{1d34}@example.org").unwrap();
+        assert_eq!(j.as_str(), "axh@example.org");
+        assert_eq!(jid(j.as_str()).unwrap(), j);
+        assert_eq!(jid("Alice@Example.ORG/Res").unwrap().as_str(), "alice@example.org/Res");
+        assert!(jid("@@").is_none());
     }
 }

@@ -129,6 +129,11 @@ pub struct StreamParser {
     attrs_here: usize,
     /// Attribute names seen on the element being opened (duplicates are not well-formed).
     attr_names: Vec<String>,
+    /// Prefixed attributes of the element being opened, `(prefix, local name)`:
+    /// checked for colliding expanded names once its declarations are known.
+    prefixed_attrs: Vec<(String, String)>,
+    /// Prefix declarations of every open element, outermost first.
+    scopes: Vec<Vec<(String, String)>>,
     header: Option<StreamHeader>,
     in_header: bool,
     header_open_ok: bool,
@@ -151,6 +156,8 @@ impl StreamParser {
             stanza_bytes: 0,
             attrs_here: 0,
             attr_names: Vec::new(),
+            prefixed_attrs: Vec::new(),
+            scopes: Vec::new(),
             header: None,
             in_header: false,
             header_open_ok: false,
@@ -188,6 +195,8 @@ impl StreamParser {
             RawEvent::ElementHeadOpen(m, (prefix, name)) => {
                 self.attrs_here = 0;
                 self.attr_names.clear();
+                self.prefixed_attrs.clear();
+                self.scopes.push(Vec::new());
                 if self.depth == 0 {
                     self.in_header = true;
                     self.header_open_ok =
@@ -219,6 +228,15 @@ impl StreamParser {
                     return Err(StreamError::NotWellFormed);
                 }
                 self.attr_names.push(qname);
+                match prefix.as_deref().map(|p| p.as_str()) {
+                    Some("xmlns") => {
+                        if let Some(scope) = self.scopes.last_mut() {
+                            scope.push((name.to_string(), value.to_string()));
+                        }
+                    }
+                    Some(p) => self.prefixed_attrs.push((p.to_string(), name.to_string())),
+                    None => {}
+                }
                 let declared = match (prefix.as_deref().map(|p| p.as_str()), name.as_str()) {
                     (None, "xmlns") => Some(None),
                     (Some("xmlns"), p) => Some(Some(p)),
@@ -260,6 +278,30 @@ impl StreamParser {
                 Ok(None)
             }
             RawEvent::ElementHeadClose(m) => {
+                // Namespaces in XML §6.3: no two attributes may have the same
+                // expanded name (`x:a` and `y:a` with x and y bound to one URI).
+                if self.prefixed_attrs.len() > 1 {
+                    let mut seen: Vec<(&str, &str)> = Vec::with_capacity(self.prefixed_attrs.len());
+                    for (p, local) in &self.prefixed_attrs {
+                        let uri = if p == "xml" {
+                            Some(NS_XML)
+                        } else {
+                            self.scopes
+                                .iter()
+                                .rev()
+                                .flat_map(|s| s.iter().rev())
+                                .find(|(q, _)| q == p)
+                                .map(|(_, u)| u.as_str())
+                        };
+                        // An undeclared prefix is reported by the tree below.
+                        if let Some(uri) = uri {
+                            if seen.contains(&(uri, local.as_str())) {
+                                return Err(StreamError::NotWellFormed);
+                            }
+                            seen.push((uri, local.as_str()));
+                        }
+                    }
+                }
                 self.tree.process_event(RawEvent::ElementHeadClose(m)).map_err(|e| {
                     if self.in_header {
                         StreamError::InvalidNamespace
@@ -295,6 +337,7 @@ impl StreamParser {
                 Ok(None)
             }
             RawEvent::ElementFoot(m) => {
+                self.scopes.pop();
                 self.depth -= 1;
                 if self.depth == 0 {
                     return Ok(Some(Event::Close));
@@ -506,6 +549,41 @@ mod tests {
             let Event::Stanza(el) = &evs[1] else { panic!("{c}") };
             let out = el.to_xml();
             assert!(out.contains(expect), "{c} => {out}");
+        }
+    }
+
+    #[test]
+    fn colliding_expanded_attribute_names_are_not_well_formed() {
+        let refused = [
+            // Two prefixes bound to one namespace on the element itself.
+            "<message xmlns:x='urn:a' xmlns:y='urn:a' x:a='1' y:a='2'/>",
+            // One declared on a parent, one here.
+            "<message xmlns:x='urn:a'><body xmlns:y='urn:a' x:b='1' y:b='2'/></message>",
+            // The declarations after the attributes they bind.
+            "<message x:a='1' y:a='2' xmlns:x='urn:a' xmlns:y='urn:a'/>",
+            // xml: and a prefix bound to the XML namespace name is refused earlier;
+            // the xml prefix twice is a plain duplicate.
+            "<message xml:lang='en' xml:lang='de'/>",
+        ];
+        for c in refused {
+            let doc = format!("{HDR}{c}");
+            assert_eq!(
+                parse_all(doc.as_bytes(), 7).unwrap_err(),
+                StreamError::NotWellFormed,
+                "{c}"
+            );
+        }
+        let accepted = [
+            // Same local name, different namespaces.
+            "<message xmlns:x='urn:a' xmlns:y='urn:b' x:a='1' y:a='2'/>",
+            // A prefixed and an unprefixed attribute never collide.
+            "<message xmlns:x='urn:a' a='1' x:a='2'/>",
+            // A prefix re-bound in a child scope.
+            "<message xmlns:x='urn:a' x:a='1'><body xmlns:x='urn:b' x:a='2'/></message>",
+        ];
+        for c in accepted {
+            let doc = format!("{HDR}{c}");
+            assert!(parse_all(doc.as_bytes(), 7).is_ok(), "{c}");
         }
     }
 
