@@ -11,6 +11,7 @@
 //! - [`core`]: the shared core (config, store, certificates, limits, relay, shutdown)
 //! - [`xmpp`]: streams, SASL, sessions, router, feature modules; `xmpp::Server` wraps the core
 //! - [`push`]: the push core (relay accounts, tokens, outbox, providers)
+//! - [`turn`]: the built-in STUN/TURN server (`[turn] mode = "builtin"`)
 //! - [`http`]: the HTTPS listener and the relay's JSON API
 //! - [`metrics`]: metric names, recording helpers, the `/metrics` endpoint
 //! - [`systemd`]: readiness, stopping and watchdog notifications
@@ -28,12 +29,16 @@ pub mod push;
 pub mod shutdown;
 pub mod store;
 pub mod systemd;
+pub mod turn;
 pub mod xmpp;
 
 use anyhow::{Context, Result};
 use config::Config;
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
-use tokio::{net::TcpListener, sync::mpsc};
+use tokio::{
+    net::{TcpListener, UdpSocket},
+    sync::mpsc,
+};
 use xmpp::Server;
 
 /// Bound sockets, one list per `[listen]` key.
@@ -45,6 +50,10 @@ pub struct Listeners {
     pub s2s_direct_tls: Vec<TcpListener>,
     pub https: Vec<TcpListener>,
     pub metrics: Vec<TcpListener>,
+    /// The built-in TURN server: UDP and TCP on `turn.port`, TLS on `turn.tls_port`.
+    pub turn_udp: Vec<UdpSocket>,
+    pub turn_tcp: Vec<TcpListener>,
+    pub turn_tls: Vec<TcpListener>,
 }
 
 impl Listeners {
@@ -75,13 +84,57 @@ impl Listeners {
             },
             https: all("https", &config.listen.https).await?,
             metrics: all("metrics", &config.metrics.listen).await?,
+            ..Self::bind_turn(config)?
         })
+    }
+
+    /// The built-in TURN server's sockets (none in mode `external`). An
+    /// IPv6 address binds IPv6 only, so `0.0.0.0` and `::` can both be listed.
+    fn bind_turn(config: &Config) -> Result<Listeners> {
+        let mut l = Listeners::default();
+        let Some(t) = config.turn.as_ref().filter(|t| t.mode == config::TurnMode::Builtin) else {
+            return Ok(l);
+        };
+        let sock = |ip: std::net::IpAddr, port: u16, ty: socket2::Type, key: &str| -> Result<socket2::Socket> {
+            let a = SocketAddr::new(ip, port);
+            let s = socket2::Socket::new(socket2::Domain::for_address(a), ty, None)?;
+            if ip.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            if ty == socket2::Type::STREAM {
+                s.set_reuse_address(true)?;
+            }
+            s.bind(&a.into())
+                .with_context(|| format!("cannot listen on {a} ({key})"))?;
+            s.set_nonblocking(true)?;
+            Ok(s)
+        };
+        for ip in &t.bind {
+            let u = sock(*ip, t.port, socket2::Type::DGRAM, "turn.port")?;
+            l.turn_udp.push(UdpSocket::from_std(u.into())?);
+            let s = sock(*ip, t.port, socket2::Type::STREAM, "turn.port")?;
+            s.listen(1024)?;
+            l.turn_tcp.push(TcpListener::from_std(s.into())?);
+            if let Some(p) = t.tls_port() {
+                let s = sock(*ip, p, socket2::Type::STREAM, "turn.tls_port")?;
+                s.listen(1024)?;
+                l.turn_tls.push(TcpListener::from_std(s.into())?);
+            }
+        }
+        Ok(l)
     }
 }
 
 /// Open storage and certificates and build the shared core and the XMPP
 /// server around it.
-pub fn build_server(config: Config, shutdown: shutdown::Shutdown) -> Result<Arc<Server>> {
+pub fn build_server(mut config: Config, shutdown: shutdown::Shutdown) -> Result<Arc<Server>> {
+    if let Some(t) = config
+        .turn
+        .as_mut()
+        .filter(|t| t.mode == config::TurnMode::Builtin && t.secret.is_empty())
+    {
+        t.secret = turn::load_or_create_secret(&config.data_dir).context("the TURN secret")?;
+    }
     let store = store::Store::open_in(&config.data_dir).context("opening the database")?;
     let certs = certs::CertStore::new(&config).context("loading TLS certificates")?;
     let l = &config.limits;
@@ -169,6 +222,32 @@ pub async fn run(
             ..acceptor.clone()
         }
         .spawn("metrics", l, move |tcp, _| http::metrics::serve(c.clone(), tcp));
+    }
+    // The built-in TURN server: UDP sockets served directly, TCP and TLS
+    // through the accept loop like every listener.
+    if !(listeners.turn_udp.is_empty() && listeners.turn_tcp.is_empty() && listeners.turn_tls.is_empty()) {
+        let ts = turn::TurnServer::new(&core.config, core.limiter.clone(), core.shutdown.clone())?;
+        ts.spawn_sweeper();
+        for u in listeners.turn_udp {
+            tokio::spawn(turn::transport::serve_udp(ts.clone(), u));
+        }
+        let turn_acceptor = net::Acceptor {
+            alive: None,
+            ..acceptor.clone()
+        };
+        for l in listeners.turn_tcp {
+            let ts = ts.clone();
+            turn_acceptor.spawn("turn_tcp", l, move |tcp, peer| {
+                turn::transport::serve_tcp(ts.clone(), tcp, peer)
+            });
+        }
+        let tls = tokio_rustls::TlsAcceptor::from(core.certs.server_config(&[]));
+        for l in listeners.turn_tls {
+            let (ts, tls) = (ts.clone(), tls.clone());
+            turn_acceptor.spawn("turn_tls", l, move |tcp, peer| {
+                turn::transport::serve_tls(ts.clone(), tls.clone(), tcp, peer)
+            });
+        }
     }
     #[cfg(unix)]
     spawn_reload(core.clone());

@@ -37,6 +37,21 @@ pub const OUTBOX_DEPTH: &str = "pushbox_outbox_depth";
 pub const OUTBOX_OLDEST_AGE: &str = "pushbox_outbox_oldest_age_seconds";
 /// Gauge (federation): s2s streams, labels `direction` (`in`, `out`) and `state`.
 pub const S2S_STREAMS: &str = "pushbox_s2s_streams";
+/// Gauge (TURN): live allocations of the built-in TURN server.
+pub const TURN_ALLOCATIONS: &str = "pushbox_turn_allocations";
+/// Counter (TURN): requests, labels `method` (`binding`, `allocate`,
+/// `refresh`, `create_permission`, `channel_bind`, `other`) and `result`
+/// (`ok` or the error code, e.g. `401`, `403`, `486`).
+pub const TURN_REQUESTS: &str = "pushbox_turn_requests_total";
+/// Counter (TURN): relayed payload bytes, label `direction` (`to_peer`, `to_client`).
+pub const TURN_RELAYED_BYTES: &str = "pushbox_turn_relayed_bytes_total";
+/// Counter (TURN): relayed datagrams, label `direction`.
+pub const TURN_RELAYED_PACKETS: &str = "pushbox_turn_relayed_packets_total";
+/// Counter (TURN): datagrams not relayed, label `reason` (`no_permission`,
+/// `bandwidth`, `send_failed`).
+pub const TURN_DROPPED_PACKETS: &str = "pushbox_turn_dropped_packets_total";
+/// Counter (TURN): CreatePermission/ChannelBind refused by the peer policy.
+pub const TURN_PEERS_REFUSED: &str = "pushbox_turn_peers_refused_total";
 
 /// The process-wide recorder, installed on first use. Installing is global
 /// (one per process), so in-process tests running several daemons share it.
@@ -60,6 +75,22 @@ fn describe() {
     describe_counter!(LOGINS, "SASL authentications by result.");
     describe_gauge!(SESSIONS_ONLINE, "Bound client sessions.");
     describe_gauge!(DATABASE_SIZE, Unit::Bytes, "Size of the SQLite database and its WAL.");
+    describe_gauge!(TURN_ALLOCATIONS, "Live allocations of the built-in TURN server.");
+    describe_counter!(TURN_REQUESTS, "TURN/STUN requests by method and result.");
+    describe_counter!(
+        TURN_RELAYED_BYTES,
+        Unit::Bytes,
+        "Bytes relayed by the TURN server, by direction."
+    );
+    describe_counter!(
+        TURN_RELAYED_PACKETS,
+        "Datagrams relayed by the TURN server, by direction."
+    );
+    describe_counter!(
+        TURN_DROPPED_PACKETS,
+        "Datagrams the TURN server did not relay, by reason."
+    );
+    describe_counter!(TURN_PEERS_REFUSED, "Peer addresses refused by the TURN relay policy.");
     describe_gauge!(
         CERT_EXPIRY,
         Unit::Seconds,

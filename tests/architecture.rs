@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["store"],
     &["certs"],
     &["net"],
-    &["push"],
+    &["push", "turn"],
     &["core"],
     &["http"],
     &["xmpp"],

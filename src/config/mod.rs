@@ -385,26 +385,151 @@ impl Default for Upload {
     }
 }
 
-/// `[turn]`: a STUN/TURN server (such as coturn with `use-auth-secret`).
+/// Where the STUN/TURN server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TurnMode {
+    /// Another server (such as coturn with `use-auth-secret`) at `host`.
+    #[default]
+    External,
+    /// pushbox itself serves STUN and TURN (RFC 8489, RFC 8656).
+    Builtin,
+}
+
+/// `[turn]`: the STUN/TURN server announced with XEP-0215, external or built in.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Turn {
-    /// Host name clients connect to.
+    #[serde(default)]
+    pub mode: TurnMode,
+    /// Host name clients connect to (mode `builtin`: defaults to the domain).
+    #[serde(default)]
     pub host: String,
     /// STUN/TURN port (UDP and TCP).
     #[serde(default = "default_turn_port")]
     pub port: u16,
-    /// TURN over TLS port, if the server offers it.
+    /// TURN over TLS port. Mode `external`: announced if set. Mode
+    /// `builtin`: unset means 5349, `0` means no TLS listener.
     #[serde(default)]
     pub tls_port: Option<u16>,
     /// Transports offered for TURN.
     #[serde(default = "default_turn_transports")]
     pub transports: Vec<String>,
-    /// The secret shared with the TURN server (coturn `static-auth-secret`).
+    /// The secret credentials are made from (coturn `static-auth-secret`).
+    /// Mode `builtin`: unset generates one in `data_dir/turn/secret`.
+    #[serde(default)]
     pub secret: String,
     /// How long handed-out credentials stay valid.
     #[serde(default = "default_turn_ttl")]
     pub ttl: Duration,
+    /// Mode `builtin`: addresses to listen on (UDP and TCP on `port`, TLS on
+    /// `tls_port`); relayed sockets bind to the first of each family.
+    #[serde(default = "default_turn_bind")]
+    pub bind: Vec<std::net::IpAddr>,
+    /// Mode `builtin`: UDP ports for relayed addresses, `"low-high"`.
+    #[serde(default = "default_relay_ports")]
+    pub relay_ports: String,
+    /// Mode `builtin`: the IPv4 address announced in relayed addresses
+    /// (the public one, when the machine is behind NAT).
+    #[serde(default)]
+    pub public_ipv4: Option<std::net::Ipv4Addr>,
+    /// Mode `builtin`: the IPv6 address announced in relayed addresses.
+    #[serde(default)]
+    pub public_ipv6: Option<std::net::Ipv6Addr>,
+    /// Mode `builtin`: allocations one user may hold at once.
+    #[serde(default = "default_allocations_per_user")]
+    pub max_allocations_per_user: u32,
+    /// Mode `builtin`: allocations one client IP address may hold at once.
+    #[serde(default = "default_allocations_per_ip")]
+    pub max_allocations_per_ip: u32,
+    /// Mode `builtin`: allocations in all.
+    #[serde(default = "default_allocations")]
+    pub max_allocations: u32,
+    /// Mode `builtin`: the longest lifetime a client may ask for at once
+    /// (it refreshes before the end).
+    #[serde(default = "default_max_lifetime")]
+    pub max_lifetime: Duration,
+    /// Mode `builtin`: bytes per second one allocation may relay (both
+    /// directions together); `0` is unlimited.
+    #[serde(default = "default_bandwidth")]
+    pub max_bandwidth: u64,
+    /// Mode `builtin`: peer ranges (CIDR) relayed to although the built-in
+    /// list refuses them (loopback, private, link-local…).
+    #[serde(default)]
+    pub allowed_peers: Vec<String>,
+    /// Mode `builtin`: more peer ranges (CIDR) never relayed to.
+    #[serde(default)]
+    pub denied_peers: Vec<String>,
+}
+
+impl Turn {
+    /// The host announced to clients.
+    pub fn host_or<'a>(&'a self, domain: &'a str) -> &'a str {
+        if self.host.is_empty() {
+            domain
+        } else {
+            &self.host
+        }
+    }
+
+    /// The TLS port, if TURN over TLS is offered.
+    pub fn tls_port(&self) -> Option<u16> {
+        match (self.mode, self.tls_port) {
+            (_, Some(0)) => None,
+            (TurnMode::Builtin, None) => Some(5349),
+            (_, p) => p,
+        }
+    }
+
+    /// `relay_ports` as an inclusive range.
+    pub fn relay_port_range(&self) -> Option<(u16, u16)> {
+        let (a, b) = self.relay_ports.split_once('-')?;
+        let (a, b): (u16, u16) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        (a > 0 && a <= b).then_some((a, b))
+    }
+
+    fn validate(&self, report: &mut dyn FnMut(&str, String)) {
+        let builtin = self.mode == TurnMode::Builtin;
+        if !(builtin && self.secret.is_empty()) && self.secret.len() < 16 {
+            report("turn.secret", "must be at least 16 characters".into());
+        }
+        if !builtin && self.host.is_empty() {
+            report("turn.host", "is required when turn.mode = \"external\"".into());
+        }
+        for tr in &self.transports {
+            if tr != "udp" && tr != "tcp" {
+                report("turn.transports", format!("`{tr}` is not udp or tcp"));
+            }
+        }
+        if !builtin {
+            return;
+        }
+        if self.relay_port_range().is_none() {
+            report(
+                "turn.relay_ports",
+                format!("`{}` is not \"low-high\" (e.g. \"49152-65535\")", self.relay_ports),
+            );
+        }
+        if self.bind.is_empty() {
+            report("turn.bind", "must name at least one address".into());
+        }
+        if self.max_lifetime.get() < std::time::Duration::from_secs(600) {
+            report(
+                "turn.max_lifetime",
+                "must be at least 10m (the default lifetime of RFC 8656)".into(),
+            );
+        }
+        for (key, list) in [
+            ("turn.allowed_peers", &self.allowed_peers),
+            ("turn.denied_peers", &self.denied_peers),
+        ] {
+            for n in list {
+                if n.parse::<ipnet::IpNet>().is_err() {
+                    report(key, format!("`{n}` is not a CIDR range (e.g. \"192.168.1.0/24\")"));
+                }
+            }
+        }
+    }
 }
 
 fn default_turn_port() -> u16 {
@@ -415,6 +540,27 @@ fn default_turn_transports() -> Vec<String> {
 }
 fn default_turn_ttl() -> Duration {
     Duration::from_secs(86400)
+}
+fn default_turn_bind() -> Vec<std::net::IpAddr> {
+    vec![std::net::Ipv4Addr::UNSPECIFIED.into()]
+}
+fn default_relay_ports() -> String {
+    "49152-65535".into()
+}
+fn default_allocations_per_user() -> u32 {
+    10
+}
+fn default_allocations_per_ip() -> u32 {
+    20
+}
+fn default_allocations() -> u32 {
+    1000
+}
+fn default_max_lifetime() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_bandwidth() -> u64 {
+    1_000_000
 }
 
 /// Keys whose tables take free-form keys.
@@ -750,17 +896,7 @@ impl Config {
             }
         }
         if let Some(t) = &self.turn {
-            if t.secret.len() < 16 {
-                report("turn.secret", "must be at least 16 characters".into());
-            }
-            if t.host.is_empty() {
-                report("turn.host", "must not be empty".into());
-            }
-            for tr in &t.transports {
-                if tr != "udp" && tr != "tcp" {
-                    report("turn.transports", format!("`{tr}` is not udp or tcp"));
-                }
-            }
+            t.validate(report);
         }
         self.relay.validate(report);
     }

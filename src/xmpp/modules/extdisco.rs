@@ -1,9 +1,11 @@
-//! External Service Discovery (XEP-0215, `urn:xmpp:extdisco:2`): STUN and
-//! TURN servers from `[turn]`, with short-lived TURN credentials made from
-//! the secret shared with the TURN server (coturn's `static-auth-secret`,
-//! the "TURN REST API" scheme).
+//! External Service Discovery (XEP-0215, `urn:xmpp:extdisco:2`): the STUN
+//! and TURN servers of `[turn]` (the built-in one, or an external one such
+//! as coturn), with short-lived TURN credentials in the "TURN REST API"
+//! scheme (`turn::auth`), made from the secret the TURN server checks them
+//! with.
 
 use super::{BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
+use crate::turn::auth::credentials;
 use crate::{
     config::Turn,
     xmpp::{
@@ -11,27 +13,16 @@ use crate::{
         xml::{elem, ElementExt},
     },
 };
-use base64::{engine::general_purpose::STANDARD as B64, Engine};
-use hmac::{digest::KeyInit, Hmac, Mac};
 use minidom::Element;
-use sha1::Sha1;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 pub const NS: &str = "urn:xmpp:extdisco:2";
 
 pub struct ExtDisco {
+    /// `[turn]` with its secret resolved (the built-in server's may be generated).
     pub turn: Turn,
-}
-
-/// TURN REST credentials: username `expiry:user`, password
-/// base64(HMAC-SHA1(secret, username)).
-pub fn credentials(secret: &str, user: &str, ttl: Duration, now: SystemTime) -> (String, String, SystemTime) {
-    let expires = now + ttl;
-    let exp = expires.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let username = format!("{exp}:{user}");
-    let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(username.as_bytes());
-    (username, B64.encode(mac.finalize().into_bytes()), expires)
+    /// The host announced when `turn.host` is unset: the domain.
+    pub domain: String,
 }
 
 impl ExtDisco {
@@ -46,7 +37,7 @@ impl ExtDisco {
             }
             let mut s = elem("service", NS)
                 .with("type", typ)
-                .with("host", t.host.clone())
+                .with("host", t.host_or(&self.domain))
                 .with("port", port.to_string())
                 .with("transport", transport);
             if restricted {
@@ -62,7 +53,7 @@ impl ExtDisco {
         for tr in &t.transports {
             add("turn", t.port, tr, true);
         }
-        if let Some(p) = t.tls_port {
+        if let Some(p) = t.tls_port() {
             add("turns", p, "tcp", true);
         }
         out
@@ -116,22 +107,5 @@ impl Module for ExtDisco {
                 }
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn turn_rest_credentials_match_coturn_scheme() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let (u, p, _) = credentials("s3cret", "alice@example.org", Duration::from_secs(3600), now);
-        assert_eq!(u, "1700003600:alice@example.org");
-        // HMAC-SHA1 over the username with the shared secret, base64.
-        let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(b"s3cret").unwrap();
-        mac.update(u.as_bytes());
-        assert_eq!(p, B64.encode(mac.finalize().into_bytes()));
-        assert_eq!(p.len(), 28);
     }
 }

@@ -195,7 +195,10 @@ impl Modules {
     pub fn for_config(config: &crate::config::Config) -> Modules {
         let mut m = Self::new();
         if let Some(turn) = &config.turn {
-            m.add(Arc::new(extdisco::ExtDisco { turn: turn.clone() }));
+            m.add(Arc::new(extdisco::ExtDisco {
+                turn: turn.clone(),
+                domain: config.domain.clone(),
+            }));
         }
         m
     }
