@@ -7,6 +7,7 @@
 #[allow(clippy::duplicate_mod)] // `support` loads it too
 pub mod daemon;
 pub mod scram;
+pub mod turn;
 
 use futures_util::StreamExt;
 use pushbox::config::Config;
@@ -56,6 +57,8 @@ pub struct TestServer {
     pub c2s_tls: SocketAddr,
     pub dir: tempfile::TempDir,
     pub config: Config,
+    /// The built-in TURN server, when started with [`TestServer::start_with_turn`].
+    pub turn: Option<turn::TurnPorts>,
 }
 
 impl TestServer {
@@ -73,7 +76,24 @@ impl TestServer {
         Self::start_inner(extra, true).await
     }
 
+    /// Start with the built-in TURN server on 127.0.0.1 (free ports found
+    /// here); `turn_keys` are more keys of its `[turn]` section, `extra` other sections.
+    pub async fn start_with_turn(turn_keys: &str, extra: &str) -> TestServer {
+        let (ports, sockets) = turn::TurnPorts::bind().await;
+        let extra = format!(
+            "[turn]\nmode = \"builtin\"\nbind = [\"127.0.0.1\"]\nport = {}\ntls_port = {}\n{turn_keys}\n{extra}",
+            ports.port, ports.tls_port
+        );
+        let mut s = Self::start_full(&extra, false, Some(sockets)).await;
+        s.turn = Some(ports);
+        s
+    }
+
     async fn start_inner(extra: &str, with_https: bool) -> TestServer {
+        Self::start_full(extra, with_https, None).await
+    }
+
+    async fn start_full(extra: &str, with_https: bool, turn_sockets: Option<turn::TurnSockets>) -> TestServer {
         let ca_dir = test_ca();
         let dir = tempfile::tempdir().unwrap();
         let tls = dir.path().join("data/tls");
@@ -100,8 +120,18 @@ impl TestServer {
             _ => toml,
         };
         let config = Config::from_toml_str(&toml, Some(dir.path())).unwrap_or_else(|e| panic!("{e}"));
-        let mut listeners = pushbox::Listeners::bind(&config).await.unwrap();
+        // The TURN sockets are bound already (UDP and TCP on one free port).
+        let mut bind_config = config.clone();
+        if turn_sockets.is_some() {
+            bind_config.turn = None;
+        }
+        let mut listeners = pushbox::Listeners::bind(&bind_config).await.unwrap();
         listeners.https.extend(https);
+        if let Some(t) = turn_sockets {
+            listeners.turn_udp.push(t.udp);
+            listeners.turn_tcp.push(t.tcp);
+            listeners.turn_tls.push(t.tls);
+        }
         let c2s = listeners.c2s[0].local_addr().unwrap();
         let c2s_tls = listeners.c2s_direct_tls[0].local_addr().unwrap();
         let daemon = daemon::InProcess::start(config.clone(), listeners, WAIT).await;
@@ -112,6 +142,7 @@ impl TestServer {
             dir,
             config,
             daemon,
+            turn: None,
         }
     }
 
