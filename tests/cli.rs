@@ -187,3 +187,69 @@ fn sigterm_closes_streams_and_exits_0() {
     let rest = String::from_utf8_lossy(&rest);
     assert!(rest.contains("</stream:stream>"), "stream closed: {rest}");
 }
+
+#[test]
+fn turn_config_errors_name_their_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "[turn]\nmode = \"builtin\"\nrelay_ports = \"60000-50000\"\nallowed_peers = [\"10.0.0.0/33\"]\nsecret = \"short\"\n",
+    );
+    let out = pushbox().arg("--config").arg(&cfg).arg("serve").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in ["`turn.relay_ports`", "`turn.allowed_peers`", "`turn.secret`"] {
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    let cfg = write_config(dir.path(), "[turn]\nsecret = \"0123456789abcdef0123\"\n");
+    let out = pushbox()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["check", "config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "an external server needs a host");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`turn.host`"));
+}
+
+/// `check ports` for the built-in TURN server: a UDP port held by something
+/// that is not a STUN server is an error; a free one is fine.
+#[test]
+fn check_ports_probes_the_turn_udp_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let squatter = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = squatter.local_addr().unwrap().port();
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "[listen]\nc2s = []\nc2s_direct_tls = []\nhttps = []\n\
+             [turn]\nmode = \"builtin\"\nbind = [\"127.0.0.1\"]\nport = {port}\ntls_port = 0\n"
+        ),
+    );
+    let out = pushbox()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["check", "ports", "--json"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("no STUN server answers"), "{report}");
+    assert!(
+        report.contains("not a public address"),
+        "127.0.0.1 is announced: {report}"
+    );
+    drop(squatter);
+    let out = pushbox()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["check", "ports", "--json"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert!(
+        report.contains(&format!("turn.port (udp) 127.0.0.1:{port}")),
+        "{report}"
+    );
+}
