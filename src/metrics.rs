@@ -48,7 +48,7 @@ pub const TURN_RELAYED_BYTES: &str = "pushbox_turn_relayed_bytes_total";
 /// Counter (TURN): relayed datagrams, label `direction`.
 pub const TURN_RELAYED_PACKETS: &str = "pushbox_turn_relayed_packets_total";
 /// Counter (TURN): datagrams not relayed, label `reason` (`no_permission`,
-/// `bandwidth`, `send_failed`).
+/// `bandwidth`, `send_failed`, `too_big` (over 16 KiB from a peer)).
 pub const TURN_DROPPED_PACKETS: &str = "pushbox_turn_dropped_packets_total";
 /// Counter (TURN): CreatePermission/ChannelBind refused by the peer policy.
 pub const TURN_PEERS_REFUSED: &str = "pushbox_turn_peers_refused_total";

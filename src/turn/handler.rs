@@ -21,6 +21,9 @@ use std::{
 };
 use tokio::{net::UdpSocket, sync::Notify};
 
+/// The largest datagram relayed from a peer to a client.
+const MAX_PEER_DATAGRAM: usize = 16 * 1024;
+
 /// A request that passed the long-term credential check.
 struct Authed<'a> {
     username: &'a str,
@@ -585,7 +588,9 @@ impl TurnServer {
 /// when a channel is bound to the peer and as Data indications otherwise;
 /// ends when the allocation is deleted or the daemon stops.
 async fn relay_task(server: Arc<TurnServer>, al: Arc<Allocation>, mut stop: Shutdown) {
-    let mut buf = vec![0u8; 65536];
+    // Media datagrams stay under the path MTU; one more byte than the
+    // largest relayed datagram tells a truncated one, which is dropped.
+    let mut buf = vec![0u8; MAX_PEER_DATAGRAM + 1];
     let mut out = Vec::with_capacity(2048);
     let stream = al.link.is_stream();
     let c = &server.counters;
@@ -602,6 +607,10 @@ async fn relay_task(server: Arc<TurnServer>, al: Arc<Allocation>, mut stop: Shut
             _ = al.closed.notified() => return,
             _ = stopped(&mut stop) => return,
         };
+        if n > MAX_PEER_DATAGRAM {
+            c.dropped_too_big.increment(1);
+            continue;
+        }
         let now = Instant::now();
         let channel = {
             let mut st = al.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -118,6 +118,7 @@ struct Counters {
     dropped_permission: ::metrics::Counter,
     dropped_bandwidth: ::metrics::Counter,
     dropped_send: ::metrics::Counter,
+    dropped_too_big: ::metrics::Counter,
 }
 
 impl Counters {
@@ -131,6 +132,7 @@ impl Counters {
             dropped_permission: counter!(metrics::TURN_DROPPED_PACKETS, "reason" => "no_permission"),
             dropped_bandwidth: counter!(metrics::TURN_DROPPED_PACKETS, "reason" => "bandwidth"),
             dropped_send: counter!(metrics::TURN_DROPPED_PACKETS, "reason" => "send_failed"),
+            dropped_too_big: counter!(metrics::TURN_DROPPED_PACKETS, "reason" => "too_big"),
         }
     }
 }
