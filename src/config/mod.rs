@@ -700,6 +700,7 @@ impl Config {
         section!(turn, "turn");
         section!(push, "push");
         section!(upload, "upload");
+        section!(muc, "muc");
 
         // 3. Values and combinations.
         let base = path
@@ -751,11 +752,18 @@ impl Config {
             );
         }
         if let Some(d) = &self.muc.domain {
-            let reserved = [self.domain.clone(), format!("push.{}", self.domain), format!("upload.{}", self.domain)];
+            let reserved = [
+                self.domain.clone(),
+                format!("push.{}", self.domain),
+                format!("upload.{}", self.domain),
+            ];
             if jid::BareJid::new(d).is_err() || d.contains('@') || d.contains('/') {
                 report("muc.domain", format!("`{d}` is not a valid XMPP domain"));
             } else if reserved.iter().any(|r| r.eq_ignore_ascii_case(d)) {
-                report("muc.domain", format!("`{d}` is already used by another service of this server"));
+                report(
+                    "muc.domain",
+                    format!("`{d}` is already used by another service of this server"),
+                );
             }
         }
         if self.muc.max_occupants == 0 {

@@ -256,12 +256,16 @@ pub fn replace_room(c: &Connection, room: i64, stanza_id: &str, stanza: &str) ->
     )? > 0)
 }
 
+/// Whether a room's archive has a message with this stanza-id.
+pub fn room_has(c: &Connection, room: i64, stanza_id: &str) -> Result<bool> {
+    Ok(row_id(c, Owner::Room(room), stanza_id)?.is_some())
+}
+
 /// The newest `max` messages of a room archive, oldest first, with their
 /// timestamps (for history on join).
 pub fn room_tail(c: &Connection, room: i64, max: usize) -> Result<Vec<Row>> {
-    let mut st = c.prepare_cached(
-        "SELECT stanza_id, ts, stanza FROM muc_archive WHERE room_id=?1 ORDER BY id DESC LIMIT ?2",
-    )?;
+    let mut st =
+        c.prepare_cached("SELECT stanza_id, ts, stanza FROM muc_archive WHERE room_id=?1 ORDER BY id DESC LIMIT ?2")?;
     let mut rows: Vec<Row> = st
         .query_map(params![room, max as i64], |r| {
             Ok(Row {

@@ -36,9 +36,11 @@ fn room_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<Room> {
 const COLUMNS: &str = "id, name, config, subject, subject_by, vcard, secret, created_at";
 
 pub fn room(c: &Connection, name: &str) -> Result<Option<Room>> {
-    Ok(c.prepare_cached(&format!("SELECT {COLUMNS} FROM muc_rooms WHERE name=?1"))?
-        .query_row(params![name], room_of)
-        .optional()?)
+    Ok(
+        c.prepare_cached(&format!("SELECT {COLUMNS} FROM muc_rooms WHERE name=?1"))?
+            .query_row(params![name], room_of)
+            .optional()?,
+    )
 }
 
 pub fn rooms(c: &Connection) -> Result<Vec<Room>> {
@@ -133,7 +135,10 @@ mod tests {
         let s = Store::open_in(dir.path()).unwrap();
         s.blocking(|c| {
             let id = create(c, "family", "{}", b"k", "alice@localhost")?.unwrap();
-            assert!(create(c, "family", "{}", b"k", "bob@localhost")?.is_none(), "names are unique");
+            assert!(
+                create(c, "family", "{}", b"k", "bob@localhost")?.is_none(),
+                "names are unique"
+            );
             set_affiliation(c, id, "bob@localhost", Some("member"), "")?;
             set_affiliation(c, id, "eve@localhost", Some("outcast"), "spam")?;
             set_affiliation(c, id, "bob@localhost", Some("admin"), "")?;

@@ -421,16 +421,19 @@ pub fn page_results(page: &db::Page, queryid: Option<&str>, to: &str, from: &str
         };
         let stamp = humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_micros(r.ts as u64)).to_string();
         out.push(
-            elem("message", NS_CLIENT).with("to", to.to_string()).with("from", from.to_string()).child(
-                elem("result", NS)
-                    .with_opt("queryid", queryid.map(str::to_string))
-                    .with("id", r.stanza_id.clone())
-                    .child(
-                        elem("forwarded", super::carbons::NS_FORWARD)
-                            .child(elem("delay", "urn:xmpp:delay").with("stamp", stamp))
-                            .child(original),
-                    ),
-            ),
+            elem("message", NS_CLIENT)
+                .with("to", to.to_string())
+                .with("from", from.to_string())
+                .child(
+                    elem("result", NS)
+                        .with_opt("queryid", queryid.map(str::to_string))
+                        .with("id", r.stanza_id.clone())
+                        .child(
+                            elem("forwarded", super::carbons::NS_FORWARD)
+                                .child(elem("delay", "urn:xmpp:delay").with("stamp", stamp))
+                                .child(original),
+                        ),
+                ),
         );
     }
     let mut set = elem("set", NS_RSM);
@@ -439,7 +442,9 @@ pub fn page_results(page: &db::Page, queryid: Option<&str>, to: &str, from: &str
         set.append_child(elem("last", NS_RSM).text_child(last.stanza_id.clone()));
     }
     set.append_child(elem("count", NS_RSM).text_child(page.count.to_string()));
-    let mut fin = elem("fin", NS).with_opt("queryid", queryid.map(str::to_string)).child(set);
+    let mut fin = elem("fin", NS)
+        .with_opt("queryid", queryid.map(str::to_string))
+        .child(set);
     if page.complete {
         fin.set("complete", "true");
     }
