@@ -242,7 +242,10 @@ pub fn expire(c: &Connection, before_ts: i64) -> Result<usize> {
 /// Add a message to a room's archive.
 pub fn insert_room(c: &Connection, room: i64, stanza_id: &str, ts: i64, with: &str, stanza: &str) -> Result<()> {
     c.prepare_cached(
-        "INSERT OR IGNORE INTO muc_archive (room_id, stanza_id, ts, with_jid, stanza) VALUES (?1, ?2, ?3, ?4, ?5)",
+        // A room destroyed meanwhile (`pushbox room destroy` while the
+        // daemon has it loaded) must not fail the writer's whole batch.
+        "INSERT OR IGNORE INTO muc_archive (room_id, stanza_id, ts, with_jid, stanza) \
+         SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM muc_rooms WHERE id=?1)",
     )?
     .execute(params![room, stanza_id, ts, with, stanza])?;
     Ok(())

@@ -207,7 +207,22 @@ impl Muc {
             }
         };
         let before = guard.occupant_count() as i64;
+        if !created && st.name() == "presence" && stanza::typ(&st).is_empty() && !guard.is_occupant(&from) {
+            // A join is when a room destroyed from the command line while
+            // loaded finds out.
+            let (id, n) = (guard.id, name.clone());
+            let exists = server
+                .store
+                .call(move |c| Ok(store::muc::room(c, &n)?.is_some_and(|r| r.id == id)))
+                .await
+                .unwrap_or(true);
+            if !exists {
+                guard.destroy(&mut ctx, None, "The room was destroyed by the operator.");
+                bounce(&mut ctx, &st, StanzaError::new(Condition::ItemNotFound, "no such room"));
+            }
+        }
         match st.name() {
+            _ if guard.gone => {}
             "presence" => guard.presence(&mut ctx, st, from, nick.as_deref(), created).await,
             "message" => message(&mut guard, &mut ctx, st, &from, nick.as_deref()).await,
             "iq" => match nick {

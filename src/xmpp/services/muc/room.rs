@@ -1001,6 +1001,10 @@ impl Room {
         }
     }
 
+    pub fn is_occupant(&self, session: &Jid) -> bool {
+        self.occupant_of(session).is_some()
+    }
+
     pub fn occupant_index(&self, session: &Jid) -> Option<usize> {
         self.occupant_of(session)
     }
