@@ -672,7 +672,6 @@ impl Room {
             m.set("to", to.to_string());
             m.append_child(
                 elem("delay", NS_DELAY)
-                    .with("xmlns", NS_DELAY)
                     .with("from", self.jid.to_string())
                     .with("stamp", stamp.to_string()),
             );
