@@ -826,3 +826,107 @@ async fn register_push(srv: &TestServer, user: &str, join_and_sleep: bool) -> St
     }
     device
 }
+
+#[tokio::test]
+async fn public_listing_and_room_avatar() {
+    let srv = TestServer::start().await;
+    users(&srv, &["alice", "bob"]);
+    let mut a = online(&srv, "alice").await;
+    let mut b = online(&srv, "bob").await;
+    let room = "lobby@groups.localhost";
+    join(&mut a, room, "Alice").await;
+    iq_ok(
+        &mut a,
+        &format!(
+            "<iq xmlns='jabber:client' type='set' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'>\
+             <field var='muc#roomconfig_publicroom'><value>1</value></field>\
+             <field var='muc#roomconfig_roomname'><value>The lobby</value></field></x></query></iq>"
+        ),
+    )
+    .await;
+    // Listed on the service, with its name; a hidden room is not.
+    join(&mut a, "hidden@groups.localhost", "Alice").await;
+    iq_ok(
+        &mut a,
+        "<iq xmlns='jabber:client' type='set' to='hidden@groups.localhost'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>",
+    )
+    .await;
+    let items = iq_ok(
+        &mut b,
+        "<iq xmlns='jabber:client' type='get' to='groups.localhost'><query xmlns='http://jabber.org/protocol/disco#items'/></iq>",
+    )
+    .await;
+    assert!(
+        s(&items).contains("jid='lobby@groups.localhost'") && s(&items).contains("The lobby"),
+        "{}",
+        s(&items)
+    );
+    assert!(!s(&items).contains("hidden@"), "{}", s(&items));
+
+    // The owner sets an avatar: occupants hear of it, disco#info carries its hash.
+    join(&mut b, room, "Bob").await;
+    let png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==";
+    let r = b
+        .iq(xml(&format!(
+            "<iq xmlns='jabber:client' type='set' to='{room}'><vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png</TYPE><BINVAL>{png}</BINVAL></PHOTO></vCard></iq>"
+        )))
+        .await;
+    assert!(is_error(&r, "forbidden"), "only owners: {}", s(&r));
+    iq_ok(
+        &mut a,
+        &format!(
+            "<iq xmlns='jabber:client' type='set' to='{room}'><vCard xmlns='vcard-temp'><PHOTO><TYPE>image/png</TYPE><BINVAL>{png}</BINVAL></PHOTO></vCard></iq>"
+        ),
+    )
+    .await;
+    let update = b
+        .expect("avatar update", |e| {
+            e.name() == "presence" && e.attr("from") == Some(room) && e.has_child("x", "vcard-temp:x:update")
+        })
+        .await;
+    let hash = update
+        .get_child("x", "vcard-temp:x:update")
+        .and_then(|x| x.get_child("photo", "vcard-temp:x:update"))
+        .map(|p| p.text())
+        .unwrap();
+    use base64::Engine;
+    use sha1::Digest;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(png).unwrap();
+    let want: String = sha1::Sha1::digest(&bytes).iter().map(|x| format!("{x:02x}")).collect();
+    assert_eq!(hash, want);
+    let info = iq_ok(
+        &mut b,
+        &format!("<iq xmlns='jabber:client' type='get' to='{room}'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>"),
+    )
+    .await;
+    assert!(
+        s(&info).contains("muc#roominfo_avatarhash") && s(&info).contains(&want),
+        "{}",
+        s(&info)
+    );
+    let v = iq_ok(
+        &mut b,
+        &format!("<iq xmlns='jabber:client' type='get' to='{room}'><vCard xmlns='vcard-temp'/></iq>"),
+    )
+    .await;
+    assert!(s(&v).contains(png), "{}", s(&v));
+
+    // Leaving: the leaver gets 110, then self-ping says not-acceptable.
+    b.send_el(xml(&format!(
+        "<presence xmlns='jabber:client' type='unavailable' to='{room}/Bob'/>"
+    )))
+    .await;
+    let left = b
+        .expect("left", |e| {
+            e.name() == "presence" && e.attr("type") == Some("unavailable") && codes(e).contains(&"110".into())
+        })
+        .await;
+    assert_eq!(item(&left).attr("role"), Some("none"));
+    let r = b
+        .iq(xml(&format!(
+            "<iq xmlns='jabber:client' type='get' to='{room}/Bob'><ping xmlns='urn:xmpp:ping'/></iq>"
+        )))
+        .await;
+    assert!(is_error(&r, "not-acceptable"), "{}", s(&r));
+    srv.stop().await;
+}
