@@ -12,7 +12,10 @@
 # the server relays every datagram twice (client → relay → peer relay →
 # client). Reported per server: messages sent and received, loss, wall
 # time, payload MB/s sent by the clients, the server's CPU seconds (utime +
-# stime from /proc) and CPU ms per MB of payload, and peak RSS.
+# stime from /proc) and CPU ms per MB of payload, peak RSS, and the UDP
+# datagrams the kernel dropped meanwhile for full receive buffers (machine-wide,
+# from /proc/net/snmp), which tells where lost messages went. pushbox's own
+# drop counters (pushbox_turn_dropped_packets_total) are printed after its row.
 # Needs Debian's `coturn` package (installed if missing) and a release build.
 set -euo pipefail
 
@@ -50,16 +53,18 @@ PY
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Datagrams the kernel dropped for full receive buffers (all sockets of the machine).
+rcvbuf_errors() { awk '/^Udp:/ && $2 ~ /^[0-9]+$/ {print $6}' /proc/net/snmp; }
 hz=$(getconf CLK_TCK)
 
 # run NAME PORT: drive the server whose pid is $srv, print one result row.
 run() {
   local name=$1 port=$2 log="$work/uclient-$1.log"
-  local c0 t0 t1 c1 rss line sent recv lost secs mbps cpu cpumb
-  c0=$(cpu_ticks "$srv"); t0=$(date +%s.%N)
+  local c0 t0 t1 c1 rss line sent recv lost secs mbps cpu cpumb k0 k1
+  c0=$(cpu_ticks "$srv"); t0=$(date +%s.%N); k0=$(rcvbuf_errors)
   turnutils_uclient -y -c -m "$CLIENTS" -n "$MESSAGES" -l "$LENGTH" -z "$INTERVAL" \
     -u "bench" -W "$SECRET" -p "$port" 127.0.0.1 > "$log" 2>&1 || true
-  t1=$(date +%s.%N); c1=$(cpu_ticks "$srv")
+  t1=$(date +%s.%N); c1=$(cpu_ticks "$srv"); k1=$(rcvbuf_errors)
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$srv/status")
   line=$(grep 'start_mclient: tot_send_msgs=' "$log" | tail -1)
   sent=$(sed -n 's/.*tot_send_msgs=\([0-9]*\).*/\1/p' <<<"$line")
@@ -69,16 +74,16 @@ run() {
   mbps=$(echo "$sent * $LENGTH / 1000000 / $secs" | bc -l)
   cpu=$(echo "($c1 - $c0) / $hz" | bc -l)
   cpumb=$(echo "1000 * $cpu / ($sent * $LENGTH / 1000000)" | bc -l)
-  printf '| %s | %s | %s | %s | %.1f s | %.2f MB/s | %.2f s | %.1f ms | %.1f MiB |\n' \
-    "$name" "$sent" "$recv" "$lost" "$secs" "$mbps" "$cpu" "$cpumb" "$(echo "$rss / 1024" | bc -l)"
+  printf '| %s | %s | %s | %s | %s | %.1f s | %.2f MB/s | %.2f s | %.1f ms | %.1f MiB |\n' \
+    "$name" "$sent" "$recv" "$lost" "$((k1 - k0))" "$secs" "$mbps" "$cpu" "$cpumb" "$(echo "$rss / 1024" | bc -l)"
 }
 
 echo "clients=$CLIENTS messages=$MESSAGES length=$LENGTH interval=${INTERVAL}ms; $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "| server | sent | received | lost | wall | payload sent | server CPU | CPU per MB | peak RSS |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| server | sent | received | lost | kernel rcvbuf drops | wall | payload sent | server CPU | CPU per MB | peak RSS |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 
 # pushbox: only the TURN server and one (unused) c2s listener.
-p=$(free_port); c2s=$(free_port)
+p=$(free_port); c2s=$(free_port); mport=$(free_port)
 cat > "$work/pushbox.toml" <<TOML
 domain = "localhost"
 data_dir = "data"
@@ -86,6 +91,8 @@ data_dir = "data"
 c2s = ["127.0.0.1:$c2s"]
 c2s_direct_tls = []
 https = []
+[metrics]
+listen = ["127.0.0.1:$mport"]
 [log]
 level = "warn"
 [turn]
@@ -105,6 +112,7 @@ srv=$!
 for _ in $(seq 100); do grep -q "pushbox is ready" "$work/pushbox.log" 2>/dev/null && break; sleep 0.1; done
 sleep 0.5
 run "pushbox $(git -C "$ROOT" rev-parse --short HEAD)" "$p"
+curl -s "http://127.0.0.1:$mport/metrics" | grep '^pushbox_turn_dropped' | sed 's/^/    /' || true
 kill "$srv"; wait "$srv" 2>/dev/null || true; srv=""
 
 # coturn with the same secret, realm, loopback peers and no quotas.
