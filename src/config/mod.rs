@@ -182,10 +182,34 @@ pub enum RegistrationMode {
     Invite,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Registration {
     pub mode: RegistrationMode,
+    /// Whether a user's contact invitation (ad-hoc `urn:xmpp:invite#invite`)
+    /// may also create an account (as Prosody's `allow_user_invites`).
+    /// Without it the invitation only makes the two accounts contacts.
+    pub user_invites: bool,
+    /// Whether every user, not only administrators, may run the ad-hoc
+    /// command `urn:xmpp:invite#create-account`.
+    pub user_account_invites: bool,
+    /// Most unused, unexpired invitations one (non-administrator) user may
+    /// hold; creating one more is refused until one is used or expires.
+    pub invites_per_user: u32,
+    /// How long an invitation made with an ad-hoc command stays valid.
+    pub invite_expiry: Duration,
+}
+
+impl Default for Registration {
+    fn default() -> Self {
+        Registration {
+            mode: RegistrationMode::default(),
+            user_invites: true,
+            user_account_invites: false,
+            invites_per_user: 5,
+            invite_expiry: Duration::from_secs(7 * 86400),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -685,6 +709,13 @@ impl Config {
             report(
                 "domain",
                 format!("`{}` must be a bare domain, without `@` or `/`", self.domain),
+            );
+        }
+        let expiry = self.registration.invite_expiry.get();
+        if expiry.as_secs() < 60 || expiry.as_secs() > 366 * 86400 {
+            report(
+                "registration.invite_expiry",
+                "must be between one minute and one year".into(),
             );
         }
         match self.tls.mode {

@@ -36,6 +36,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("pep", include_str!("migrations/0007_pep.sql")),
     ("push_encrypt", include_str!("migrations/0008_push_encrypt.sql")),
     ("pep_subscriptions", include_str!("migrations/0009_pep_subscriptions.sql")),
+    ("invites", include_str!("migrations/0011_invites.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
