@@ -2,9 +2,11 @@
 //! `PUSHBOX_<SECTION>__<KEY>` environment variables, checked once with every
 //! problem reported together (file and key named).
 
+mod component;
 mod duration;
 pub mod relay;
 
+pub use component::Component;
 pub use duration::Duration;
 pub use relay::RelayConfig;
 
@@ -45,6 +47,8 @@ pub struct Config {
     pub upload: Upload,
     /// STUN/TURN servers announced with XEP-0215; unset announces none.
     pub turn: Option<Turn>,
+    /// External components (XEP-0114) by domain.
+    pub components: BTreeMap<String, Component>,
     /// Where this configuration came from (not a key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -68,6 +72,7 @@ impl Default for Config {
             push: Push::default(),
             upload: Upload::default(),
             turn: None,
+            components: BTreeMap::new(),
             source: None,
         }
     }
@@ -89,6 +94,10 @@ pub struct Listen {
     pub https: Vec<SocketAddr>,
     /// Plain HTTP, used only for ACME HTTP-01 challenges and redirects; 80 in production.
     pub http: Vec<SocketAddr>,
+    /// External components (XEP-0114, plain TCP: keep it on loopback or a
+    /// private network), usually port 5347. Bound only when
+    /// `[components]` names one.
+    pub component: Vec<SocketAddr>,
 }
 
 impl Default for Listen {
@@ -101,6 +110,7 @@ impl Default for Listen {
             s2s_direct_tls: vec![],
             https: a("127.0.0.1:5443"),
             http: vec![],
+            component: a("127.0.0.1:5347"),
         }
     }
 }
@@ -442,7 +452,7 @@ fn default_turn_ttl() -> Duration {
 }
 
 /// Keys whose tables take free-form keys.
-const OPEN_TABLES: &[&str] = &["federation.hosts"];
+const OPEN_TABLES: &[&str] = &["federation.hosts", "components"];
 
 /// One problem found in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -659,6 +669,7 @@ impl Config {
         section!(contact, "contact");
         section!(archive, "archive");
         section!(turn, "turn");
+        section!(components, "components");
         section!(push, "push");
         section!(upload, "upload");
 
@@ -687,6 +698,11 @@ impl Config {
         }
         config.relay.resolve_paths(&base);
         let mut semantic = Vec::new();
+        for (domain, c) in config.components.iter_mut() {
+            c.resolve(domain, &base, &mut |key: &str, message: String| {
+                semantic.push((key.to_string(), message))
+            });
+        }
         config.validate(&mut |key: &str, message: String| semantic.push((key.to_string(), message)));
         for (key, message) in semantic {
             problems.push(Problem {
@@ -710,6 +726,20 @@ impl Config {
                 "domain",
                 format!("`{}` must be a bare domain, without `@` or `/`", self.domain),
             );
+        }
+        for domain in self.components.keys() {
+            let key = format!("components.{domain}");
+            // The names pushbox serves itself (certs::service_names, one layer up).
+            let taken = [
+                self.domain.clone(),
+                format!("push.{}", self.domain),
+                format!("upload.{}", self.domain),
+            ];
+            if jid::BareJid::new(domain).is_err() || domain.contains('@') || domain.contains('/') {
+                report(&key, format!("`{domain}` is not a valid XMPP domain"));
+            } else if taken.iter().any(|n| n.eq_ignore_ascii_case(domain)) {
+                report(&key, format!("`{domain}` is already served by pushbox itself"));
+            }
         }
         let expiry = self.registration.invite_expiry.get();
         if expiry.as_secs() < 60 || expiry.as_secs() > 366 * 86400 {
