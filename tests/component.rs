@@ -72,6 +72,10 @@ async fn the_handshake_needs_the_secret_and_a_configured_domain() {
     let s = TestServer::start_with(CONFIG).await;
     let (_, a) = connect(&s, "bridge.localhost", "the-wrong-secret-entirely").await;
     assert!(a.contains("<not-authorized"), "{a}");
+    assert!(
+        !a.contains("<stream:stream"),
+        "the error follows the header already sent: {a}"
+    );
     let (_, a) = connect(&s, "other.localhost", SECRET).await;
     assert!(a.contains("<host-unknown"), "{a}");
     let (mut first, a) = connect(&s, "bridge.localhost", SECRET).await;
@@ -214,4 +218,49 @@ fn a_component_needs_a_long_secret_and_its_own_domain() {
     .unwrap();
     let c = Config::load(Some(&dir.path().join("pushbox.toml"))).unwrap();
     assert_eq!(c.components["bridge.localhost"].secret(), SECRET);
+}
+
+/// Hostile component streams get the named stream errors, with the limits
+/// of server streams, and the daemon keeps serving the real component.
+#[tokio::test]
+async fn hostile_component_input_gets_named_stream_errors() {
+    let s = TestServer::start_with(&format!("{CONFIG}[federation]\nmax_stanza_size = 8192\n")).await;
+    let addr = s.component.unwrap();
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "client namespace",
+            "<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams' to='bridge.localhost'>"
+                .to_string(),
+            "<invalid-namespace",
+        ),
+        (
+            "no to",
+            "<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams'>".to_string(),
+            "<host-unknown",
+        ),
+        (
+            "a stanza instead of the handshake",
+            format!("{}<message to='alice@localhost'><body>x</body></message>", header("bridge.localhost")),
+            "<not-authorized",
+        ),
+        (
+            "an oversized handshake",
+            format!("{}<handshake>{}</handshake>", header("bridge.localhost"), "a".repeat(10_000)),
+            "<policy-violation",
+        ),
+        (
+            "not XML",
+            format!("{}<handshake><</handshake>", header("bridge.localhost")),
+            "<not-well-formed",
+        ),
+    ];
+    for (what, input, want) in cases {
+        let mut c = RawClient::connect(addr).await;
+        c.send(input).await;
+        let out = c.read_to_end().await;
+        assert!(out.contains(want), "{what}: {out}");
+    }
+    let (_c, a) = connect(&s, "bridge.localhost", SECRET).await;
+    assert!(a.contains("<handshake"), "still serving: {a}");
+    s.stop().await;
 }

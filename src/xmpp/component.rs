@@ -92,6 +92,7 @@ async fn handshake<'s>(
          xmlns:stream='http://etherx.jabber.org/streams' from='{}' id='{id}'>",
         super::stream::escape(component.domain())
     ));
+    xs.header_sent = true;
     xs.flush().await?;
     let el = match xs.next_event().await? {
         Event::Stanza(el) if el.name() == "handshake" => el,
