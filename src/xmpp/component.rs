@@ -3,10 +3,11 @@
 //! domain, proves the shared secret with `<handshake/>` (hex SHA-1 of the
 //! stream id and the secret, compared in constant time), and is attached to
 //! its domain's service ([`super::services::component`]), through which the
-//! router reaches it. Stanzas it sends must come from its domain (else they
-//! bounce with `not-allowed`, as Prosody's mod_component does) and carry a
-//! `to`; they are moved to `jabber:client` here, the component edge, and
-//! routed like any other, locally or over federation.
+//! router reaches it. Stanzas it sends must come from its domain (else the
+//! stream ends with `invalid-from`, as with Prosody 0.12) and carry a `to`
+//! (else they bounce with `bad-request`); they are moved to `jabber:client`
+//! here, the component edge, and routed like any other, locally or over
+//! federation.
 
 use super::{
     router::route,
@@ -175,15 +176,12 @@ async fn from_component(
         None if el.attr("from").is_none() => el.set("from", component.domain()),
         Some(f) if f.domain().as_str().eq_ignore_ascii_case(component.domain()) => {}
         _ => {
+            // As Prosody 0.12 does (and as c2s does): the stream ends.
             tracing::warn!(
                 from = el.attr("from"),
                 "component sent a stanza from outside its domain"
             );
-            let text = format!("a component may send only from its own domain {}", component.domain());
-            if let Some(b) = refuse(&el, Condition::NotAllowed, text) {
-                xs.send(&b).await?;
-            }
-            return Ok(());
+            return Err(ConnError::Stream(StreamError::InvalidFrom));
         }
     }
     if el.attr("to").is_none() {
