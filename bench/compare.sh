@@ -6,6 +6,7 @@
 #   bash bench/compare.sh            # full run (installs prosody/ejabberd if missing)
 #   QUICK=1 bash bench/compare.sh    # small sizes, to check the script
 #   SERVERS="pushbox prosody" bash bench/compare.sh
+#   GROUP_ONLY=1 SERVERS="pushbox prosody" bash bench/compare.sh   # the group chat workload only
 #
 # Results: one RESULT line per run on stdout and a Markdown table at the end
 # (also written to $OUT, default bench-results.md in the work directory).
@@ -25,6 +26,9 @@ else
   USERS=1000; IDLE=1000; PAIRS=20; COUNT=500; LOGINS=300; PINGPONG_COUNT=200; MANY=10000
 fi
 WINDOW=10
+# Group chat: one room of GROUP_OCCUPANTS, GROUP_COUNT room messages.
+GROUP_OCCUPANTS=50
+if [ -n "${QUICK:-}" ]; then GROUP_COUNT=100; else GROUP_COUNT=500; fi
 
 log() { echo "== $*" >&2; }
 
@@ -129,6 +133,10 @@ log = { warn = "$d/prosody.log" }
 $gc
 VirtualHost "localhost"
   ssl = { certificate = "$WORK/cert.pem"; key = "$WORK/key.pem" }
+-- Group chat with its archive, as pushbox's rooms have one.
+Component "conference.localhost" "muc"
+  modules_enabled = { "muc_mam" }
+  muc_room_default_persistent = true
 LUA
 }
 
@@ -284,6 +292,17 @@ run_one() {
     stop_server
     return
   fi
+  if [ "$CURRENT" != ejabberd ]; then
+    local rooms=conference.localhost
+    [ "$CURRENT" = pushbox ] && rooms=groups.localhost
+    log "$CURRENT: group chat, $GROUP_OCCUPANTS occupants"
+    lg group --occupants 10 --count 50 --window "$WINDOW" --room "warmup$$@$rooms" >/dev/null
+    lg group --occupants "$GROUP_OCCUPANTS" --count "$GROUP_COUNT" --window "$WINDOW" --room "bench$$@$rooms" | tee -a "$WORK/results"
+  fi
+  if [ -n "${GROUP_ONLY:-}" ]; then
+    stop_server
+    return
+  fi
   # Warm-up: a few logins and messages so every server has loaded its code paths.
   lg logins --count 50 --users "$USERS" --parallel 5 >/dev/null
   lg messages --pairs 5 --count 200 --window "$WINDOW" >/dev/null
@@ -347,6 +366,9 @@ cols = [
     ("messages/s (window)", "messages", "msgs_per_s"),
     ("logins/s", "logins", "logins_per_s"),
     ("RSS MiB with idle sessions", "idle", "rss_after_kib"),
+    ("CPU µs / delivered room copy (50 occupants)", "group", "server_cpu_us_per_copy"),
+    ("CPU µs / room message (50 occupants)", "group", "server_cpu_us_per_room_msg"),
+    ("p50 / p99 ms per room copy", "group", ("p50_ms", "p99_ms")),
 ]
 labels = [l for l in rows if l != "pushbox-alone"]
 print("| figure | " + " | ".join(labels) + " |")
@@ -363,7 +385,7 @@ for title, mode, key in cols:
             cells.append(f"{int(v)/1024:.0f}" if v != "–" else v)
         else:
             cells.append(g(l, mode, key))
-    t = title % (rows[labels[0]]["messages"]["window"],) if "%s" in title else title
+    t = title % (rows[labels[0]].get("messages", {}).get("window", "?"),) if "%s" in title else title
     print(f"| {t} | " + " | ".join(cells) + " |")
 alone = rows.get("pushbox", {}).get("alone")
 many = rows.get("pushbox-alone", {}).get("idle")
@@ -385,7 +407,7 @@ main() {
   [ -n "${APPEND:-}" ] || : >"$WORK/results"
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   for s in $SERVERS; do run_one "$s"; done
-  case " $SERVERS " in *" pushbox "*) [ -n "${IDLE_ONLY:-}" ] || pushbox_alone ;; esac
+  case " $SERVERS " in *" pushbox "*) [ -n "${IDLE_ONLY:-}${GROUP_ONLY:-}" ] || pushbox_alone ;; esac
   {
     echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, load average $(cut -d" " -f1-3 /proc/loadavg); users=$USERS idle=$IDLE pairs=$PAIRS count=$COUNT logins=$LOGINS"
     echo

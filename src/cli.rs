@@ -41,6 +41,9 @@ pub enum Command {
     /// Manage invitations (XEP-0401).
     #[command(subcommand)]
     Invite(InviteCmd),
+    /// Manage group chat rooms (XEP-0045) on the `[muc]` service.
+    #[command(subcommand)]
+    Room(RoomCmd),
     /// Copy the database to FILE, consistently, while the daemon runs.
     Backup {
         /// Where to write the copy (must not exist yet).
@@ -91,6 +94,31 @@ pub enum InviteCmd {
     List,
     /// Revoke an invitation by the first characters of its token.
     Revoke { token_prefix: String },
+}
+
+#[derive(Subcommand)]
+pub enum RoomCmd {
+    /// List rooms with their kind, owners and number of members.
+    List,
+    /// Create a configured room.
+    Create {
+        /// The room's local part (`club` for club@groups.<domain>).
+        name: String,
+        /// Its first owner (a JID; a bare username means a local account).
+        #[arg(long)]
+        owner: String,
+        /// A display name.
+        #[arg(long)]
+        title: Option<String>,
+        /// A private group: members-only and non-anonymous (what OMEMO needs).
+        #[arg(long)]
+        private: bool,
+        /// List it in the service's room directory.
+        #[arg(long)]
+        public: bool,
+    },
+    /// Destroy a room with its members and archive.
+    Destroy { name: String },
 }
 
 /// The parts of `pushbox check`.

@@ -8,7 +8,7 @@ use std::{io::Read, process::ExitCode};
 
 mod cli;
 
-use cli::{Cli, Command, InviteCmd, UserCmd};
+use cli::{Cli, Command, InviteCmd, RoomCmd, UserCmd};
 
 /// Exit status for a configuration problem.
 const EXIT_CONFIG: u8 = 2;
@@ -38,6 +38,7 @@ fn main() -> ExitCode {
         Command::Check { .. } => unreachable!("handled before loading the configuration"),
         Command::User(u) => user(&config, u),
         Command::Invite(i) => invite(&config, i),
+        Command::Room(r) => room(&config, r),
         Command::Backup { file } => backup(&config, &file),
     };
     match r {
@@ -171,6 +172,96 @@ fn user(config: &Config, cmd: UserCmd) -> Result<()> {
             for (name, admin, _) in s.blocking(|c| store::accounts::list(c)).map_err(e)? {
                 println!("{name}@{}{}", config.domain, if admin { " (admin)" } else { "" });
             }
+        }
+    }
+    Ok(())
+}
+
+fn room(config: &Config, cmd: RoomCmd) -> Result<()> {
+    use pushbox::xmpp::services::muc::{config::RoomConfig, config::Whois, room::Room};
+    let Some(domain) = config.muc_domain() else {
+        bail!("group chat is off ([muc] enabled = false)");
+    };
+    let s = open_store(config)?;
+    let e = |e: store::StoreError| anyhow!("{e}");
+    let node = |name: &str| -> Result<String> {
+        let j =
+            jid::BareJid::new(&format!("{name}@{domain}")).map_err(|_| anyhow!("`{name}` is not a valid room name"))?;
+        Ok(j.node().map(|n| n.to_string()).unwrap_or_default())
+    };
+    match cmd {
+        RoomCmd::List => {
+            for r in s.blocking(|c| store::muc::rooms(c)).map_err(e)? {
+                let stored: pushbox::xmpp::services::muc::room::Stored =
+                    serde_json::from_str(&r.config).unwrap_or_default();
+                let affs = s.blocking(|c| store::muc::affiliations(c, r.id)).map_err(e)?;
+                let owners: Vec<&str> = affs.iter().filter(|a| a.1 == "owner").map(|a| a.0.as_str()).collect();
+                let members = affs.iter().filter(|a| a.1 != "outcast").count();
+                let c = &stored.config;
+                let kind = [
+                    if c.members_only { "members-only" } else { "open" },
+                    if c.whois == Whois::Anyone {
+                        "non-anonymous"
+                    } else {
+                        "semi-anonymous"
+                    },
+                    if c.public { "public" } else { "hidden" },
+                    if c.persistent { "persistent" } else { "temporary" },
+                ]
+                .join(",");
+                println!(
+                    "{}@{domain}\t{kind}\towners {}\tmembers {members}\t{}",
+                    r.name,
+                    owners.join(" "),
+                    c.name
+                );
+            }
+        }
+        RoomCmd::Create {
+            name,
+            owner,
+            title,
+            private,
+            public,
+        } => {
+            let name = node(&name)?;
+            let owner = if owner.contains('@') {
+                owner
+            } else {
+                format!("{owner}@{}", config.domain)
+            };
+            let owner = jid::BareJid::new(&owner).map_err(|_| anyhow!("--owner `{owner}` is not a JID"))?;
+            let rc = RoomConfig {
+                name: title.unwrap_or_default(),
+                members_only: private,
+                whois: if private { Whois::Anyone } else { Whois::Moderators },
+                public,
+                max_users: config.muc.max_occupants,
+                history_length: config.muc.max_history.min(20),
+                ..Default::default()
+            };
+            let json = Room::stored_config(&rc, false);
+            let secret: [u8; 32] = rand::random();
+            let created = s
+                .blocking(|c| store::muc::create(c, &name, &json, &secret, owner.as_str()))
+                .map_err(e)?;
+            if created.is_none() {
+                bail!("{name}@{domain} exists already");
+            }
+            println!("{name}@{domain}");
+        }
+        RoomCmd::Destroy { name } => {
+            let name = node(&name)?;
+            let gone = s
+                .blocking(|c| match store::muc::room(c, &name)? {
+                    Some(r) => store::muc::destroy(c, r.id),
+                    None => Ok(false),
+                })
+                .map_err(e)?;
+            if !gone {
+                bail!("no room {name}@{domain}");
+            }
+            println!("destroyed {name}@{domain} (a running daemon that has it loaded notices at the next join)");
         }
     }
     Ok(())

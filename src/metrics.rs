@@ -24,6 +24,8 @@ pub const STANZAS_ROUTED: &str = "pushbox_stanzas_routed_total";
 pub const LOGINS: &str = "pushbox_logins_total";
 /// Gauge: bound client sessions.
 pub const SESSIONS_ONLINE: &str = "pushbox_sessions_online";
+pub const MUC_ROOMS: &str = "pushbox_muc_rooms_active";
+pub const MUC_OCCUPANTS: &str = "pushbox_muc_occupants";
 /// Gauge: bytes of the SQLite database, its WAL included.
 pub const DATABASE_SIZE: &str = "pushbox_database_size_bytes";
 /// Gauge: certificate `notAfter` as Unix seconds, label `name`.
@@ -59,6 +61,8 @@ fn describe() {
     describe_counter!(STANZAS_ROUTED, "Stanzas routed, by stanza kind.");
     describe_counter!(LOGINS, "SASL authentications by result.");
     describe_gauge!(SESSIONS_ONLINE, "Bound client sessions.");
+    describe_gauge!(MUC_ROOMS, "Group chat rooms with someone in them.");
+    describe_gauge!(MUC_OCCUPANTS, "Occupants of group chat rooms.");
     describe_gauge!(DATABASE_SIZE, Unit::Bytes, "Size of the SQLite database and its WAL.");
     describe_gauge!(
         CERT_EXPIRY,
@@ -80,6 +84,16 @@ pub fn stanza_routed(kind: &'static str) {
 /// Set the gauge of bound client sessions.
 pub fn sessions_online(n: usize) {
     metrics::gauge!(SESSIONS_ONLINE).set(n as f64);
+}
+
+/// Set the gauge of group chat rooms in memory (rooms with someone in them).
+pub fn muc_rooms_active(n: usize) {
+    metrics::gauge!(MUC_ROOMS).set(n as f64);
+}
+
+/// Set the gauge of occupants over all rooms.
+pub fn muc_occupants(n: usize) {
+    metrics::gauge!(MUC_OCCUPANTS).set(n as f64);
 }
 
 /// Count a SASL outcome.

@@ -133,6 +133,45 @@ fn user_add_list_passwd_del() {
 }
 
 #[test]
+fn room_create_list_destroy() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let run = |args: &[&str]| pushbox().arg("--config").arg(&cfg).args(args).output().unwrap();
+    let out = run(&[
+        "room",
+        "create",
+        "Club",
+        "--owner",
+        "alice",
+        "--private",
+        "--title",
+        "The club",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "club@groups.localhost");
+    let again = run(&["room", "create", "club", "--owner", "alice"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
+    let bad = run(&["room", "create", "a b@c", "--owner", "alice"]);
+    assert!(!bad.status.success(), "not a room name");
+    let list = String::from_utf8_lossy(&run(&["room", "list"]).stdout).to_string();
+    assert!(
+        list.contains("club@groups.localhost")
+            && list.contains("members-only,non-anonymous")
+            && list.contains("owners alice@localhost")
+            && list.contains("The club"),
+        "{list}"
+    );
+    assert!(run(&["room", "destroy", "club"]).status.success());
+    assert!(String::from_utf8_lossy(&run(&["room", "list"]).stdout)
+        .trim()
+        .is_empty());
+    let gone = run(&["room", "destroy", "club"]);
+    assert!(!gone.status.success());
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no room"));
+}
+
+#[test]
 fn version_flag() {
     let out = pushbox().arg("--version").output().unwrap();
     assert!(out.status.success());

@@ -46,16 +46,13 @@ const ROWS: &[(&str, Expect)] = &[
     ),
     (
         "disco#items: MUC service (http://jabber.org/protocol/muc)",
-        Expect::Missing("FIXME: no XEP-0045 MUC service yet"),
+        Expect::Pass,
     ),
     (
         "disco#items: SOCKS5 proxy (http://jabber.org/protocol/bytestreams)",
         Expect::Missing("FIXME: no XEP-0065 proxy yet"),
     ),
-    (
-        "MUC MAM: room config or feature urn:xmpp:mam:2",
-        Expect::Missing("FIXME: needs XEP-0045 MUC first"),
-    ),
+    ("MUC MAM: room config or feature urn:xmpp:mam:2", Expect::Pass),
     (
         "direct TLS: SNI = domain, ALPN xmpp-client, certificate verified, reply starts with <?xml",
         Expect::Pass,

@@ -97,6 +97,20 @@ enum Mode {
         #[arg(long, default_value_t = 0)]
         pad: usize,
     },
+    /// One room with N occupants: one of them sends M messages with W in
+    /// flight (its own reflection frees a slot); everyone receives every one.
+    Group {
+        #[arg(long, default_value_t = 50)]
+        occupants: usize,
+        /// Room messages sent.
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+        #[arg(long, default_value_t = 10)]
+        window: usize,
+        /// The room JID (default: loadgen@groups.<domain>).
+        #[arg(long)]
+        room: Option<String>,
+    },
     /// N logins (TLS, SASL, bind, close), C at a time.
     Logins {
         #[arg(long)]
@@ -299,6 +313,79 @@ async fn pair(
     Ok((lat, a, b, ja, jb))
 }
 
+/// Read elements until `pred` holds; a presence error is a failure.
+async fn until(c: &mut Conn, what: &str, pred: impl Fn(&minidom::Element) -> bool) -> Result<minidom::Element> {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let el = c.element().await?;
+            if el.attr("type") == Some("error") && el.name() != "message" {
+                bail!("{what}: {}", String::from(&el));
+            }
+            if pred(&el) {
+                return Ok(el);
+            }
+        }
+    })
+    .await
+    .with_context(|| format!("waiting for {what}"))?
+}
+
+/// Fill a room: the first occupant creates it and submits an instant
+/// configuration, the others join; every join waits for the subject.
+async fn fill_room(conns: &mut [(Conn, String)], room: &str) -> Result<()> {
+    let is_self = |el: &minidom::Element| {
+        el.name() == "presence"
+            && el
+                .get_child("x", "http://jabber.org/protocol/muc#user")
+                .is_some_and(|x| {
+                    x.children()
+                        .any(|s| s.name() == "status" && s.attr("code") == Some("110"))
+                })
+    };
+    for (i, (c, _)) in conns.iter_mut().enumerate() {
+        c.send(&format!(
+            "<presence to='{room}/lg{i}'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x></presence>"
+        ))
+        .await?;
+        if i == 0 {
+            until(c, "own presence in the room", is_self).await?;
+            c.send(&format!(
+                "<iq type='set' id='cfg' to='{room}'><query xmlns='http://jabber.org/protocol/muc#owner'><x xmlns='jabber:x:data' type='submit'/></query></iq>"
+            ))
+            .await?;
+            until(c, "the room configured", |el| {
+                el.name() == "iq" && el.attr("id") == Some("cfg")
+            })
+            .await?;
+        } else {
+            until(c, "the room's subject", |el| {
+                el.name() == "message" && el.get_child("subject", "jabber:client").is_some()
+            })
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Receive `count` room messages with a body from the sender `lg0`; their latencies.
+async fn receive_room(mut c: Conn, count: usize) -> Result<(Vec<u64>, Conn)> {
+    let mut lat = Vec::with_capacity(count);
+    while lat.len() < count {
+        let el = c.element().await?;
+        if el.name() != "message" || el.attr("type") != Some("groupchat") {
+            continue;
+        }
+        let Some(body) = el.get_child("body", "jabber:client").map(|b| b.text()) else {
+            continue;
+        };
+        let Some(stamp) = body.strip_prefix("lg ").and_then(|b| b.parse::<u64>().ok()) else {
+            continue;
+        };
+        lat.push(now_us().saturating_sub(stamp));
+    }
+    Ok((lat, c))
+}
+
 async fn run(cli: Arc<Cli>) -> Result<()> {
     let mech = cli.mech.as_deref().map(scram::Mech::parse).transpose()?;
     let t = Arc::new(Target {
@@ -398,6 +485,87 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
             ];
             server_fields(&mut f, server, routed, "server_cpu_us_per_msg");
             report(&cli, "messages", &f);
+            close_all(back).await;
+        }
+        Mode::Group {
+            occupants,
+            count,
+            window,
+            room,
+        } => {
+            let steps = Steps {
+                register: false,
+                presence: true,
+            };
+            let room = room
+                .clone()
+                .unwrap_or_else(|| format!("loadgen{}@groups.{}", std::process::id(), cli.domain));
+            let mut conns = open_many(&cli, &t, (*occupants).max(2), |i| i, steps).await?;
+            fill_room(&mut conns, &room).await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let m = Meter::begin(&cli.pid)?;
+            let mut it = conns.into_iter();
+            let (mut sender, sj) = it.next().expect("two occupants at least");
+            let mut receivers = vec![];
+            let mut names = vec![];
+            for (c, j) in it {
+                receivers.push(tokio::spawn(receive_room(c, *count)));
+                names.push(j);
+            }
+            // The sender's reflections pace it: `window` messages in flight.
+            let (mut sent, mut reflected) = (0usize, 0usize);
+            let mut lat = Vec::with_capacity(count * occupants);
+            while reflected < *count {
+                while sent < *count && sent - reflected < *window {
+                    sender
+                        .send(&format!(
+                            "<message to='{room}' type='groupchat' id='g{sent}'><body>lg {}</body></message>",
+                            now_us()
+                        ))
+                        .await?;
+                    sent += 1;
+                }
+                let el = sender.element().await?;
+                if el.name() == "message" && el.attr("type") == Some("error") {
+                    bail!("error bounce: {}", String::from(&el));
+                }
+                if let Some(stamp) = el
+                    .get_child("body", "jabber:client")
+                    .and_then(|b| b.text().strip_prefix("lg ").and_then(|s| s.parse::<u64>().ok()))
+                {
+                    lat.push(now_us().saturating_sub(stamp));
+                    reflected += 1;
+                }
+            }
+            let mut back = vec![(sender, sj)];
+            for (task, j) in receivers.into_iter().zip(names) {
+                let (l, c) = task.await??;
+                lat.extend(l);
+                back.push((c, j));
+            }
+            let busy = m.t0.elapsed().as_secs_f64();
+            tokio::time::sleep(settle).await;
+            let (_, server, own) = m.end()?;
+            lat.sort_unstable();
+            let copies = (count * back.len()) as f64;
+            let mut f = vec![
+                ("occupants", back.len().to_string()),
+                ("room_messages", count.to_string()),
+                ("copies", format!("{copies:.0}")),
+                ("seconds", format!("{busy:.2}")),
+                ("copies_per_s", format!("{:.0}", copies / busy)),
+                ("p50_ms", format!("{:.3}", pct(&lat, 0.50))),
+                ("p99_ms", format!("{:.3}", pct(&lat, 0.99))),
+                ("loadgen_cpu_us_per_copy", format!("{:.1}", own as f64 / copies)),
+            ];
+            if let Some((cpu, _, _)) = server {
+                f.push((
+                    "server_cpu_us_per_room_msg",
+                    format!("{:.1}", cpu as f64 / *count as f64),
+                ));
+            }
+            server_fields(&mut f, server, copies, "server_cpu_us_per_copy");
+            report(&cli, "group", &f);
             close_all(back).await;
         }
         Mode::Logins { count, users, parallel } => {

@@ -33,7 +33,7 @@ pub fn status_path(config: &Config) -> PathBuf {
 /// The cached certificate (private key then chain, PEM) for this configuration.
 pub fn cert_path(config: &Config) -> Option<PathBuf> {
     let url = config.tls.acme.directory_url()?;
-    Some(cache_dir(config).join(cert_file_name(&super::service_names(&config.domain), &url)))
+    Some(cache_dir(config).join(cert_file_name(&super::service_names(config), &url)))
 }
 
 fn digest(parts: &[String], last: &str) -> String {

@@ -90,7 +90,7 @@ impl std::fmt::Debug for CertStore {
 impl CertStore {
     /// Build the store for `config` and load (or create) its certificates.
     pub fn new(config: &Config) -> Result<Arc<CertStore>> {
-        let names = service_names(&config.domain);
+        let names = service_names(config);
         let store = CertStore {
             inner: RwLock::new(Inner::default()),
             mode: config.tls.mode,
@@ -282,8 +282,11 @@ impl ResolvesServerCert for CertStore {
 }
 
 /// The domain and the service subdomains pushbox serves.
-pub fn service_names(domain: &str) -> Vec<String> {
-    vec![domain.to_string(), format!("push.{domain}"), format!("upload.{domain}")]
+pub fn service_names(config: &Config) -> Vec<String> {
+    let domain = &config.domain;
+    let mut names = vec![domain.to_string(), format!("push.{domain}"), format!("upload.{domain}")];
+    names.extend(config.muc_domain());
+    names
 }
 
 /// The expiry (Unix time) of a DER certificate.

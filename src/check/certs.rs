@@ -53,7 +53,7 @@ fn read_pems(p: &Path) -> Vec<CertificateDer<'static>> {
 
 pub fn check(config: &Config, r: &mut Report) {
     let s = Section::Certs;
-    let names = service_names(&config.domain);
+    let names = service_names(config);
     let status = (config.tls.mode == TlsMode::Acme)
         .then(|| acme::Status::load(config))
         .flatten();

@@ -22,7 +22,7 @@ pub async fn check(config: &Config, r: &mut Report) {
         }
     };
     let acme = config.tls.mode == TlsMode::Acme;
-    for name in service_names(&config.domain) {
+    for name in service_names(config) {
         match res.lookup_ip(format!("{name}.")).await {
             Ok(ips) => {
                 let ips: Vec<IpAddr> = ips.iter().collect();
@@ -84,10 +84,7 @@ pub async fn check(config: &Config, r: &mut Report) {
         // Other servers reach push.<domain> and upload.<domain> by their own
         // names (an XEP-0357 publish goes to push.<domain>), so those need
         // server records too.
-        for name in service_names(&config.domain)
-            .into_iter()
-            .filter(|n| n != &config.domain)
-        {
+        for name in service_names(config).into_iter().filter(|n| n != &config.domain) {
             wanted.push(("_xmpp-server._tcp", "listen.s2s", &l.s2s, Some(5269), name.clone()));
             wanted.push((
                 "_xmpps-server._tcp",

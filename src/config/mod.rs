@@ -45,6 +45,7 @@ pub struct Config {
     pub archive: Archive,
     pub push: Push,
     pub upload: Upload,
+    pub muc: Muc,
     /// STUN/TURN servers announced with XEP-0215; unset announces none.
     pub turn: Option<Turn>,
     /// External components (XEP-0114) by domain.
@@ -71,6 +72,7 @@ impl Default for Config {
             archive: Archive::default(),
             push: Push::default(),
             upload: Upload::default(),
+            muc: Muc::default(),
             turn: None,
             components: BTreeMap::new(),
             source: None,
@@ -419,6 +421,55 @@ impl Default for Upload {
     }
 }
 
+/// `[muc]`: group chat (XEP-0045), a room service on its own domain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Muc {
+    pub enabled: bool,
+    /// The service's domain; unset means `groups.<domain>` (the name Snikket uses).
+    pub domain: Option<String>,
+    /// Who may create rooms: accounts of this server (`local`), its
+    /// administrators (`admins`), or anyone, other servers' users included.
+    pub restrict_room_creation: RoomCreation,
+    /// Most occupants in one room (a room's own `maxusers` is capped by this).
+    pub max_occupants: u32,
+    /// Most rooms one account may own.
+    pub max_rooms_per_user: u32,
+    /// Most messages of history sent to someone joining (a room's own
+    /// history length is capped by this).
+    pub max_history: u32,
+    /// Members of members-only rooms get a push for every message in rooms
+    /// with up to this many members; in larger rooms only for messages that
+    /// mention their nick.
+    pub push_every_message_up_to: u32,
+}
+
+impl Default for Muc {
+    fn default() -> Self {
+        Muc {
+            enabled: true,
+            domain: None,
+            restrict_room_creation: RoomCreation::Local,
+            max_occupants: 200,
+            max_rooms_per_user: 50,
+            max_history: 50,
+            push_every_message_up_to: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum RoomCreation {
+    /// Accounts of this server.
+    #[default]
+    Local,
+    /// Administrators of this server only.
+    Admins,
+    /// Anyone, other servers' users included.
+    Anyone,
+}
+
 /// `[turn]`: a STUN/TURN server (such as coturn with `use-auth-secret`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -547,6 +598,18 @@ impl Acme {
 }
 
 impl Config {
+    /// The group chat service's domain (`[muc] domain`, else `groups.<domain>`),
+    /// `None` when group chat is off.
+    pub fn muc_domain(&self) -> Option<String> {
+        self.muc.enabled.then(|| {
+            self.muc
+                .domain
+                .clone()
+                .unwrap_or_else(|| format!("groups.{}", self.domain))
+                .to_ascii_lowercase()
+        })
+    }
+
     /// The HTTPS URL clients reach this daemon at (the relay API, uploads,
     /// invitations): `[relay] public_url`, else `https://<domain>` with the
     /// first `listen.https` port unless it is 443.
@@ -672,6 +735,7 @@ impl Config {
         section!(components, "components");
         section!(push, "push");
         section!(upload, "upload");
+        section!(muc, "muc");
 
         // 3. Values and combinations.
         let base = path
@@ -727,14 +791,34 @@ impl Config {
                 format!("`{}` must be a bare domain, without `@` or `/`", self.domain),
             );
         }
-        for domain in self.components.keys() {
-            let key = format!("components.{domain}");
-            // The names pushbox serves itself (certs::service_names, one layer up).
-            let taken = [
+        if let Some(d) = &self.muc.domain {
+            let reserved = [
                 self.domain.clone(),
                 format!("push.{}", self.domain),
                 format!("upload.{}", self.domain),
             ];
+            if jid::BareJid::new(d).is_err() || d.contains('@') || d.contains('/') {
+                report("muc.domain", format!("`{d}` is not a valid XMPP domain"));
+            } else if reserved.iter().any(|r| r.eq_ignore_ascii_case(d)) {
+                report(
+                    "muc.domain",
+                    format!("`{d}` is already used by another service of this server"),
+                );
+            }
+        }
+        if self.muc.max_occupants == 0 {
+            report("muc.max_occupants", "must be at least 1".into());
+        }
+        for domain in self.components.keys() {
+            let key = format!("components.{domain}");
+            // The names pushbox serves itself (certs::service_names, one layer
+            // up), and the group chat service.
+            let mut taken = vec![
+                self.domain.clone(),
+                format!("push.{}", self.domain),
+                format!("upload.{}", self.domain),
+            ];
+            taken.extend(self.muc_domain());
             if jid::BareJid::new(domain).is_err() || domain.contains('@') || domain.contains('/') {
                 report(&key, format!("`{domain}` is not a valid XMPP domain"));
             } else if taken.iter().any(|n| n.eq_ignore_ascii_case(domain)) {

@@ -136,18 +136,41 @@ pub enum QueryError {
     UnknownId,
 }
 
-fn row_id(c: &Connection, account: i64, stanza_id: &str) -> Result<Option<i64>> {
+/// Which archive a query reads: an account's or a room's.
+#[derive(Debug, Clone, Copy)]
+pub enum Owner {
+    Account(i64),
+    Room(i64),
+}
+
+impl Owner {
+    fn table(self) -> (&'static str, &'static str, i64) {
+        match self {
+            Owner::Account(id) => ("archive", "account_id", id),
+            Owner::Room(id) => ("muc_archive", "room_id", id),
+        }
+    }
+}
+
+fn row_id(c: &Connection, owner: Owner, stanza_id: &str) -> Result<Option<i64>> {
+    let (table, col, id) = owner.table();
     Ok(c.query_row(
-        "SELECT id FROM archive WHERE account_id=?1 AND stanza_id=?2",
-        params![account, stanza_id],
+        &format!("SELECT id FROM {table} WHERE {col}=?1 AND stanza_id=?2"),
+        params![id, stanza_id],
         |r| r.get(0),
     )
     .optional()?)
 }
 
 pub fn query(c: &Connection, account: i64, q: &Query) -> Result<std::result::Result<Page, QueryError>> {
-    let mut filter = String::from("account_id = ?");
-    let mut args: Vec<Value> = vec![Value::Integer(account)];
+    query_of(c, Owner::Account(account), q)
+}
+
+/// A query over an account's or a room's archive.
+pub fn query_of(c: &Connection, owner: Owner, q: &Query) -> Result<std::result::Result<Page, QueryError>> {
+    let (table, col, owner_id) = owner.table();
+    let mut filter = format!("{col} = ?");
+    let mut args: Vec<Value> = vec![Value::Integer(owner_id)];
     if let Some(w) = &q.with {
         filter.push_str(" AND with_jid = ?");
         args.push(Value::Text(w.clone()));
@@ -165,7 +188,7 @@ pub fn query(c: &Connection, account: i64, q: &Query) -> Result<std::result::Res
         args.extend(q.ids.iter().map(|i| Value::Text(i.clone())));
     }
     let count: i64 = c.query_row(
-        &format!("SELECT COUNT(*) FROM archive WHERE {filter}"),
+        &format!("SELECT COUNT(*) FROM {table} WHERE {filter}"),
         params_from_iter(args.iter()),
         |r| r.get(0),
     )?;
@@ -173,14 +196,14 @@ pub fn query(c: &Connection, account: i64, q: &Query) -> Result<std::result::Res
     let mut page_args = args.clone();
     let backwards = q.before.is_some();
     if let Some(a) = q.after.as_deref().filter(|a| !a.is_empty()) {
-        let Some(id) = row_id(c, account, a)? else {
+        let Some(id) = row_id(c, owner, a)? else {
             return Ok(Err(QueryError::UnknownId));
         };
         page_filter.push_str(" AND id > ?");
         page_args.push(Value::Integer(id));
     }
     if let Some(b) = q.before.as_deref().filter(|b| !b.is_empty()) {
-        let Some(id) = row_id(c, account, b)? else {
+        let Some(id) = row_id(c, owner, b)? else {
             return Ok(Err(QueryError::UnknownId));
         };
         page_filter.push_str(" AND id < ?");
@@ -188,7 +211,7 @@ pub fn query(c: &Connection, account: i64, q: &Query) -> Result<std::result::Res
     }
     let order = if backwards { "DESC" } else { "ASC" };
     let sql = format!(
-        "SELECT stanza_id, ts, stanza FROM archive WHERE {page_filter} ORDER BY id {order} LIMIT {}",
+        "SELECT stanza_id, ts, stanza FROM {table} WHERE {page_filter} ORDER BY id {order} LIMIT {}",
         q.max + 1
     );
     let mut st = c.prepare(&sql)?;
@@ -209,9 +232,54 @@ pub fn query(c: &Connection, account: i64, q: &Query) -> Result<std::result::Res
     Ok(Ok(Page { rows, complete, count }))
 }
 
-/// Delete entries older than `before_ts` (microseconds); returns how many.
+/// Delete entries older than `before_ts` (microseconds), in account and
+/// room archives; returns how many.
 pub fn expire(c: &Connection, before_ts: i64) -> Result<usize> {
-    Ok(c.execute("DELETE FROM archive WHERE ts < ?1", params![before_ts])?)
+    let n = c.execute("DELETE FROM archive WHERE ts < ?1", params![before_ts])?;
+    Ok(n + c.execute("DELETE FROM muc_archive WHERE ts < ?1", params![before_ts])?)
+}
+
+/// Add a message to a room's archive.
+pub fn insert_room(c: &Connection, room: i64, stanza_id: &str, ts: i64, with: &str, stanza: &str) -> Result<()> {
+    c.prepare_cached(
+        // A room destroyed meanwhile (`pushbox room destroy` while the
+        // daemon has it loaded) must not fail the writer's whole batch.
+        "INSERT OR IGNORE INTO muc_archive (room_id, stanza_id, ts, with_jid, stanza) \
+         SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM muc_rooms WHERE id=?1)",
+    )?
+    .execute(params![room, stanza_id, ts, with, stanza])?;
+    Ok(())
+}
+
+/// Replace an archived room message (moderation leaves a tombstone).
+pub fn replace_room(c: &Connection, room: i64, stanza_id: &str, stanza: &str) -> Result<bool> {
+    Ok(c.execute(
+        "UPDATE muc_archive SET stanza=?3 WHERE room_id=?1 AND stanza_id=?2",
+        params![room, stanza_id, stanza],
+    )? > 0)
+}
+
+/// Whether a room's archive has a message with this stanza-id.
+pub fn room_has(c: &Connection, room: i64, stanza_id: &str) -> Result<bool> {
+    Ok(row_id(c, Owner::Room(room), stanza_id)?.is_some())
+}
+
+/// The newest `max` messages of a room archive, oldest first, with their
+/// timestamps (for history on join).
+pub fn room_tail(c: &Connection, room: i64, max: usize) -> Result<Vec<Row>> {
+    let mut st =
+        c.prepare_cached("SELECT stanza_id, ts, stanza FROM muc_archive WHERE room_id=?1 ORDER BY id DESC LIMIT ?2")?;
+    let mut rows: Vec<Row> = st
+        .query_map(params![room, max as i64], |r| {
+            Ok(Row {
+                stanza_id: r.get(0)?,
+                ts: r.get(1)?,
+                stanza: r.get(2)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    rows.reverse();
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod archive;
 pub mod backup;
 pub mod invites;
+pub mod muc;
 pub mod offline;
 pub mod pep;
 pub mod pep_subscriptions;
@@ -36,6 +37,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("pep", include_str!("migrations/0007_pep.sql")),
     ("push_encrypt", include_str!("migrations/0008_push_encrypt.sql")),
     ("pep_subscriptions", include_str!("migrations/0009_pep_subscriptions.sql")),
+    ("muc", include_str!("migrations/0010_muc.sql")),
     ("invites", include_str!("migrations/0011_invites.sql")),
 ];
 

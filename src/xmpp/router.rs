@@ -79,7 +79,15 @@ async fn deliver_message(server: &Arc<Server>, msg: Element, to: &Jid) {
     let bare = to.to_bare();
     let full_target = to.try_as_full().ok().and_then(|f| server.sessions.get(f));
     if t == "groupchat" {
-        return reply(server, bounce(&msg, Condition::ServiceUnavailable, server.domain())).await;
+        // A room's copy for one occupant session (ours or another server's
+        // room): no offline storage, carbons or pushes; the room decides
+        // whom it wakes, and a gone session is an error back to the room.
+        return match full_target {
+            Some(s) => {
+                s.send(msg);
+            }
+            None => reply(server, bounce(&msg, Condition::ServiceUnavailable, server.domain())).await,
+        };
     }
     if full_target.is_none() && to.resource().is_some() && !matches!(t.as_str(), "" | "normal" | "chat") {
         // RFC 6121 §8.5.3.2: headline and error to an offline resource are dropped.

@@ -19,6 +19,7 @@ pub enum Condition {
     NotAuthorized,
     PolicyViolation,
     RecipientUnavailable,
+    RegistrationRequired,
     RemoteServerNotFound,
     RemoteServerTimeout,
     ResourceConstraint,
@@ -43,6 +44,7 @@ impl Condition {
             NotAuthorized => "not-authorized",
             PolicyViolation => "policy-violation",
             RecipientUnavailable => "recipient-unavailable",
+            RegistrationRequired => "registration-required",
             RemoteServerNotFound => "remote-server-not-found",
             RemoteServerTimeout => "remote-server-timeout",
             ResourceConstraint => "resource-constraint",
@@ -67,6 +69,7 @@ impl Condition {
             | ServiceUnavailable => "cancel",
             InternalServerError | RecipientUnavailable | RemoteServerTimeout | ResourceConstraint => "wait",
             UndefinedCondition => "cancel",
+            RegistrationRequired => "auth",
         }
     }
 }

@@ -347,12 +347,24 @@ impl StreamParser {
                     .map_err(|_| StreamError::NotWellFormed)?;
                 if self.depth == 1 {
                     self.stanza_bytes = 0;
-                    let el = self.tree.unshift_child().ok_or(StreamError::InternalServerError)?;
+                    let mut el = self.tree.unshift_child().ok_or(StreamError::InternalServerError)?;
+                    forget_prefixes(&mut el);
                     return Ok(Some(Event::Stanza(el)));
                 }
                 Ok(None)
             }
         }
+    }
+}
+
+/// Drop the sender's prefix declarations from a parsed stanza: names are
+/// already resolved to namespaces, and the writer picks its own prefixes.
+/// Kept, they would be re-declared as written, and rxml's writer panics on
+/// a prefix re-bound in a child or one that collides with its own `tns0…`.
+fn forget_prefixes(el: &mut Element) {
+    el.prefixes = Default::default();
+    for child in el.children_mut() {
+        forget_prefixes(child);
     }
 }
 
@@ -549,6 +561,28 @@ mod tests {
             let Event::Stanza(el) = &evs[1] else { panic!("{c}") };
             let out = el.to_xml();
             assert!(out.contains(expect), "{c} => {out}");
+        }
+    }
+
+    /// A prefix re-bound in a child, a prefix named like the writer's own,
+    /// and the fuzzer's find (`stream` re-bound inside a stanza) are written
+    /// out again with the same expanded names.
+    #[test]
+    fn rebound_prefixes_are_written_out_again() {
+        let cases = [
+            "<iq type='set' id='a' xmlns:stream='urn:a'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind' xmlns:stream='urn:b' stream:x='1'><resource>r</resource></bind></iq>",
+            "<message xmlns:x='urn:a' x:a='1'><body xmlns:x='urn:b' x:a='2'/></message>",
+            "<message xmlns:tns0='urn:a' tns0:a='1'><x:body xmlns:x='urn:b' x:b='2' xmlns:y='urn:c' y:c='3'/></message>",
+            "<message xmlns:tns1='urn:a'><tns1:x><y xmlns='urn:b' xmlns:tns0='urn:c' tns0:q='1' xmlns:z='urn:d' z:r='2'/></tns1:x></message>",
+        ];
+        for c in cases {
+            let doc = format!("{HDR}{c}");
+            let evs = parse_all(doc.as_bytes(), 5).unwrap();
+            let Event::Stanza(el) = &evs[1] else { panic!("{c}") };
+            let out = el.to_xml();
+            let again = parse_all(format!("{HDR}{out}").as_bytes(), 3).unwrap();
+            let Event::Stanza(el2) = &again[1] else { panic!("{out}") };
+            assert_eq!(el, el2, "{c} => {out}");
         }
     }
 

@@ -146,6 +146,17 @@ impl TestServer {
         c
     }
 
+    /// Stop the daemon and start it again on the same configuration and
+    /// data (new listening ports).
+    pub async fn restart(&mut self) {
+        self.daemon.stop(WAIT).await.expect("daemon stops").unwrap();
+        let listeners = pushbox::Listeners::bind(&self.config).await.unwrap();
+        self.c2s = listeners.c2s[0].local_addr().unwrap();
+        self.c2s_tls = listeners.c2s_direct_tls[0].local_addr().unwrap();
+        self.component = listeners.component.first().map(|l| l.local_addr().unwrap());
+        self.daemon = daemon::InProcess::start(self.config.clone(), listeners, WAIT).await;
+    }
+
     /// Stop the daemon and wait for it to finish.
     pub async fn stop(mut self) {
         self.daemon.stop(WAIT).await.expect("daemon stops").unwrap();

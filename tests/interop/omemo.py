@@ -25,68 +25,19 @@ import sys
 # that `import omemo` finds the library, not this script.
 _here = os.path.dirname(os.path.abspath(__file__))
 sys.path = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
-from typing import Any, Dict, FrozenSet, Optional
+from typing import Any, FrozenSet
 
 import slixmpp
-from slixmpp.plugins import register_plugin
-from omemo.storage import Just, Maybe, Nothing, Storage
-from omemo.types import DeviceInformation, JSONType
-from slixmpp_omemo import TrustLevel, XEP_0384
+from omemo.types import DeviceInformation
+
+# The library is imported now; the shared test set-up lives beside this file.
+sys.path.append(_here)
+import omemo_impl  # noqa: E402
 
 HOST, PORT, CA = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 USERS = [(sys.argv[4], sys.argv[5]), (sys.argv[6], sys.argv[7])]
 DOMAIN = "localhost"
 WAIT = 60
-
-
-class MemoryStorage(Storage):
-    """OMEMO key material for one test run: kept in memory only."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._data: Dict[str, JSONType] = {}
-
-    async def _load(self, key: str) -> Maybe[JSONType]:
-        return Just(self._data[key]) if key in self._data else Nothing()
-
-    async def _store(self, key: str, value: JSONType) -> None:
-        self._data[key] = value
-
-    async def _delete(self, key: str) -> None:
-        self._data.pop(key, None)
-
-
-class XEP_0384Impl(XEP_0384):  # pylint: disable=invalid-name
-    """slixmpp-omemo with in-memory storage and blind trust (a test has no user to ask)."""
-
-    default_config = {"fallback_message": "This message is OMEMO encrypted."}
-
-    def plugin_init(self) -> None:
-        self._mem_storage = MemoryStorage()
-        super().plugin_init()
-
-    @property
-    def storage(self) -> Storage:
-        return self._mem_storage
-
-    @property
-    def _btbv_enabled(self) -> bool:
-        return True
-
-    async def _devices_blindly_trusted(
-        self, blindly_trusted: FrozenSet[DeviceInformation], identifier: Optional[str]
-    ) -> None:
-        pass
-
-    async def _prompt_manual_trust(
-        self, manually_trusted: FrozenSet[DeviceInformation], identifier: Optional[str]
-    ) -> None:
-        sm = await self.get_session_manager()
-        for d in manually_trusted:
-            await sm.set_trust(d.bare_jid, d.identity_key, TrustLevel.TRUSTED.value)
-
-
-register_plugin(XEP_0384Impl)
 
 
 class Client(slixmpp.ClientXMPP):
@@ -102,7 +53,7 @@ class Client(slixmpp.ClientXMPP):
         self.omemo_ready = loop.create_future()
         for p in ["xep_0030", "xep_0004", "xep_0060", "xep_0115", "xep_0163", "xep_0199", "xep_0280", "xep_0334"]:
             self.register_plugin(p)
-        self.register_plugin("xep_0384", module=sys.modules[__name__])
+        self.register_plugin("xep_0384", module=omemo_impl)
         self.add_event_handler("session_start", self._start)
         self.add_event_handler("omemo_initialized", lambda *_: self.omemo_ready.done() or self.omemo_ready.set_result(True))
         self.add_event_handler("message", lambda m: self.inbox.put_nowait(m))

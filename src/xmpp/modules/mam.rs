@@ -33,13 +33,21 @@ const MAX_MAX: usize = 250;
 
 enum Op {
     Insert {
-        username: String,
+        owner: Owner,
         stanza_id: String,
         ts: i64,
         with: String,
         xml: String,
     },
     Barrier(oneshot::Sender<()>),
+}
+
+/// Whose archive an insert goes to.
+enum Owner {
+    /// A local account, by username (its archive preferences apply).
+    Account(String),
+    /// A room, by its row id.
+    Room(i64),
 }
 
 /// Handle to the archive writer.
@@ -81,20 +89,26 @@ impl Archive {
                         .call(move |c| {
                             let tx = c.transaction()?;
                             for op in inserts {
-                                if let Op::Insert {
-                                    username,
+                                let Op::Insert {
+                                    owner,
                                     stanza_id,
                                     ts,
                                     with,
                                     xml,
                                 } = op
-                                {
-                                    let Some(id) = store::accounts::id_of(&tx, &username)? else {
-                                        continue;
-                                    };
-                                    if db::wanted(&tx, id, &with)? {
-                                        db::insert(&tx, id, &stanza_id, ts, &with, &xml)?;
+                                else {
+                                    continue;
+                                };
+                                match owner {
+                                    Owner::Account(username) => {
+                                        let Some(id) = store::accounts::id_of(&tx, &username)? else {
+                                            continue;
+                                        };
+                                        if db::wanted(&tx, id, &with)? {
+                                            db::insert(&tx, id, &stanza_id, ts, &with, &xml)?;
+                                        }
                                     }
+                                    Owner::Room(room) => db::insert_room(&tx, room, &stanza_id, ts, &with, &xml)?,
                                 }
                             }
                             tx.commit()?;
@@ -138,7 +152,19 @@ impl Archive {
             return;
         };
         let _ = self.tx.send(Op::Insert {
-            username,
+            owner: Owner::Account(username),
+            stanza_id,
+            ts: now_micros(),
+            with,
+            xml: msg.to_xml(),
+        });
+    }
+
+    /// Queue a room message for the room's archive (`with`: room/nick of
+    /// the sender). Written in the next batch with everything else.
+    pub fn insert_room(&self, room: i64, stanza_id: String, with: String, msg: &Element) {
+        let _ = self.tx.send(Op::Insert {
+            owner: Owner::Room(room),
             stanza_id,
             ts: now_micros(),
             with,
@@ -155,14 +181,14 @@ impl Archive {
     }
 }
 
-fn now_micros() -> i64 {
+pub fn now_micros() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0)
 }
 
-fn new_stanza_id() -> String {
+pub fn new_stanza_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
@@ -307,12 +333,13 @@ fn user_of(ctx: &IqCtx<'_>) -> String {
     ctx.from.node().map(|n| n.to_string()).unwrap_or_default()
 }
 
-async fn query(ctx: &IqCtx<'_>) -> IqReply {
+/// Read a MAM query (`<query/>` payload): its form and RSM page.
+pub fn parse_query(payload: &Element) -> Result<db::Query, StanzaError> {
     let mut q = db::Query {
         max: DEFAULT_MAX,
         ..Default::default()
     };
-    if let Some(form) = Form::child_of(ctx.payload) {
+    if let Some(form) = Form::child_of(payload) {
         if !form.is_type_or_untyped(NS) {
             return Err(StanzaError::new(Condition::BadRequest, "unknown FORM_TYPE"));
         }
@@ -337,7 +364,7 @@ async fn query(ctx: &IqCtx<'_>) -> IqReply {
             }
         }
     }
-    if let Some(set) = ctx.payload.get_child("set", NS_RSM) {
+    if let Some(set) = payload.get_child("set", NS_RSM) {
         if let Some(m) = set.get_child("max", NS_RSM) {
             q.max = m
                 .text()
@@ -353,6 +380,11 @@ async fn query(ctx: &IqCtx<'_>) -> IqReply {
         }
     }
     q.max = q.max.min(MAX_MAX);
+    Ok(q)
+}
+
+async fn query(ctx: &IqCtx<'_>) -> IqReply {
+    let q = parse_query(ctx.payload)?;
     Mam::archive(ctx.server).flush().await;
     let username = user_of(ctx);
     let page = ctx
@@ -368,30 +400,41 @@ async fn query(ctx: &IqCtx<'_>) -> IqReply {
         .map_err(|_| StanzaError::from(Condition::InternalServerError))?
         .ok_or_else(|| StanzaError::from(Condition::ItemNotFound))?
         .map_err(|_| StanzaError::new(Condition::ItemNotFound, "no archived message has that id"))?;
-    let queryid = ctx.payload.attr("queryid").map(str::to_string);
-    let to = ctx.from.to_string();
+    let queryid = ctx.payload.attr("queryid");
+    let (results, fin) = page_results(&page, queryid, &ctx.from.to_string(), &ctx.from.to_bare().to_string());
     let session = ctx.from.try_as_full().ok().and_then(|f| ctx.server.sessions.get(f));
+    if let Some(s) = &session {
+        for r in results {
+            s.send(r);
+        }
+    }
+    Ok(Some(fin))
+}
+
+/// The result messages of a page (to `to`, from the archive's JID `from`)
+/// and the `<fin/>` that ends the query.
+pub fn page_results(page: &db::Page, queryid: Option<&str>, to: &str, from: &str) -> (Vec<Element>, Element) {
+    let mut out = Vec::with_capacity(page.rows.len());
     for r in &page.rows {
         let Ok(original) = r.stanza.parse::<Element>() else {
             continue;
         };
         let stamp = humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_micros(r.ts as u64)).to_string();
-        let result = elem("message", NS_CLIENT)
-            .with("to", to.clone())
-            .with("from", ctx.from.to_bare().to_string())
-            .child(
-                elem("result", NS)
-                    .with_opt("queryid", queryid.clone())
-                    .with("id", r.stanza_id.clone())
-                    .child(
-                        elem("forwarded", super::carbons::NS_FORWARD)
-                            .child(elem("delay", "urn:xmpp:delay").with("stamp", stamp))
-                            .child(original),
-                    ),
-            );
-        if let Some(s) = &session {
-            s.send(result);
-        }
+        out.push(
+            elem("message", NS_CLIENT)
+                .with("to", to.to_string())
+                .with("from", from.to_string())
+                .child(
+                    elem("result", NS)
+                        .with_opt("queryid", queryid.map(str::to_string))
+                        .with("id", r.stanza_id.clone())
+                        .child(
+                            elem("forwarded", super::carbons::NS_FORWARD)
+                                .child(elem("delay", "urn:xmpp:delay").with("stamp", stamp))
+                                .child(original),
+                        ),
+                ),
+        );
     }
     let mut set = elem("set", NS_RSM);
     if let (Some(first), Some(last)) = (page.rows.first(), page.rows.last()) {
@@ -399,11 +442,13 @@ async fn query(ctx: &IqCtx<'_>) -> IqReply {
         set.append_child(elem("last", NS_RSM).text_child(last.stanza_id.clone()));
     }
     set.append_child(elem("count", NS_RSM).text_child(page.count.to_string()));
-    let mut fin = elem("fin", NS).with_opt("queryid", queryid).child(set);
+    let mut fin = elem("fin", NS)
+        .with_opt("queryid", queryid.map(str::to_string))
+        .child(set);
     if page.complete {
         fin.set("complete", "true");
     }
-    Ok(Some(fin))
+    (out, fin)
 }
 
 fn prefs_element(p: &db::Prefs) -> Element {

@@ -91,6 +91,15 @@ pub fn event_for(msg: &Element) -> Option<Event> {
     if matches!(stanza::typ(msg), "error" | "groupchat" | "headline") {
         return None;
     }
+    content_event(msg)
+}
+
+/// The same for a room's message (the group chat service decides whom it wakes).
+pub fn event_for_group(msg: &Element) -> Option<Event> {
+    (stanza::typ(msg) == "groupchat").then(|| content_event(msg)).flatten()
+}
+
+fn content_event(msg: &Element) -> Option<Event> {
     let body = msg.get_child("body", NS_CLIENT).map(|b| b.text());
     let encrypted = msg
         .children()

@@ -1,11 +1,13 @@
 //! Services on their own domains, beside the server's: `push.<domain>` (the
-//! relay's XMPP face, an XEP-0357 app server), `upload.<domain>`
-//! (XEP-0363) and each external component's domain (XEP-0114). The router hands a service every stanza addressed to its
+//! relay's XMPP face, an XEP-0357 app server), `upload.<domain>` (XEP-0363),
+//! `groups.<domain>` (XEP-0045 group chat) and each external component's
+//! domain (XEP-0114). The router hands a service every stanza addressed to its
 //! domain or to any JID on it. Adding one is a new file with a
 //! [`Service`] implementation plus one line in [`Services::for_config`].
 
 pub mod app_server;
 pub mod component;
+pub mod muc;
 pub mod upload;
 
 use super::{modules::BoxFuture, Server};
@@ -34,6 +36,9 @@ impl Services {
         let mut s = Services::default();
         if config.relay.enabled {
             s.add(format!("push.{}", config.domain), Arc::new(app_server::AppServer));
+        }
+        if let Some(domain) = config.muc_domain() {
+            s.add(domain.clone(), Arc::new(muc::Muc::new(domain)));
         }
         if config.upload.enabled {
             s.add(format!("upload.{}", config.domain), Arc::new(upload::Upload));
