@@ -28,7 +28,7 @@ pub const NS_CSI: &str = "urn:xmpp:csi:0";
 
 /// A new connection taking over a hibernating (or still connected) session.
 pub struct ResumeRequest {
-    pub xs: XmlStream<Tls>,
+    pub xs: Box<XmlStream<Tls>>,
     /// How many of our stanzas the client says it handled.
     pub h: u32,
 }
@@ -129,29 +129,36 @@ impl Session {
     }
 
     /// Serve the session across connections until it ends for good.
-    pub async fn run(mut self, mut xs: XmlStream<Tls>) {
+    pub async fn run(mut self, mut xs: Box<XmlStream<Tls>>) {
         loop {
             let end = self.serve(&mut xs).await;
+            // What follows happens once or rarely: boxed, so that the task
+            // of an idle session does not carry its state (see `serve`).
             match end {
                 End::Closed => {
-                    xs.close().await;
+                    Box::pin(xs.close()).await;
                     tracing::info!("session closed by the client");
                     break;
                 }
                 End::Shutdown => {
-                    end_stream(&self.server, &mut xs, ConnError::Stream(StreamError::SystemShutdown)).await;
+                    Box::pin(end_stream(
+                        &self.server,
+                        &mut xs,
+                        ConnError::Stream(StreamError::SystemShutdown),
+                    ))
+                    .await;
                     break;
                 }
                 End::Fatal(e) => {
                     tracing::info!(reason = %e, "session ended");
-                    end_stream(&self.server, &mut xs, e).await;
+                    Box::pin(end_stream(&self.server, &mut xs, e)).await;
                     break;
                 }
                 End::Resumed(req) => {
                     // The old connection is abandoned for the new one.
                     drop(xs);
                     xs = req.xs;
-                    if !self.resumed(&mut xs, req.h).await {
+                    if !Box::pin(self.resumed(&mut xs, req.h)).await {
                         break;
                     }
                 }
@@ -162,10 +169,10 @@ impl Session {
                         break;
                     }
                     tracing::info!(reason = %e, "connection lost; session hibernates");
-                    match self.hibernate().await {
+                    match Box::pin(self.hibernate()).await {
                         Some(req) => {
                             xs = req.xs;
-                            if !self.resumed(&mut xs, req.h).await {
+                            if !Box::pin(self.resumed(&mut xs, req.h)).await {
                                 break;
                             }
                         }
@@ -174,7 +181,7 @@ impl Session {
                 }
             }
         }
-        self.finish().await;
+        Box::pin(self.finish()).await;
     }
 
     /// Tell the new connection the session is back and retransmit.
@@ -512,7 +519,8 @@ impl Session {
         el.set("from", me.jid.to_string());
         let server = &self.server;
         match kind {
-            Kind::Presence => presence::outbound(server, me, el).await,
+            // Boxed: presence handling is large and rarer than messages.
+            Kind::Presence => Box::pin(presence::outbound(server, me, el)).await,
             Kind::Iq
                 if el.get_child("session", NS_SESSION).is_some()
                     && el.attr("to").is_none_or(|t| server.is_local(t)) =>
@@ -610,4 +618,58 @@ fn important(el: &Element) -> bool {
 
 async fn end_stream(server: &Server, xs: &mut XmlStream<Tls>, e: ConnError) {
     end(server, xs, e).await
+}
+
+/// The size of the state machines a connection's task holds for its whole
+/// life (see "Where the bytes of an idle session go" in docs/benchmarks.md):
+/// printed with `cargo test --lib future_sizes -- --nocapture`, and kept
+/// under a budget so that a large future creeping back in is noticed.
+#[cfg(test)]
+mod future_sizes {
+    use super::*;
+    use std::mem::size_of;
+
+    /// The size of what `f` returns (its future), without calling it.
+    fn ret<A, B, C, R>(_: impl FnOnce(A, B, C) -> R) -> usize {
+        size_of::<R>()
+    }
+    fn ret2<'a, A: 'a, B: 'a, R>(_: impl FnOnce(&'a mut A, &'a mut B) -> R) -> usize {
+        size_of::<R>()
+    }
+    fn ret_owned<A, B, R>(_: impl FnOnce(A, B) -> R) -> usize {
+        size_of::<R>()
+    }
+
+    fn ret3m<'a, A: 'a, B: 'a, C, R>(_: impl FnOnce(&'a mut A, &'a mut B, C) -> R) -> usize {
+        size_of::<R>()
+    }
+
+    #[test]
+    fn idle_session_futures_stay_small() {
+        let task = ret(super::super::serve_starttls);
+        let rows = [
+            ("c2s::serve_starttls (the task)", task),
+            ("c2s::serve_direct_tls", ret(super::super::serve_direct_tls)),
+            ("c2s::after_tls", ret_owned(super::super::after_tls)),
+            ("Session::run", ret_owned(Session::run)),
+            ("Session::serve", ret2(Session::serve)),
+            ("Session::handle_client_element", ret3m(Session::handle_client_element)),
+            ("Session::deliver", ret3m(Session::deliver)),
+            ("XmlStream::next_event", {
+                fn f<'a, R>(_: impl FnOnce(&'a mut XmlStream<Tls>) -> R) -> usize {
+                    size_of::<R>()
+                }
+                f(XmlStream::<Tls>::next_event)
+            }),
+            ("tokio Sleep", size_of::<tokio::time::Sleep>()),
+            ("XmlStream<Tls> (boxed)", size_of::<XmlStream<Tls>>()),
+            ("Tls (TlsStream<TcpStream>)", size_of::<Tls>()),
+            ("Session", size_of::<Session>()),
+            ("ToSession", size_of::<ToSession>()),
+        ];
+        for (name, size) in rows {
+            eprintln!("{name:32} {size:>7} bytes");
+        }
+        assert!(task <= 4096, "the connection task's future grew to {task} bytes");
+    }
 }
