@@ -220,6 +220,7 @@ impl Session {
             tokio::select! {
                 m = self.rx.recv() => match m {
                     Some(ToSession::Stanza(el)) => {
+                        let el = *el;
                         // Kept in the offline table while the client sleeps.
                         let bare = self.me.jid.to_bare();
                         let id = match el.name() == "message" && offline::worth_storing(&el) {
@@ -228,7 +229,7 @@ impl Session {
                         };
                         self.record_sent(el, id)
                     }
-                    Some(ToSession::Stored(el, id)) => self.record_sent(el, Some(id)),
+                    Some(ToSession::Stored(el, id)) => self.record_sent(*el, Some(id)),
                     Some(ToSession::Resume(req)) => break Some(req),
                     Some(ToSession::Replaced) | None => break None,
                 },
@@ -306,8 +307,11 @@ impl Session {
         );
         while let Ok(m) = self.rx.try_recv() {
             match m {
-                ToSession::Stanza(el) => pending.push(Sent { el, stored: None }),
-                ToSession::Stored(el, id) => pending.push(Sent { el, stored: Some(id) }),
+                ToSession::Stanza(el) => pending.push(Sent { el: *el, stored: None }),
+                ToSession::Stored(el, id) => pending.push(Sent {
+                    el: *el,
+                    stored: Some(id),
+                }),
                 _ => {}
             }
         }
@@ -372,8 +376,8 @@ impl Session {
         let mut wrote = false;
         loop {
             match next {
-                Some(ToSession::Stanza(el)) => wrote |= self.deliver_one(xs, el, None),
-                Some(ToSession::Stored(el, id)) => wrote |= self.deliver_one(xs, el, Some(id)),
+                Some(ToSession::Stanza(el)) => wrote |= self.deliver_one(xs, *el, None),
+                Some(ToSession::Stored(el, id)) => wrote |= self.deliver_one(xs, *el, Some(id)),
                 Some(ToSession::Replaced) => {
                     xs.flush().await?;
                     return Err(ConnError::Stream(StreamError::Conflict));
