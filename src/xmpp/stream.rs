@@ -1,7 +1,7 @@
 //! A byte stream carrying XML: reads events through [`StreamParser`],
 //! writes headers, elements and stream errors.
 
-use super::xml::{Event, ParserLimits, StreamError, StreamParser, NS_STREAMS_ERR};
+use super::xml::{Event, ParserLimits, StreamDecls, StreamError, StreamParser, NS_STREAMS_ERR};
 use minidom::Element;
 use std::{io, pin::Pin, time::Duration};
 use tokio::{
@@ -38,7 +38,10 @@ const PLAIN_READ_BUFFER: usize = 2048;
 
 pub struct XmlStream<S> {
     io: S,
-    parser: StreamParser,
+    /// `None` while the stream rests (see [`XmlStream::rest`]).
+    parser: Option<Box<StreamParser>>,
+    /// What a resting stream's parser is rebuilt from.
+    rest: Option<StreamDecls>,
     limits: ParserLimits,
     wbuf: Vec<u8>,
     /// Set by a stream restart: whitespace that ended the previous stream
@@ -72,7 +75,8 @@ impl<S: Transport> XmlStream<S> {
     pub fn new(io: S, limits: ParserLimits) -> Self {
         XmlStream {
             io,
-            parser: StreamParser::new(limits),
+            parser: Some(Box::new(StreamParser::new(limits))),
+            rest: None,
             limits,
             wbuf: Vec::new(),
             skip_whitespace: false,
@@ -82,7 +86,8 @@ impl<S: Transport> XmlStream<S> {
 
     /// Start a new stream on the same transport (after SASL success).
     pub fn restart(&mut self) {
-        self.parser = StreamParser::new(self.limits);
+        self.parser = Some(Box::new(StreamParser::new(self.limits)));
+        self.rest = None;
         self.header_sent = false;
         // Many clients end each element with a newline; the next stream
         // must begin with its own header.
@@ -101,8 +106,10 @@ impl<S: Transport> XmlStream<S> {
     /// `fill_buf`, and bytes are consumed only once parsed.
     pub async fn next_event(&mut self) -> Result<Event, ConnError> {
         // The parser may hold events from earlier bytes.
-        if let Some(ev) = self.parser.next(&mut &[][..]).map_err(ConnError::Stream)? {
-            return Ok(ev);
+        if let Some(p) = self.parser.as_mut() {
+            if let Some(ev) = p.next(&mut &[][..]).map_err(ConnError::Stream)? {
+                return Ok(ev);
+            }
         }
         loop {
             let buf = self.io.fill_buf().await?;
@@ -117,8 +124,18 @@ impl<S: Transport> XmlStream<S> {
                 }
                 slice = &slice[ws..];
             }
+            let parser = match &mut self.parser {
+                Some(p) => p,
+                None => {
+                    let p = match self.rest.take() {
+                        Some(d) => StreamParser::resume(self.limits, &d),
+                        None => StreamParser::new(self.limits),
+                    };
+                    self.parser.insert(Box::new(p))
+                }
+            };
             let before = buf.len();
-            let r = self.parser.next(&mut slice);
+            let r = parser.next(&mut slice);
             let used = before - slice.len();
             Pin::new(&mut self.io).consume(used);
             match r {
@@ -134,6 +151,22 @@ impl<S: Transport> XmlStream<S> {
         if self.wbuf.is_empty() {
             self.wbuf = Vec::new();
         }
+    }
+
+    /// Whether [`XmlStream::rest`] would free the parser now.
+    pub fn can_rest(&self) -> bool {
+        self.parser.as_ref().is_some_and(|p| p.at_rest())
+    }
+
+    /// For a connection that has gone quiet: when the parser is between
+    /// stanzas with nothing pending, free it (and the write buffer) and keep
+    /// only the stream's namespace declarations; the next bytes rebuild it.
+    pub fn rest(&mut self) {
+        if let Some(d) = self.parser.as_ref().and_then(|p| p.rest_point()) {
+            self.parser = None;
+            self.rest = Some(d);
+        }
+        self.shrink();
     }
 
     /// Queue an element; [`XmlStream::flush`] sends it.

@@ -20,8 +20,9 @@ use crate::{
     },
 };
 use minidom::Element;
-use std::{collections::VecDeque, sync::Arc};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 pub const NS_SM: &str = "urn:xmpp:sm:3";
 pub const NS_CSI: &str = "urn:xmpp:csi:0";
@@ -92,6 +93,10 @@ struct Csi {
 const CSI_MAX_HELD: usize = 64;
 /// Most unacknowledged stanzas kept for one session.
 const SM_MAX_UNACKED: usize = 10_000;
+/// Quiet time after which a session's stream frees its parser
+/// ([`XmlStream::rest`]): most sessions are idle most of the time, and
+/// rebuilding a parser costs microseconds.
+const REST_AFTER: Duration = Duration::from_secs(1);
 
 pub struct Session {
     server: Arc<Server>,
@@ -347,8 +352,16 @@ impl Session {
     async fn serve(&mut self, xs: &mut XmlStream<Tls>) -> End {
         let idle = self.server.config.limits.idle_timeout.get();
         let mut shutdown = self.server.shutdown.clone();
+        let mut last_activity = Instant::now();
         loop {
-            let idle_timer = tokio::time::sleep(idle);
+            // One timer: the idle timeout, or earlier, the moment a quiet
+            // stream frees its parser (which does not count as activity).
+            let deadline = last_activity + idle;
+            let wake = match xs.can_rest() {
+                true => deadline.min(last_activity + REST_AFTER),
+                false => deadline,
+            };
+            let mut rested = false;
             let r: Result<Option<End>, ConnError> = tokio::select! {
                 ev = xs.next_event() => match ev {
                     Ok(Event::Stanza(el)) => self.handle_client_element(xs, el).await,
@@ -358,8 +371,18 @@ impl Session {
                 },
                 msg = self.rx.recv() => self.deliver(xs, msg).await,
                 _ = stopped(&mut shutdown) => Ok(Some(End::Shutdown)),
-                _ = idle_timer => Err(ConnError::Timeout),
+                _ = tokio::time::sleep_until(wake) => match wake < deadline {
+                    true => {
+                        xs.rest();
+                        rested = true;
+                        Ok(None)
+                    }
+                    false => Err(ConnError::Timeout),
+                },
             };
+            if !rested {
+                last_activity = Instant::now();
+            }
             match r {
                 Ok(None) => {}
                 Ok(Some(end)) => return end,
