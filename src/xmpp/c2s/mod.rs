@@ -101,8 +101,10 @@ async fn open_plaintext(server: &Server, xs: &mut XmlStream<Plain>) -> Result<()
 }
 
 /// What SCRAM-*-PLUS can bind to on this connection: the TLS 1.3 exporter
-/// value (`tls-exporter`, RFC 9266).
-fn channel_bindings(tls: &Tls) -> ChannelBindings {
+/// value (`tls-exporter`, RFC 9266) and, on TLS 1.2 and 1.3, the hash of
+/// the certificate this connection was given (`tls-server-end-point`,
+/// RFC 5929), which XEP-0440 requires of servers.
+fn channel_bindings(server: &Server, tls: &Tls) -> ChannelBindings {
     let conn = tls.get_ref().1;
     let tls_exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
         conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
@@ -112,7 +114,7 @@ fn channel_bindings(tls: &Tls) -> ChannelBindings {
     };
     ChannelBindings {
         tls_exporter,
-        tls_server_end_point: None,
+        tls_server_end_point: server.certs.end_point_binding(conn.server_name()).map(|b| b.to_vec()),
     }
 }
 
@@ -120,7 +122,7 @@ fn channel_bindings(tls: &Tls) -> ChannelBindings {
 /// and its locals apart, so a stream passed by value down the calls would
 /// be stored in the task once per level.
 async fn after_tls(server: Arc<Server>, mut xs: Box<XmlStream<Tls>>) {
-    let cb = channel_bindings(xs.get_ref());
+    let cb = channel_bindings(&server, xs.get_ref());
     let peer_ip = xs.get_ref().get_ref().0.peer_addr().map(|a| a.ip()).ok();
     let deadline = server.config.limits.auth_timeout.get();
     // Boxed: SASL and binding need far more state than an idle session.
@@ -422,7 +424,7 @@ async fn sasl_exchange(
         Ok(f) => f,
         Err(r) => return Ok(Err(r)),
     };
-    let (scram, server_first, username) = scram_start(server, mech, first).await;
+    let (scram, server_first, username) = scram_start(server, mech, first, cb).await;
     xs.send(&elem("challenge", NS_SASL).text_child(B64.encode(server_first)))
         .await?;
     let response = match xs.next_event().await? {
@@ -475,6 +477,7 @@ pub(crate) async fn scram_start(
     server: &Server,
     mech: Mechanism,
     first: sasl::ClientFirst,
+    cb: &ChannelBindings,
 ) -> (ScramServer, Vec<u8>, String) {
     let username = match store::accounts::normalize(&first.username) {
         Ok(u) => u,
@@ -486,6 +489,6 @@ pub(crate) async fn scram_start(
         .call(move |c| Ok(store::accounts::get(c, &u)?.map(|a| a.keys)))
         .await
         .unwrap_or(None);
-    let (scram, server_first) = ScramServer::new(mech, first, keys, &server.fake_salt_secret);
+    let (scram, server_first) = ScramServer::new(mech, first, keys, &server.fake_salt_secret, cb);
     (scram, server_first, username)
 }
