@@ -14,7 +14,7 @@ use super::{
     s2s,
     services::component::Component,
     stanza::{self, Condition, StanzaError},
-    stream::{new_id, ConnError, XmlStream},
+    stream::{new_id, ConnError, Plain, XmlStream},
     xml::{elem, ElementExt, Event, StreamError, NS_CLIENT},
     Server,
 };
@@ -33,7 +33,7 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("component", %peer, domain = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
-        let mut xs = XmlStream::new(tcp, s2s::limits(&server));
+        let mut xs = XmlStream::plain(tcp, s2s::limits(&server));
         let deadline = server.config.limits.auth_timeout.get();
         let mut stop = server.shutdown.clone();
         let authed = tokio::select! {
@@ -71,7 +71,7 @@ pub async fn serve(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
 /// header with a fresh id, then a `<handshake/>` that proves the secret.
 async fn handshake<'s>(
     server: &'s Server,
-    xs: &mut XmlStream<TcpStream>,
+    xs: &mut XmlStream<Plain>,
     peer: SocketAddr,
 ) -> Result<&'s Component, ConnError> {
     let h = match xs.next_event().await? {
@@ -133,7 +133,7 @@ pub fn handshake_value(stream_id: &str, secret: &str) -> String {
 async fn run(
     server: &Arc<Server>,
     component: &Component,
-    xs: &mut XmlStream<TcpStream>,
+    xs: &mut XmlStream<Plain>,
     mut rx: mpsc::UnboundedReceiver<Element>,
 ) -> Result<(), ConnError> {
     let mut stop = server.shutdown.clone();
@@ -160,7 +160,7 @@ async fn run(
 async fn from_component(
     server: &Arc<Server>,
     component: &Component,
-    xs: &mut XmlStream<TcpStream>,
+    xs: &mut XmlStream<Plain>,
     el: Element,
 ) -> Result<(), ConnError> {
     let mut el = s2s::rename_ns(&el, NS_COMPONENT, NS_CLIENT);

@@ -186,7 +186,7 @@ pub async fn deliver(server: &Arc<Server>, session: &Arc<SessionHandle>) {
     for (id, xml) in rows.into_iter().filter(|(id, _)| mine.contains(id)) {
         match xml.parse::<Element>() {
             Ok(m) => {
-                if session.tx.send(ToSession::Stored(m, id)).is_err() {
+                if session.tx.send(ToSession::Stored(Box::new(m), id)).is_err() {
                     server.offline.release(&[id]);
                 }
             }

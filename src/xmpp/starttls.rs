@@ -5,7 +5,7 @@
 //! acceptor (ALPN, client certificates) and its way of opening the stream.
 
 use super::{
-    stream::{ConnError, XmlStream},
+    stream::{ConnError, Plain, XmlStream},
     xml::{elem, ElementExt, Event, StreamError, NS_SASL, NS_TLS},
     Server,
 };
@@ -31,10 +31,10 @@ pub async fn direct(tcp: TcpStream, acceptor: TlsAcceptor) -> Option<Tls> {
 /// (in the stream namespace `ns`) and returns `None`.
 pub async fn negotiate(
     server: &Server,
-    mut xs: XmlStream<TcpStream>,
+    mut xs: XmlStream<Plain>,
     ns: &str,
     acceptor: TlsAcceptor,
-    open: impl AsyncFnOnce(&mut XmlStream<TcpStream>) -> Result<(), ConnError>,
+    open: impl AsyncFnOnce(&mut XmlStream<Plain>) -> Result<(), ConnError>,
 ) -> Option<Tls> {
     let deadline = server.config.limits.auth_timeout.get();
     let phase = async {
@@ -56,11 +56,11 @@ pub async fn negotiate(
             .await;
         return None;
     }
-    handshake(acceptor, xs.into_inner()).await
+    handshake(acceptor, xs.into_tcp()).await
 }
 
 /// After the header: offer STARTTLS as required and accept nothing else.
-async fn plaintext(xs: &mut XmlStream<TcpStream>) -> Result<(), ConnError> {
+async fn plaintext(xs: &mut XmlStream<Plain>) -> Result<(), ConnError> {
     xs.queue_features(&[elem("starttls", NS_TLS).child(elem("required", NS_TLS))]);
     xs.flush().await?;
     match xs.next_event().await? {

@@ -1,10 +1,13 @@
 //! A byte stream carrying XML: reads events through [`StreamParser`],
 //! writes headers, elements and stream errors.
 
-use super::xml::{Event, ParserLimits, StreamError, StreamParser, NS_STREAMS_ERR};
+use super::xml::{Event, ParserLimits, StreamDecls, StreamError, StreamParser, NS_STREAMS_ERR};
 use minidom::Element;
-use std::{io, time::Duration};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::{io, pin::Pin, time::Duration};
+use tokio::{
+    io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader},
+    net::TcpStream,
+};
 
 /// How a connection ended badly.
 #[derive(Debug, thiserror::Error)]
@@ -19,56 +22,76 @@ pub enum ConnError {
     Timeout,
 }
 
-const READ_CHUNK: usize = 4096;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What an XML stream runs on: a buffered reader (the TLS layer's own
+/// plaintext buffer, so the stream needs no read buffer of its own) that
+/// can be written to.
+pub trait Transport: AsyncBufRead + AsyncWrite + Unpin {}
+impl<T: AsyncBufRead + AsyncWrite + Unpin> Transport for T {}
+
+/// The plaintext phase of a STARTTLS connection.
+pub type Plain = BufReader<TcpStream>;
+
+/// Read buffer of the plaintext phase (a stream header and `<starttls/>`).
+const PLAIN_READ_BUFFER: usize = 2048;
 
 pub struct XmlStream<S> {
     io: S,
-    parser: StreamParser,
+    /// `None` while the stream rests (see [`XmlStream::rest`]).
+    parser: Option<Box<StreamParser>>,
+    /// What a resting stream's parser is rebuilt from.
+    rest: Option<StreamDecls>,
     limits: ParserLimits,
-    rbuf: Vec<u8>,
-    pos: usize,
-    len: usize,
     wbuf: Vec<u8>,
+    /// Set by a stream restart: whitespace that ended the previous stream
+    /// is dropped before the next header.
+    skip_whitespace: bool,
     /// Whether our stream header went out (errors need one first).
     pub header_sent: bool,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> XmlStream<S> {
+impl XmlStream<Plain> {
+    /// A stream on a plain TCP connection (STARTTLS comes next).
+    pub fn plain(tcp: TcpStream, limits: ParserLimits) -> Self {
+        XmlStream::new(BufReader::with_capacity(PLAIN_READ_BUFFER, tcp), limits)
+    }
+
+    /// Bytes received but not parsed yet, other than whitespace (there must
+    /// be none at STARTTLS).
+    pub fn has_buffered_input(&mut self) -> bool {
+        let ws = self.io.buffer().iter().take_while(|b| b.is_ascii_whitespace()).count();
+        Pin::new(&mut self.io).consume(ws);
+        !self.io.buffer().is_empty()
+    }
+
+    /// The TCP connection, for the TLS handshake.
+    pub fn into_tcp(self) -> TcpStream {
+        self.io.into_inner()
+    }
+}
+
+impl<S: Transport> XmlStream<S> {
     pub fn new(io: S, limits: ParserLimits) -> Self {
         XmlStream {
             io,
-            parser: StreamParser::new(limits),
+            parser: Some(Box::new(StreamParser::new(limits))),
+            rest: None,
             limits,
-            rbuf: Vec::new(),
-            pos: 0,
-            len: 0,
             wbuf: Vec::new(),
+            skip_whitespace: false,
             header_sent: false,
         }
     }
 
     /// Start a new stream on the same transport (after SASL success).
     pub fn restart(&mut self) {
-        self.parser = StreamParser::new(self.limits);
+        self.parser = Some(Box::new(StreamParser::new(self.limits)));
+        self.rest = None;
         self.header_sent = false;
-        self.skip_whitespace();
-    }
-
-    /// Drop whitespace left after the last element of a stream (many
-    /// clients end each element with a newline); the next stream must begin
-    /// with its own header.
-    fn skip_whitespace(&mut self) {
-        while self.pos < self.len && self.rbuf[self.pos].is_ascii_whitespace() {
-            self.pos += 1;
-        }
-    }
-
-    /// Bytes received but not parsed yet, other than whitespace (there must
-    /// be none at STARTTLS).
-    pub fn has_buffered_input(&mut self) -> bool {
-        self.skip_whitespace();
-        self.pos < self.len
+        // Many clients end each element with a newline; the next stream
+        // must begin with its own header.
+        self.skip_whitespace = true;
     }
 
     pub fn into_inner(self) -> S {
@@ -79,42 +102,71 @@ impl<S: AsyncRead + AsyncWrite + Unpin> XmlStream<S> {
         &self.io
     }
 
-    /// The next event. Cancel-safe: the only await is the socket read.
+    /// The next event. Cancel-safe: the only await is the transport's
+    /// `fill_buf`, and bytes are consumed only once parsed.
     pub async fn next_event(&mut self) -> Result<Event, ConnError> {
+        // The parser may hold events from earlier bytes.
+        if let Some(p) = self.parser.as_mut() {
+            if let Some(ev) = p.next(&mut &[][..]).map_err(ConnError::Stream)? {
+                return Ok(ev);
+            }
+        }
         loop {
-            // Always ask the parser first: it may hold events from earlier bytes.
-            let mut slice = &self.rbuf[self.pos..self.len];
-            let before = slice.len();
-            let r = self.parser.next(&mut slice);
-            self.pos += before - slice.len();
+            let buf = self.io.fill_buf().await?;
+            if buf.is_empty() {
+                return Err(ConnError::Eof);
+            }
+            let mut slice = buf;
+            if self.skip_whitespace {
+                let ws = slice.iter().take_while(|b| b.is_ascii_whitespace()).count();
+                if ws < slice.len() {
+                    self.skip_whitespace = false;
+                }
+                slice = &slice[ws..];
+            }
+            let parser = match &mut self.parser {
+                Some(p) => p,
+                None => {
+                    let p = match self.rest.take() {
+                        Some(d) => StreamParser::resume(self.limits, &d),
+                        None => StreamParser::new(self.limits),
+                    };
+                    self.parser.insert(Box::new(p))
+                }
+            };
+            let before = buf.len();
+            let r = parser.next(&mut slice);
+            let used = before - slice.len();
+            Pin::new(&mut self.io).consume(used);
             match r {
                 Ok(Some(ev)) => return Ok(ev),
                 Ok(None) => {}
                 Err(e) => return Err(ConnError::Stream(e)),
             }
-            if self.rbuf.is_empty() {
-                self.rbuf = vec![0; READ_CHUNK];
-            }
-            self.pos = 0;
-            self.len = 0;
-            let n = self.io.read(&mut self.rbuf).await?;
-            if n == 0 {
-                return Err(ConnError::Eof);
-            }
-            self.len = n;
         }
     }
 
-    /// Give the read buffer back while the connection is idle.
+    /// Give the write buffer back while the connection is idle.
     pub fn shrink(&mut self) {
-        if self.pos >= self.len {
-            self.rbuf = Vec::new();
-            self.pos = 0;
-            self.len = 0;
-        }
-        if self.wbuf.capacity() > READ_CHUNK {
+        if self.wbuf.is_empty() {
             self.wbuf = Vec::new();
         }
+    }
+
+    /// Whether [`XmlStream::rest`] would free the parser now.
+    pub fn can_rest(&self) -> bool {
+        self.parser.as_ref().is_some_and(|p| p.at_rest())
+    }
+
+    /// For a connection that has gone quiet: when the parser is between
+    /// stanzas with nothing pending, free it (and the write buffer) and keep
+    /// only the stream's namespace declarations; the next bytes rebuild it.
+    pub fn rest(&mut self) {
+        if let Some(d) = self.parser.as_ref().and_then(|p| p.rest_point()) {
+            self.parser = None;
+            self.rest = Some(d);
+        }
+        self.shrink();
     }
 
     /// Queue an element; [`XmlStream::flush`] sends it.

@@ -137,6 +137,21 @@ pub struct StreamParser {
     header: Option<StreamHeader>,
     in_header: bool,
     header_open_ok: bool,
+    /// The namespace declarations of this stream's header, once read.
+    decls: Option<StreamDecls>,
+    /// Everything given so far became events and the last one ended at
+    /// stream level: a parser rebuilt from `decls` would be in this state.
+    at_rest: bool,
+}
+
+/// What a stream's parser needs to know between stanzas: the namespaces its
+/// header declared. An idle connection keeps only this (see
+/// [`StreamParser::rest_point`]): rxml reserves `max_token_length` bytes for
+/// its token buffer, and a parser holds a few KiB of buffers besides.
+#[derive(Debug, Clone)]
+pub struct StreamDecls {
+    default_ns: Option<String>,
+    prefixes: Vec<(String, String)>,
 }
 
 impl StreamParser {
@@ -161,12 +176,51 @@ impl StreamParser {
             header: None,
             in_header: false,
             header_open_ok: false,
+            decls: None,
+            at_rest: false,
         }
+    }
+
+    /// The declarations to rebuild this parser from, when it is between
+    /// stanzas with nothing pending (`None` otherwise).
+    pub fn rest_point(&self) -> Option<StreamDecls> {
+        if self.at_rest() {
+            self.decls.clone()
+        } else {
+            None
+        }
+    }
+
+    /// Between stanzas with nothing pending (see [`StreamParser::rest_point`]).
+    pub fn at_rest(&self) -> bool {
+        self.at_rest && self.depth == 1 && self.decls.is_some()
+    }
+
+    /// A parser in the state of one that read a header with these
+    /// declarations and nothing since: it is fed such a header.
+    pub fn resume(limits: ParserLimits, decls: &StreamDecls) -> StreamParser {
+        use std::fmt::Write;
+        let mut header = String::from("<stream:stream");
+        if let Some(ns) = &decls.default_ns {
+            let _ = write!(header, " xmlns='{}'", crate::escape::escape(ns));
+        }
+        for (p, ns) in &decls.prefixes {
+            let _ = write!(header, " xmlns:{p}='{}'", crate::escape::escape(ns));
+        }
+        header.push('>');
+        let mut p = StreamParser::new(limits);
+        let mut bytes = header.as_bytes();
+        let ok = matches!(p.next(&mut bytes), Ok(Some(Event::Header(_)))) && bytes.is_empty();
+        debug_assert!(ok, "a parser rebuilt from its own header's declarations");
+        p
     }
 
     /// Parse from `buf`, consuming what was used. `Ok(None)` means more data
     /// is needed.
     pub fn next(&mut self, buf: &mut &[u8]) -> Result<Option<Event>, StreamError> {
+        if !buf.is_empty() {
+            self.at_rest = false;
+        }
         loop {
             // Called even with an empty buffer: the parser may hold queued events.
             let ev = match self.raw.parse(buf, false) {
@@ -177,6 +231,7 @@ impl StreamParser {
                 Err(EndOrError::Error(e)) => return Err(map_rxml_error(&e)),
             };
             if let Some(out) = self.handle(ev)? {
+                self.at_rest = buf.is_empty() && !matches!(out, Event::Close);
                 return Ok(Some(out));
             }
         }
@@ -318,6 +373,10 @@ impl StreamParser {
                     if !self.header_open_ok || !stream_ns_ok {
                         return Err(StreamError::InvalidNamespace);
                     }
+                    self.decls = Some(StreamDecls {
+                        default_ns: h.default_ns.clone(),
+                        prefixes: h.prefixes.clone(),
+                    });
                     return Ok(Some(Event::Header(h)));
                 }
                 Ok(None)
@@ -619,6 +678,40 @@ mod tests {
             let doc = format!("{HDR}{c}");
             assert!(parse_all(doc.as_bytes(), 7).is_ok(), "{c}");
         }
+    }
+
+    /// A parser freed between stanzas and rebuilt from the header's
+    /// declarations reads what follows exactly as the original would,
+    /// prefixes declared on the header included; mid-stanza there is no
+    /// rest point.
+    #[test]
+    fn a_rebuilt_parser_continues_the_stream() {
+        let hdr = "<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' xmlns:db='jabber:server:dialback' to='a' version='1.0'>";
+        let rest = "<db:result from='b' to='a'>key</db:result><message to='x@a'><body>hi</body></message>";
+        let whole = parse_all(format!("{hdr}{rest}").as_bytes(), 1000).unwrap();
+        let mut p = StreamParser::new(LIM);
+        let mut b = hdr.as_bytes();
+        assert!(matches!(p.next(&mut b).unwrap(), Some(Event::Header(_))));
+        let decls = p.rest_point().expect("at rest after the header");
+        let mut b = &b"<presence><sta"[..];
+        assert!(p.next(&mut b).unwrap().is_none());
+        assert!(p.rest_point().is_none(), "no rest point inside a stanza");
+        let mut q = StreamParser::resume(LIM, &decls);
+        let mut b = rest.as_bytes();
+        let mut got = Vec::new();
+        while let Some(ev) = q.next(&mut b).unwrap() {
+            got.push(ev);
+            assert_eq!(q.rest_point().is_some(), b.is_empty());
+        }
+        let (Event::Stanza(a), Event::Stanza(b2)) = (&whole[1], &got[0]) else {
+            panic!()
+        };
+        assert_eq!(a, b2);
+        assert_eq!(b2.ns(), "jabber:server:dialback");
+        let (Event::Stanza(a), Event::Stanza(b2)) = (&whole[2], &got[1]) else {
+            panic!()
+        };
+        assert_eq!(a, b2);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::{
     sessions::{SessionHandle, ToSession},
     stanza::{self, iq_result, Kind},
     starttls,
-    stream::{new_id, ConnError, XmlStream},
+    stream::{new_id, ConnError, Plain, Transport, XmlStream},
     xml::{elem, ElementExt, Event, ParserLimits, StreamError, NS_BIND, NS_CLIENT, NS_SASL, NS_SASL_CB, NS_SESSION},
 };
 use crate::{certs::ALPN_XMPP_CLIENT, store, xmpp::Server};
@@ -18,11 +18,7 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use jid::{BareJid, FullJid};
 use minidom::Element;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-    sync::mpsc,
-};
+use tokio::{net::TcpStream, sync::mpsc};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
@@ -42,12 +38,16 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
     let span = tracing::info_span!("c2s", %peer, jid = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
-        let xs = XmlStream::new(tcp, limits(&server));
+        let xs = XmlStream::plain(tcp, limits(&server));
         let acceptor = TlsAcceptor::from(server.certs.server_config(&[]));
-        let open = async |xs: &mut XmlStream<TcpStream>| open_plaintext(&server, xs).await;
-        if let Some(tls) = starttls::negotiate(&server, xs, NS_CLIENT, acceptor, open).await {
-            after_tls(server, tls).await
-        }
+        let open = async |xs: &mut XmlStream<Plain>| open_plaintext(&server, xs).await;
+        // Boxed, like every phase before binding: the task keeps the
+        // largest state it ever awaited, and a session lives for hours.
+        let xs = match Box::pin(starttls::negotiate(&server, xs, NS_CLIENT, acceptor, open)).await {
+            Some(tls) => Box::new(XmlStream::new(tls, limits(&server))),
+            None => return,
+        };
+        after_tls(server, xs).await
     }
     .instrument(span)
     .await
@@ -58,9 +58,11 @@ pub async fn serve_direct_tls(server: Arc<Server>, tcp: TcpStream, peer: SocketA
     let span = tracing::info_span!("c2s", %peer, tls = "direct", jid = tracing::field::Empty);
     async move {
         let acceptor = TlsAcceptor::from(server.certs.server_config(&[ALPN_XMPP_CLIENT]));
-        if let Some(tls) = starttls::direct(tcp, acceptor).await {
-            after_tls(server, tls).await
-        }
+        let xs = match Box::pin(starttls::direct(tcp, acceptor)).await {
+            Some(tls) => Box::new(XmlStream::new(tls, limits(&server))),
+            None => return,
+        };
+        after_tls(server, xs).await
     }
     .instrument(span)
     .await
@@ -80,14 +82,11 @@ async fn until_shutdown<T>(
 }
 
 /// Log the end of a connection once and send the right stream error.
-pub(crate) async fn end<S: AsyncRead + AsyncWrite + Unpin>(server: &Server, xs: &mut XmlStream<S>, e: ConnError) {
+pub(crate) async fn end<S: Transport>(server: &Server, xs: &mut XmlStream<S>, e: ConnError) {
     xs.end(NS_CLIENT, server.domain(), e).await
 }
 
-async fn expect_header<S: AsyncRead + AsyncWrite + Unpin>(
-    server: &Server,
-    xs: &mut XmlStream<S>,
-) -> Result<(), ConnError> {
+async fn expect_header<S: Transport>(server: &Server, xs: &mut XmlStream<S>) -> Result<(), ConnError> {
     match xs.next_event().await? {
         Event::Header(h) => h.check(NS_CLIENT, |to| server.is_local(to)).map_err(ConnError::Stream),
         _ => Err(ConnError::Stream(StreamError::NotWellFormed)),
@@ -95,7 +94,7 @@ async fn expect_header<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The plaintext stream header and our answer (features follow).
-async fn open_plaintext(server: &Server, xs: &mut XmlStream<TcpStream>) -> Result<(), ConnError> {
+async fn open_plaintext(server: &Server, xs: &mut XmlStream<Plain>) -> Result<(), ConnError> {
     expect_header(server, xs).await?;
     xs.queue_header(NS_CLIENT, server.domain(), None, &new_id());
     Ok(())
@@ -119,12 +118,21 @@ fn channel_bindings(server: &Server, tls: &Tls) -> ChannelBindings {
     }
 }
 
-async fn after_tls(server: Arc<Server>, tls: Tls) {
-    let cb = channel_bindings(&server, &tls);
-    let peer_ip = tls.get_ref().0.peer_addr().map(|a| a.ip()).ok();
-    let mut xs = XmlStream::new(tls, limits(&server));
+/// The TLS stream is boxed from here on: an async fn keeps its arguments
+/// and its locals apart, so a stream passed by value down the calls would
+/// be stored in the task once per level.
+async fn after_tls(server: Arc<Server>, mut xs: Box<XmlStream<Tls>>) {
+    let cb = channel_bindings(&server, xs.get_ref());
+    let peer_ip = xs.get_ref().get_ref().0.peer_addr().map(|a| a.ip()).ok();
     let deadline = server.config.limits.auth_timeout.get();
-    let bound = until_shutdown(&server, deadline, authenticate_and_bind(&server, &mut xs, &cb, peer_ip)).await;
+    // Boxed: SASL and binding need far more state than an idle session.
+    let bound = Box::pin(until_shutdown(
+        &server,
+        deadline,
+        authenticate_and_bind(&server, &mut xs, &cb, peer_ip),
+    ))
+    .await;
+    drop(cb);
     match bound {
         Ok(Bound::New(jid, handle, rx)) => {
             tracing::Span::current().record("jid", tracing::field::display(&jid));
@@ -143,7 +151,7 @@ async fn after_tls(server: Arc<Server>, tls: Tls) {
                 }
             }
         }
-        Err(e) => end(&server, &mut xs, e).await,
+        Err(e) => Box::pin(end(&server, &mut xs, e)).await,
     }
 }
 

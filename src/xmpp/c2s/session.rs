@@ -20,15 +20,16 @@ use crate::{
     },
 };
 use minidom::Element;
-use std::{collections::VecDeque, sync::Arc};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 pub const NS_SM: &str = "urn:xmpp:sm:3";
 pub const NS_CSI: &str = "urn:xmpp:csi:0";
 
 /// A new connection taking over a hibernating (or still connected) session.
 pub struct ResumeRequest {
-    pub xs: XmlStream<Tls>,
+    pub xs: Box<XmlStream<Tls>>,
     /// How many of our stanzas the client says it handled.
     pub h: u32,
 }
@@ -92,6 +93,10 @@ struct Csi {
 const CSI_MAX_HELD: usize = 64;
 /// Most unacknowledged stanzas kept for one session.
 const SM_MAX_UNACKED: usize = 10_000;
+/// Quiet time after which a session's stream frees its parser
+/// ([`XmlStream::rest`]): most sessions are idle most of the time, and
+/// rebuilding a parser costs microseconds.
+const REST_AFTER: Duration = Duration::from_secs(1);
 
 pub struct Session {
     server: Arc<Server>,
@@ -129,29 +134,36 @@ impl Session {
     }
 
     /// Serve the session across connections until it ends for good.
-    pub async fn run(mut self, mut xs: XmlStream<Tls>) {
+    pub async fn run(mut self, mut xs: Box<XmlStream<Tls>>) {
         loop {
             let end = self.serve(&mut xs).await;
+            // What follows happens once or rarely: boxed, so that the task
+            // of an idle session does not carry its state (see `serve`).
             match end {
                 End::Closed => {
-                    xs.close().await;
+                    Box::pin(xs.close()).await;
                     tracing::info!("session closed by the client");
                     break;
                 }
                 End::Shutdown => {
-                    end_stream(&self.server, &mut xs, ConnError::Stream(StreamError::SystemShutdown)).await;
+                    Box::pin(end_stream(
+                        &self.server,
+                        &mut xs,
+                        ConnError::Stream(StreamError::SystemShutdown),
+                    ))
+                    .await;
                     break;
                 }
                 End::Fatal(e) => {
                     tracing::info!(reason = %e, "session ended");
-                    end_stream(&self.server, &mut xs, e).await;
+                    Box::pin(end_stream(&self.server, &mut xs, e)).await;
                     break;
                 }
                 End::Resumed(req) => {
                     // The old connection is abandoned for the new one.
                     drop(xs);
                     xs = req.xs;
-                    if !self.resumed(&mut xs, req.h).await {
+                    if !Box::pin(self.resumed(&mut xs, req.h)).await {
                         break;
                     }
                 }
@@ -162,10 +174,10 @@ impl Session {
                         break;
                     }
                     tracing::info!(reason = %e, "connection lost; session hibernates");
-                    match self.hibernate().await {
+                    match Box::pin(self.hibernate()).await {
                         Some(req) => {
                             xs = req.xs;
-                            if !self.resumed(&mut xs, req.h).await {
+                            if !Box::pin(self.resumed(&mut xs, req.h)).await {
                                 break;
                             }
                         }
@@ -174,7 +186,7 @@ impl Session {
                 }
             }
         }
-        self.finish().await;
+        Box::pin(self.finish()).await;
     }
 
     /// Tell the new connection the session is back and retransmit.
@@ -213,6 +225,7 @@ impl Session {
             tokio::select! {
                 m = self.rx.recv() => match m {
                     Some(ToSession::Stanza(el)) => {
+                        let el = *el;
                         // Kept in the offline table while the client sleeps.
                         let bare = self.me.jid.to_bare();
                         let id = match el.name() == "message" && offline::worth_storing(&el) {
@@ -221,7 +234,7 @@ impl Session {
                         };
                         self.record_sent(el, id)
                     }
-                    Some(ToSession::Stored(el, id)) => self.record_sent(el, Some(id)),
+                    Some(ToSession::Stored(el, id)) => self.record_sent(*el, Some(id)),
                     Some(ToSession::Resume(req)) => break Some(req),
                     Some(ToSession::Replaced) | None => break None,
                 },
@@ -299,8 +312,11 @@ impl Session {
         );
         while let Ok(m) = self.rx.try_recv() {
             match m {
-                ToSession::Stanza(el) => pending.push(Sent { el, stored: None }),
-                ToSession::Stored(el, id) => pending.push(Sent { el, stored: Some(id) }),
+                ToSession::Stanza(el) => pending.push(Sent { el: *el, stored: None }),
+                ToSession::Stored(el, id) => pending.push(Sent {
+                    el: *el,
+                    stored: Some(id),
+                }),
                 _ => {}
             }
         }
@@ -336,8 +352,16 @@ impl Session {
     async fn serve(&mut self, xs: &mut XmlStream<Tls>) -> End {
         let idle = self.server.config.limits.idle_timeout.get();
         let mut shutdown = self.server.shutdown.clone();
+        let mut last_activity = Instant::now();
         loop {
-            let idle_timer = tokio::time::sleep(idle);
+            // One timer: the idle timeout, or earlier, the moment a quiet
+            // stream frees its parser (which does not count as activity).
+            let deadline = last_activity + idle;
+            let wake = match xs.can_rest() {
+                true => deadline.min(last_activity + REST_AFTER),
+                false => deadline,
+            };
+            let mut rested = false;
             let r: Result<Option<End>, ConnError> = tokio::select! {
                 ev = xs.next_event() => match ev {
                     Ok(Event::Stanza(el)) => self.handle_client_element(xs, el).await,
@@ -347,8 +371,18 @@ impl Session {
                 },
                 msg = self.rx.recv() => self.deliver(xs, msg).await,
                 _ = stopped(&mut shutdown) => Ok(Some(End::Shutdown)),
-                _ = idle_timer => Err(ConnError::Timeout),
+                _ = tokio::time::sleep_until(wake) => match wake < deadline {
+                    true => {
+                        xs.rest();
+                        rested = true;
+                        Ok(None)
+                    }
+                    false => Err(ConnError::Timeout),
+                },
             };
+            if !rested {
+                last_activity = Instant::now();
+            }
             match r {
                 Ok(None) => {}
                 Ok(Some(end)) => return end,
@@ -365,8 +399,8 @@ impl Session {
         let mut wrote = false;
         loop {
             match next {
-                Some(ToSession::Stanza(el)) => wrote |= self.deliver_one(xs, el, None),
-                Some(ToSession::Stored(el, id)) => wrote |= self.deliver_one(xs, el, Some(id)),
+                Some(ToSession::Stanza(el)) => wrote |= self.deliver_one(xs, *el, None),
+                Some(ToSession::Stored(el, id)) => wrote |= self.deliver_one(xs, *el, Some(id)),
                 Some(ToSession::Replaced) => {
                     xs.flush().await?;
                     return Err(ConnError::Stream(StreamError::Conflict));
@@ -512,7 +546,8 @@ impl Session {
         el.set("from", me.jid.to_string());
         let server = &self.server;
         match kind {
-            Kind::Presence => presence::outbound(server, me, el).await,
+            // Boxed: presence handling is large and rarer than messages.
+            Kind::Presence => Box::pin(presence::outbound(server, me, el)).await,
             Kind::Iq
                 if el.get_child("session", NS_SESSION).is_some()
                     && el.attr("to").is_none_or(|t| server.is_local(t)) =>
@@ -610,4 +645,58 @@ fn important(el: &Element) -> bool {
 
 async fn end_stream(server: &Server, xs: &mut XmlStream<Tls>, e: ConnError) {
     end(server, xs, e).await
+}
+
+/// The size of the state machines a connection's task holds for its whole
+/// life (see "Where the bytes of an idle session go" in docs/benchmarks.md):
+/// printed with `cargo test --lib future_sizes -- --nocapture`, and kept
+/// under a budget so that a large future creeping back in is noticed.
+#[cfg(test)]
+mod future_sizes {
+    use super::*;
+    use std::mem::size_of;
+
+    /// The size of what `f` returns (its future), without calling it.
+    fn ret<A, B, C, R>(_: impl FnOnce(A, B, C) -> R) -> usize {
+        size_of::<R>()
+    }
+    fn ret2<'a, A: 'a, B: 'a, R>(_: impl FnOnce(&'a mut A, &'a mut B) -> R) -> usize {
+        size_of::<R>()
+    }
+    fn ret_owned<A, B, R>(_: impl FnOnce(A, B) -> R) -> usize {
+        size_of::<R>()
+    }
+
+    fn ret3m<'a, A: 'a, B: 'a, C, R>(_: impl FnOnce(&'a mut A, &'a mut B, C) -> R) -> usize {
+        size_of::<R>()
+    }
+
+    #[test]
+    fn idle_session_futures_stay_small() {
+        let task = ret(super::super::serve_starttls);
+        let rows = [
+            ("c2s::serve_starttls (the task)", task),
+            ("c2s::serve_direct_tls", ret(super::super::serve_direct_tls)),
+            ("c2s::after_tls", ret_owned(super::super::after_tls)),
+            ("Session::run", ret_owned(Session::run)),
+            ("Session::serve", ret2(Session::serve)),
+            ("Session::handle_client_element", ret3m(Session::handle_client_element)),
+            ("Session::deliver", ret3m(Session::deliver)),
+            ("XmlStream::next_event", {
+                fn f<'a, R>(_: impl FnOnce(&'a mut XmlStream<Tls>) -> R) -> usize {
+                    size_of::<R>()
+                }
+                f(XmlStream::<Tls>::next_event)
+            }),
+            ("tokio Sleep", size_of::<tokio::time::Sleep>()),
+            ("XmlStream<Tls> (boxed)", size_of::<XmlStream<Tls>>()),
+            ("Tls (TlsStream<TcpStream>)", size_of::<Tls>()),
+            ("Session", size_of::<Session>()),
+            ("ToSession", size_of::<ToSession>()),
+        ];
+        for (name, size) in rows {
+            eprintln!("{name:32} {size:>7} bytes");
+        }
+        assert!(task <= 4096, "the connection task's future grew to {task} bytes");
+    }
 }

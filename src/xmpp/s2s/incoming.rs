@@ -16,18 +16,13 @@ use crate::{
         router,
         stanza::{self, Kind},
         starttls,
-        stream::{new_id, ConnError, XmlStream},
+        stream::{new_id, ConnError, Plain, Transport, XmlStream},
         xml::{elem, ElementExt, Event, StreamError, NS_SASL, NS_SERVER},
     },
 };
 use minidom::Element;
 use std::{collections::HashSet, net::SocketAddr, sync::Arc};
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    net::TcpStream,
-    sync::mpsc,
-    time::Instant,
-};
+use tokio::{net::TcpStream, sync::mpsc, time::Instant};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
@@ -41,9 +36,9 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
     let span = tracing::info_span!("s2s-in", %peer, from = tracing::field::Empty);
     async move {
         let _ = tcp.set_nodelay(true);
-        let xs = XmlStream::new(tcp, limits(&server));
+        let xs = XmlStream::plain(tcp, limits(&server));
         let acceptor = TlsAcceptor::from(server.certs.server_config_with_client_auth(&[], AnyClientCert::new()));
-        let open = async |xs: &mut XmlStream<TcpStream>| open_stream(&server, xs).await.map(|_| ());
+        let open = async |xs: &mut XmlStream<Plain>| open_stream(&server, xs).await.map(|_| ());
         if let Some(tls) = starttls::negotiate(&server, xs, NS_SERVER, acceptor, open).await {
             after_tls(server, tls).await
         }
@@ -69,12 +64,12 @@ pub async fn serve_direct_tls(server: Arc<Server>, tcp: TcpStream, peer: SocketA
     .await
 }
 
-async fn end<S: AsyncRead + AsyncWrite + Unpin>(server: &Server, xs: &mut XmlStream<S>, e: ConnError) {
+async fn end<S: Transport>(server: &Server, xs: &mut XmlStream<S>, e: ConnError) {
     xs.end(NS_SERVER, server.domain(), e).await
 }
 
 /// Read and answer a stream header; returns the id we gave the stream.
-async fn open_stream<S: AsyncRead + AsyncWrite + Unpin>(
+async fn open_stream<S: Transport>(
     server: &Server,
     xs: &mut XmlStream<S>,
 ) -> Result<(String, Option<String>), ConnError> {

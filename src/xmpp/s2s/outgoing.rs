@@ -14,7 +14,7 @@ use crate::{
     xmpp::Server,
     xmpp::{
         stanza::Condition,
-        stream::{ConnError, XmlStream},
+        stream::{ConnError, Transport, XmlStream},
         xml::{elem, ElementExt, Event, StreamError, NS_SASL, NS_SERVER, NS_STREAM, NS_TLS},
     },
 };
@@ -233,7 +233,7 @@ async fn open(server: &Arc<Server>, local: &str, remote: &str, t: &Target) -> Re
     let tcp = if t.direct_tls {
         tcp
     } else {
-        let mut xs = XmlStream::new(tcp, limits(server));
+        let mut xs = XmlStream::plain(tcp, limits(server));
         xs.send_raw(&header(local, Some(remote), None)).await?;
         read_header(&mut xs).await?;
         let features = read_features(&mut xs).await?;
@@ -245,7 +245,7 @@ async fn open(server: &Arc<Server>, local: &str, remote: &str, t: &Target) -> Re
             Event::Stanza(el) if el.name() == "proceed" && el.ns() == NS_TLS => {}
             _ => return Err(Failed::Protocol("STARTTLS refused")),
         }
-        xs.into_inner()
+        xs.into_tcp()
     };
     let tls = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connector.connect(sni, tcp))
         .await
@@ -321,7 +321,7 @@ async fn sasl_external(
 
 async fn read_header<S>(xs: &mut XmlStream<S>) -> Result<String, Failed>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: Transport,
 {
     match xs.next_event().await? {
         Event::Header(h) => {
@@ -336,7 +336,7 @@ where
 
 async fn read_features<S>(xs: &mut XmlStream<S>) -> Result<Element, Failed>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    S: Transport,
 {
     match xs.next_event().await? {
         Event::Stanza(el) if el.name() == "features" && el.ns() == NS_STREAM => Ok(el),
