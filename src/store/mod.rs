@@ -8,6 +8,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod archive;
 pub mod backup;
+pub mod devices;
 pub mod invites;
 pub mod muc;
 pub mod offline;
@@ -38,6 +39,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("push_encrypt", include_str!("migrations/0008_push_encrypt.sql")),
     ("pep_subscriptions", include_str!("migrations/0009_pep_subscriptions.sql")),
     ("muc", include_str!("migrations/0010_muc.sql")),
+    ("devices", include_str!("migrations/0011_devices.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,9 @@
 //! SASL on the server side: SCRAM-SHA-256(-PLUS), SCRAM-SHA-1(-PLUS) (RFC
-//! 5802, 7677, 9266 `tls-exporter` binding) and PLAIN (RFC 4616, offered only
-//! over TLS). Knows nothing of XML or sockets: the c2s layer feeds it decoded
-//! bytes and sends back what it returns.
+//! 5802, 7677, 9266 `tls-exporter` binding) with XEP-0474 downgrade
+//! protection, PLAIN (RFC 4616, offered only over TLS), and the hashed-token
+//! mechanism `HT-SHA-256-NONE` (draft-schmaus-kitten-sasl-ht) that FAST
+//! (XEP-0484) logs in with. Knows nothing of XML or sockets: the c2s layer
+//! feeds it decoded bytes and sends back what it returns.
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use subtle::ConstantTimeEq;
@@ -115,7 +117,7 @@ impl Mechanism {
         }
     }
 
-    fn hash(self) -> Hash {
+    pub fn hash(self) -> Hash {
         match self {
             Mechanism::ScramSha1 | Mechanism::ScramSha1Plus => Hash::Sha1,
             _ => Hash::Sha256,
@@ -131,6 +133,7 @@ impl Mechanism {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     Aborted,
+    CredentialsExpired,
     InvalidAuthzid,
     InvalidMechanism,
     MalformedRequest,
@@ -142,6 +145,7 @@ impl Failure {
     pub fn condition(self) -> &'static str {
         match self {
             Failure::Aborted => "aborted",
+            Failure::CredentialsExpired => "credentials-expired",
             Failure::InvalidAuthzid => "invalid-authzid",
             Failure::InvalidMechanism => "invalid-mechanism",
             Failure::MalformedRequest => "malformed-request",
@@ -342,12 +346,15 @@ pub struct ScramServer {
 
 impl ScramServer {
     /// `keys` is `None` for an unknown user; `fake_secret` then makes a
-    /// stable fake salt so that repeated probes look alike.
+    /// stable fake salt so that repeated probes look alike. `advertised` is
+    /// what the client was offered (see [`advertised`]): its hash goes into
+    /// server-first as XEP-0474's `h` attribute, covered by the proofs.
     pub fn new(
         mech: Mechanism,
         first: ClientFirst,
         keys: Option<ScramKeys>,
         fake_secret: &[u8],
+        advertised: &str,
     ) -> (ScramServer, Vec<u8>) {
         let real = keys.is_some();
         let keys = keys.unwrap_or_else(|| {
@@ -363,7 +370,8 @@ impl ScramServer {
         });
         let server_nonce: [u8; 18] = rand::random();
         let nonce = format!("{}{}", first.client_nonce, B64.encode(server_nonce));
-        let server_first = format!("r={nonce},s={},i={}", B64.encode(&keys.salt), keys.iterations);
+        let ssdp = B64.encode(digest(mech.hash(), advertised.as_bytes()));
+        let server_first = format!("r={nonce},s={},i={},h={ssdp}", B64.encode(&keys.salt), keys.iterations);
         let out = server_first.clone().into_bytes();
         (
             ScramServer {
@@ -435,6 +443,84 @@ impl ScramServer {
     }
 }
 
+/// XEP-0474's string S: the offered mechanisms sorted by octet, joined by
+/// 0x1E, then (when XEP-0440 announced them) 0x1F and the channel-binding
+/// types sorted the same way.
+pub fn advertised(mechanisms: &[Mechanism], cb: &ChannelBindings) -> String {
+    let mut mechs: Vec<&str> = mechanisms.iter().map(|m| m.name()).collect();
+    mechs.sort_unstable();
+    let mut s = mechs.join("\u{1e}");
+    if cb.any() {
+        let mut types: Vec<&str> = cb.types().into_iter().map(CbType::name).collect();
+        types.sort_unstable();
+        s.push('\u{1f}');
+        s.push_str(&types.join("\u{1e}"));
+    }
+    s
+}
+
+/// The hashed-token mechanisms FAST tokens are issued for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenMechanism {
+    /// `HT-SHA-256-NONE`: no channel binding.
+    HtSha256None,
+}
+
+impl TokenMechanism {
+    pub const ALL: &'static [TokenMechanism] = &[TokenMechanism::HtSha256None];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenMechanism::HtSha256None => "HT-SHA-256-NONE",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<TokenMechanism> {
+        TokenMechanism::ALL.iter().copied().find(|m| m.name() == s)
+    }
+}
+
+/// What the server keeps of a hashed token (never the token): the SHA-256
+/// of the initiator's proof, and the responder's answer. For `-NONE` both
+/// are the same on every login, so a stolen copy of them cannot produce a
+/// proof: the proof is a preimage of `verifier`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenVerifier {
+    pub verifier: Vec<u8>,
+    pub responder: Vec<u8>,
+}
+
+impl TokenVerifier {
+    /// Derive from a freshly issued token.
+    pub fn of(m: TokenMechanism, token: &str) -> TokenVerifier {
+        match m {
+            TokenMechanism::HtSha256None => {
+                let initiator = hmac(Hash::Sha256, token.as_bytes(), b"Initiator");
+                TokenVerifier {
+                    verifier: digest(Hash::Sha256, &initiator),
+                    responder: hmac(Hash::Sha256, token.as_bytes(), b"Responder"),
+                }
+            }
+        }
+    }
+
+    /// Whether `proof` (the initiator's hashed token) matches, in constant time.
+    pub fn matches(&self, proof: &[u8]) -> bool {
+        digest(Hash::Sha256, proof).ct_eq(&self.verifier).into()
+    }
+}
+
+/// Parse an HT initial response: `authcid NUL initiator-hashed-token`.
+pub fn parse_ht(msg: &[u8]) -> Result<(String, Vec<u8>), Failure> {
+    let i = msg.iter().position(|b| *b == 0).ok_or(Failure::MalformedRequest)?;
+    let authcid = std::str::from_utf8(&msg[..i]).map_err(|_| Failure::MalformedRequest)?;
+    let proof = &msg[i + 1..];
+    if authcid.is_empty() || proof.len() != 32 {
+        return Err(Failure::MalformedRequest);
+    }
+    Ok((authcid.to_string(), proof.to_vec()))
+}
+
 /// Parse PLAIN's `authzid NUL authcid NUL passwd`.
 pub fn parse_plain(msg: &[u8]) -> Result<(Option<String>, String, String), Failure> {
     let mut it = msg.split(|b| *b == 0);
@@ -485,7 +571,7 @@ mod tests {
         let first = format!("{gs2}n=alice,r=abcdef");
         let cf = scram_client_first(mech, first.as_bytes(), cb)?;
         let bound = cf.cb_type.and_then(|t| cb.data(t)).unwrap_or(&[]).to_vec();
-        let (srv, sf) = ScramServer::new(mech, cf, Some(keys), b"k");
+        let (srv, sf) = ScramServer::new(mech, cf, Some(keys), b"k", "SCRAM-SHA-256");
         let fin = client_final(
             mech.hash(),
             pw,
@@ -521,7 +607,7 @@ mod tests {
         // The client bound to different data (a man in the middle).
         let keys = ScramKeys::derive("pw", 4096);
         let cf = scram_client_first(Mechanism::ScramSha256Plus, b"p=tls-exporter,,n=alice,r=x", &cb).unwrap();
-        let (srv, sf) = ScramServer::new(Mechanism::ScramSha256Plus, cf, Some(keys), b"k");
+        let (srv, sf) = ScramServer::new(Mechanism::ScramSha256Plus, cf, Some(keys), b"k", "x");
         let fin = client_final(
             Hash::Sha256,
             "pw",
@@ -583,7 +669,7 @@ mod tests {
     fn unknown_user_fails_at_the_end() {
         let none = ChannelBindings::default();
         let cf = scram_client_first(Mechanism::ScramSha256, b"n,,n=ghost,r=x", &none).unwrap();
-        let (srv, sf) = ScramServer::new(Mechanism::ScramSha256, cf, None, b"k");
+        let (srv, sf) = ScramServer::new(Mechanism::ScramSha256, cf, None, b"k", "x");
         let fin = client_final(
             Hash::Sha256,
             "",
@@ -614,6 +700,50 @@ mod tests {
         }
         assert!(parse_plain(b"\0alice").is_err());
         assert_eq!(parse_plain(b"\0alice\0pw").unwrap().1, "alice");
+    }
+
+    #[test]
+    fn server_first_carries_the_downgrade_protection_hash() {
+        // XEP-0474 §5.1: sorted mechanisms, 0x1E between them, 0x1F, sorted types.
+        let cb = exporter(&[1; 32]);
+        let s = advertised(Mechanism::offered(&cb), &cb);
+        assert_eq!(
+            s,
+            "PLAIN\u{1e}SCRAM-SHA-1\u{1e}SCRAM-SHA-1-PLUS\u{1e}SCRAM-SHA-256\u{1e}SCRAM-SHA-256-PLUS\u{1f}tls-exporter"
+        );
+        let none = ChannelBindings::default();
+        assert_eq!(
+            advertised(Mechanism::offered(&none), &none),
+            "PLAIN\u{1e}SCRAM-SHA-1\u{1e}SCRAM-SHA-256"
+        );
+        let cf = scram_client_first(Mechanism::ScramSha1, b"n,,n=alice,r=x", &none).unwrap();
+        let (_, sf) = ScramServer::new(Mechanism::ScramSha1, cf, None, b"k", &s);
+        let sf = String::from_utf8(sf).unwrap();
+        let h = sf.split(',').find_map(|a| a.strip_prefix("h=")).unwrap();
+        // Hashed with the mechanism's own hash function (SHA-1 here).
+        assert_eq!(B64.decode(h).unwrap(), digest(Hash::Sha1, s.as_bytes()));
+    }
+
+    #[test]
+    fn hashed_token_none() {
+        let token = "secret-token";
+        let v = TokenVerifier::of(TokenMechanism::HtSha256None, token);
+        let proof = hmac(Hash::Sha256, token.as_bytes(), b"Initiator");
+        assert!(v.matches(&proof));
+        assert!(!v.matches(&hmac(Hash::Sha256, b"other", b"Initiator")));
+        assert!(!v.matches(&[]));
+        assert_eq!(v.responder, hmac(Hash::Sha256, token.as_bytes(), b"Responder"));
+        let mut msg = b"alice\0".to_vec();
+        msg.extend_from_slice(&proof);
+        assert_eq!(parse_ht(&msg).unwrap(), ("alice".to_string(), proof.clone()));
+        assert!(parse_ht(b"alice").is_err());
+        assert!(parse_ht(b"\0aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").is_err());
+        assert!(parse_ht(b"alice\0short").is_err());
+        assert_eq!(
+            TokenMechanism::from_name("HT-SHA-256-NONE"),
+            Some(TokenMechanism::HtSha256None)
+        );
+        assert_eq!(TokenMechanism::from_name("HT-SHA-256-ENDP"), None);
     }
 
     #[test]

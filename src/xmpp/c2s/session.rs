@@ -31,6 +31,9 @@ pub struct ResumeRequest {
     pub xs: XmlStream<Tls>,
     /// How many of our stanzas the client says it handled.
     pub h: u32,
+    /// SASL2 inline resumption (XEP-0198 §6.2): the `<success/>` that
+    /// `<resumed/>` and the authorization identifier go into.
+    pub success: Option<Element>,
 }
 
 impl std::fmt::Debug for ResumeRequest {
@@ -128,6 +131,48 @@ impl Session {
         }
     }
 
+    pub fn handle(&self) -> &Arc<SessionHandle> {
+        &self.me
+    }
+
+    /// XEP-0198 `<enable/>` (on the stream, or inline in Bind 2): returns
+    /// `<enabled/>`, or `<failed/>` when it is already on.
+    pub fn enable_sm(&mut self, enable: &Element) -> Element {
+        if self.sm.is_some() {
+            return failed("unexpected-request");
+        }
+        let wants_resume = matches!(enable.attr("resume"), Some("true" | "1"));
+        let resume_id = wants_resume.then(new_id);
+        let mut enabled = elem("enabled", NS_SM);
+        if let Some(id) = &resume_id {
+            let max = self.server.config.limits.hibernation_timeout.get().as_secs();
+            enabled = enabled
+                .with("id", id.clone())
+                .with("resume", "true")
+                .with("max", max.to_string());
+            self.server.sessions.make_resumable(id, &self.me);
+        }
+        self.sm = Some(Sm {
+            resume_id,
+            h_in: 0,
+            out: 0,
+            unacked: VecDeque::new(),
+            ack_pending: false,
+        });
+        enabled
+    }
+
+    /// XEP-0352 state chosen before the session starts (Bind 2 inline).
+    pub fn set_inactive(&mut self, inactive: bool) {
+        self.csi.inactive = inactive;
+        self.me.set_inactive(inactive);
+    }
+
+    /// Whether stream management is on.
+    pub fn sm_enabled(&self) -> bool {
+        self.sm.is_some()
+    }
+
     /// Serve the session across connections until it ends for good.
     pub async fn run(mut self, mut xs: XmlStream<Tls>) {
         loop {
@@ -150,8 +195,9 @@ impl Session {
                 End::Resumed(req) => {
                     // The old connection is abandoned for the new one.
                     drop(xs);
-                    xs = req.xs;
-                    if !self.resumed(&mut xs, req.h).await {
+                    let ResumeRequest { xs: new, h, success } = *req;
+                    xs = new;
+                    if !self.resumed(&mut xs, h, success).await {
                         break;
                     }
                 }
@@ -164,8 +210,9 @@ impl Session {
                     tracing::info!(reason = %e, "connection lost; session hibernates");
                     match self.hibernate().await {
                         Some(req) => {
-                            xs = req.xs;
-                            if !self.resumed(&mut xs, req.h).await {
+                            let ResumeRequest { xs: new, h, success } = *req;
+                            xs = new;
+                            if !self.resumed(&mut xs, h, success).await {
                                 break;
                             }
                         }
@@ -177,8 +224,10 @@ impl Session {
         self.finish().await;
     }
 
-    /// Tell the new connection the session is back and retransmit.
-    async fn resumed(&mut self, xs: &mut XmlStream<Tls>, h: u32) -> bool {
+    /// Tell the new connection the session is back and retransmit. With
+    /// SASL2, `<resumed/>` goes inside its `<success/>`, and no stream
+    /// features follow (XEP-0198 §6.2).
+    async fn resumed(&mut self, xs: &mut XmlStream<Tls>, h: u32, success: Option<Element>) -> bool {
         let Some(sm) = self.sm.as_mut() else { return false };
         match sm.ack(h) {
             Ok(proven) => offline::delivered(&self.server, proven),
@@ -188,7 +237,15 @@ impl Session {
             }
         }
         let id = sm.resume_id.clone().unwrap_or_default();
-        xs.queue(&elem("resumed", NS_SM).with("h", sm.h_in.to_string()).with("previd", id));
+        let resumed = elem("resumed", NS_SM).with("h", sm.h_in.to_string()).with("previd", id);
+        match success {
+            Some(mut s) => {
+                s.append_child(super::sasl2::authorization_identifier(self.me.jid.as_str()));
+                s.append_child(resumed);
+                xs.queue(&s);
+            }
+            None => xs.queue(&resumed),
+        }
         for s in &sm.unacked {
             xs.queue(&s.el);
         }
@@ -534,29 +591,8 @@ impl Session {
     async fn sm_nonza(&mut self, xs: &mut XmlStream<Tls>, el: &Element) -> Result<(), ConnError> {
         match el.name() {
             "enable" => {
-                if self.sm.is_some() {
-                    xs.send(&failed("unexpected-request")).await?;
-                    return Ok(());
-                }
-                let wants_resume = matches!(el.attr("resume"), Some("true" | "1"));
-                let resume_id = wants_resume.then(new_id);
-                let mut enabled = elem("enabled", NS_SM);
-                if let Some(id) = &resume_id {
-                    let max = self.server.config.limits.hibernation_timeout.get().as_secs();
-                    enabled = enabled
-                        .with("id", id.clone())
-                        .with("resume", "true")
-                        .with("max", max.to_string());
-                    self.server.sessions.make_resumable(id, &self.me);
-                }
-                self.sm = Some(Sm {
-                    resume_id,
-                    h_in: 0,
-                    out: 0,
-                    unacked: VecDeque::new(),
-                    ack_pending: false,
-                });
-                xs.send(&enabled).await?;
+                let answer = self.enable_sm(el);
+                xs.send(&answer).await?;
             }
             "r" => {
                 let Some(sm) = self.sm.as_ref() else {
