@@ -259,6 +259,9 @@ pub struct Limits {
     /// How long a session whose connection was lost waits for the client to
     /// resume it (XEP-0198) before its unacknowledged messages go offline.
     pub hibernation_timeout: Duration,
+    /// How long a FAST token (XEP-0484) stays valid; `"0s"` turns FAST off.
+    /// A token used in its second half is replaced by a new one.
+    pub fast_token_lifetime: Duration,
 }
 
 impl Default for Limits {
@@ -275,6 +278,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(600),
             max_offline_messages: 1000,
             hibernation_timeout: Duration::from_secs(3600),
+            fast_token_lifetime: Duration::from_secs(21 * 24 * 3600),
         }
     }
 }

@@ -4,11 +4,11 @@
 //! run [`exchange`]: the same mechanisms, channel bindings, XEP-0474 hash,
 //! unknown-user handling and failed-login accounting.
 
-use super::Tls;
+use super::{fast, Tls};
 use crate::{
     store,
     xmpp::{
-        sasl::{self, ChannelBindings, Failure, Mechanism, Refused, ScramServer},
+        sasl::{self, ChannelBindings, Failure, Mechanism, Refused, ScramServer, TokenMechanism},
         stream::{ConnError, XmlStream},
         xml::{elem, ElementExt, Event, StreamError, NS_SASL},
         Server,
@@ -103,11 +103,14 @@ impl Offer {
 pub struct Authenticated {
     /// The normalised username.
     pub username: String,
-    /// Data for the success element (SCRAM's server-final).
+    /// Data for the success element (SCRAM's server-final, HT's answer).
     pub additional: Option<Vec<u8>>,
+    /// The FAST token that authenticated, when one did.
+    pub token: Option<fast::Used>,
 }
 
-/// Run one mechanism exchange. The outer `Result` is the connection; the inner
+/// Run one mechanism exchange. `agent` is the SASL2 user-agent id, which
+/// token mechanisms (SASL2 only) need. The outer `Result` is the connection; the inner
 /// one the outcome, which the caller reports in its profile.
 pub async fn exchange(
     server: &Server,
@@ -116,7 +119,17 @@ pub async fn exchange(
     offer: &Offer,
     mechanism: &str,
     initial: Option<Vec<u8>>,
+    agent: Option<&str>,
 ) -> Result<Result<Authenticated, Refused>, ConnError> {
+    if profile == Profile::Sasl2 {
+        if let Some(tm) = TokenMechanism::from_name(mechanism) {
+            let Some(initial) = initial else {
+                // A one-step mechanism has nothing to ask for.
+                return Ok(Err(Failure::MalformedRequest.into()));
+            };
+            return Ok(fast::verify(server, tm, &initial, agent).await);
+        }
+    }
     let Some(mech) = Mechanism::from_name(mechanism).filter(|m| offer.mechanisms.contains(m)) else {
         return Ok(Err(Failure::InvalidMechanism.into()));
     };
@@ -132,6 +145,7 @@ pub async fn exchange(
         return Ok(check_plain(server, &initial).await.map(|username| Authenticated {
             username,
             additional: None,
+            token: None,
         }));
     }
     let first = match sasl::scram_client_first(mech, &initial, &offer.cb) {
@@ -146,6 +160,7 @@ pub async fn exchange(
     Ok(scram.finish(&response, &offer.cb).map(|server_final| Authenticated {
         username,
         additional: Some(server_final),
+        token: None,
     }))
 }
 

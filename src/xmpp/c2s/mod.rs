@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod bind2;
+pub mod fast;
 pub mod sasl2;
 pub mod session;
 
@@ -17,7 +18,7 @@ use super::{
     stream::{ConnError, XmlStream},
     xml::{elem, ElementExt, Event, ParserLimits, StreamError, NS_BIND, NS_CLIENT, NS_SASL, NS_SASL_CB, NS_SESSION},
 };
-use crate::{certs::ALPN_XMPP_CLIENT, store, xmpp::Server};
+use crate::{certs::ALPN_XMPP_CLIENT, xmpp::Server};
 use auth::{Authenticated, Offer, Profile};
 use jid::{BareJid, FullJid};
 use minidom::Element;
@@ -205,8 +206,8 @@ async fn after_sasl2(
 ) -> Result<Bound, ConnError> {
     let username = a.username;
     let mut success = sasl2::success(a.additional.as_deref());
-    if let Some(id) = req.agent.id.as_deref() {
-        remember_agent(server, &username, id, &req.agent).await;
+    if let Some(token) = fast::settle(server, &username, &req, a.token).await {
+        success.append_child(token);
     }
     if let Some((previd, h)) = &req.resume {
         let owner = bare_jid(server, &username)?;
@@ -238,23 +239,6 @@ async fn after_sasl2(
     xs.queue_features(&features);
     xs.flush().await?;
     Ok(Bound::New(Box::new(session)))
-}
-
-/// Remember the client installation a SASL2 login named.
-async fn remember_agent(server: &Server, username: &str, id: &str, agent: &sasl2::UserAgent) {
-    let (u, id, agent) = (username.to_string(), id.to_string(), agent.clone());
-    let r = server
-        .store
-        .call(move |c| {
-            if let Some(account) = store::accounts::id_of(c, &u)? {
-                store::devices::seen(c, account, &id, agent.software.as_deref(), agent.device.as_deref())?;
-            }
-            Ok(())
-        })
-        .await;
-    if let Err(e) = r {
-        tracing::warn!(error = %e, "could not record the client's user agent");
-    }
 }
 
 /// Offer the authenticated stream's features and run legacy resource
@@ -405,7 +389,10 @@ async fn authenticate(
     expect_header(server, xs).await?;
     xs.queue_header(NS_CLIENT, server.domain(), None, &new_id());
     let offer = Offer::new(cb);
-    let mut features = vec![offer.mechanism_list("mechanisms", NS_SASL), sasl2::feature(&offer)];
+    let mut features = vec![
+        offer.mechanism_list("mechanisms", NS_SASL),
+        sasl2::feature(&offer, fast::enabled(server)),
+    ];
     if offer.cb.any() {
         // XEP-0440: which channel-binding types this connection supports.
         let mut list = elem("sasl-channel-binding", NS_SASL_CB);
@@ -462,10 +449,11 @@ async fn authenticate(
         }
         let outcome = match &attempt {
             Attempt::Sasl1 { mechanism, initial } => {
-                auth::exchange(server, xs, profile, &offer, mechanism, initial.clone()).await?
+                auth::exchange(server, xs, profile, &offer, mechanism, initial.clone(), None).await?
             }
             Attempt::Sasl2(req) => {
-                auth::exchange(server, xs, profile, &offer, &req.mechanism, req.initial.clone()).await?
+                let agent = req.agent.id.as_deref();
+                auth::exchange(server, xs, profile, &offer, &req.mechanism, req.initial.clone(), agent).await?
             }
         };
         match (outcome, attempt) {

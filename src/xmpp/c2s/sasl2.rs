@@ -5,7 +5,7 @@
 
 use super::{
     auth::{self, Offer, NS_SASL2},
-    bind2,
+    bind2, fast,
     session::NS_SM,
 };
 use crate::xmpp::{
@@ -36,14 +36,22 @@ pub struct Request {
     pub resume: Option<(String, u32)>,
     /// Whether `<resume/>` was there but unreadable.
     pub bad_resume: bool,
+    /// FAST: the mechanism of `<request-token/>`.
+    pub request_token: Option<String>,
+    /// FAST: `<fast invalidate='true'/>`, end the token used.
+    pub fast_invalidate: bool,
 }
 
-/// The `<authentication/>` stream feature.
-pub fn feature(offer: &Offer) -> Element {
+/// The `<authentication/>` stream feature; `with_fast` adds FAST's
+/// token mechanisms to what can be inlined.
+pub fn feature(offer: &Offer, with_fast: bool) -> Element {
     let mut f = offer.mechanism_list("authentication", NS_SASL2);
-    let inline = elem("inline", NS_SASL2)
+    let mut inline = elem("inline", NS_SASL2)
         .child(elem("sm", NS_SM))
         .child(bind2::feature());
+    if with_fast {
+        inline.append_child(fast::feature());
+    }
     f.append_child(inline);
     f
 }
@@ -83,7 +91,15 @@ pub fn parse(el: &Element) -> Result<Request, Failure> {
         let h = r.attr("h")?.parse::<u32>().ok()?;
         Some((r.attr("previd")?.to_string(), h))
     });
+    let truthy = |v: Option<&str>| matches!(v, Some("true" | "1"));
     Ok(Request {
+        request_token: el
+            .get_child("request-token", fast::NS)
+            .and_then(|r| r.attr("mechanism"))
+            .map(str::to_string),
+        fast_invalidate: el
+            .get_child("fast", fast::NS)
+            .is_some_and(|f| truthy(f.attr("invalidate"))),
         mechanism: mechanism.to_string(),
         initial,
         agent,
@@ -121,6 +137,8 @@ mod tests {
              <initial-response>biwsbj1hbGljZSxyPXg=</initial-response>\
              <user-agent id='d4565fa7-4d72-4749-b3d3-740edbf87770'><software>App</software><device>Phone</device></user-agent>\
              <resume xmlns='urn:xmpp:sm:3' previd='abc' h='3'/>\
+             <request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>\
+             <fast xmlns='urn:xmpp:fast:0' invalidate='true'/>\
              <bind xmlns='urn:xmpp:bind:0'><tag>App</tag></bind></authenticate>"))
         .unwrap();
         assert_eq!(r.mechanism, "SCRAM-SHA-1");
@@ -129,6 +147,8 @@ mod tests {
         assert_eq!(r.agent.software.as_deref(), Some("App"));
         assert_eq!(r.agent.device.as_deref(), Some("Phone"));
         assert_eq!(r.resume, Some(("abc".into(), 3)));
+        assert_eq!(r.request_token.as_deref(), Some("HT-SHA-256-NONE"));
+        assert!(r.fast_invalidate);
         assert!(r.bind.is_some());
         // Empty initial response, no initial response, bad base64.
         let r = parse(&el(
