@@ -15,6 +15,15 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve) {
+        // A command's output piped into `head` ends the command quietly, as
+        // any Unix tool does, instead of a panic on the closed pipe. The
+        // daemon keeps Rust's default (SIGPIPE ignored, EPIPE as an error).
+        // SAFETY: at the start of main, before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let path = pushbox::config::locate(cli.config.as_deref());
     if let Command::Check { what, json } = cli.command {
         use pushbox::check::Section;
