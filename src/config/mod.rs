@@ -44,6 +44,7 @@ pub struct Config {
     pub push: Push,
     pub upload: Upload,
     pub muc: Muc,
+    pub websocket: WebSocket,
     /// STUN/TURN servers announced with XEP-0215; unset announces none.
     pub turn: Option<Turn>,
     /// Where this configuration came from (not a key).
@@ -69,6 +70,7 @@ impl Default for Config {
             push: Push::default(),
             upload: Upload::default(),
             muc: Muc::default(),
+            websocket: WebSocket::default(),
             turn: None,
             source: None,
         }
@@ -391,6 +393,29 @@ impl Default for Upload {
     }
 }
 
+/// `[websocket]`: XMPP over WebSocket (RFC 7395) on the HTTPS listeners,
+/// announced by XEP-0156 host-meta.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocket {
+    pub enabled: bool,
+    /// The `wss://` URL clients should use; unset means `/xmpp-websocket` on
+    /// the scheme, host and port of [`Config::public_url`].
+    pub public_url: Option<String>,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        WebSocket {
+            enabled: true,
+            public_url: None,
+        }
+    }
+}
+
+/// Where the WebSocket endpoint is served on the HTTPS listeners.
+pub const WEBSOCKET_PATH: &str = "/xmpp-websocket";
+
 /// `[muc]`: group chat (XEP-0045), a room service on its own domain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -580,6 +605,27 @@ impl Config {
         })
     }
 
+    /// The WebSocket URL announced in host-meta, `None` when WebSocket is
+    /// off: `[websocket] public_url`, else `wss://` with the host and port
+    /// of [`Config::public_url`].
+    pub fn websocket_url(&self) -> Option<String> {
+        if !self.websocket.enabled {
+            return None;
+        }
+        if let Some(u) = &self.websocket.public_url {
+            return Some(u.clone());
+        }
+        let base = self.public_url();
+        let (scheme, rest) = base.split_once("://").unwrap_or(("https", &base));
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let ws = if scheme.eq_ignore_ascii_case("http") {
+            "ws"
+        } else {
+            "wss"
+        };
+        Some(format!("{ws}://{authority}{WEBSOCKET_PATH}"))
+    }
+
     /// The HTTPS URL clients reach this daemon at (the relay API, uploads,
     /// invitations): `[relay] public_url`, else `https://<domain>` with the
     /// first `listen.https` port unless it is 443.
@@ -705,6 +751,7 @@ impl Config {
         section!(push, "push");
         section!(upload, "upload");
         section!(muc, "muc");
+        section!(websocket, "websocket");
 
         // 3. Values and combinations.
         let base = path
@@ -772,6 +819,17 @@ impl Config {
         }
         if self.muc.max_occupants == 0 {
             report("muc.max_occupants", "must be at least 1".into());
+        }
+        if let Some(u) = &self.websocket.public_url {
+            let ok = ["wss://", "ws://"]
+                .iter()
+                .any(|p| u.len() > p.len() && u[..p.len()].eq_ignore_ascii_case(p));
+            if !ok {
+                report(
+                    "websocket.public_url",
+                    format!("`{u}` must be a ws:// or wss:// URL (such as wss://chat.example.org/xmpp-websocket)"),
+                );
+            }
         }
         match self.tls.mode {
             TlsMode::Files => {
@@ -999,6 +1057,26 @@ mod tests {
         let c = Config::from_toml_str("", None).unwrap();
         assert_eq!(c.domain, "localhost");
         assert_eq!(c.limits.max_stanza_size, 262144);
+    }
+
+    #[test]
+    fn websocket_url_follows_public_url_unless_set() {
+        let c = Config::from_toml_str("[relay]\npublic_url = \"https://chat.example.org:8443/base\"\n", None).unwrap();
+        assert_eq!(
+            c.websocket_url().as_deref(),
+            Some("wss://chat.example.org:8443/xmpp-websocket")
+        );
+        let c = Config::from_toml_str("domain = \"example.org\"\n", None).unwrap();
+        assert_eq!(
+            c.websocket_url().as_deref(),
+            Some("wss://example.org:5443/xmpp-websocket")
+        );
+        let c = Config::from_toml_str("[websocket]\npublic_url = \"wss://ws.example.org/x\"\n", None).unwrap();
+        assert_eq!(c.websocket_url().as_deref(), Some("wss://ws.example.org/x"));
+        let c = Config::from_toml_str("[websocket]\nenabled = false\n", None).unwrap();
+        assert_eq!(c.websocket_url(), None);
+        let e = Config::from_toml_str("[websocket]\npublic_url = \"https://x.example/ws\"\n", None).unwrap_err();
+        assert!(e.to_string().contains("websocket.public_url"), "{e}");
     }
 
     #[test]

@@ -4,12 +4,12 @@
 //! run [`exchange`]: the same mechanisms, channel bindings, XEP-0474 hash,
 //! unknown-user handling and failed-login accounting.
 
-use super::{fast, Tls};
+use super::{fast, ClientStream};
 use crate::{
     store,
     xmpp::{
         sasl::{self, ChannelBindings, Failure, Mechanism, Refused, ScramServer, TokenMechanism},
-        stream::{ConnError, XmlStream},
+        stream::ConnError,
         xml::{elem, ElementExt, Event, StreamError, NS_SASL},
         Server,
     },
@@ -114,7 +114,7 @@ pub struct Authenticated {
 /// one the outcome, which the caller reports in its profile.
 pub async fn exchange(
     server: &Server,
-    xs: &mut XmlStream<Tls>,
+    xs: &mut ClientStream,
     profile: Profile,
     offer: &Offer,
     mechanism: &str,
@@ -166,7 +166,7 @@ pub async fn exchange(
 
 /// Send a challenge and read the client's response.
 async fn challenge(
-    xs: &mut XmlStream<Tls>,
+    xs: &mut ClientStream,
     profile: Profile,
     data: &[u8],
 ) -> Result<Result<Vec<u8>, Refused>, ConnError> {

@@ -1,13 +1,15 @@
-//! Client connections: STARTTLS (5222) and direct TLS (5223, XEP-0368),
-//! SASL (RFC 6120 and SASL2, XEP-0388), resource binding (legacy and
-//! Bind 2, XEP-0386) or resumption, and the session loop. One task owns
-//! each connection; the rest of the server reaches it through its channel.
+//! Client connections: STARTTLS (5222), direct TLS (5223, XEP-0368) and
+//! WebSocket (RFC 7395, on the HTTPS listeners), SASL (RFC 6120 and SASL2,
+//! XEP-0388), resource binding (legacy and Bind 2, XEP-0386) or
+//! resumption, and the session loop. One task owns each connection; the
+//! rest of the server reaches it through its channel.
 
 pub mod auth;
 pub mod bind2;
 pub mod fast;
 pub mod sasl2;
 pub mod session;
+pub mod websocket;
 
 use super::{
     modules::register::{self, PreAuthState},
@@ -22,7 +24,13 @@ use crate::{certs::ALPN_XMPP_CLIENT, xmpp::Server};
 use auth::{Authenticated, Offer, Profile};
 use jid::{BareJid, FullJid};
 use minidom::Element;
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -33,6 +41,52 @@ use tracing::Instrument;
 
 pub use super::starttls::Tls;
 pub use super::stream::new_id;
+
+/// What a client stream runs over: TLS on the XMPP ports, or a WebSocket
+/// on the HTTPS listeners. A session may resume on either.
+pub enum ClientIo {
+    Tls(Box<Tls>),
+    WebSocket(Box<websocket::WsIo>),
+}
+
+/// A client's XML stream, whatever its transport.
+pub type ClientStream = XmlStream<ClientIo>;
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+            ClientIo::WebSocket(w) => Pin::new(w.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+            ClientIo::WebSocket(w) => Pin::new(w.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+            ClientIo::WebSocket(w) => Pin::new(w.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+            ClientIo::WebSocket(w) => Pin::new(w.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 fn limits(server: &Server) -> ParserLimits {
     let l = &server.config.limits;
@@ -126,7 +180,12 @@ fn channel_bindings(tls: &Tls) -> ChannelBindings {
 async fn after_tls(server: Arc<Server>, tls: Tls) {
     let cb = channel_bindings(&tls);
     let peer_ip = tls.get_ref().0.peer_addr().map(|a| a.ip()).ok();
-    let mut xs = XmlStream::new(tls, limits(&server));
+    let xs = XmlStream::new(ClientIo::Tls(Box::new(tls)), limits(&server));
+    negotiate(server, xs, cb, peer_ip).await
+}
+
+/// Authenticate and bind (or resume) a client stream, then serve the session.
+async fn negotiate(server: Arc<Server>, mut xs: ClientStream, cb: ChannelBindings, peer_ip: Option<std::net::IpAddr>) {
     let deadline = server.config.limits.auth_timeout.get();
     let bound = until_shutdown(&server, deadline, authenticate_and_bind(&server, &mut xs, cb, peer_ip)).await;
     match bound {
@@ -180,7 +239,7 @@ fn bare_jid(server: &Server, username: &str) -> Result<BareJid, ConnError> {
 
 async fn authenticate_and_bind(
     server: &Arc<Server>,
-    xs: &mut XmlStream<Tls>,
+    xs: &mut ClientStream,
     cb: ChannelBindings,
     peer_ip: Option<std::net::IpAddr>,
 ) -> Result<Bound, ConnError> {
@@ -200,7 +259,7 @@ async fn authenticate_and_bind(
 /// the authenticated stream (none after a resumption).
 async fn after_sasl2(
     server: &Arc<Server>,
-    xs: &mut XmlStream<Tls>,
+    xs: &mut ClientStream,
     a: Authenticated,
     req: sasl2::Request,
 ) -> Result<Bound, ConnError> {
@@ -243,7 +302,7 @@ async fn after_sasl2(
 
 /// Offer the authenticated stream's features and run legacy resource
 /// binding (RFC 6120 §7), or XEP-0198 resumption.
-async fn bind(server: &Arc<Server>, xs: &mut XmlStream<Tls>, username: &str) -> Result<Bound, ConnError> {
+async fn bind(server: &Arc<Server>, xs: &mut ClientStream, username: &str) -> Result<Bound, ConnError> {
     let mut features = vec![
         elem("bind", NS_BIND),
         elem("session", NS_SESSION).child(elem("optional", NS_SESSION)),
@@ -382,7 +441,7 @@ fn read_attempt(el: &Element) -> Option<Result<Attempt, (Profile, Failure)>> {
 /// SASL in either profile; returns how the stream authenticated.
 async fn authenticate(
     server: &Arc<Server>,
-    xs: &mut XmlStream<Tls>,
+    xs: &mut ClientStream,
     cb: ChannelBindings,
     peer_ip: Option<std::net::IpAddr>,
 ) -> Result<Login, ConnError> {

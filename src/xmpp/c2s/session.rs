@@ -6,7 +6,7 @@
 //! task keeps the session's queue while hibernating, and a new connection
 //! hands its stream over through the session's channel.
 
-use super::{end, Tls};
+use super::{end, ClientStream};
 use crate::{
     shutdown::stopped,
     xmpp::Server,
@@ -15,7 +15,7 @@ use crate::{
         router::{self, route},
         sessions::{SessionHandle, ToSession},
         stanza::{iq_result, Kind},
-        stream::{new_id, ConnError, XmlStream},
+        stream::{new_id, ConnError},
         xml::{elem, ElementExt, Event, StreamError, NS_CLIENT, NS_SESSION},
     },
 };
@@ -28,7 +28,7 @@ pub const NS_CSI: &str = "urn:xmpp:csi:0";
 
 /// A new connection taking over a hibernating (or still connected) session.
 pub struct ResumeRequest {
-    pub xs: XmlStream<Tls>,
+    pub xs: ClientStream,
     /// How many of our stanzas the client says it handled.
     pub h: u32,
     /// SASL2 inline resumption (XEP-0198 §6.2): the `<success/>` that
@@ -174,7 +174,7 @@ impl Session {
     }
 
     /// Serve the session across connections until it ends for good.
-    pub async fn run(mut self, mut xs: XmlStream<Tls>) {
+    pub async fn run(mut self, mut xs: ClientStream) {
         loop {
             let end = self.serve(&mut xs).await;
             match end {
@@ -227,7 +227,7 @@ impl Session {
     /// Tell the new connection the session is back and retransmit. With
     /// SASL2, `<resumed/>` goes inside its `<success/>`, and no stream
     /// features follow (XEP-0198 §6.2).
-    async fn resumed(&mut self, xs: &mut XmlStream<Tls>, h: u32, success: Option<Element>) -> bool {
+    async fn resumed(&mut self, xs: &mut ClientStream, h: u32, success: Option<Element>) -> bool {
         let Some(sm) = self.sm.as_mut() else { return false };
         match sm.ack(h) {
             Ok(proven) => offline::delivered(&self.server, proven),
@@ -390,7 +390,7 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self, xs: &mut XmlStream<Tls>) -> End {
+    async fn serve(&mut self, xs: &mut ClientStream) -> End {
         let idle = self.server.config.limits.idle_timeout.get();
         let mut shutdown = self.server.shutdown.clone();
         loop {
@@ -417,7 +417,7 @@ impl Session {
     }
 
     /// Write what the router sent (and everything queued behind it).
-    async fn deliver(&mut self, xs: &mut XmlStream<Tls>, first: Option<ToSession>) -> Result<Option<End>, ConnError> {
+    async fn deliver(&mut self, xs: &mut ClientStream, first: Option<ToSession>) -> Result<Option<End>, ConnError> {
         let mut next = first;
         let mut wrote = false;
         loop {
@@ -454,7 +454,7 @@ impl Session {
 
     /// Write one stanza, or hold it while the client is inactive (CSI).
     /// Returns whether something was written.
-    fn deliver_one(&mut self, xs: &mut XmlStream<Tls>, el: Element, stored: Option<i64>) -> bool {
+    fn deliver_one(&mut self, xs: &mut ClientStream, el: Element, stored: Option<i64>) -> bool {
         if self.csi.inactive && !important(&el) {
             self.hold(el, stored);
             if self.csi.held.len() > CSI_MAX_HELD {
@@ -476,14 +476,14 @@ impl Session {
         true
     }
 
-    fn write(&mut self, xs: &mut XmlStream<Tls>, el: Element, stored: Option<i64>) {
+    fn write(&mut self, xs: &mut ClientStream, el: Element, stored: Option<i64>) {
         xs.queue(&el);
         self.record_sent(el, stored);
     }
 
     /// Without stream management, offline rows written since the last proof
     /// are proven delivered by the answer to a ping sent after them.
-    fn ask_for_proof(&mut self, xs: &mut XmlStream<Tls>) {
+    fn ask_for_proof(&mut self, xs: &mut ClientStream) {
         if self.sm.is_some() || self.proof.pending.is_some() || self.proof.unproven.is_empty() {
             return;
         }
@@ -513,7 +513,7 @@ impl Session {
     /// Handle one element from the client.
     async fn handle_client_element(
         &mut self,
-        xs: &mut XmlStream<Tls>,
+        xs: &mut ClientStream,
         mut el: Element,
     ) -> Result<Option<End>, ConnError> {
         let ns = el.ns();
@@ -588,7 +588,7 @@ impl Session {
         Ok(None)
     }
 
-    async fn sm_nonza(&mut self, xs: &mut XmlStream<Tls>, el: &Element) -> Result<(), ConnError> {
+    async fn sm_nonza(&mut self, xs: &mut ClientStream, el: &Element) -> Result<(), ConnError> {
         match el.name() {
             "enable" => {
                 let answer = self.enable_sm(el);
@@ -644,6 +644,6 @@ fn important(el: &Element) -> bool {
     }
 }
 
-async fn end_stream(server: &Server, xs: &mut XmlStream<Tls>, e: ConnError) {
+async fn end_stream(server: &Server, xs: &mut ClientStream, e: ConnError) {
     end(server, xs, e).await
 }
