@@ -7,6 +7,7 @@
 #   QUICK=1 bash bench/compare.sh    # small sizes, to check the script
 #   SERVERS="pushbox prosody" bash bench/compare.sh
 #   GROUP_ONLY=1 SERVERS="pushbox prosody" bash bench/compare.sh   # the group chat workload only
+#   LOGIN_ONLY=1 bash bench/compare.sh   # logins only: SASL+bind for all; SASL2+Bind 2 and FAST for pushbox
 #
 # Results: one RESULT line per run on stdout and a Markdown table at the end
 # (also written to $OUT, default bench-results.md in the work directory).
@@ -286,6 +287,19 @@ run_one() {
   stop_server
   "start_$CURRENT"
   sleep 3
+  if [ -n "${LOGIN_ONLY:-}" ]; then
+    lg logins --count 50 --users "$USERS" --parallel 5 >/dev/null
+    log "$CURRENT: logins (SASL, restart, bind)"
+    lg logins --count "$LOGINS" --users "$USERS" --parallel 10 | tee -a "$WORK/results"
+    if [ "$CURRENT" = pushbox ]; then
+      log "$CURRENT: logins (SASL2 + Bind 2, SCRAM)"
+      lg logins --count "$LOGINS" --users "$USERS" --parallel 10 --sasl2 | sed 's/mode=logins/mode=logins_sasl2/' | tee -a "$WORK/results"
+      log "$CURRENT: logins (SASL2 + Bind 2, FAST token)"
+      lg logins --count "$LOGINS" --users "$USERS" --parallel 10 --fast | sed 's/mode=logins/mode=logins_fast/' | tee -a "$WORK/results"
+    fi
+    stop_server
+    return
+  fi
   log "$CURRENT: $IDLE idle sessions"
   lg --concurrency 50 idle --sessions "$IDLE" --users "$USERS" --hold 1 | tee -a "$WORK/results"
   if [ -n "${IDLE_ONLY:-}" ]; then
@@ -361,6 +375,11 @@ cols = [
     ("CPU µs / routed message (ping-pong)", "pingpong", "server_cpu_us_per_msg"),
     ("KiB RSS / idle TLS session", "idle", "kib_per_session"),
     ("CPU µs / login (TLS+SCRAM+bind)", "logins", "server_cpu_us_per_login"),
+    ("CPU µs / login (TLS+SASL2 SCRAM+Bind 2)", "logins_sasl2", "server_cpu_us_per_login"),
+    ("CPU µs / login (TLS+FAST token+Bind 2)", "logins_fast", "server_cpu_us_per_login"),
+    ("round trips to a bound session (SASL+bind / SASL2+Bind 2 / FAST)", "logins", "round_trips_to_bound"),
+    ("round trips, SASL2+Bind 2", "logins_sasl2", "round_trips_to_bound"),
+    ("round trips, FAST", "logins_fast", "round_trips_to_bound"),
     ("p50 / p99 ms (window)", "messages", ("p50_ms", "p99_ms")),
     ("p50 / p99 ms (ping-pong)", "pingpong", ("p50_ms", "p99_ms")),
     ("messages/s (window)", "messages", "msgs_per_s"),
@@ -407,7 +426,7 @@ main() {
   [ -n "${APPEND:-}" ] || : >"$WORK/results"
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   for s in $SERVERS; do run_one "$s"; done
-  case " $SERVERS " in *" pushbox "*) [ -n "${IDLE_ONLY:-}${GROUP_ONLY:-}" ] || pushbox_alone ;; esac
+  case " $SERVERS " in *" pushbox "*) [ -n "${IDLE_ONLY:-}${GROUP_ONLY:-}${LOGIN_ONLY:-}" ] || pushbox_alone ;; esac
   {
     echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, load average $(cut -d" " -f1-3 /proc/loadavg); users=$USERS idle=$IDLE pairs=$PAIRS count=$COUNT logins=$LOGINS"
     echo
