@@ -339,11 +339,17 @@ fn invite(config: &Config, cmd: InviteCmd) -> Result<()> {
             let now = store::now();
             for i in s.blocking(|c| store::invites::list(c)).map_err(e)? {
                 if i.expires_at > now && i.uses_left > 0 {
+                    let kind = match (&i.contact, i.allow_registration) {
+                        (Some(c), true) => format!("contact of {c}@{}, or a new account", config.domain),
+                        (Some(c), false) => format!("contact of {c}@{} (existing accounts)", config.domain),
+                        (None, _) => "new account".to_string(),
+                    };
                     println!(
-                        "{}…  uses left {}  expires in {}{}",
+                        "{}…  uses left {}  expires in {}  {kind}  made by {}{}",
                         i.token_prefix,
                         i.uses_left,
                         humantime::format_duration(std::time::Duration::from_secs((i.expires_at - now) as u64)),
+                        i.creator.as_deref().unwrap_or("the command line"),
                         if i.is_admin { "  (admin)" } else { "" }
                     );
                 }

@@ -91,8 +91,15 @@ async fn scram_with_bind2_and_inline_features_in_one_round_trip() {
     .collect();
     offered.sort();
     let mut sdp = offered.join("\u{1e}");
-    if f.contains("<channel-binding type='tls-exporter'/>") {
-        sdp.push_str("\u{1f}tls-exporter");
+    let mut types: Vec<&str> = f
+        .split("<channel-binding type='")
+        .skip(1)
+        .map(|r| &r[..r.find('\'').unwrap()])
+        .collect();
+    if !types.is_empty() {
+        types.sort();
+        sdp.push('\u{1f}');
+        sdp.push_str(&types.join("\u{1e}"));
     }
     let h = challenge
         .split(',')

@@ -42,7 +42,7 @@ pub fn tls_acceptor(core: &Core) -> tokio_rustls::TlsAcceptor {
 /// The WebSocket side of one HTTPS connection.
 struct WsCtx {
     handler: Option<websocket::Handler>,
-    tls_exporter: Option<Vec<u8>>,
+    bindings: websocket::Bindings,
     /// Set by the handshake, taken by the connection's task (a std mutex:
     /// only set and taken, never held across an await).
     pending: Mutex<Option<websocket::Pending>>,
@@ -67,22 +67,28 @@ pub async fn serve(
         }
         Err(_) => return,
     };
-    // RFC 9266: what SCRAM-*-PLUS binds to when XMPP runs over this connection.
-    let tls_exporter = match ws {
+    // What SCRAM-*-PLUS binds to when XMPP runs over this connection:
+    // RFC 9266 `tls-exporter` (TLS 1.3) and RFC 5929 `tls-server-end-point`.
+    let bindings = match ws {
         Some(_) => {
             let conn = stream.get_ref().1;
-            (conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
+            let exporter = (conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
                 .then(|| {
                     conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
                         .ok()
                 })
-                .flatten()
+                .flatten();
+            let end_point = core.certs.end_point_binding(conn.server_name()).map(|b| b.to_vec());
+            websocket::Bindings {
+                tls_exporter: exporter,
+                tls_server_end_point: end_point,
+            }
         }
-        None => None,
+        None => websocket::Bindings::default(),
     };
     let ctx = Arc::new(WsCtx {
         handler: ws,
-        tls_exporter,
+        bindings,
         pending: Mutex::new(None),
     });
     let mut stop = core.shutdown.clone();
@@ -127,7 +133,7 @@ async fn handle(core: Arc<Core>, peer: SocketAddr, req: Request<Incoming>, ws: A
         upload::handle(&core, req).await
     } else if path == websocket::WEBSOCKET_PATH && ws.handler.is_some() {
         let mut pending = None;
-        let r = websocket::handshake(req, peer, ws.tls_exporter.clone(), &mut pending);
+        let r = websocket::handshake(req, peer, ws.bindings.clone(), &mut pending);
         if pending.is_some() {
             *ws.pending.lock().unwrap_or_else(|p| p.into_inner()) = pending;
         }

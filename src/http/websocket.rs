@@ -36,13 +36,20 @@ const REL_WEBSOCKET: &str = "urn:xmpp:alt-connections:websocket";
 /// An upgraded WebSocket connection.
 pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
+/// The channel-binding data of the HTTPS connection a WebSocket runs
+/// over, for SCRAM-*-PLUS: RFC 9266 `tls-exporter` (TLS 1.3 only) and RFC
+/// 5929 `tls-server-end-point`.
+#[derive(Debug, Clone, Default)]
+pub struct Bindings {
+    pub tls_exporter: Option<Vec<u8>>,
+    pub tls_server_end_point: Option<Vec<u8>>,
+}
+
 /// What the XMPP layer gets for each connection.
 pub struct Connection {
     pub ws: Socket,
     pub peer: SocketAddr,
-    /// The RFC 9266 `tls-exporter` value of the HTTPS connection it runs
-    /// over (TLS 1.3 only), for SCRAM-*-PLUS.
-    pub tls_exporter: Option<Vec<u8>>,
+    pub bindings: Bindings,
 }
 
 /// Serves one upgraded connection until it ends.
@@ -54,7 +61,7 @@ pub type Handler = Arc<dyn Fn(Connection) -> Pin<Box<dyn Future<Output = ()> + S
 pub struct Pending {
     upgrade: OnUpgrade,
     peer: SocketAddr,
-    tls_exporter: Option<Vec<u8>>,
+    bindings: Bindings,
 }
 
 impl Pending {
@@ -78,7 +85,7 @@ impl Pending {
         handler(Connection {
             ws,
             peer: self.peer,
-            tls_exporter: self.tls_exporter,
+            bindings: self.bindings,
         })
         .await
     }
@@ -110,7 +117,7 @@ fn refuse(status: StatusCode, detail: &str) -> Resp {
 pub fn handshake(
     mut req: Request<Incoming>,
     peer: SocketAddr,
-    tls_exporter: Option<Vec<u8>>,
+    bindings: Bindings,
     pending: &mut Option<Pending>,
 ) -> Resp {
     if req.method() != Method::GET {
@@ -154,7 +161,7 @@ pub fn handshake(
     *pending = Some(Pending {
         upgrade: hyper::upgrade::on(&mut req),
         peer,
-        tls_exporter,
+        bindings,
     });
     let mut r = Response::new(Full::new(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -39,7 +39,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("push_encrypt", include_str!("migrations/0008_push_encrypt.sql")),
     ("pep_subscriptions", include_str!("migrations/0009_pep_subscriptions.sql")),
     ("muc", include_str!("migrations/0010_muc.sql")),
-    ("devices", include_str!("migrations/0011_devices.sql")),
+    ("invites", include_str!("migrations/0011_invites.sql")),
+    ("devices", include_str!("migrations/0012_devices.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -1,9 +1,10 @@
 //! SASL on the server side: SCRAM-SHA-256(-PLUS), SCRAM-SHA-1(-PLUS) (RFC
-//! 5802, 7677, 9266 `tls-exporter` binding) with XEP-0474 downgrade
-//! protection, PLAIN (RFC 4616, offered only over TLS), and the hashed-token
-//! mechanism `HT-SHA-256-NONE` (draft-schmaus-kitten-sasl-ht) that FAST
-//! (XEP-0484) logs in with. Knows nothing of XML or sockets: the c2s layer
-//! feeds it decoded bytes and sends back what it returns.
+//! 5802, 7677; bindings `tls-exporter` RFC 9266 and `tls-server-end-point`
+//! RFC 5929), XEP-0474 downgrade protection, PLAIN (RFC 4616, offered only
+//! over TLS), and the hashed-token mechanism `HT-SHA-256-NONE`
+//! (draft-schmaus-kitten-sasl-ht) that FAST (XEP-0484) logs in with. Knows
+//! nothing of XML or sockets: the c2s layer feeds it decoded bytes and
+//! sends back what it returns.
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use subtle::ConstantTimeEq;
@@ -344,17 +345,36 @@ pub struct ScramServer {
     cb_type: Option<CbType>,
 }
 
+/// XEP-0474 (SSDP): what the client saw offered, as the server computes it:
+/// the mechanisms sorted, joined by U+001E, then U+001F and the
+/// channel-binding types of `<sasl-channel-binding/>` sorted and joined the
+/// same way (only when that list was offered), hashed with the mechanism's
+/// hash. The client compares it with its own view of the stream features,
+/// so a man in the middle who removed -PLUS or a binding type is caught.
+pub fn ssdp(mech: Mechanism, cb: &ChannelBindings) -> String {
+    let mut mechs: Vec<&str> = Mechanism::offered(cb).iter().map(|m| m.name()).collect();
+    mechs.sort_unstable();
+    let mut s = mechs.join("\u{1e}");
+    if cb.any() {
+        let mut types: Vec<&str> = cb.types().iter().map(|t| t.name()).collect();
+        types.sort_unstable();
+        s.push('\u{1f}');
+        s.push_str(&types.join("\u{1e}"));
+    }
+    B64.encode(digest(mech.hash(), s.as_bytes()))
+}
+
 impl ScramServer {
     /// `keys` is `None` for an unknown user; `fake_secret` then makes a
-    /// stable fake salt so that repeated probes look alike. `advertised` is
-    /// what the client was offered (see [`advertised`]): its hash goes into
-    /// server-first as XEP-0474's `h` attribute, covered by the proofs.
+    /// stable fake salt so that repeated probes look alike. `cb` is what
+    /// this connection offered; the server-first message carries its
+    /// XEP-0474 hash as the extension attribute `h`.
     pub fn new(
         mech: Mechanism,
         first: ClientFirst,
         keys: Option<ScramKeys>,
         fake_secret: &[u8],
-        advertised: &str,
+        cb: &ChannelBindings,
     ) -> (ScramServer, Vec<u8>) {
         let real = keys.is_some();
         let keys = keys.unwrap_or_else(|| {
@@ -370,8 +390,12 @@ impl ScramServer {
         });
         let server_nonce: [u8; 18] = rand::random();
         let nonce = format!("{}{}", first.client_nonce, B64.encode(server_nonce));
-        let ssdp = B64.encode(digest(mech.hash(), advertised.as_bytes()));
-        let server_first = format!("r={nonce},s={},i={},h={ssdp}", B64.encode(&keys.salt), keys.iterations);
+        let server_first = format!(
+            "r={nonce},s={},i={},h={}",
+            B64.encode(&keys.salt),
+            keys.iterations,
+            ssdp(mech, cb)
+        );
         let out = server_first.clone().into_bytes();
         (
             ScramServer {
@@ -441,22 +465,6 @@ impl ScramServer {
         let server_signature = hmac(h, self.keys.server(h), auth_message.as_bytes());
         Ok(format!("v={}", B64.encode(server_signature)).into_bytes())
     }
-}
-
-/// XEP-0474's string S: the offered mechanisms sorted by octet, joined by
-/// 0x1E, then (when XEP-0440 announced them) 0x1F and the channel-binding
-/// types sorted the same way.
-pub fn advertised(mechanisms: &[Mechanism], cb: &ChannelBindings) -> String {
-    let mut mechs: Vec<&str> = mechanisms.iter().map(|m| m.name()).collect();
-    mechs.sort_unstable();
-    let mut s = mechs.join("\u{1e}");
-    if cb.any() {
-        let mut types: Vec<&str> = cb.types().into_iter().map(CbType::name).collect();
-        types.sort_unstable();
-        s.push('\u{1f}');
-        s.push_str(&types.join("\u{1e}"));
-    }
-    s
 }
 
 /// The hashed-token mechanisms FAST tokens are issued for.
@@ -571,7 +579,7 @@ mod tests {
         let first = format!("{gs2}n=alice,r=abcdef");
         let cf = scram_client_first(mech, first.as_bytes(), cb)?;
         let bound = cf.cb_type.and_then(|t| cb.data(t)).unwrap_or(&[]).to_vec();
-        let (srv, sf) = ScramServer::new(mech, cf, Some(keys), b"k", "SCRAM-SHA-256");
+        let (srv, sf) = ScramServer::new(mech, cf, Some(keys), b"k", cb);
         let fin = client_final(
             mech.hash(),
             pw,
@@ -607,7 +615,7 @@ mod tests {
         // The client bound to different data (a man in the middle).
         let keys = ScramKeys::derive("pw", 4096);
         let cf = scram_client_first(Mechanism::ScramSha256Plus, b"p=tls-exporter,,n=alice,r=x", &cb).unwrap();
-        let (srv, sf) = ScramServer::new(Mechanism::ScramSha256Plus, cf, Some(keys), b"k", "x");
+        let (srv, sf) = ScramServer::new(Mechanism::ScramSha256Plus, cf, Some(keys), b"k", &cb);
         let fin = client_final(
             Hash::Sha256,
             "pw",
@@ -669,7 +677,7 @@ mod tests {
     fn unknown_user_fails_at_the_end() {
         let none = ChannelBindings::default();
         let cf = scram_client_first(Mechanism::ScramSha256, b"n,,n=ghost,r=x", &none).unwrap();
-        let (srv, sf) = ScramServer::new(Mechanism::ScramSha256, cf, None, b"k", "x");
+        let (srv, sf) = ScramServer::new(Mechanism::ScramSha256, cf, None, b"k", &none);
         let fin = client_final(
             Hash::Sha256,
             "",
@@ -703,25 +711,34 @@ mod tests {
     }
 
     #[test]
-    fn server_first_carries_the_downgrade_protection_hash() {
-        // XEP-0474 §5.1: sorted mechanisms, 0x1E between them, 0x1F, sorted types.
-        let cb = exporter(&[1; 32]);
-        let s = advertised(Mechanism::offered(&cb), &cb);
+    fn downgrade_protection_hashes_what_was_offered() {
+        use sha2::{Digest, Sha256};
+        let both = ChannelBindings {
+            tls_exporter: Some(vec![1; 32]),
+            tls_server_end_point: Some(vec![2; 32]),
+        };
+        // XEP-0474's string, written out by hand: sorted, U+001E between
+        // items, U+001F before the binding types.
+        let want = "PLAIN\u{1e}SCRAM-SHA-1\u{1e}SCRAM-SHA-1-PLUS\u{1e}SCRAM-SHA-256\u{1e}SCRAM-SHA-256-PLUS\
+                    \u{1f}tls-exporter\u{1e}tls-server-end-point";
         assert_eq!(
-            s,
-            "PLAIN\u{1e}SCRAM-SHA-1\u{1e}SCRAM-SHA-1-PLUS\u{1e}SCRAM-SHA-256\u{1e}SCRAM-SHA-256-PLUS\u{1f}tls-exporter"
+            ssdp(Mechanism::ScramSha256Plus, &both),
+            B64.encode(Sha256::digest(want))
         );
+        let sha1 = digest(Hash::Sha1, want.as_bytes());
+        assert_eq!(ssdp(Mechanism::ScramSha1, &both), B64.encode(sha1));
+        // Without bindings: no -PLUS and no binding list.
         let none = ChannelBindings::default();
-        assert_eq!(
-            advertised(Mechanism::offered(&none), &none),
-            "PLAIN\u{1e}SCRAM-SHA-1\u{1e}SCRAM-SHA-256"
-        );
-        let cf = scram_client_first(Mechanism::ScramSha1, b"n,,n=alice,r=x", &none).unwrap();
-        let (_, sf) = ScramServer::new(Mechanism::ScramSha1, cf, None, b"k", &s);
+        let want = "PLAIN\u{1e}SCRAM-SHA-1\u{1e}SCRAM-SHA-256";
+        assert_eq!(ssdp(Mechanism::ScramSha256, &none), B64.encode(Sha256::digest(want)));
+        // The attribute is in the server-first message.
+        let cf = scram_client_first(Mechanism::ScramSha256, b"n,,n=alice,r=x", &none).unwrap();
+        let (_, sf) = ScramServer::new(Mechanism::ScramSha256, cf, None, b"k", &none);
         let sf = String::from_utf8(sf).unwrap();
-        let h = sf.split(',').find_map(|a| a.strip_prefix("h=")).unwrap();
-        // Hashed with the mechanism's own hash function (SHA-1 here).
-        assert_eq!(B64.decode(h).unwrap(), digest(Hash::Sha1, s.as_bytes()));
+        assert!(
+            sf.ends_with(&format!(",h={}", ssdp(Mechanism::ScramSha256, &none))),
+            "{sf}"
+        );
     }
 
     #[test]

@@ -69,23 +69,17 @@ pub fn decode(el: &Element) -> Result<Vec<u8>, Failure> {
     B64.decode(t).map_err(|_| Failure::MalformedRequest)
 }
 
-/// What one connection offers to SASL, the same to both profiles.
+/// What one connection offers to SASL, the same to both profiles (so
+/// XEP-0474's hash is the same whichever profile the client uses).
 pub struct Offer {
     pub cb: ChannelBindings,
     pub mechanisms: &'static [Mechanism],
-    /// XEP-0474's string S for this offer.
-    pub advertised: String,
 }
 
 impl Offer {
     pub fn new(cb: ChannelBindings) -> Offer {
         let mechanisms = Mechanism::offered(&cb);
-        let advertised = sasl::advertised(mechanisms, &cb);
-        Offer {
-            cb,
-            mechanisms,
-            advertised,
-        }
+        Offer { cb, mechanisms }
     }
 
     /// `<mechanisms/>`-style children: one `<mechanism>` per offered name.
@@ -152,7 +146,7 @@ pub async fn exchange(
         Ok(f) => f,
         Err(r) => return Ok(Err(r)),
     };
-    let (scram, server_first, username) = scram_start(server, mech, first, &offer.advertised).await;
+    let (scram, server_first, username) = scram_start(server, mech, first, &offer.cb).await;
     let response = match challenge(xs, profile, &server_first).await? {
         Ok(r) => r,
         Err(r) => return Ok(Err(r)),
@@ -214,7 +208,7 @@ async fn scram_start(
     server: &Server,
     mech: Mechanism,
     first: sasl::ClientFirst,
-    advertised: &str,
+    cb: &ChannelBindings,
 ) -> (ScramServer, Vec<u8>, String) {
     let username = match store::accounts::normalize(&first.username) {
         Ok(u) => u,
@@ -226,6 +220,6 @@ async fn scram_start(
         .call(move |c| Ok(store::accounts::get(c, &u)?.map(|a| a.keys)))
         .await
         .unwrap_or(None);
-    let (scram, server_first) = ScramServer::new(mech, first, keys, &server.fake_salt_secret, advertised);
+    let (scram, server_first) = ScramServer::new(mech, first, keys, &server.fake_salt_secret, cb);
     (scram, server_first, username)
 }

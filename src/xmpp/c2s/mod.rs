@@ -162,8 +162,10 @@ async fn open_plaintext(server: &Server, xs: &mut XmlStream<TcpStream>) -> Resul
 }
 
 /// What SCRAM-*-PLUS can bind to on this connection: the TLS 1.3 exporter
-/// value (`tls-exporter`, RFC 9266).
-fn channel_bindings(tls: &Tls) -> ChannelBindings {
+/// value (`tls-exporter`, RFC 9266) and, on TLS 1.2 and 1.3, the hash of
+/// the certificate this connection was given (`tls-server-end-point`,
+/// RFC 5929), which XEP-0440 requires of servers.
+fn channel_bindings(server: &Server, tls: &Tls) -> ChannelBindings {
     let conn = tls.get_ref().1;
     let tls_exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
         conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
@@ -173,12 +175,12 @@ fn channel_bindings(tls: &Tls) -> ChannelBindings {
     };
     ChannelBindings {
         tls_exporter,
-        tls_server_end_point: None,
+        tls_server_end_point: server.certs.end_point_binding(conn.server_name()).map(|b| b.to_vec()),
     }
 }
 
 async fn after_tls(server: Arc<Server>, tls: Tls) {
-    let cb = channel_bindings(&tls);
+    let cb = channel_bindings(&server, &tls);
     let peer_ip = tls.get_ref().0.peer_addr().map(|a| a.ip()).ok();
     let xs = XmlStream::new(ClientIo::Tls(Box::new(tls)), limits(&server));
     negotiate(server, xs, cb, peer_ip).await

@@ -33,8 +33,8 @@ pub async fn serve(server: Arc<Server>, conn: Connection) {
     let span = tracing::info_span!("c2s", peer = %conn.peer, transport = "websocket", jid = tracing::field::Empty);
     async move {
         let cb = ChannelBindings {
-            tls_exporter: conn.tls_exporter,
-            tls_server_end_point: None,
+            tls_exporter: conn.bindings.tls_exporter,
+            tls_server_end_point: conn.bindings.tls_server_end_point,
         };
         let xs = XmlStream::framed(ClientIo::WebSocket(Box::new(WsIo::new(conn.ws))), limits(&server));
         negotiate(server, xs, cb, Some(conn.peer.ip())).await
