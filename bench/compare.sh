@@ -27,6 +27,8 @@ else
   USERS=1000; IDLE=1000; PAIRS=20; COUNT=500; LOGINS=300; PINGPONG_COUNT=200; MANY=10000
 fi
 WINDOW=10
+# LOGIN_COUNT overrides the number of measured logins (more logins, finer CPU figures).
+LOGINS="${LOGIN_COUNT:-$LOGINS}"
 # Group chat: one room of GROUP_OCCUPANTS, GROUP_COUNT room messages.
 GROUP_OCCUPANTS=50
 if [ -n "${QUICK:-}" ]; then GROUP_COUNT=100; else GROUP_COUNT=500; fi
@@ -85,7 +87,7 @@ domain = "localhost"
 data_dir = "data"
 [listen]
 c2s = ["127.0.0.1:15222"]
-c2s_direct_tls = []
+c2s_direct_tls = ["127.0.0.1:15223"]
 https = []
 [registration]
 mode = "open"
@@ -272,6 +274,8 @@ stop_server() {
 }
 
 lg() { "$LOADGEN" --server "127.0.0.1:$PORT" --pid "$SERVER_PID" --label "$CURRENT" "$@"; }
+# pushbox's direct TLS port (XEP-0368).
+lgd() { "$LOADGEN" --server 127.0.0.1:15223 --direct-tls --pid "$SERVER_PID" --label "$CURRENT" "$@"; }
 
 run_one() {
   CURRENT=$1
@@ -296,6 +300,13 @@ run_one() {
       lg logins --count "$LOGINS" --users "$USERS" --parallel 10 --sasl2 | sed 's/mode=logins/mode=logins_sasl2/' | tee -a "$WORK/results"
       log "$CURRENT: logins (SASL2 + Bind 2, FAST token)"
       lg logins --count "$LOGINS" --users "$USERS" --parallel 10 --fast | sed 's/mode=logins/mode=logins_fast/' | tee -a "$WORK/results"
+      log "$CURRENT: TCP + TLS + stream features only (the floor)"
+      lg logins --count "$LOGINS" --users "$USERS" --parallel 10 --tls-only | sed 's/mode=logins/mode=logins_tls/' | tee -a "$WORK/results"
+      lgd logins --count "$LOGINS" --users "$USERS" --parallel 10 --tls-only | sed 's/mode=logins/mode=logins_tls_direct/' | tee -a "$WORK/results"
+      log "$CURRENT: the same three over direct TLS"
+      lgd logins --count "$LOGINS" --users "$USERS" --parallel 10 | sed 's/mode=logins/mode=logins_direct/' | tee -a "$WORK/results"
+      lgd logins --count "$LOGINS" --users "$USERS" --parallel 10 --sasl2 | sed 's/mode=logins/mode=logins_sasl2_direct/' | tee -a "$WORK/results"
+      lgd logins --count "$LOGINS" --users "$USERS" --parallel 10 --fast | sed 's/mode=logins/mode=logins_fast_direct/' | tee -a "$WORK/results"
     fi
     stop_server
     return
@@ -380,6 +391,13 @@ cols = [
     ("round trips to a bound session (SASL+bind / SASL2+Bind 2 / FAST)", "logins", "round_trips_to_bound"),
     ("round trips, SASL2+Bind 2", "logins_sasl2", "round_trips_to_bound"),
     ("round trips, FAST", "logins_fast", "round_trips_to_bound"),
+    ("CPU µs / login, direct TLS (SASL+bind)", "logins_direct", "server_cpu_us_per_login"),
+    ("CPU µs / login, direct TLS (SASL2+Bind 2)", "logins_sasl2_direct", "server_cpu_us_per_login"),
+    ("CPU µs / login, direct TLS (FAST+Bind 2)", "logins_fast_direct", "server_cpu_us_per_login"),
+    ("CPU µs / connection, STARTTLS + features only (floor)", "logins_tls", "server_cpu_us_per_login"),
+    ("CPU µs / connection, direct TLS + features only (floor)", "logins_tls_direct", "server_cpu_us_per_login"),
+    ("round trips, direct TLS (SASL+bind)", "logins_direct", "round_trips_to_bound"),
+    ("round trips, direct TLS (FAST)", "logins_fast_direct", "round_trips_to_bound"),
     ("p50 / p99 ms (window)", "messages", ("p50_ms", "p99_ms")),
     ("p50 / p99 ms (ping-pong)", "pingpong", ("p50_ms", "p99_ms")),
     ("messages/s (window)", "messages", "msgs_per_s"),

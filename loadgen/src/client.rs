@@ -231,6 +231,9 @@ pub enum Auth {
     Sasl2,
     /// SASL2 with a FAST token (HT-SHA-256-NONE) and Bind 2.
     Fast,
+    /// No authentication: TCP, TLS and the first stream features only (the
+    /// floor every login pays).
+    TlsOnly,
 }
 
 /// A bound session.
@@ -243,7 +246,7 @@ pub struct Session {
 
 /// Connect, authenticate as `user`, bind; returns the stream and the bound JID.
 pub async fn login(t: &Target, user: &str, password: &str, steps: Steps) -> Result<(Conn, String)> {
-    let s = login_with(t, user, password, steps, Auth::Sasl1, None).await?;
+    let s = login_with(t, user, password, steps, Auth::Sasl1, None, false).await?;
     Ok((s.conn, s.jid))
 }
 
@@ -289,7 +292,7 @@ async fn connect(t: &Target) -> Result<(Conn, Element)> {
 
 /// Log in as `user` the way `auth` says (`token` for [`Auth::Fast`]);
 /// with SASL2 the client names itself with a user-agent id derived from
-/// the account, and asks for a FAST token when `auth` is [`Auth::Sasl2`].
+/// the account, and `request_token` asks for a FAST token.
 pub async fn login_with(
     t: &Target,
     user: &str,
@@ -297,8 +300,16 @@ pub async fn login_with(
     steps: Steps,
     auth: Auth,
     token: Option<&str>,
+    request_token: bool,
 ) -> Result<Session> {
     let (mut xs, features) = connect(t).await?;
+    if auth == Auth::TlsOnly {
+        return Ok(Session {
+            conn: xs,
+            jid: String::new(),
+            token: None,
+        });
+    }
     if steps.register {
         xs.send(&format!(
             "<iq type='set' id='reg1'><query xmlns='jabber:iq:register'><username>{}</username>\
@@ -348,15 +359,10 @@ pub async fn login_with(
             if features.get_child("authentication", NS_SASL2).is_none() {
                 bail!("the server does not offer SASL2");
             }
-            sasl2(
-                &mut xs,
-                t,
-                user,
-                password,
-                if auth == Auth::Fast { token } else { None },
-            )
-            .await?
+            let token = if auth == Auth::Fast { token } else { None };
+            sasl2(&mut xs, t, user, password, token, request_token).await?
         }
+        Auth::TlsOnly => unreachable!("returned above"),
     };
     if steps.presence {
         xs.send("<presence/>").await?;
@@ -388,6 +394,7 @@ async fn sasl2(
     user: &str,
     password: &str,
     token: Option<&str>,
+    request_token: bool,
 ) -> Result<(String, Option<String>)> {
     let inline = format!(
         "<user-agent id='{}'><software>pushbox-loadgen</software></user-agent>\
@@ -413,9 +420,14 @@ async fn sasl2(
             let mech = t.mech.unwrap_or(Mech::Sha256);
             let (s, first) = Scram::start(mech, user, password);
             scram = Some(s);
+            let request = if request_token {
+                "<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"
+            } else {
+                ""
+            };
             xs.send(&format!(
                 "<authenticate xmlns='{NS_SASL2}' mechanism='{}'><initial-response>{}</initial-response>\
-                 {inline}<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/></authenticate>",
+                 {inline}{request}</authenticate>",
                 mech.name(),
                 B64.encode(first)
             ))

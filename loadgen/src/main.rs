@@ -127,8 +127,12 @@ enum Mode {
         /// SASL2 + Bind 2 with a FAST token (XEP-0484, HT-SHA-256-NONE):
         /// each account first obtains a token (not measured), then every
         /// measured login uses only the token.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "tls_only")]
         fast: bool,
+        /// Only TCP, TLS and the first stream features, then close: the
+        /// floor under every login.
+        #[arg(long, conflicts_with = "sasl2")]
+        tls_only: bool,
     },
 }
 
@@ -583,11 +587,13 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
             parallel,
             sasl2,
             fast,
+            tls_only,
         } => {
             let steps = Steps::default();
-            let auth = match (sasl2, fast) {
-                (_, true) => Auth::Fast,
-                (true, _) => Auth::Sasl2,
+            let auth = match (sasl2, fast, tls_only) {
+                (_, _, true) => Auth::TlsOnly,
+                (_, true, _) => Auth::Fast,
+                (true, _, _) => Auth::Sasl2,
                 _ => Auth::Sasl1,
             };
             // FAST: one password login per account obtains its token.
@@ -595,7 +601,7 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
             if auth == Auth::Fast {
                 for i in 0..*users {
                     let u = user(&cli, i);
-                    let s = login_with(&t, &u, &cli.password, steps, Auth::Sasl2, None)
+                    let s = login_with(&t, &u, &cli.password, steps, Auth::Sasl2, None, true)
                         .await
                         .with_context(|| format!("login {u} for a FAST token"))?;
                     let tok = s.token.clone().ok_or_else(|| anyhow!("no FAST token for {u}"))?;
@@ -623,7 +629,7 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
                     let _p = sem.acquire().await;
                     let t0 = now_us();
                     let tok = tokens.get(&u).map(String::as_str);
-                    let s = login_with(&t, &u, &cli.password, steps, auth, tok)
+                    let s = login_with(&t, &u, &cli.password, steps, auth, tok, false)
                         .await
                         .with_context(|| format!("login {u}"))?;
                     lat.lock().unwrap().push(now_us() - t0);
@@ -647,6 +653,7 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
                         Auth::Sasl1 => "sasl1+bind",
                         Auth::Sasl2 => "sasl2+bind2",
                         Auth::Fast => "fast+bind2",
+                        Auth::TlsOnly => "tls-only",
                     }
                     .to_string(),
                 ),

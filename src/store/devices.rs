@@ -75,6 +75,15 @@ pub fn seen(
     Ok(())
 }
 
+/// When the client last logged in (as [`seen`] recorded it).
+pub fn last_seen(c: &Connection, account_id: i64, agent_id: &str) -> Result<Option<i64>> {
+    Ok(
+        c.prepare_cached("SELECT last_seen FROM user_agents WHERE account_id=?1 AND agent_id=?2")?
+            .query_row(params![account_id, agent_id], |r| r.get(0))
+            .optional()?,
+    )
+}
+
 /// The tokens of one client, the new slot first (XEP-0484 checks it first).
 pub fn tokens(c: &Connection, account_id: i64, agent_id: &str) -> Result<Vec<Token>> {
     let mut st = c.prepare_cached(

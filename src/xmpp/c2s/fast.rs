@@ -41,7 +41,14 @@ pub struct Used {
     agent_id: String,
     slot: Slot,
     expires_at: i64,
+    /// When the client's last login was recorded.
+    last_seen: Option<i64>,
 }
+
+/// A client's last login is recorded at most this often (seconds) when it
+/// logs in with a token that needs no change, so that such a login writes
+/// nothing to the database.
+const SEEN_EVERY: i64 = 3600;
 
 /// Check an HT initial response against the client's tokens. A proof that
 /// matches no token, or one that matches an expired token, is a wrong
@@ -77,14 +84,16 @@ pub async fn verify(
             let Some(id) = store::accounts::id_of(c, &u)? else {
                 return Ok(None);
             };
-            Ok(Some((id, store::devices::tokens(c, id, &agent)?, agent)))
+            let tokens = store::devices::tokens(c, id, &agent)?;
+            let seen = store::devices::last_seen(c, id, &agent)?;
+            Ok(Some((id, tokens, agent, seen)))
         })
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "FAST token lookup failed");
             Refused::from(Failure::Aborted)
         })?;
-    let Some((account_id, tokens, agent_id)) = found else {
+    let Some((account_id, tokens, agent_id, last_seen)) = found else {
         return Err(Refused::wrong_credentials());
     };
     // Every stored token is compared, in constant time each, so the time
@@ -117,6 +126,7 @@ pub async fn verify(
             agent_id,
             slot: t.slot,
             expires_at: t.expires_at,
+            last_seen,
         }),
     })
 }
@@ -135,6 +145,19 @@ pub async fn settle(server: &Server, username: &str, req: &sasl2::Request, used:
         .and_then(TokenMechanism::from_name)
         .filter(|_| enabled(server));
     let invalidate = req.fast_invalidate;
+    // The usual reconnect of a phone: its current token, not due for
+    // rotation, its last login recorded recently. Nothing to write.
+    let now = store::now();
+    let unchanged = used.as_ref().is_some_and(|u| {
+        !invalidate
+            && wanted.is_none()
+            && u.slot == Slot::Current
+            && u.expires_at - now >= lifetime / 2
+            && u.last_seen.is_some_and(|t| now - t < SEEN_EVERY)
+    });
+    if unchanged {
+        return None;
+    }
     let username = username.to_string();
     let r = server
         .store
