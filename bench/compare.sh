@@ -7,6 +7,7 @@
 #   QUICK=1 bash bench/compare.sh    # small sizes, to check the script
 #   SERVERS="pushbox prosody" bash bench/compare.sh
 #   GROUP_ONLY=1 SERVERS="pushbox prosody" bash bench/compare.sh   # the group chat workload only
+#   LOGIN_ONLY=1 bash bench/compare.sh   # logins only: SASL+bind for all; SASL2+Bind 2 and FAST for pushbox
 #
 # Results: one RESULT line per run on stdout and a Markdown table at the end
 # (also written to $OUT, default bench-results.md in the work directory).
@@ -26,6 +27,8 @@ else
   USERS=1000; IDLE=1000; PAIRS=20; COUNT=500; LOGINS=300; PINGPONG_COUNT=200; MANY=10000
 fi
 WINDOW=10
+# LOGIN_COUNT overrides the number of measured logins (more logins, finer CPU figures).
+LOGINS="${LOGIN_COUNT:-$LOGINS}"
 # Group chat: one room of GROUP_OCCUPANTS, GROUP_COUNT room messages.
 GROUP_OCCUPANTS=50
 if [ -n "${QUICK:-}" ]; then GROUP_COUNT=100; else GROUP_COUNT=500; fi
@@ -84,7 +87,7 @@ domain = "localhost"
 data_dir = "data"
 [listen]
 c2s = ["127.0.0.1:15222"]
-c2s_direct_tls = []
+c2s_direct_tls = ["127.0.0.1:15223"]
 https = []
 [registration]
 mode = "open"
@@ -271,6 +274,8 @@ stop_server() {
 }
 
 lg() { "$LOADGEN" --server "127.0.0.1:$PORT" --pid "$SERVER_PID" --label "$CURRENT" "$@"; }
+# pushbox's direct TLS port (XEP-0368).
+lgd() { "$LOADGEN" --server 127.0.0.1:15223 --direct-tls --pid "$SERVER_PID" --label "$CURRENT" "$@"; }
 
 run_one() {
   CURRENT=$1
@@ -286,6 +291,26 @@ run_one() {
   stop_server
   "start_$CURRENT"
   sleep 3
+  if [ -n "${LOGIN_ONLY:-}" ]; then
+    lg logins --count 50 --users "$USERS" --parallel 5 >/dev/null
+    log "$CURRENT: logins (SASL, restart, bind)"
+    lg logins --count "$LOGINS" --users "$USERS" --parallel 10 | tee -a "$WORK/results"
+    if [ "$CURRENT" = pushbox ]; then
+      log "$CURRENT: logins (SASL2 + Bind 2, SCRAM)"
+      lg logins --count "$LOGINS" --users "$USERS" --parallel 10 --sasl2 | sed 's/mode=logins/mode=logins_sasl2/' | tee -a "$WORK/results"
+      log "$CURRENT: logins (SASL2 + Bind 2, FAST token)"
+      lg logins --count "$LOGINS" --users "$USERS" --parallel 10 --fast | sed 's/mode=logins/mode=logins_fast/' | tee -a "$WORK/results"
+      log "$CURRENT: TCP + TLS + stream features only (the floor)"
+      lg logins --count "$LOGINS" --users "$USERS" --parallel 10 --tls-only | sed 's/mode=logins/mode=logins_tls/' | tee -a "$WORK/results"
+      lgd logins --count "$LOGINS" --users "$USERS" --parallel 10 --tls-only | sed 's/mode=logins/mode=logins_tls_direct/' | tee -a "$WORK/results"
+      log "$CURRENT: the same three over direct TLS"
+      lgd logins --count "$LOGINS" --users "$USERS" --parallel 10 | sed 's/mode=logins/mode=logins_direct/' | tee -a "$WORK/results"
+      lgd logins --count "$LOGINS" --users "$USERS" --parallel 10 --sasl2 | sed 's/mode=logins/mode=logins_sasl2_direct/' | tee -a "$WORK/results"
+      lgd logins --count "$LOGINS" --users "$USERS" --parallel 10 --fast | sed 's/mode=logins/mode=logins_fast_direct/' | tee -a "$WORK/results"
+    fi
+    stop_server
+    return
+  fi
   log "$CURRENT: $IDLE idle sessions"
   lg --concurrency 50 idle --sessions "$IDLE" --users "$USERS" --hold 1 | tee -a "$WORK/results"
   if [ -n "${IDLE_ONLY:-}" ]; then
@@ -361,6 +386,18 @@ cols = [
     ("CPU µs / routed message (ping-pong)", "pingpong", "server_cpu_us_per_msg"),
     ("KiB RSS / idle TLS session", "idle", "kib_per_session"),
     ("CPU µs / login (TLS+SCRAM+bind)", "logins", "server_cpu_us_per_login"),
+    ("CPU µs / login (TLS+SASL2 SCRAM+Bind 2)", "logins_sasl2", "server_cpu_us_per_login"),
+    ("CPU µs / login (TLS+FAST token+Bind 2)", "logins_fast", "server_cpu_us_per_login"),
+    ("round trips to a bound session (SASL+bind / SASL2+Bind 2 / FAST)", "logins", "round_trips_to_bound"),
+    ("round trips, SASL2+Bind 2", "logins_sasl2", "round_trips_to_bound"),
+    ("round trips, FAST", "logins_fast", "round_trips_to_bound"),
+    ("CPU µs / login, direct TLS (SASL+bind)", "logins_direct", "server_cpu_us_per_login"),
+    ("CPU µs / login, direct TLS (SASL2+Bind 2)", "logins_sasl2_direct", "server_cpu_us_per_login"),
+    ("CPU µs / login, direct TLS (FAST+Bind 2)", "logins_fast_direct", "server_cpu_us_per_login"),
+    ("CPU µs / connection, STARTTLS + features only (floor)", "logins_tls", "server_cpu_us_per_login"),
+    ("CPU µs / connection, direct TLS + features only (floor)", "logins_tls_direct", "server_cpu_us_per_login"),
+    ("round trips, direct TLS (SASL+bind)", "logins_direct", "round_trips_to_bound"),
+    ("round trips, direct TLS (FAST)", "logins_fast_direct", "round_trips_to_bound"),
     ("p50 / p99 ms (window)", "messages", ("p50_ms", "p99_ms")),
     ("p50 / p99 ms (ping-pong)", "pingpong", ("p50_ms", "p99_ms")),
     ("messages/s (window)", "messages", "msgs_per_s"),
@@ -407,7 +444,7 @@ main() {
   [ -n "${APPEND:-}" ] || : >"$WORK/results"
   ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
   for s in $SERVERS; do run_one "$s"; done
-  case " $SERVERS " in *" pushbox "*) [ -n "${IDLE_ONLY:-}${GROUP_ONLY:-}" ] || pushbox_alone ;; esac
+  case " $SERVERS " in *" pushbox "*) [ -n "${IDLE_ONLY:-}${GROUP_ONLY:-}${LOGIN_ONLY:-}" ] || pushbox_alone ;; esac
   {
     echo "Run $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, load average $(cut -d" " -f1-3 /proc/loadavg); users=$USERS idle=$IDLE pairs=$PAIRS count=$COUNT logins=$LOGINS"
     echo

@@ -74,6 +74,12 @@ pub enum UserCmd {
     },
     /// List accounts.
     List,
+    /// List the clients an account logs in from (SASL2 user agents) and
+    /// when their FAST login tokens expire.
+    Devices { user: String },
+    /// End one client's FAST login tokens and forget it; DEVICE is its id
+    /// (as `devices` shows it) or the start of it.
+    Revoke { user: String, device: String },
 }
 
 #[derive(Subcommand)]

@@ -220,10 +220,19 @@ pub async fn run(
         });
     }
     core.relay.start(core.shutdown.clone());
+    // XMPP over WebSocket on the HTTPS listeners: HTTP hands upgraded
+    // connections to the XMPP layer through this.
+    let websocket: Option<http::websocket::Handler> = core.config.websocket.enabled.then(|| {
+        let s = server.clone();
+        Arc::new(move |conn: http::websocket::Connection| {
+            Box::pin(xmpp::c2s::websocket::serve(s.clone(), conn))
+                as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        }) as http::websocket::Handler
+    });
     for l in listeners.https {
-        let (c, tls) = (core.clone(), http::tls_acceptor(&core));
+        let (c, tls, ws) = (core.clone(), http::tls_acceptor(&core), websocket.clone());
         acceptor.spawn("https", l, move |tcp, peer| {
-            http::serve(c.clone(), tls.clone(), tcp, peer)
+            http::serve(c.clone(), tls.clone(), tcp, peer, ws.clone())
         });
     }
     for l in listeners.s2s {

@@ -182,6 +182,41 @@ fn user(config: &Config, cmd: UserCmd) -> Result<()> {
                 println!("{name}@{}{}", config.domain, if admin { " (admin)" } else { "" });
             }
         }
+        UserCmd::Devices { user } => {
+            let name = username_of(config, &user)?;
+            let Some(agents) = s.blocking(|c| store::devices::list(c, &name)).map_err(e)? else {
+                bail!("no account {name}");
+            };
+            let date = |t: i64| {
+                time::OffsetDateTime::from_unix_timestamp(t)
+                    .ok()
+                    .and_then(|d| d.format(&time::format_description::well_known::Rfc3339).ok())
+                    .unwrap_or_default()
+            };
+            println!("DEVICE\tSOFTWARE\tNAME\tLAST LOGIN\tTOKEN EXPIRES");
+            for a in agents {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    a.agent_id,
+                    a.software.as_deref().unwrap_or("-"),
+                    a.device.as_deref().unwrap_or("-"),
+                    date(a.last_seen),
+                    a.token_expires.map(date).unwrap_or_else(|| "-".into())
+                );
+            }
+        }
+        UserCmd::Revoke { user, device } => {
+            use store::devices::Revoked;
+            let name = username_of(config, &user)?;
+            match s.blocking(|c| store::devices::revoke(c, &name, &device)).map_err(e)? {
+                Revoked::NoAccount => bail!("no account {name}"),
+                Revoked::NoDevice => bail!("{name} has no device `{device}` (see `pushbox user devices {name}`)"),
+                Revoked::Ambiguous => {
+                    bail!("more than one device of {name} starts with `{device}`; give more of its id")
+                }
+                Revoked::Done(id, n) => println!("revoked {id} of {name}@{} ({n} token(s) ended)", config.domain),
+            }
+        }
     }
     Ok(())
 }

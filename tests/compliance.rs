@@ -60,10 +60,7 @@ const ROWS: &[(&str, Expect)] = &[
     ("TURN: extdisco:2 services with username and password", Expect::Pass),
     ("XEP-0157 abuse address in domain disco#info", Expect::Pass),
     ("XEP-0077 feature absent before auth by default", Expect::Pass),
-    (
-        "/.well-known/host-meta (XEP-0156)",
-        Expect::Missing("FIXME: no WebSocket/BOSH, so no XEP-0156 host-meta"),
-    ),
+    ("/.well-known/host-meta (XEP-0156)", Expect::Pass),
     ("upload PUT answers the CORS preflight", Expect::Pass),
 ];
 

@@ -1,5 +1,8 @@
 //! Mobile-grade XMPP against the real daemon: stream management with
 //! resumption (XEP-0198), carbons (XEP-0280), MAM (XEP-0313), CSI (XEP-0352).
+//! Each scenario runs twice: with sessions bound the legacy way (RFC 6120
+//! SASL, restart, `<bind/>`) and with SASL2 + Bind 2 (XEP-0388/0386), which
+//! must give the same session.
 
 mod common;
 use common::*;
@@ -18,19 +21,44 @@ fn attr_after(xml: &str, tag: &str, attr: &str) -> String {
     rest[j..j + rest[j..].find('\'').unwrap()].to_string()
 }
 
+/// A `#[tokio::test]` per login method for a scenario `async fn name(how: Login)`.
+macro_rules! both_logins {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            use super::*;
+            #[tokio::test]
+            async fn legacy() {
+                super::$name(Login::Legacy).await
+            }
+            #[tokio::test]
+            async fn bind2() {
+                super::$name(Login::Bind2).await
+            }
+        }
+    )*};
+}
+
+both_logins!(
+    sm_resume_after_cut_connection_loses_and_duplicates_nothing,
+    hibernation_timeout_moves_unacked_messages_offline,
+    acks_are_answered_and_counted,
+    carbons_reach_the_other_resource,
+    mam_returns_history_paged_both_ways,
+    csi_holds_presence_and_lets_messages_through,
+    stream_features_advertise_mobile_support,
+    push_published_for_offline_and_hibernated_accounts,
+);
+
 async fn send_chat(c: &mut RawClient, to: &str, body: &str) {
     c.send(&format!("<message type='chat' to='{to}'><body>{body}</body></message>"))
         .await;
 }
 
-#[tokio::test]
-async fn sm_resume_after_cut_connection_loses_and_duplicates_nothing() {
+async fn sm_resume_after_cut_connection_loses_and_duplicates_nothing(how: Login) {
     let s = TestServer::start().await;
     s.add_user("alice", "pw");
     s.add_user("bob", "pw");
-    let mut a = RawClient::login_as(s.c2s, "alice", "pw", Some("phone")).await;
-    let f = a.received.clone();
-    drop(f);
+    let (mut a, phone) = RawClient::login_with(s.c2s, "alice", "pw", Some("phone"), how).await;
     a.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
     let en = a.read_until("<enabled").await;
     let en = a
@@ -45,13 +73,13 @@ async fn sm_resume_after_cut_connection_loses_and_duplicates_nothing() {
     a.received.clear();
     let mut b = RawClient::login(s.c2s, "bob", "pw").await;
     for i in 1..=3 {
-        send_chat(&mut b, "alice@localhost/phone", &format!("m{i}")).await;
+        send_chat(&mut b, &phone, &format!("m{i}")).await;
     }
     a.read_until("m3</body>").await;
     // Alice handled only the first message, then her network dies.
     drop(a);
     for i in 4..=5 {
-        send_chat(&mut b, "alice@localhost/phone", &format!("m{i}")).await;
+        send_chat(&mut b, &phone, &format!("m{i}")).await;
     }
     // Make sure bob's messages were routed before resuming.
     b.send("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
@@ -90,13 +118,12 @@ async fn resume_with_unknown_id_fails_cleanly() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn hibernation_timeout_moves_unacked_messages_offline() {
+async fn hibernation_timeout_moves_unacked_messages_offline(how: Login) {
     let s =
         TestServer::start_with("[limits]\nhibernation_timeout = \"1s\"\nconnections_per_ip_per_minute = 1000\n").await;
     s.add_user("alice", "pw");
     s.add_user("bob", "pw");
-    let mut a = RawClient::login_as(s.c2s, "alice", "pw", Some("phone")).await;
+    let (mut a, _) = RawClient::login_with(s.c2s, "alice", "pw", Some("phone"), how).await;
     a.send("<enable xmlns='urn:xmpp:sm:3' resume='true'/>").await;
     a.read_until("<enabled").await;
     a.send("<presence/>").await;
@@ -109,7 +136,7 @@ async fn hibernation_timeout_moves_unacked_messages_offline() {
     let mut got = String::new();
     for _ in 0..40 {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        let mut c = RawClient::login(s.c2s, "alice", "pw").await;
+        let (mut c, _) = RawClient::login_with(s.c2s, "alice", "pw", None, how).await;
         c.send("<presence/>").await;
         c.send("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
             .await;
@@ -123,11 +150,10 @@ async fn hibernation_timeout_moves_unacked_messages_offline() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn acks_are_answered_and_counted() {
+async fn acks_are_answered_and_counted(how: Login) {
     let s = TestServer::start().await;
     s.add_user("alice", "pw");
-    let mut a = RawClient::login(s.c2s, "alice", "pw").await;
+    let (mut a, _) = RawClient::login_with(s.c2s, "alice", "pw", None, how).await;
     a.send("<enable xmlns='urn:xmpp:sm:3'/>").await;
     a.read_until("<enabled").await;
     a.send("<iq type='get' id='1' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq><iq type='get' id='2' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq><r xmlns='urn:xmpp:sm:3'/>").await;
@@ -145,13 +171,12 @@ async fn acks_are_answered_and_counted() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn carbons_reach_the_other_resource() {
+async fn carbons_reach_the_other_resource(how: Login) {
     let s = TestServer::start().await;
     s.add_user("alice", "pw");
     s.add_user("bob", "pw");
-    let mut phone = RawClient::login_as(s.c2s, "alice", "pw", Some("phone")).await;
-    let mut laptop = RawClient::login_as(s.c2s, "alice", "pw", Some("laptop")).await;
+    let (mut phone, phone_jid) = RawClient::login_with(s.c2s, "alice", "pw", Some("phone"), how).await;
+    let (mut laptop, _) = RawClient::login_with(s.c2s, "alice", "pw", Some("laptop"), how).await;
     for c in [&mut phone, &mut laptop] {
         c.send("<iq type='set' id='c'><enable xmlns='urn:xmpp:carbons:2'/></iq>")
             .await;
@@ -161,7 +186,7 @@ async fn carbons_reach_the_other_resource() {
     }
     let mut b = RawClient::login(s.c2s, "bob", "pw").await;
     b.send("<presence/>").await;
-    send_chat(&mut b, "alice@localhost/phone", "to the phone").await;
+    send_chat(&mut b, &phone_jid, "to the phone").await;
     phone.read_until("to the phone").await;
     let r = laptop.read_until("to the phone").await;
     assert!(r.contains("<received xmlns='urn:xmpp:carbons:2'>"), "{r}");
@@ -179,8 +204,7 @@ async fn carbons_reach_the_other_resource() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn mam_returns_history_paged_both_ways() {
+async fn mam_returns_history_paged_both_ways(how: Login) {
     let s = TestServer::start().await;
     s.add_user("alice", "pw");
     s.add_user("bob", "pw");
@@ -195,7 +219,7 @@ async fn mam_returns_history_paged_both_ways() {
         .await;
     b.read_until("id='sync'").await;
     a.close().await;
-    let mut a = RawClient::login(s.c2s, "alice", "pw").await;
+    let (mut a, _) = RawClient::login_with(s.c2s, "alice", "pw", None, how).await;
     let q = |id: &str, rsm: &str| {
         format!("<iq type='set' id='{id}'><query xmlns='urn:xmpp:mam:2' queryid='{id}'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field><field var='with'><value>bob@localhost</value></field></x><set xmlns='http://jabber.org/protocol/rsm'>{rsm}</set></query></iq>")
     };
@@ -229,19 +253,18 @@ async fn mam_returns_history_paged_both_ways() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn csi_holds_presence_and_lets_messages_through() {
+async fn csi_holds_presence_and_lets_messages_through(how: Login) {
     let s = TestServer::start().await;
     s.add_user("alice", "pw");
     s.add_user("bob", "pw");
-    let mut a = RawClient::login_as(s.c2s, "alice", "pw", Some("phone")).await;
+    let (mut a, phone) = RawClient::login_with(s.c2s, "alice", "pw", Some("phone"), how).await;
     a.send("<presence/>").await;
     a.send("<inactive xmlns='urn:xmpp:csi:0'/>").await;
     a.send("<iq type='get' id='p0' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
     a.read_until("id='p0'").await;
     let mut b = RawClient::login(s.c2s, "bob", "pw").await;
-    b.send("<presence to='alice@localhost/phone'><status>held</status></presence>")
+    b.send(&format!("<presence to='{phone}'><status>held</status></presence>"))
         .await;
     b.send("<iq type='get' id='sync' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
@@ -253,11 +276,11 @@ async fn csi_holds_presence_and_lets_messages_through() {
     let r = a.read_until("id='p1'").await;
     assert!(!r.contains(">held<"), "presence is held while inactive: {r}");
     // A message with a body goes through at once (held presence first).
-    send_chat(&mut b, "alice@localhost/phone", "wake").await;
+    send_chat(&mut b, &phone, "wake").await;
     let r = a.read_until(">wake<").await;
     assert!(r.contains(">held<"), "{r}");
     a.received.clear();
-    b.send("<presence to='alice@localhost/phone'><status>again</status></presence>")
+    b.send(&format!("<presence to='{phone}'><status>again</status></presence>"))
         .await;
     b.send("<iq type='get' id='sync2' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
         .await;
@@ -267,13 +290,23 @@ async fn csi_holds_presence_and_lets_messages_through() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn stream_features_advertise_mobile_support() {
+async fn stream_features_advertise_mobile_support(how: Login) {
     let s = TestServer::start().await;
     s.add_user("alice", "pw");
     let mut a = RawClient::connect_tls(s.c2s).await;
-    a.auth_plain("alice", "pw").await;
-    let f = a.received.clone();
+    let f = match how {
+        Login::Legacy => {
+            a.auth_plain("alice", "pw").await;
+            a.received.clone()
+        }
+        Login::Bind2 => {
+            let r = a.sasl2_plain("alice", "pw", "<bind xmlns='urn:xmpp:bind:0'/>").await;
+            // Bound already: the features that follow offer no second binding.
+            let f = &r[r.find("</success>").unwrap()..];
+            assert!(!f.contains("urn:ietf:params:xml:ns:xmpp-bind"), "{f}");
+            f.to_string()
+        }
+    };
     for x in [
         "urn:xmpp:sm:3",
         "urn:xmpp:csi:0",
@@ -287,15 +320,14 @@ async fn stream_features_advertise_mobile_support() {
 
 const ENABLE_PUSH: &str = "<iq type='set' id='push'><enable xmlns='urn:xmpp:push:0' jid='app@localhost/server' node='n1'><x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE'><value>http://jabber.org/protocol/pubsub#publish-options</value></field><field var='secret'><value>s3cr3t</value></field></x></enable></iq>";
 
-#[tokio::test]
-async fn push_published_for_offline_and_hibernated_accounts() {
+async fn push_published_for_offline_and_hibernated_accounts(how: Login) {
     let s = TestServer::start().await;
     for u in ["alice", "bob", "app"] {
         s.add_user(u, "pw");
     }
     // A client plays the app server: it receives the XEP-0357 publishes.
     let mut app = RawClient::login_as(s.c2s, "app", "pw", Some("server")).await;
-    let mut a = RawClient::login_as(s.c2s, "alice", "pw", Some("phone")).await;
+    let (mut a, _) = RawClient::login_with(s.c2s, "alice", "pw", Some("phone"), how).await;
     let info = {
         a.send(
             "<iq type='get' id='d' to='alice@localhost'><query xmlns='http://jabber.org/protocol/disco#info'/></iq>",

@@ -1,8 +1,12 @@
-//! Fuzz target: SASL message parsing (SCRAM client-first and client-final, PLAIN).
+//! Fuzz target: SASL message parsing (SCRAM client-first and client-final, PLAIN,
+//! the hashed-token initial response of FAST).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pushbox::xmpp::sasl::{parse_plain, scram_client_first, ChannelBindings, Mechanism, ScramKeys, ScramServer};
+use pushbox::xmpp::sasl::{
+    parse_ht, parse_plain, scram_client_first, ChannelBindings, Mechanism, ScramKeys, ScramServer, TokenMechanism,
+    TokenVerifier,
+};
 use std::sync::OnceLock;
 
 fn keys() -> &'static ScramKeys {
@@ -33,6 +37,11 @@ fuzz_target!(|data: &[u8]| {
     match sel >> 3 {
         0 => {
             let _ = parse_plain(rest);
+            // Random input must never pass for a token's proof.
+            if let Ok((_, proof)) = parse_ht(rest) {
+                let v = TokenVerifier::of(TokenMechanism::HtSha256None, "token");
+                assert!(!v.matches(&proof), "fuzzed token proof accepted");
+            }
         }
         1 => {
             let _ = scram_client_first(mech, rest, &cb);

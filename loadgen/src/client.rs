@@ -1,6 +1,9 @@
 //! One XMPP client connection as a real client makes it: TCP, STARTTLS or
-//! direct TLS, optional in-band registration, SASL (SCRAM or PLAIN),
-//! stream restart, resource binding and initial presence.
+//! direct TLS, optional in-band registration, then either SASL (SCRAM or
+//! PLAIN), stream restart and resource binding, or SASL2 (XEP-0388) with
+//! Bind 2 (XEP-0386) in one request, with SCRAM or a FAST token
+//! (XEP-0484, HT-SHA-256-NONE); initial presence. Each connection counts
+//! its round trips (client flights that wait for an answer).
 
 use crate::{
     scram::{self, Mech, Scram},
@@ -10,6 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use minidom::Element;
 use rustls_pki_types::ServerName;
+use sha2::{Digest, Sha256};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
@@ -44,6 +48,9 @@ pub struct Xs<S> {
     buf: Box<[u8]>,
     pos: usize,
     len: usize,
+    /// Round trips so far: flights of ours that waited for an answer.
+    pub rtts: u32,
+    awaiting: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Xs<S> {
@@ -54,10 +61,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Xs<S> {
             buf: vec![0; 8192].into_boxed_slice(),
             pos: 0,
             len: 0,
+            rtts: 0,
+            awaiting: false,
         }
     }
 
     pub async fn send(&mut self, s: &str) -> Result<()> {
+        if !self.awaiting {
+            self.rtts += 1;
+            self.awaiting = true;
+        }
         self.io.write_all(s.as_bytes()).await?;
         self.io.flush().await?;
         Ok(())
@@ -71,6 +84,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Xs<S> {
             let r = self.rd.next(&mut slice)?;
             self.pos += before - slice.len();
             if let Some(ev) = r {
+                self.awaiting = false;
                 return Ok(ev);
             }
             self.pos = 0;
@@ -208,8 +222,36 @@ pub struct Steps {
     pub presence: bool,
 }
 
+/// How a login authenticates and binds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Auth {
+    /// RFC 6120 SASL, stream restart, `<bind/>` IQ.
+    Sasl1,
+    /// SASL2 with SCRAM (or PLAIN) and Bind 2 in the same request.
+    Sasl2,
+    /// SASL2 with a FAST token (HT-SHA-256-NONE) and Bind 2.
+    Fast,
+    /// No authentication: TCP, TLS and the first stream features only (the
+    /// floor every login pays).
+    TlsOnly,
+}
+
+/// A bound session.
+pub struct Session {
+    pub conn: Conn,
+    pub jid: String,
+    /// A FAST token the server issued in this login.
+    pub token: Option<String>,
+}
+
 /// Connect, authenticate as `user`, bind; returns the stream and the bound JID.
 pub async fn login(t: &Target, user: &str, password: &str, steps: Steps) -> Result<(Conn, String)> {
+    let s = login_with(t, user, password, steps, Auth::Sasl1, None, false).await?;
+    Ok((s.conn, s.jid))
+}
+
+/// TCP and TLS (direct or STARTTLS); returns the stream and its features.
+async fn connect(t: &Target) -> Result<(Conn, Element)> {
     let tcp = if t.sources.is_empty() {
         TcpStream::connect(t.addr).await.context("connect")?
     } else {
@@ -237,9 +279,37 @@ pub async fn login(t: &Target, user: &str, password: &str, steps: Steps) -> Resu
         if p.name() != "proceed" {
             bail!("STARTTLS refused: <{}>", p.name());
         }
-        Xs::new(tls(t, plain.io).await?)
+        let rtts = plain.rtts;
+        let mut xs = Xs::new(tls(t, plain.io).await?);
+        xs.rtts = rtts;
+        xs
     };
+    // The TLS 1.3 handshake: one round trip.
+    xs.rtts += 1;
     let features = xs.open(&t.domain).await?;
+    Ok((xs, features))
+}
+
+/// Log in as `user` the way `auth` says (`token` for [`Auth::Fast`]);
+/// with SASL2 the client names itself with a user-agent id derived from
+/// the account, and `request_token` asks for a FAST token.
+pub async fn login_with(
+    t: &Target,
+    user: &str,
+    password: &str,
+    steps: Steps,
+    auth: Auth,
+    token: Option<&str>,
+    request_token: bool,
+) -> Result<Session> {
+    let (mut xs, features) = connect(t).await?;
+    if auth == Auth::TlsOnly {
+        return Ok(Session {
+            conn: xs,
+            jid: String::new(),
+            token: None,
+        });
+    }
     if steps.register {
         xs.send(&format!(
             "<iq type='set' id='reg1'><query xmlns='jabber:iq:register'><username>{}</username>\
@@ -256,35 +326,164 @@ pub async fn login(t: &Target, user: &str, password: &str, steps: Steps) -> Resu
             bail!("registration of {user} failed: {}", String::from(&r));
         }
     }
-    let offered = mechanisms(&features);
-    let mech = match t.mech {
-        Some(m) => m,
-        None => [Mech::Sha256, Mech::Sha1, Mech::Plain]
-            .into_iter()
-            .find(|m| offered.iter().any(|o| o == m.name()))
-            .ok_or_else(|| anyhow!("no usable SASL mechanism among {offered:?}"))?,
-    };
-    authenticate(&mut xs, mech, user, password).await?;
-    xs.open(&t.domain).await?;
-    xs.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
-        .await?;
-    let jid = loop {
-        let r = xs.element().await?;
-        if r.name() == "iq" && r.attr("id") == Some("bind1") {
-            if r.attr("type") != Some("result") {
-                bail!("bind failed: {}", String::from(&r));
-            }
-            break r
-                .get_child("bind", NS_BIND)
-                .and_then(|b| b.get_child("jid", NS_BIND))
-                .map(|j| j.text())
-                .ok_or_else(|| anyhow!("bind result without a JID"))?;
+    let (jid, token) = match auth {
+        Auth::Sasl1 => {
+            let offered = mechanisms(&features);
+            let mech = match t.mech {
+                Some(m) => m,
+                None => [Mech::Sha256, Mech::Sha1, Mech::Plain]
+                    .into_iter()
+                    .find(|m| offered.iter().any(|o| o == m.name()))
+                    .ok_or_else(|| anyhow!("no usable SASL mechanism among {offered:?}"))?,
+            };
+            authenticate(&mut xs, mech, user, password).await?;
+            xs.open(&t.domain).await?;
+            xs.send("<iq type='set' id='bind1'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+                .await?;
+            let jid = loop {
+                let r = xs.element().await?;
+                if r.name() == "iq" && r.attr("id") == Some("bind1") {
+                    if r.attr("type") != Some("result") {
+                        bail!("bind failed: {}", String::from(&r));
+                    }
+                    break r
+                        .get_child("bind", NS_BIND)
+                        .and_then(|b| b.get_child("jid", NS_BIND))
+                        .map(|j| j.text())
+                        .ok_or_else(|| anyhow!("bind result without a JID"))?;
+                }
+            };
+            (jid, None)
         }
+        Auth::Sasl2 | Auth::Fast => {
+            if features.get_child("authentication", NS_SASL2).is_none() {
+                bail!("the server does not offer SASL2");
+            }
+            let token = if auth == Auth::Fast { token } else { None };
+            sasl2(&mut xs, t, user, password, token, request_token).await?
+        }
+        Auth::TlsOnly => unreachable!("returned above"),
     };
     if steps.presence {
         xs.send("<presence/>").await?;
     }
-    Ok((xs, jid))
+    Ok(Session { conn: xs, jid, token })
+}
+
+const NS_SASL2: &str = "urn:xmpp:sasl:2";
+
+/// A user-agent id (a UUID) that is the same for every login of `user`.
+fn agent_id(user: &str) -> String {
+    let h = Sha256::digest(user.as_bytes());
+    let x: String = h[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-4{}-8{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[13..16],
+        &x[17..20],
+        &x[20..32]
+    )
+}
+
+/// SASL2 + Bind 2: SCRAM-SHA-256 asking for a FAST token, or the token.
+/// Returns the bound JID and the token the server issued, if any.
+async fn sasl2(
+    xs: &mut Conn,
+    t: &Target,
+    user: &str,
+    password: &str,
+    token: Option<&str>,
+    request_token: bool,
+) -> Result<(String, Option<String>)> {
+    let inline = format!(
+        "<user-agent id='{}'><software>pushbox-loadgen</software></user-agent>\
+         <bind xmlns='urn:xmpp:bind:0'><tag>loadgen</tag></bind>",
+        agent_id(user)
+    );
+    let responder;
+    let mut scram = None;
+    match token {
+        Some(tok) => {
+            let mut initial = format!("{user}\0").into_bytes();
+            initial.extend(hmac_sha256(tok.as_bytes(), b"Initiator"));
+            responder = Some(hmac_sha256(tok.as_bytes(), b"Responder"));
+            xs.send(&format!(
+                "<authenticate xmlns='{NS_SASL2}' mechanism='HT-SHA-256-NONE'><initial-response>{}</initial-response>\
+                 {inline}<fast xmlns='urn:xmpp:fast:0'/></authenticate>",
+                B64.encode(initial)
+            ))
+            .await?;
+        }
+        None => {
+            responder = None;
+            let mech = t.mech.unwrap_or(Mech::Sha256);
+            let (s, first) = Scram::start(mech, user, password);
+            scram = Some(s);
+            let request = if request_token {
+                "<request-token xmlns='urn:xmpp:fast:0' mechanism='HT-SHA-256-NONE'/>"
+            } else {
+                ""
+            };
+            xs.send(&format!(
+                "<authenticate xmlns='{NS_SASL2}' mechanism='{}'><initial-response>{}</initial-response>\
+                 {inline}{request}</authenticate>",
+                mech.name(),
+                B64.encode(first)
+            ))
+            .await?;
+        }
+    }
+    loop {
+        let el = xs.element().await?;
+        match el.name() {
+            "challenge" => {
+                let s = scram.as_mut().ok_or_else(|| anyhow!("a challenge for a token login"))?;
+                let d = B64.decode(el.text().trim()).context("base64 from the server")?;
+                let reply = s.respond(&d)?;
+                xs.send(&format!(
+                    "<response xmlns='{NS_SASL2}'>{}</response>",
+                    B64.encode(reply)
+                ))
+                .await?;
+            }
+            "success" => {
+                let data = el
+                    .get_child("additional-data", NS_SASL2)
+                    .map(|d| B64.decode(d.text().trim()))
+                    .transpose()
+                    .context("base64 from the server")?
+                    .unwrap_or_default();
+                match (&scram, &responder) {
+                    (Some(s), _) => s.verify(&data)?,
+                    (None, Some(r)) if *r == data => {}
+                    _ => bail!("the server's FAST answer does not match the token"),
+                }
+                let jid = el
+                    .get_child("authorization-identifier", NS_SASL2)
+                    .map(|j| j.text())
+                    .ok_or_else(|| anyhow!("success without an authorization identifier"))?;
+                let token = el
+                    .get_child("token", "urn:xmpp:fast:0")
+                    .and_then(|t| t.attr("token"))
+                    .map(str::to_string);
+                // The authenticated stream's features follow in the same flight.
+                let f = xs.element().await?;
+                if f.name() != "features" {
+                    bail!("expected stream features after SASL2 success, got <{}>", f.name());
+                }
+                return Ok((jid, token));
+            }
+            _ => bail!("authentication of {user} failed: {}", String::from(&el)),
+        }
+    }
+}
+
+fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    use hmac::{digest::KeyInit, Hmac, Mac};
+    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("any key length");
+    m.update(data);
+    m.finalize().into_bytes().to_vec()
 }
 
 async fn authenticate(xs: &mut Conn, mech: Mech, user: &str, password: &str) -> Result<()> {

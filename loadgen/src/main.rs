@@ -7,9 +7,9 @@ mod cost;
 mod scram;
 mod xml;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
-use client::{login, Conn, Steps, Target};
+use client::{login, login_with, Auth, Conn, Steps, Target};
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -120,6 +120,19 @@ enum Mode {
         users: usize,
         #[arg(long, default_value_t = 10)]
         parallel: usize,
+        /// SASL2 (XEP-0388) + Bind 2 (XEP-0386) with SCRAM, instead of SASL,
+        /// stream restart and a bind IQ.
+        #[arg(long, conflicts_with = "fast")]
+        sasl2: bool,
+        /// SASL2 + Bind 2 with a FAST token (XEP-0484, HT-SHA-256-NONE):
+        /// each account first obtains a token (not measured), then every
+        /// measured login uses only the token.
+        #[arg(long, conflicts_with = "tls_only")]
+        fast: bool,
+        /// Only TCP, TLS and the first stream features, then close: the
+        /// floor under every login.
+        #[arg(long, conflicts_with = "sasl2")]
+        tls_only: bool,
     },
 }
 
@@ -568,23 +581,60 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
             report(&cli, "group", &f);
             close_all(back).await;
         }
-        Mode::Logins { count, users, parallel } => {
+        Mode::Logins {
+            count,
+            users,
+            parallel,
+            sasl2,
+            fast,
+            tls_only,
+        } => {
             let steps = Steps::default();
+            let auth = match (sasl2, fast, tls_only) {
+                (_, _, true) => Auth::TlsOnly,
+                (_, true, _) => Auth::Fast,
+                (true, _, _) => Auth::Sasl2,
+                _ => Auth::Sasl1,
+            };
+            // FAST: one password login per account obtains its token.
+            let mut tokens = std::collections::HashMap::new();
+            if auth == Auth::Fast {
+                for i in 0..*users {
+                    let u = user(&cli, i);
+                    let s = login_with(&t, &u, &cli.password, steps, Auth::Sasl2, None, true)
+                        .await
+                        .with_context(|| format!("login {u} for a FAST token"))?;
+                    let tok = s.token.clone().ok_or_else(|| anyhow!("no FAST token for {u}"))?;
+                    tokens.insert(u, tok);
+                    close_all(vec![(s.conn, s.jid)]).await;
+                }
+            }
+            let tokens = Arc::new(tokens);
             let m = Meter::begin(&cli.pid)?;
             let sem = Arc::new(Semaphore::new(*parallel));
             let mut tasks = vec![];
             let lat = Arc::new(std::sync::Mutex::new(Vec::with_capacity(*count)));
+            let rtts = Arc::new(std::sync::atomic::AtomicU64::new(0));
             for i in 0..*count {
-                let (cli, t, sem, lat) = (cli.clone(), t.clone(), sem.clone(), lat.clone());
+                let (cli, t, sem, lat, tokens, rtts) = (
+                    cli.clone(),
+                    t.clone(),
+                    sem.clone(),
+                    lat.clone(),
+                    tokens.clone(),
+                    rtts.clone(),
+                );
                 let u = user(&cli, i % users);
                 tasks.push(tokio::spawn(async move {
                     let _p = sem.acquire().await;
                     let t0 = now_us();
-                    let c = login(&t, &u, &cli.password, steps)
+                    let tok = tokens.get(&u).map(String::as_str);
+                    let s = login_with(&t, &u, &cli.password, steps, auth, tok, false)
                         .await
                         .with_context(|| format!("login {u}"))?;
                     lat.lock().unwrap().push(now_us() - t0);
-                    close_all(vec![c]).await;
+                    rtts.fetch_add(u64::from(s.conn.rtts), std::sync::atomic::Ordering::Relaxed);
+                    close_all(vec![(s.conn, s.jid)]).await;
                     Ok::<_, anyhow::Error>(())
                 }));
             }
@@ -597,8 +647,25 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
             let mut lat = lat.lock().unwrap().clone();
             lat.sort_unstable();
             let mut f = vec![
+                (
+                    "auth",
+                    match auth {
+                        Auth::Sasl1 => "sasl1+bind",
+                        Auth::Sasl2 => "sasl2+bind2",
+                        Auth::Fast => "fast+bind2",
+                        Auth::TlsOnly => "tls-only",
+                    }
+                    .to_string(),
+                ),
                 ("logins", count.to_string()),
                 ("parallel", parallel.to_string()),
+                (
+                    "round_trips_to_bound",
+                    format!(
+                        "{:.1}",
+                        rtts.load(std::sync::atomic::Ordering::Relaxed) as f64 / *count as f64
+                    ),
+                ),
                 ("logins_per_s", format!("{:.0}", *count as f64 / busy)),
                 ("p50_ms", format!("{:.3}", pct(&lat, 0.50))),
                 ("p99_ms", format!("{:.3}", pct(&lat, 0.99))),

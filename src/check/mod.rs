@@ -1,12 +1,14 @@
-//! `pushbox check [config|dns|certs|ports] [--json]`: finds what stands
+//! `pushbox check [config|dns|certs|ports|web] [--json]`: finds what stands
 //! between the configuration and a working server (configuration problems,
-//! DNS records, certificates, ports), each finding with what to fix. The exit
+//! DNS records, certificates, ports, WebSocket discovery), each finding
+//! with what to fix. The exit
 //! status is 2 for configuration problems, 1 when any other check fails.
 
 mod certs;
 mod config;
 mod dns;
 mod ports;
+mod web;
 
 use crate::config::Config;
 use serde::Serialize;
@@ -24,6 +26,8 @@ pub enum Section {
     Certs,
     /// Whether each listener can bind or is already listening.
     Ports,
+    /// XEP-0156 host-meta and the WebSocket endpoint it names, fetched like a web client would.
+    Web,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -144,7 +148,13 @@ pub fn main(path: Option<&Path>, what: Option<Section>, json: bool) -> u8 {
     };
     let sections = match what {
         Some(s) => vec![s],
-        None => vec![Section::Config, Section::Dns, Section::Certs, Section::Ports],
+        None => vec![
+            Section::Config,
+            Section::Dns,
+            Section::Certs,
+            Section::Ports,
+            Section::Web,
+        ],
     };
     let report = rt.block_on(run(&config, &sections));
     if json {
@@ -164,6 +174,7 @@ pub async fn run(config: &Config, sections: &[Section]) -> Report {
             Section::Dns => dns::check(config, &mut r).await,
             Section::Certs => certs::check(config, &mut r),
             Section::Ports => ports::check(config, &mut r).await,
+            Section::Web => web::check(config, &mut r).await,
         }
     }
     r.finish()

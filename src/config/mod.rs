@@ -46,6 +46,7 @@ pub struct Config {
     pub push: Push,
     pub upload: Upload,
     pub muc: Muc,
+    pub websocket: WebSocket,
     /// STUN/TURN servers announced with XEP-0215; unset announces none.
     pub turn: Option<Turn>,
     /// External components (XEP-0114) by domain.
@@ -73,6 +74,7 @@ impl Default for Config {
             push: Push::default(),
             upload: Upload::default(),
             muc: Muc::default(),
+            websocket: WebSocket::default(),
             turn: None,
             components: BTreeMap::new(),
             source: None,
@@ -293,6 +295,9 @@ pub struct Limits {
     /// How long a session whose connection was lost waits for the client to
     /// resume it (XEP-0198) before its unacknowledged messages go offline.
     pub hibernation_timeout: Duration,
+    /// How long a FAST token (XEP-0484) stays valid; `"0s"` turns FAST off.
+    /// A token used in its second half is replaced by a new one.
+    pub fast_token_lifetime: Duration,
 }
 
 impl Default for Limits {
@@ -309,6 +314,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(600),
             max_offline_messages: 1000,
             hibernation_timeout: Duration::from_secs(3600),
+            fast_token_lifetime: Duration::from_secs(21 * 24 * 3600),
         }
     }
 }
@@ -420,6 +426,29 @@ impl Default for Upload {
         }
     }
 }
+
+/// `[websocket]`: XMPP over WebSocket (RFC 7395) on the HTTPS listeners,
+/// announced by XEP-0156 host-meta.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebSocket {
+    pub enabled: bool,
+    /// The `wss://` URL clients should use; unset means `/xmpp-websocket` on
+    /// the scheme, host and port of [`Config::public_url`].
+    pub public_url: Option<String>,
+}
+
+impl Default for WebSocket {
+    fn default() -> Self {
+        WebSocket {
+            enabled: true,
+            public_url: None,
+        }
+    }
+}
+
+/// Where the WebSocket endpoint is served on the HTTPS listeners.
+pub const WEBSOCKET_PATH: &str = "/xmpp-websocket";
 
 /// `[muc]`: group chat (XEP-0045), a room service on its own domain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -756,6 +785,27 @@ impl Config {
         })
     }
 
+    /// The WebSocket URL announced in host-meta, `None` when WebSocket is
+    /// off: `[websocket] public_url`, else `wss://` with the host and port
+    /// of [`Config::public_url`].
+    pub fn websocket_url(&self) -> Option<String> {
+        if !self.websocket.enabled {
+            return None;
+        }
+        if let Some(u) = &self.websocket.public_url {
+            return Some(u.clone());
+        }
+        let base = self.public_url();
+        let (scheme, rest) = base.split_once("://").unwrap_or(("https", &base));
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let ws = if scheme.eq_ignore_ascii_case("http") {
+            "ws"
+        } else {
+            "wss"
+        };
+        Some(format!("{ws}://{authority}{WEBSOCKET_PATH}"))
+    }
+
     /// The HTTPS URL clients reach this daemon at (the relay API, uploads,
     /// invitations): `[relay] public_url`, else `https://<domain>` with the
     /// first `listen.https` port unless it is 443.
@@ -882,6 +932,7 @@ impl Config {
         section!(push, "push");
         section!(upload, "upload");
         section!(muc, "muc");
+        section!(websocket, "websocket");
 
         // 3. Values and combinations.
         let base = path
@@ -954,6 +1005,17 @@ impl Config {
         }
         if self.muc.max_occupants == 0 {
             report("muc.max_occupants", "must be at least 1".into());
+        }
+        if let Some(u) = &self.websocket.public_url {
+            let ok = ["wss://", "ws://"]
+                .iter()
+                .any(|p| u.len() > p.len() && u[..p.len()].eq_ignore_ascii_case(p));
+            if !ok {
+                report(
+                    "websocket.public_url",
+                    format!("`{u}` must be a ws:// or wss:// URL (such as wss://chat.example.org/xmpp-websocket)"),
+                );
+            }
         }
         for domain in self.components.keys() {
             let key = format!("components.{domain}");
@@ -1194,6 +1256,26 @@ mod tests {
         let c = Config::from_toml_str("", None).unwrap();
         assert_eq!(c.domain, "localhost");
         assert_eq!(c.limits.max_stanza_size, 262144);
+    }
+
+    #[test]
+    fn websocket_url_follows_public_url_unless_set() {
+        let c = Config::from_toml_str("[relay]\npublic_url = \"https://chat.example.org:8443/base\"\n", None).unwrap();
+        assert_eq!(
+            c.websocket_url().as_deref(),
+            Some("wss://chat.example.org:8443/xmpp-websocket")
+        );
+        let c = Config::from_toml_str("domain = \"example.org\"\n", None).unwrap();
+        assert_eq!(
+            c.websocket_url().as_deref(),
+            Some("wss://example.org:5443/xmpp-websocket")
+        );
+        let c = Config::from_toml_str("[websocket]\npublic_url = \"wss://ws.example.org/x\"\n", None).unwrap();
+        assert_eq!(c.websocket_url().as_deref(), Some("wss://ws.example.org/x"));
+        let c = Config::from_toml_str("[websocket]\nenabled = false\n", None).unwrap();
+        assert_eq!(c.websocket_url(), None);
+        let e = Config::from_toml_str("[websocket]\npublic_url = \"https://x.example/ws\"\n", None).unwrap_err();
+        assert!(e.to_string().contains("websocket.public_url"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! HTTP: one HTTPS connection (TLS from the shared certificate store, ALPN
 //! h2 and http/1.1, hyper's auto server) and its routes — the relay API,
-//! uploads, invitation pages — plus the plain HTTP listener for ACME
+//! uploads, invitation pages, XMPP over WebSocket and its host-meta
+//! ([`websocket`]) — plus the plain HTTP listener for ACME
 //! ([`acme`]) and `/metrics` ([`metrics`]). Connections arrive through
 //! `net::Acceptor`. This tree is the only code that knows HTTP routes and
 //! JSON shapes, and it sees only the `Core`, never the XMPP server.
@@ -10,6 +11,7 @@ pub mod invite;
 pub mod metrics;
 pub mod relay_api;
 pub mod upload;
+pub mod websocket;
 
 use crate::core::Core;
 use bytes::Bytes;
@@ -19,7 +21,12 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::net::TcpStream;
 
 pub type Resp = Response<Full<Bytes>>;
@@ -32,9 +39,25 @@ pub fn tls_acceptor(core: &Core) -> tokio_rustls::TlsAcceptor {
     tokio_rustls::TlsAcceptor::from(core.certs.server_config(&[b"h2", b"http/1.1"]))
 }
 
+/// The WebSocket side of one HTTPS connection.
+struct WsCtx {
+    handler: Option<websocket::Handler>,
+    bindings: websocket::Bindings,
+    /// Set by the handshake, taken by the connection's task (a std mutex:
+    /// only set and taken, never held across an await).
+    pending: Mutex<Option<websocket::Pending>>,
+}
+
 /// Serve one HTTPS connection (accepted by `net::accept`) until it ends or
-/// the daemon stops.
-pub async fn serve(core: Arc<Core>, tls: tokio_rustls::TlsAcceptor, tcp: TcpStream, peer: SocketAddr) {
+/// the daemon stops. `ws` serves upgraded XMPP WebSocket connections
+/// (`None`: WebSocket is off).
+pub async fn serve(
+    core: Arc<Core>,
+    tls: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    ws: Option<websocket::Handler>,
+) {
     let _ = tcp.set_nodelay(true);
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
         Ok(Ok(s)) => s,
@@ -44,18 +67,45 @@ pub async fn serve(core: Arc<Core>, tls: tokio_rustls::TlsAcceptor, tcp: TcpStre
         }
         Err(_) => return,
     };
+    // What SCRAM-*-PLUS binds to when XMPP runs over this connection:
+    // RFC 9266 `tls-exporter` (TLS 1.3) and RFC 5929 `tls-server-end-point`.
+    let bindings = match ws {
+        Some(_) => {
+            let conn = stream.get_ref().1;
+            let exporter = (conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
+                .then(|| {
+                    conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+                        .ok()
+                })
+                .flatten();
+            let end_point = core.certs.end_point_binding(conn.server_name()).map(|b| b.to_vec());
+            websocket::Bindings {
+                tls_exporter: exporter,
+                tls_server_end_point: end_point,
+            }
+        }
+        None => websocket::Bindings::default(),
+    };
+    let ctx = Arc::new(WsCtx {
+        handler: ws,
+        bindings,
+        pending: Mutex::new(None),
+    });
     let mut stop = core.shutdown.clone();
     // A request head must arrive within the auth timeout: without a
     // timer hyper never enforces one, and a client trickling header
     // bytes would hold the connection for ever.
     let head_timeout = core.config.limits.auth_timeout.get();
-    let svc = hyper::service::service_fn(move |req| handle(core.clone(), peer, req));
+    let svc = {
+        let (core, ctx) = (core.clone(), ctx.clone());
+        hyper::service::service_fn(move |req| handle(core.clone(), peer, req, ctx.clone()))
+    };
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(head_timeout);
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => if let Err(e) = r {
@@ -66,9 +116,14 @@ pub async fn serve(core: Arc<Core>, tls: tokio_rustls::TlsAcceptor, tcp: TcpStre
             let _ = tokio::time::timeout(Duration::from_secs(5), conn).await;
         }
     }
+    // An upgraded connection continues here, in the same task.
+    let pending = ctx.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let (Some(p), Some(h)) = (pending, &ctx.handler) {
+        p.run(&core, h).await;
+    }
 }
 
-async fn handle(core: Arc<Core>, peer: SocketAddr, req: Request<Incoming>) -> Result<Resp, Infallible> {
+async fn handle(core: Arc<Core>, peer: SocketAddr, req: Request<Incoming>, ws: Arc<WsCtx>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_string();
     let resp = if path.starts_with("/api/v1/") && core.config.relay.enabled {
         relay_api::handle(&core.relay, core.domain(), peer, req).await
@@ -76,6 +131,15 @@ async fn handle(core: Arc<Core>, peer: SocketAddr, req: Request<Incoming>) -> Re
         invite::handle(&core, peer, req).await
     } else if path.starts_with("/upload/") {
         upload::handle(&core, req).await
+    } else if path == websocket::WEBSOCKET_PATH && ws.handler.is_some() {
+        let mut pending = None;
+        let r = websocket::handshake(req, peer, ws.bindings.clone(), &mut pending);
+        if pending.is_some() {
+            *ws.pending.lock().unwrap_or_else(|p| p.into_inner()) = pending;
+        }
+        r
+    } else if path == "/.well-known/host-meta" || path == "/.well-known/host-meta.json" {
+        websocket::host_meta(&core, path.ends_with(".json"))
     } else {
         json(StatusCode::NOT_FOUND, serde_json::json!({ "detail": "Not found." }))
     };

@@ -72,10 +72,14 @@ pub fn set_password(c: &Connection, username: &str, password: &str) -> Result<bo
         return Err(StoreError::Other("the password is empty".into()));
     }
     let keys = ScramKeys::derive(password, ITERATIONS);
-    let n = c.execute(
+    let username = normalize(username)?;
+    // A new password ends every FAST token (XEP-0484): one transaction, so
+    // that no token outlives the password it was obtained with.
+    let tx = c.unchecked_transaction()?;
+    let n = tx.execute(
         "UPDATE accounts SET salt=?2, iterations=?3, sha1_stored=?4, sha1_server=?5, sha256_stored=?6, sha256_server=?7 WHERE username=?1",
         params![
-            normalize(username)?,
+            username,
             keys.salt,
             keys.iterations,
             keys.sha1_stored,
@@ -84,6 +88,10 @@ pub fn set_password(c: &Connection, username: &str, password: &str) -> Result<bo
             keys.sha256_server
         ],
     )?;
+    if let Some(id) = id_of(&tx, &username)? {
+        super::devices::revoke_all(&tx, id)?;
+    }
+    tx.commit()?;
     Ok(n == 1)
 }
 

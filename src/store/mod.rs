@@ -8,6 +8,7 @@ pub mod account_data;
 pub mod accounts;
 pub mod archive;
 pub mod backup;
+pub mod devices;
 pub mod invites;
 pub mod muc;
 pub mod offline;
@@ -39,6 +40,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("pep_subscriptions", include_str!("migrations/0009_pep_subscriptions.sql")),
     ("muc", include_str!("migrations/0010_muc.sql")),
     ("invites", include_str!("migrations/0011_invites.sql")),
+    ("devices", include_str!("migrations/0012_devices.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

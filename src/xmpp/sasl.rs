@@ -1,8 +1,10 @@
 //! SASL on the server side: SCRAM-SHA-256(-PLUS), SCRAM-SHA-1(-PLUS) (RFC
 //! 5802, 7677; bindings `tls-exporter` RFC 9266 and `tls-server-end-point`
-//! RFC 5929), XEP-0474 downgrade protection, and PLAIN (RFC 4616, offered
-//! only over TLS). Knows nothing of XML or sockets: the c2s layer feeds it
-//! decoded bytes and sends back what it returns.
+//! RFC 5929), XEP-0474 downgrade protection, PLAIN (RFC 4616, offered only
+//! over TLS), and the hashed-token mechanism `HT-SHA-256-NONE`
+//! (draft-schmaus-kitten-sasl-ht) that FAST (XEP-0484) logs in with. Knows
+//! nothing of XML or sockets: the c2s layer feeds it decoded bytes and
+//! sends back what it returns.
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use subtle::ConstantTimeEq;
@@ -116,7 +118,7 @@ impl Mechanism {
         }
     }
 
-    fn hash(self) -> Hash {
+    pub fn hash(self) -> Hash {
         match self {
             Mechanism::ScramSha1 | Mechanism::ScramSha1Plus => Hash::Sha1,
             _ => Hash::Sha256,
@@ -132,6 +134,7 @@ impl Mechanism {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     Aborted,
+    CredentialsExpired,
     InvalidAuthzid,
     InvalidMechanism,
     MalformedRequest,
@@ -143,6 +146,7 @@ impl Failure {
     pub fn condition(self) -> &'static str {
         match self {
             Failure::Aborted => "aborted",
+            Failure::CredentialsExpired => "credentials-expired",
             Failure::InvalidAuthzid => "invalid-authzid",
             Failure::InvalidMechanism => "invalid-mechanism",
             Failure::MalformedRequest => "malformed-request",
@@ -463,6 +467,68 @@ impl ScramServer {
     }
 }
 
+/// The hashed-token mechanisms FAST tokens are issued for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenMechanism {
+    /// `HT-SHA-256-NONE`: no channel binding.
+    HtSha256None,
+}
+
+impl TokenMechanism {
+    pub const ALL: &'static [TokenMechanism] = &[TokenMechanism::HtSha256None];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenMechanism::HtSha256None => "HT-SHA-256-NONE",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<TokenMechanism> {
+        TokenMechanism::ALL.iter().copied().find(|m| m.name() == s)
+    }
+}
+
+/// What the server keeps of a hashed token (never the token): the SHA-256
+/// of the initiator's proof, and the responder's answer. For `-NONE` both
+/// are the same on every login, so a stolen copy of them cannot produce a
+/// proof: the proof is a preimage of `verifier`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenVerifier {
+    pub verifier: Vec<u8>,
+    pub responder: Vec<u8>,
+}
+
+impl TokenVerifier {
+    /// Derive from a freshly issued token.
+    pub fn of(m: TokenMechanism, token: &str) -> TokenVerifier {
+        match m {
+            TokenMechanism::HtSha256None => {
+                let initiator = hmac(Hash::Sha256, token.as_bytes(), b"Initiator");
+                TokenVerifier {
+                    verifier: digest(Hash::Sha256, &initiator),
+                    responder: hmac(Hash::Sha256, token.as_bytes(), b"Responder"),
+                }
+            }
+        }
+    }
+
+    /// Whether `proof` (the initiator's hashed token) matches, in constant time.
+    pub fn matches(&self, proof: &[u8]) -> bool {
+        digest(Hash::Sha256, proof).ct_eq(&self.verifier).into()
+    }
+}
+
+/// Parse an HT initial response: `authcid NUL initiator-hashed-token`.
+pub fn parse_ht(msg: &[u8]) -> Result<(String, Vec<u8>), Failure> {
+    let i = msg.iter().position(|b| *b == 0).ok_or(Failure::MalformedRequest)?;
+    let authcid = std::str::from_utf8(&msg[..i]).map_err(|_| Failure::MalformedRequest)?;
+    let proof = &msg[i + 1..];
+    if authcid.is_empty() || proof.len() != 32 {
+        return Err(Failure::MalformedRequest);
+    }
+    Ok((authcid.to_string(), proof.to_vec()))
+}
+
 /// Parse PLAIN's `authzid NUL authcid NUL passwd`.
 pub fn parse_plain(msg: &[u8]) -> Result<(Option<String>, String, String), Failure> {
     let mut it = msg.split(|b| *b == 0);
@@ -673,6 +739,28 @@ mod tests {
             sf.ends_with(&format!(",h={}", ssdp(Mechanism::ScramSha256, &none))),
             "{sf}"
         );
+    }
+
+    #[test]
+    fn hashed_token_none() {
+        let token = "secret-token";
+        let v = TokenVerifier::of(TokenMechanism::HtSha256None, token);
+        let proof = hmac(Hash::Sha256, token.as_bytes(), b"Initiator");
+        assert!(v.matches(&proof));
+        assert!(!v.matches(&hmac(Hash::Sha256, b"other", b"Initiator")));
+        assert!(!v.matches(&[]));
+        assert_eq!(v.responder, hmac(Hash::Sha256, token.as_bytes(), b"Responder"));
+        let mut msg = b"alice\0".to_vec();
+        msg.extend_from_slice(&proof);
+        assert_eq!(parse_ht(&msg).unwrap(), ("alice".to_string(), proof.clone()));
+        assert!(parse_ht(b"alice").is_err());
+        assert!(parse_ht(b"\0aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").is_err());
+        assert!(parse_ht(b"alice\0short").is_err());
+        assert_eq!(
+            TokenMechanism::from_name("HT-SHA-256-NONE"),
+            Some(TokenMechanism::HtSha256None)
+        );
+        assert_eq!(TokenMechanism::from_name("HT-SHA-256-ENDP"), None);
     }
 
     #[test]

@@ -1,7 +1,12 @@
 //! A byte stream carrying XML: reads events through [`StreamParser`],
-//! writes headers, elements and stream errors.
+//! writes headers, elements and stream errors. In framed mode (XMPP over
+//! WebSocket, RFC 7395) the same calls speak the framing: `<open/>` and
+//! `<close/>` instead of the stream's head and tail, one element per
+//! message (the transport ends a message at each flush of the writer).
 
-use super::xml::{Event, ParserLimits, StreamDecls, StreamError, StreamParser, NS_STREAMS_ERR};
+use super::xml::{
+    Event, ParserLimits, StreamDecls, StreamError, StreamHeader, StreamParser, NS_CLIENT, NS_STREAM, NS_STREAMS_ERR,
+};
 use minidom::Element;
 use std::{io, pin::Pin, time::Duration};
 use tokio::{
@@ -23,6 +28,23 @@ pub enum ConnError {
 }
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// RFC 7395's namespace for `<open/>` and `<close/>`.
+pub const NS_FRAMING: &str = "urn:ietf:params:xml:ns:xmpp-framing";
+
+/// A transport's own protocol was broken (a binary WebSocket message, one
+/// over the size limit): carried inside an `io::Error` so that the stream
+/// answers with this stream error instead of dropping the connection.
+#[derive(Debug)]
+pub struct FramingViolation(pub StreamError);
+
+impl std::fmt::Display for FramingViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "framing violation ({})", self.0.condition())
+    }
+}
+
+impl std::error::Error for FramingViolation {}
 
 /// What an XML stream runs on: a buffered reader (the TLS layer's own
 /// plaintext buffer, so the stream needs no read buffer of its own) that
@@ -47,6 +69,8 @@ pub struct XmlStream<S> {
     /// Set by a stream restart: whitespace that ended the previous stream
     /// is dropped before the next header.
     skip_whitespace: bool,
+    /// Framed mode: where each message queued in `wbuf` ends.
+    frames: Option<Vec<usize>>,
     /// Whether our stream header went out (errors need one first).
     pub header_sent: bool,
 }
@@ -80,13 +104,45 @@ impl<S: Transport> XmlStream<S> {
             limits,
             wbuf: Vec::new(),
             skip_whitespace: false,
+            frames: None,
             header_sent: false,
+        }
+    }
+
+    /// A stream in RFC 7395 framing over a message transport whose flush
+    /// ends a message.
+    pub fn framed(io: S, limits: ParserLimits) -> Self {
+        XmlStream {
+            parser: Some(Box::new(StreamParser::framed(limits))),
+            frames: Some(Vec::new()),
+            ..Self::new(io, limits)
+        }
+    }
+
+    pub fn is_framed(&self) -> bool {
+        self.frames.is_some()
+    }
+
+    fn new_parser(&self) -> Box<StreamParser> {
+        Box::new(match self.frames {
+            Some(_) => StreamParser::framed(self.limits),
+            None => StreamParser::new(self.limits),
+        })
+    }
+
+    /// Close the message queued so far (framed mode).
+    fn end_frame(&mut self) {
+        let end = self.wbuf.len();
+        if let Some(f) = self.frames.as_mut() {
+            if f.last() != Some(&end) && end > 0 {
+                f.push(end);
+            }
         }
     }
 
     /// Start a new stream on the same transport (after SASL success).
     pub fn restart(&mut self) {
-        self.parser = Some(Box::new(StreamParser::new(self.limits)));
+        self.parser = Some(self.new_parser());
         self.rest = None;
         self.header_sent = false;
         // Many clients end each element with a newline; the next stream
@@ -108,11 +164,17 @@ impl<S: Transport> XmlStream<S> {
         // The parser may hold events from earlier bytes.
         if let Some(p) = self.parser.as_mut() {
             if let Some(ev) = p.next(&mut &[][..]).map_err(ConnError::Stream)? {
-                return Ok(ev);
+                return self.unframe(ev);
             }
         }
         loop {
-            let buf = self.io.fill_buf().await?;
+            let buf = match self.io.fill_buf().await {
+                Ok(buf) => buf,
+                Err(e) => match e.get_ref().and_then(|i| i.downcast_ref::<FramingViolation>()) {
+                    Some(v) => return Err(ConnError::Stream(v.0)),
+                    None => return Err(e.into()),
+                },
+            };
             if buf.is_empty() {
                 return Err(ConnError::Eof);
             }
@@ -128,7 +190,9 @@ impl<S: Transport> XmlStream<S> {
                 Some(p) => p,
                 None => {
                     let p = match self.rest.take() {
+                        // A framed parser rests with its root's declarations too.
                         Some(d) => StreamParser::resume(self.limits, &d),
+                        None if self.frames.is_some() => StreamParser::framed(self.limits),
                         None => StreamParser::new(self.limits),
                     };
                     self.parser.insert(Box::new(p))
@@ -139,10 +203,18 @@ impl<S: Transport> XmlStream<S> {
             let used = before - slice.len();
             Pin::new(&mut self.io).consume(used);
             match r {
-                Ok(Some(ev)) => return Ok(ev),
+                Ok(Some(ev)) => return self.unframe(ev),
                 Ok(None) => {}
                 Err(e) => return Err(ConnError::Stream(e)),
             }
+        }
+    }
+
+    /// Framed mode reads its `<open/>` and `<close/>` back as stream events.
+    fn unframe(&self, ev: Event) -> Result<Event, ConnError> {
+        match self.frames {
+            Some(_) => unframe(ev),
+            None => Ok(ev),
         }
     }
 
@@ -150,6 +222,9 @@ impl<S: Transport> XmlStream<S> {
     pub fn shrink(&mut self) {
         if self.wbuf.is_empty() {
             self.wbuf = Vec::new();
+            if let Some(f) = self.frames.as_mut() {
+                *f = Vec::new();
+            }
         }
     }
 
@@ -171,23 +246,35 @@ impl<S: Transport> XmlStream<S> {
 
     /// Queue an element; [`XmlStream::flush`] sends it.
     pub fn queue(&mut self, el: &Element) {
+        let start = self.wbuf.len();
         if el.write_to(&mut self.wbuf).is_err() {
             tracing::error!("an element could not be serialised and was dropped");
+            self.wbuf.truncate(start);
         }
+        self.end_frame();
     }
 
     /// `<stream:features>` with these children (written with the `stream:`
-    /// prefix, which some clients compare literally).
+    /// prefix, which some clients compare literally; framed, the prefix is
+    /// declared on it, there being no stream header to declare it).
     pub fn queue_features(&mut self, children: &[Element]) {
-        self.queue_raw("<stream:features>");
+        let open = match self.frames {
+            Some(_) => format!("<stream:features xmlns:stream='{NS_STREAM}'>"),
+            None => "<stream:features>".to_string(),
+        };
+        self.wbuf.extend_from_slice(open.as_bytes());
         for c in children {
-            self.queue(c);
+            if c.write_to(&mut self.wbuf).is_err() {
+                tracing::error!("a stream feature could not be serialised");
+            }
         }
         self.queue_raw("</stream:features>");
     }
 
+    /// Queue bytes as they are (framed: as one message).
     pub fn queue_raw(&mut self, s: &str) {
         self.wbuf.extend_from_slice(s.as_bytes());
+        self.end_frame();
     }
 
     pub async fn flush(&mut self) -> Result<(), ConnError> {
@@ -196,12 +283,30 @@ impl<S: Transport> XmlStream<S> {
         }
         let io = &mut self.io;
         let buf = &self.wbuf;
+        let frames = self.frames.as_deref();
         let r = tokio::time::timeout(WRITE_TIMEOUT, async {
-            io.write_all(buf).await?;
-            io.flush().await
+            match frames {
+                // One message per element: the transport ends one at each flush.
+                Some(ends) => {
+                    let mut start = 0;
+                    for &end in ends {
+                        io.write_all(&buf[start..end]).await?;
+                        io.flush().await?;
+                        start = end;
+                    }
+                    Ok(())
+                }
+                None => {
+                    io.write_all(buf).await?;
+                    io.flush().await
+                }
+            }
         })
         .await;
         self.wbuf.clear();
+        if let Some(f) = self.frames.as_mut() {
+            f.clear();
+        }
         match r {
             Ok(r) => Ok(r?),
             Err(_) => Err(ConnError::Timeout),
@@ -218,9 +323,17 @@ impl<S: Transport> XmlStream<S> {
         self.flush().await
     }
 
-    /// Our `<stream:stream>` header.
+    /// Our `<stream:stream>` header (framed: `<open/>`, RFC 7395 §3.4).
     pub fn queue_header(&mut self, ns: &str, from: &str, to: Option<&str>, id: &str) {
         let to = to.map(|t| format!(" to='{}'", escape(t))).unwrap_or_default();
+        if self.frames.is_some() {
+            self.queue_raw(&format!(
+                "<open xmlns='{NS_FRAMING}' from='{}'{to} id='{id}' version='1.0' xml:lang='en'/>",
+                escape(from)
+            ));
+            self.header_sent = true;
+            return;
+        }
         self.queue_raw(&format!(
             "<?xml version='1.0'?><stream:stream xmlns='{ns}' xmlns:stream='http://etherx.jabber.org/streams' \
              from='{}'{to} id='{id}' version='1.0' xml:lang='en'>",
@@ -255,19 +368,54 @@ impl<S: Transport> XmlStream<S> {
         let text = text
             .map(|t| format!("<text xmlns='{NS_STREAMS_ERR}' xml:lang='en'>{}</text>", escape(t)))
             .unwrap_or_default();
-        self.queue_raw(&format!(
-            "<stream:error><{} xmlns='{NS_STREAMS_ERR}'/>{text}</stream:error></stream:stream>",
-            e.condition()
-        ));
+        if self.frames.is_some() {
+            // RFC 7395 §3.6: the error, then <close/>.
+            self.queue_raw(&format!(
+                "<stream:error xmlns:stream='{NS_STREAM}'><{} xmlns='{NS_STREAMS_ERR}'/>{text}</stream:error>",
+                e.condition()
+            ));
+            self.queue_raw(&format!("<close xmlns='{NS_FRAMING}'/>"));
+        } else {
+            self.queue_raw(&format!(
+                "<stream:error><{} xmlns='{NS_STREAMS_ERR}'/>{text}</stream:error></stream:stream>",
+                e.condition()
+            ));
+        }
         let _ = self.flush().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.io.shutdown()).await;
     }
 
     /// Close our side cleanly.
     pub async fn close(&mut self) {
-        self.queue_raw("</stream:stream>");
+        match self.frames {
+            Some(_) => self.queue_raw(&format!("<close xmlns='{NS_FRAMING}'/>")),
+            None => self.queue_raw("</stream:stream>"),
+        }
         let _ = self.flush().await;
         let _ = tokio::time::timeout(Duration::from_secs(2), self.io.shutdown()).await;
+    }
+}
+
+/// RFC 7395 framing read back into stream events: `<open/>` is a stream
+/// header in `jabber:client`, `<close/>` the stream's end.
+fn unframe(ev: Event) -> Result<Event, ConnError> {
+    match ev {
+        Event::Stanza(el) if el.ns() == NS_FRAMING => match el.name() {
+            "open" => Ok(Event::Header(StreamHeader {
+                to: el.attr("to").map(str::to_string),
+                from: el.attr("from").map(str::to_string),
+                id: el.attr("id").map(str::to_string),
+                version: el.attr("version").map(str::to_string),
+                lang: el.attr("xml:lang").map(str::to_string),
+                default_ns: Some(NS_CLIENT.to_string()),
+                prefixes: vec![("stream".into(), NS_STREAM.into())],
+            })),
+            "close" => Ok(Event::Close),
+            _ => Err(ConnError::Stream(StreamError::UnsupportedStanzaType)),
+        },
+        // The root of a framed parser never closes, and never opens twice.
+        Event::Header(_) | Event::Close => Err(ConnError::Stream(StreamError::NotWellFormed)),
+        ev => Ok(ev),
     }
 }
 

@@ -83,6 +83,7 @@ pub enum StreamError {
     ResourceConstraint,
     RestrictedXml,
     SystemShutdown,
+    UnsupportedEncoding,
     UnsupportedStanzaType,
     UnsupportedVersion,
     Conflict,
@@ -107,6 +108,7 @@ impl StreamError {
             ResourceConstraint => "resource-constraint",
             RestrictedXml => "restricted-xml",
             SystemShutdown => "system-shutdown",
+            UnsupportedEncoding => "unsupported-encoding",
             UnsupportedStanzaType => "unsupported-stanza-type",
             UnsupportedVersion => "unsupported-version",
             Conflict => "conflict",
@@ -212,6 +214,21 @@ impl StreamParser {
         let mut bytes = header.as_bytes();
         let ok = matches!(p.next(&mut bytes), Ok(Some(Event::Header(_)))) && bytes.is_empty();
         debug_assert!(ok, "a parser rebuilt from its own header's declarations");
+        p
+    }
+
+    /// A parser for RFC 7395 framing, where every WebSocket message is one
+    /// element and there is no `<stream:stream>`: it starts inside a root
+    /// that declares what a stream header would (`jabber:client`, the
+    /// `stream` prefix), so each message parses as a child of it. The
+    /// framing's `<open/>` and `<close/>` arrive as elements.
+    pub fn framed(limits: ParserLimits) -> StreamParser {
+        let mut p = StreamParser::new(limits);
+        let mut root: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
+        match p.next(&mut root) {
+            Ok(Some(Event::Header(_))) => {}
+            other => unreachable!("the framing root always parses: {other:?}"),
+        }
         p
     }
 

@@ -431,6 +431,67 @@ impl RawClient {
         c
     }
 
+    /// Log in the way `how` says, with `resource` as the resource (legacy
+    /// binding) or the client tag (Bind 2); returns the client, past all
+    /// negotiation, and its bound full JID.
+    pub async fn login_with(
+        addr: SocketAddr,
+        user: &str,
+        pw: &str,
+        resource: Option<&str>,
+        how: Login,
+    ) -> (RawClient, String) {
+        let mut c = Self::connect_tls(addr).await;
+        let jid = match how {
+            Login::Legacy => {
+                c.auth_plain(user, pw).await;
+                let res = resource
+                    .map(|r| format!("<resource>{r}</resource>"))
+                    .unwrap_or_default();
+                c.send(&format!(
+                    "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{res}</bind></iq>"
+                ))
+                .await;
+                let r = c.read_until("</iq>").await;
+                r[r.find("<jid>").unwrap() + 5..r.find("</jid>").unwrap()].to_string()
+            }
+            Login::Bind2 => {
+                let tag = resource.map(|r| format!("<tag>{r}</tag>")).unwrap_or_default();
+                let agent = format!(
+                    "<user-agent id='{}'><software>pushbox tests</software></user-agent>",
+                    uuid::Uuid::new_v4()
+                );
+                let r = c
+                    .sasl2_plain(user, pw, &format!("{agent}<bind xmlns='urn:xmpp:bind:0'>{tag}</bind>"))
+                    .await;
+                authorization_identifier(&r)
+            }
+        };
+        c.received.clear();
+        (c, jid)
+    }
+
+    /// SASL2 PLAIN on a fresh TLS stream, with `extra` inside
+    /// `<authenticate/>`; returns everything read up to the end of the
+    /// stream features that follow success (or of `<success/>` alone when
+    /// the session was resumed, which has no features after it).
+    pub async fn sasl2_plain(&mut self, user: &str, pw: &str, extra: &str) -> String {
+        use base64::Engine;
+        self.send(HEADER).await;
+        self.read_until("</stream:features>").await;
+        self.received.clear();
+        let cred = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pw}"));
+        self.send(&format!(
+            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{cred}</initial-response>{extra}</authenticate>"
+        ))
+        .await;
+        let r = self.read_until("</success>").await;
+        if r.contains("<resumed") {
+            return r;
+        }
+        self.read_until("</stream:features>").await
+    }
+
     pub async fn send(&mut self, s: &str) {
         self.send_bytes(s.as_bytes()).await
     }
@@ -545,6 +606,24 @@ impl RawClient {
             .await
             .unwrap_or_else(|_| panic!("peer did not close; got: {}", self.received))
     }
+}
+
+/// How a test client binds its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    /// SASL (RFC 6120), stream restart, `<bind/>` IQ.
+    Legacy,
+    /// SASL2 (XEP-0388) with Bind 2 (XEP-0386) in the same request.
+    Bind2,
+}
+
+/// The `<authorization-identifier/>` of a SASL2 success.
+pub fn authorization_identifier(xml: &str) -> String {
+    let i = xml
+        .find("<authorization-identifier")
+        .unwrap_or_else(|| panic!("no authorization-identifier in {xml}"));
+    let rest = &xml[i..];
+    rest[rest.find('>').unwrap() + 1..rest.find("</authorization-identifier>").unwrap()].to_string()
 }
 
 /// The `<value/>` of data-form field `var` in a raw XML answer.

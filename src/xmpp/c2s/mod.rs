@@ -1,28 +1,110 @@
-//! Client connections: STARTTLS (5222) and direct TLS (5223, XEP-0368),
-//! SASL, resource binding and the session loop. One task owns each
-//! connection; the rest of the server reaches it through its channel.
+//! Client connections: STARTTLS (5222), direct TLS (5223, XEP-0368) and
+//! WebSocket (RFC 7395, on the HTTPS listeners), SASL (RFC 6120 and SASL2,
+//! XEP-0388), resource binding (legacy and Bind 2, XEP-0386) or
+//! resumption, and the session loop. One task owns each connection; the
+//! rest of the server reaches it through its channel.
 
+pub mod auth;
+pub mod bind2;
+pub mod fast;
+pub mod sasl2;
 pub mod session;
+pub mod websocket;
 
 use super::{
     modules::register::{self, PreAuthState},
-    sasl::{self, ChannelBindings, Failure, Mechanism, Refused, ScramServer},
+    sasl::{self, ChannelBindings, Failure, Refused},
     sessions::{SessionHandle, ToSession},
     stanza::{self, iq_result, Kind},
     starttls,
-    stream::{new_id, ConnError, Plain, Transport, XmlStream},
+    stream::{ConnError, Plain, Transport, XmlStream},
     xml::{elem, ElementExt, Event, ParserLimits, StreamError, NS_BIND, NS_CLIENT, NS_SASL, NS_SASL_CB, NS_SESSION},
 };
-use crate::{certs::ALPN_XMPP_CLIENT, store, xmpp::Server};
-use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use crate::{certs::ALPN_XMPP_CLIENT, xmpp::Server};
+use auth::{Authenticated, Offer, Profile};
 use jid::{BareJid, FullJid};
 use minidom::Element;
-use std::{net::SocketAddr, sync::Arc, time::Duration};
-use tokio::{net::TcpStream, sync::mpsc};
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+use tokio::{
+    io::{AsyncBufRead, AsyncRead, AsyncWrite},
+    net::TcpStream,
+    sync::mpsc,
+};
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 pub use super::starttls::Tls;
+pub use super::stream::new_id;
+
+/// What a client stream runs over: TLS on the XMPP ports, or a WebSocket
+/// on the HTTPS listeners. A session may resume on either. (The stream
+/// that holds it is boxed, so the TLS state is not boxed again.)
+#[allow(clippy::large_enum_variant)] // the stream holding it is boxed
+pub enum ClientIo {
+    Tls(Tls),
+    WebSocket(Box<websocket::WsIo>),
+}
+
+/// A client's XML stream, whatever its transport.
+pub type ClientStream = XmlStream<ClientIo>;
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Tls(t) => Pin::new(t).poll_read(cx, buf),
+            ClientIo::WebSocket(w) => Pin::new(w.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncBufRead for ClientIo {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<&[u8]>> {
+        match self.get_mut() {
+            ClientIo::Tls(t) => Pin::new(t).poll_fill_buf(cx),
+            ClientIo::WebSocket(w) => Pin::new(w.as_mut()).poll_fill_buf(cx),
+        }
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        match self.get_mut() {
+            ClientIo::Tls(t) => Pin::new(t).consume(amt),
+            ClientIo::WebSocket(w) => Pin::new(w.as_mut()).consume(amt),
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Tls(t) => Pin::new(t).poll_write(cx, buf),
+            ClientIo::WebSocket(w) => Pin::new(w.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Tls(t) => Pin::new(t).poll_flush(cx),
+            ClientIo::WebSocket(w) => Pin::new(w.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Tls(t) => Pin::new(t).poll_shutdown(cx),
+            ClientIo::WebSocket(w) => Pin::new(w.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 fn limits(server: &Server) -> ParserLimits {
     let l = &server.config.limits;
@@ -43,11 +125,11 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
         let open = async |xs: &mut XmlStream<Plain>| open_plaintext(&server, xs).await;
         // Boxed, like every phase before binding: the task keeps the
         // largest state it ever awaited, and a session lives for hours.
-        let xs = match Box::pin(starttls::negotiate(&server, xs, NS_CLIENT, acceptor, open)).await {
-            Some(tls) => Box::new(XmlStream::new(tls, limits(&server))),
+        let (xs, cb, peer_ip) = match Box::pin(starttls::negotiate(&server, xs, NS_CLIENT, acceptor, open)).await {
+            Some(tls) => tls_stream(&server, tls),
             None => return,
         };
-        after_tls(server, xs).await
+        negotiate(server, xs, cb, peer_ip).await
     }
     .instrument(span)
     .await
@@ -58,11 +140,11 @@ pub async fn serve_direct_tls(server: Arc<Server>, tcp: TcpStream, peer: SocketA
     let span = tracing::info_span!("c2s", %peer, tls = "direct", jid = tracing::field::Empty);
     async move {
         let acceptor = TlsAcceptor::from(server.certs.server_config(&[ALPN_XMPP_CLIENT]));
-        let xs = match Box::pin(starttls::direct(tcp, acceptor)).await {
-            Some(tls) => Box::new(XmlStream::new(tls, limits(&server))),
+        let (xs, cb, peer_ip) = match Box::pin(starttls::direct(tcp, acceptor)).await {
+            Some(tls) => tls_stream(&server, tls),
             None => return,
         };
-        after_tls(server, xs).await
+        negotiate(server, xs, cb, peer_ip).await
     }
     .instrument(span)
     .await
@@ -118,36 +200,51 @@ fn channel_bindings(server: &Server, tls: &Tls) -> ChannelBindings {
     }
 }
 
-/// The TLS stream is boxed from here on: an async fn keeps its arguments
-/// and its locals apart, so a stream passed by value down the calls would
-/// be stored in the task once per level.
-async fn after_tls(server: Arc<Server>, mut xs: Box<XmlStream<Tls>>) {
-    let cb = channel_bindings(&server, xs.get_ref());
-    let peer_ip = xs.get_ref().get_ref().0.peer_addr().map(|a| a.ip()).ok();
+/// A TLS connection as a client stream, with what SASL binds to. The
+/// stream is boxed from here on: an async fn keeps its arguments and its
+/// locals apart, so a stream passed by value down the calls would be
+/// stored in the task once per level.
+fn tls_stream(server: &Server, tls: Tls) -> (Box<ClientStream>, ChannelBindings, Option<std::net::IpAddr>) {
+    let cb = channel_bindings(server, &tls);
+    let peer_ip = tls.get_ref().0.peer_addr().map(|a| a.ip()).ok();
+    (
+        Box::new(XmlStream::new(ClientIo::Tls(tls), limits(server))),
+        cb,
+        peer_ip,
+    )
+}
+
+/// Authenticate and bind (or resume) a client stream, then serve the session.
+async fn negotiate(
+    server: Arc<Server>,
+    mut xs: Box<ClientStream>,
+    cb: ChannelBindings,
+    peer_ip: Option<std::net::IpAddr>,
+) {
     let deadline = server.config.limits.auth_timeout.get();
     // Boxed: SASL and binding need far more state than an idle session.
     let bound = Box::pin(until_shutdown(
         &server,
         deadline,
-        authenticate_and_bind(&server, &mut xs, &cb, peer_ip),
+        authenticate_and_bind(&server, &mut xs, cb, peer_ip),
     ))
     .await;
-    drop(cb);
     match bound {
-        Ok(Bound::New(jid, handle, rx)) => {
-            tracing::Span::current().record("jid", tracing::field::display(&jid));
+        Ok(Bound::New(session)) => {
+            tracing::Span::current().record("jid", tracing::field::display(&session.handle().jid));
             tracing::info!("session started");
-            session::Session::new(server, handle, rx).run(xs).await
+            session.run(xs).await
         }
-        Ok(Bound::Resume(target, h)) => {
+        Ok(Bound::Resume(target, h, success)) => {
             tracing::Span::current().record("jid", tracing::field::display(&target.jid));
             // Hand this connection to the session task; it answers <resumed/>.
-            let req = Box::new(session::ResumeRequest { xs, h });
+            let req = Box::new(session::ResumeRequest { xs, h, success });
             if let Err(e) = target.tx.send(ToSession::Resume(req)) {
                 if let ToSession::Resume(req) = e.0 {
                     let mut xs = req.xs;
-                    let _ = xs.send(&session::failed("item-not-found")).await;
-                    xs.close().await;
+                    // The session ended between the lookup and now.
+                    let _ = Box::pin(xs.send(&session::failed("item-not-found"))).await;
+                    Box::pin(xs.close()).await;
                 }
             }
         }
@@ -157,21 +254,96 @@ async fn after_tls(server: Arc<Server>, mut xs: Box<XmlStream<Tls>>) {
 
 /// What a negotiated connection becomes.
 enum Bound {
-    New(FullJid, Arc<SessionHandle>, mpsc::UnboundedReceiver<ToSession>),
-    /// XEP-0198 resumption of this session with this `h`.
-    Resume(Arc<SessionHandle>, u32),
+    /// A new session, bound (and maybe with stream management on).
+    New(Box<session::Session>),
+    /// XEP-0198 resumption of this session with this `h`; with SASL2, the
+    /// `<success/>` that carries `<resumed/>`.
+    Resume(Arc<SessionHandle>, u32, Option<Element>),
+}
+
+/// Register a new bound session for `jid` (the older one with the same
+/// resource is replaced, RFC 6120 §7.7.2.2).
+fn new_session(server: &Arc<Server>, jid: FullJid) -> session::Session {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = Arc::new(SessionHandle::new(server.sessions.next_id(), jid, tx));
+    if let Some(old) = server.sessions.bind(handle.clone()) {
+        tracing::info!(jid = %handle.jid, "resource conflict: replacing the older session");
+        let _ = old.tx.send(ToSession::Replaced);
+    }
+    session::Session::new(server.clone(), handle, rx)
+}
+
+fn bare_jid(server: &Server, username: &str) -> Result<BareJid, ConnError> {
+    BareJid::new(&format!("{username}@{}", server.domain()))
+        .map_err(|_| ConnError::Stream(StreamError::InternalServerError))
 }
 
 async fn authenticate_and_bind(
     server: &Arc<Server>,
-    xs: &mut XmlStream<Tls>,
-    cb: &ChannelBindings,
+    xs: &mut ClientStream,
+    cb: ChannelBindings,
     peer_ip: Option<std::net::IpAddr>,
 ) -> Result<Bound, ConnError> {
-    let username = authenticate(server, xs, cb, peer_ip).await?;
-    xs.restart();
-    expect_header(server, xs).await?;
-    xs.queue_header(NS_CLIENT, server.domain(), None, &new_id());
+    match authenticate(server, xs, cb, peer_ip).await? {
+        Login::Sasl1(username) => {
+            xs.restart();
+            expect_header(server, xs).await?;
+            xs.queue_header(NS_CLIENT, server.domain(), None, &new_id());
+            bind(server, xs, &username).await
+        }
+        Login::Sasl2(a, req) => after_sasl2(server, xs, a, *req).await,
+    }
+}
+
+/// SASL2 succeeded: resume (XEP-0198 §6.2) or bind inline (Bind 2) as the
+/// request asks, send `<success/>` with the results, then the features of
+/// the authenticated stream (none after a resumption).
+async fn after_sasl2(
+    server: &Arc<Server>,
+    xs: &mut ClientStream,
+    a: Authenticated,
+    req: sasl2::Request,
+) -> Result<Bound, ConnError> {
+    let username = a.username;
+    let mut success = sasl2::success(a.additional.as_deref());
+    if let Some(token) = fast::settle(server, &username, &req, a.token).await {
+        success.append_child(token);
+    }
+    if let Some((previd, h)) = &req.resume {
+        let owner = bare_jid(server, &username)?;
+        if let Some(t) = server.sessions.resumable(previd, &owner) {
+            return Ok(Bound::Resume(t, *h, Some(success)));
+        }
+    }
+    if req.resume.is_some() || req.bad_resume {
+        success.append_child(session::failed("item-not-found"));
+    }
+    let Some(bind_req) = &req.bind else {
+        success.append_child(sasl2::authorization_identifier(bare_jid(server, &username)?.as_str()));
+        xs.queue(&success);
+        return bind(server, xs, &username).await;
+    };
+    let (session, bound) = bind2::bind(server, &username, req.agent.id.as_deref(), bind_req);
+    success.append_child(sasl2::authorization_identifier(session.handle().jid.as_str()));
+    success.append_child(bound);
+    xs.queue(&success);
+    // The authenticated stream's features: no binding left to do, and
+    // stream management only if it is not on yet.
+    let mut features = vec![elem("csi", session::NS_CSI)];
+    if !session.sm_enabled() {
+        features.push(elem("sm", session::NS_SM));
+    }
+    for m in server.modules.iter() {
+        features.extend(m.stream_features(server));
+    }
+    xs.queue_features(&features);
+    xs.flush().await?;
+    Ok(Bound::New(Box::new(session)))
+}
+
+/// Offer the authenticated stream's features and run legacy resource
+/// binding (RFC 6120 §7), or XEP-0198 resumption.
+async fn bind(server: &Arc<Server>, xs: &mut ClientStream, username: &str) -> Result<Bound, ConnError> {
     let mut features = vec![
         elem("bind", NS_BIND),
         elem("session", NS_SESSION).child(elem("optional", NS_SESSION)),
@@ -190,12 +362,11 @@ async fn authenticate_and_bind(
             Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
         };
         if el.ns() == session::NS_SM && el.name() == "resume" {
-            let owner = BareJid::new(&format!("{username}@{}", server.domain()))
-                .map_err(|_| ConnError::Stream(StreamError::InternalServerError))?;
+            let owner = bare_jid(server, username)?;
             let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
             let target = el.attr("previd").and_then(|id| server.sessions.resumable(id, &owner));
             match (target, h) {
-                (Some(t), Some(h)) => return Ok(Bound::Resume(t, h)),
+                (Some(t), Some(h)) => return Ok(Bound::Resume(t, h, None)),
                 _ => {
                     xs.send(&session::failed("item-not-found")).await?;
                     continue;
@@ -242,20 +413,14 @@ async fn authenticate_and_bind(
                 .await?;
             continue;
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let handle = Arc::new(SessionHandle::new(server.sessions.next_id(), jid.clone(), tx));
-        if let Some(old) = server.sessions.bind(handle.clone()) {
-            // RFC 6120 §7.7.2.2: the newer session wins.
-            tracing::info!(%jid, "resource conflict: replacing the older session");
-            let _ = old.tx.send(ToSession::Replaced);
-        }
+        let session = new_session(server, jid.clone());
         let mut reply = iq_result(
             &el,
             Some(elem("bind", NS_BIND).child(elem("jid", NS_BIND).text_child(jid.to_string()))),
         );
         reply.unset("from");
         xs.send(&reply).await?;
-        return Ok(Bound::New(jid, handle, rx));
+        return Ok(Bound::New(Box::new(session)));
     }
 }
 
@@ -264,24 +429,74 @@ async fn authenticate_and_bind(
 /// client that loops.
 const MAX_SASL_ATTEMPTS: u32 = 10;
 
-/// SASL: returns the authenticated username.
+/// How a stream authenticated.
+enum Login {
+    /// RFC 6120 SASL (success sent; a stream restart follows).
+    Sasl1(String),
+    /// SASL2: success is still to be sent, with the inline results.
+    Sasl2(Authenticated, Box<sasl2::Request>),
+}
+
+/// One authentication request, in either profile.
+enum Attempt {
+    Sasl1 {
+        mechanism: String,
+        initial: Option<Vec<u8>>,
+    },
+    Sasl2(Box<sasl2::Request>),
+}
+
+impl Attempt {
+    fn profile(&self) -> Profile {
+        match self {
+            Attempt::Sasl1 { .. } => Profile::Sasl1,
+            Attempt::Sasl2(_) => Profile::Sasl2,
+        }
+    }
+}
+
+/// Read an `<auth/>` or `<authenticate/>`; `Ok(None)` for anything else.
+fn read_attempt(el: &Element) -> Option<Result<Attempt, (Profile, Failure)>> {
+    if el.ns() == NS_SASL && el.name() == "auth" {
+        let mechanism = el.attr("mechanism").unwrap_or_default().to_string();
+        // RFC 6120 §6.4.2: no text is no initial response, `=` an empty one.
+        let initial = match el.text().trim() {
+            "" => None,
+            _ => match auth::decode(el) {
+                Ok(d) => Some(d),
+                Err(f) => return Some(Err((Profile::Sasl1, f))),
+            },
+        };
+        return Some(Ok(Attempt::Sasl1 { mechanism, initial }));
+    }
+    if el.ns() == auth::NS_SASL2 && el.name() == "authenticate" {
+        return Some(
+            sasl2::parse(el)
+                .map(|r| Attempt::Sasl2(Box::new(r)))
+                .map_err(|f| (Profile::Sasl2, f)),
+        );
+    }
+    None
+}
+
+/// SASL in either profile; returns how the stream authenticated.
 async fn authenticate(
     server: &Arc<Server>,
-    xs: &mut XmlStream<Tls>,
-    cb: &ChannelBindings,
+    xs: &mut ClientStream,
+    cb: ChannelBindings,
     peer_ip: Option<std::net::IpAddr>,
-) -> Result<String, ConnError> {
+) -> Result<Login, ConnError> {
     expect_header(server, xs).await?;
     xs.queue_header(NS_CLIENT, server.domain(), None, &new_id());
-    let mut mechs = elem("mechanisms", NS_SASL);
-    for m in Mechanism::offered(cb) {
-        mechs.append_child(elem("mechanism", NS_SASL).text_child(m.name()));
-    }
-    let mut features = vec![mechs];
-    if cb.any() {
+    let offer = Offer::new(cb);
+    let mut features = vec![
+        offer.mechanism_list("mechanisms", NS_SASL),
+        sasl2::feature(&offer, fast::enabled(server)),
+    ];
+    if offer.cb.any() {
         // XEP-0440: which channel-binding types this connection supports.
         let mut list = elem("sasl-channel-binding", NS_SASL_CB);
-        for t in cb.types() {
+        for t in offer.cb.types() {
             list.append_child(elem("channel-binding", NS_SASL_CB).with("type", t.name()));
         }
         features.push(list);
@@ -311,27 +526,53 @@ async fn authenticate(
             }
             continue;
         }
-        if el.ns() != NS_SASL || el.name() != "auth" {
+        let Some(attempt) = read_attempt(&el) else {
             return Err(ConnError::Stream(StreamError::NotAuthorized));
-        }
+        };
+        attempts += 1;
+        let attempt = match attempt {
+            Ok(a) => a,
+            Err((profile, f)) => {
+                xs.send(&profile.failure(f, None)).await?;
+                if attempts >= MAX_SASL_ATTEMPTS {
+                    return Err(ConnError::Stream(StreamError::PolicyViolation));
+                }
+                continue;
+            }
+        };
+        let profile = attempt.profile();
         if peer_ip.is_some_and(|ip| server.limiter.login_blocked(ip)) {
             tracing::warn!("login refused: too many failures from this address");
-            xs.send(&sasl_failure(
-                Failure::NotAuthorized,
-                Some("too many failed logins; try again later"),
-            ))
-            .await?;
+            xs.send(&profile.failure(Failure::NotAuthorized, Some("too many failed logins; try again later")))
+                .await?;
             return Err(ConnError::Stream(StreamError::PolicyViolation));
         }
-        attempts += 1;
-        match sasl_exchange(server, xs, &el, cb).await? {
-            Ok(username) => {
-                crate::metrics::login(true);
-                return Ok(username);
+        let outcome = match &attempt {
+            Attempt::Sasl1 { mechanism, initial } => {
+                auth::exchange(server, xs, profile, &offer, mechanism, initial.clone(), None).await?
             }
-            Err(r) => {
+            Attempt::Sasl2(req) => {
+                let agent = req.agent.id.as_deref();
+                auth::exchange(server, xs, profile, &offer, &req.mechanism, req.initial.clone(), agent).await?
+            }
+        };
+        match (outcome, attempt) {
+            (Ok(a), Attempt::Sasl1 { .. }) => {
+                crate::metrics::login(true);
+                let mut success = elem("success", NS_SASL);
+                if let Some(d) = &a.additional {
+                    success = success.text_child(profile.encode(d));
+                }
+                xs.send(&success).await?;
+                return Ok(Login::Sasl1(a.username));
+            }
+            (Ok(a), Attempt::Sasl2(req)) => {
+                crate::metrics::login(true);
+                return Ok(Login::Sasl2(a, req));
+            }
+            (Err(r), _) => {
                 let blocked = refused(server, r, &mut failures, peer_ip).await;
-                xs.send(&sasl_failure(r.condition, r.text().as_deref())).await?;
+                xs.send(&profile.failure(r.condition, r.text().as_deref())).await?;
                 if failures >= max_failures || blocked || attempts >= MAX_SASL_ATTEMPTS {
                     return Err(ConnError::Stream(StreamError::PolicyViolation));
                 }
@@ -373,122 +614,4 @@ pub(crate) async fn refused(
     // Slow down guessing: each failure costs the client a moment.
     tokio::time::sleep(Duration::from_millis(200 * u64::from((*failures).min(10)))).await;
     blocked
-}
-
-fn sasl_failure(f: Failure, text: Option<&str>) -> Element {
-    let mut e = elem("failure", NS_SASL).child(elem(f.condition(), NS_SASL));
-    if let Some(t) = text {
-        e.append_child(elem("text", NS_SASL).text_child(t));
-    }
-    e
-}
-
-fn decode_payload(el: &Element) -> Result<Vec<u8>, Failure> {
-    let t = el.text();
-    let t = t.trim();
-    if t.is_empty() || t == "=" {
-        return Ok(vec![]);
-    }
-    B64.decode(t).map_err(|_| Failure::MalformedRequest)
-}
-
-/// One SASL exchange. The outer `Result` is the connection; the inner one
-/// the authentication outcome.
-async fn sasl_exchange(
-    server: &Arc<Server>,
-    xs: &mut XmlStream<Tls>,
-    auth: &Element,
-    cb: &ChannelBindings,
-) -> Result<Result<String, Refused>, ConnError> {
-    let mech = auth
-        .attr("mechanism")
-        .and_then(Mechanism::from_name)
-        .filter(|m| Mechanism::offered(cb).contains(m));
-    let Some(mech) = mech else {
-        return Ok(Err(Failure::InvalidMechanism.into()));
-    };
-    let initial = match decode_payload(auth) {
-        Ok(p) => p,
-        Err(f) => return Ok(Err(f.into())),
-    };
-    if mech == Mechanism::Plain {
-        return match check_plain(server, &initial).await {
-            Ok(username) => {
-                xs.send(&elem("success", NS_SASL)).await?;
-                Ok(Ok(username))
-            }
-            Err(r) => Ok(Err(r)),
-        };
-    }
-    let first = match sasl::scram_client_first(mech, &initial, cb) {
-        Ok(f) => f,
-        Err(r) => return Ok(Err(r)),
-    };
-    let (scram, server_first, username) = scram_start(server, mech, first, cb).await;
-    xs.send(&elem("challenge", NS_SASL).text_child(B64.encode(server_first)))
-        .await?;
-    let response = match xs.next_event().await? {
-        Event::Stanza(el) if el.ns() == NS_SASL && el.name() == "response" => el,
-        Event::Stanza(el) if el.ns() == NS_SASL && el.name() == "abort" => return Ok(Err(Failure::Aborted.into())),
-        Event::Stanza(_) => return Ok(Err(Failure::MalformedRequest.into())),
-        Event::Close => return Err(ConnError::Eof),
-        Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
-    };
-    let final_msg = match decode_payload(&response) {
-        Ok(p) => p,
-        Err(f) => return Ok(Err(f.into())),
-    };
-    match scram.finish(&final_msg, cb) {
-        Ok(server_final) => {
-            xs.send(&elem("success", NS_SASL).text_child(B64.encode(server_final)))
-                .await?;
-            Ok(Ok(username))
-        }
-        Err(r) => Ok(Err(r)),
-    }
-}
-
-/// PLAIN: check `authzid NUL authcid NUL password`; returns the username.
-pub(crate) async fn check_plain(server: &Server, initial: &[u8]) -> Result<String, Refused> {
-    let (authz, authc, pw) = sasl::parse_plain(initial)?;
-    let Ok(username) = store::accounts::normalize(&authc) else {
-        return Err(Refused::wrong_credentials());
-    };
-    if let Some(a) = authz {
-        if BareJid::new(&a).ok().map(|j| j.to_string()) != Some(format!("{username}@{}", server.domain())) {
-            return Err(Failure::InvalidAuthzid.into());
-        }
-    }
-    let u = username.clone();
-    let ok = server
-        .store
-        .call(move |c| Ok(store::accounts::get(c, &u)?.is_some_and(|a| a.keys.verify_password(&pw))))
-        .await
-        .unwrap_or(false);
-    if ok {
-        Ok(username)
-    } else {
-        Err(Refused::wrong_credentials())
-    }
-}
-
-/// SCRAM's first server step: look the user up and answer with server-first.
-pub(crate) async fn scram_start(
-    server: &Server,
-    mech: Mechanism,
-    first: sasl::ClientFirst,
-    cb: &ChannelBindings,
-) -> (ScramServer, Vec<u8>, String) {
-    let username = match store::accounts::normalize(&first.username) {
-        Ok(u) => u,
-        Err(_) => first.username.clone(),
-    };
-    let u = username.clone();
-    let keys = server
-        .store
-        .call(move |c| Ok(store::accounts::get(c, &u)?.map(|a| a.keys)))
-        .await
-        .unwrap_or(None);
-    let (scram, server_first) = ScramServer::new(mech, first, keys, &server.fake_salt_secret, cb);
-    (scram, server_first, username)
 }

@@ -6,7 +6,7 @@
 //! task keeps the session's queue while hibernating, and a new connection
 //! hands its stream over through the session's channel.
 
-use super::{end, Tls};
+use super::{end, ClientStream};
 use crate::{
     shutdown::stopped,
     xmpp::Server,
@@ -15,7 +15,7 @@ use crate::{
         router::{self, route},
         sessions::{SessionHandle, ToSession},
         stanza::{iq_result, Kind},
-        stream::{new_id, ConnError, XmlStream},
+        stream::{new_id, ConnError},
         xml::{elem, ElementExt, Event, StreamError, NS_CLIENT, NS_SESSION},
     },
 };
@@ -29,9 +29,12 @@ pub const NS_CSI: &str = "urn:xmpp:csi:0";
 
 /// A new connection taking over a hibernating (or still connected) session.
 pub struct ResumeRequest {
-    pub xs: Box<XmlStream<Tls>>,
+    pub xs: Box<ClientStream>,
     /// How many of our stanzas the client says it handled.
     pub h: u32,
+    /// SASL2 inline resumption (XEP-0198 §6.2): the `<success/>` that
+    /// `<resumed/>` and the authorization identifier go into.
+    pub success: Option<Element>,
 }
 
 impl std::fmt::Debug for ResumeRequest {
@@ -133,8 +136,50 @@ impl Session {
         }
     }
 
+    pub fn handle(&self) -> &Arc<SessionHandle> {
+        &self.me
+    }
+
+    /// XEP-0198 `<enable/>` (on the stream, or inline in Bind 2): returns
+    /// `<enabled/>`, or `<failed/>` when it is already on.
+    pub fn enable_sm(&mut self, enable: &Element) -> Element {
+        if self.sm.is_some() {
+            return failed("unexpected-request");
+        }
+        let wants_resume = matches!(enable.attr("resume"), Some("true" | "1"));
+        let resume_id = wants_resume.then(new_id);
+        let mut enabled = elem("enabled", NS_SM);
+        if let Some(id) = &resume_id {
+            let max = self.server.config.limits.hibernation_timeout.get().as_secs();
+            enabled = enabled
+                .with("id", id.clone())
+                .with("resume", "true")
+                .with("max", max.to_string());
+            self.server.sessions.make_resumable(id, &self.me);
+        }
+        self.sm = Some(Sm {
+            resume_id,
+            h_in: 0,
+            out: 0,
+            unacked: VecDeque::new(),
+            ack_pending: false,
+        });
+        enabled
+    }
+
+    /// XEP-0352 state chosen before the session starts (Bind 2 inline).
+    pub fn set_inactive(&mut self, inactive: bool) {
+        self.csi.inactive = inactive;
+        self.me.set_inactive(inactive);
+    }
+
+    /// Whether stream management is on.
+    pub fn sm_enabled(&self) -> bool {
+        self.sm.is_some()
+    }
+
     /// Serve the session across connections until it ends for good.
-    pub async fn run(mut self, mut xs: Box<XmlStream<Tls>>) {
+    pub async fn run(mut self, mut xs: Box<ClientStream>) {
         loop {
             let end = self.serve(&mut xs).await;
             // What follows happens once or rarely: boxed, so that the task
@@ -162,8 +207,9 @@ impl Session {
                 End::Resumed(req) => {
                     // The old connection is abandoned for the new one.
                     drop(xs);
-                    xs = req.xs;
-                    if !Box::pin(self.resumed(&mut xs, req.h)).await {
+                    let ResumeRequest { xs: new, h, success } = *req;
+                    xs = new;
+                    if !Box::pin(self.resumed(&mut xs, h, success)).await {
                         break;
                     }
                 }
@@ -176,8 +222,9 @@ impl Session {
                     tracing::info!(reason = %e, "connection lost; session hibernates");
                     match Box::pin(self.hibernate()).await {
                         Some(req) => {
-                            xs = req.xs;
-                            if !Box::pin(self.resumed(&mut xs, req.h)).await {
+                            let ResumeRequest { xs: new, h, success } = *req;
+                            xs = new;
+                            if !Box::pin(self.resumed(&mut xs, h, success)).await {
                                 break;
                             }
                         }
@@ -189,8 +236,10 @@ impl Session {
         Box::pin(self.finish()).await;
     }
 
-    /// Tell the new connection the session is back and retransmit.
-    async fn resumed(&mut self, xs: &mut XmlStream<Tls>, h: u32) -> bool {
+    /// Tell the new connection the session is back and retransmit. With
+    /// SASL2, `<resumed/>` goes inside its `<success/>`, and no stream
+    /// features follow (XEP-0198 §6.2).
+    async fn resumed(&mut self, xs: &mut ClientStream, h: u32, success: Option<Element>) -> bool {
         let Some(sm) = self.sm.as_mut() else { return false };
         match sm.ack(h) {
             Ok(proven) => offline::delivered(&self.server, proven),
@@ -200,7 +249,15 @@ impl Session {
             }
         }
         let id = sm.resume_id.clone().unwrap_or_default();
-        xs.queue(&elem("resumed", NS_SM).with("h", sm.h_in.to_string()).with("previd", id));
+        let resumed = elem("resumed", NS_SM).with("h", sm.h_in.to_string()).with("previd", id);
+        match success {
+            Some(mut s) => {
+                s.append_child(super::sasl2::authorization_identifier(self.me.jid.as_str()));
+                s.append_child(resumed);
+                xs.queue(&s);
+            }
+            None => xs.queue(&resumed),
+        }
         for s in &sm.unacked {
             xs.queue(&s.el);
         }
@@ -349,7 +406,7 @@ impl Session {
         }
     }
 
-    async fn serve(&mut self, xs: &mut XmlStream<Tls>) -> End {
+    async fn serve(&mut self, xs: &mut ClientStream) -> End {
         let idle = self.server.config.limits.idle_timeout.get();
         let mut shutdown = self.server.shutdown.clone();
         let mut last_activity = Instant::now();
@@ -394,7 +451,7 @@ impl Session {
     }
 
     /// Write what the router sent (and everything queued behind it).
-    async fn deliver(&mut self, xs: &mut XmlStream<Tls>, first: Option<ToSession>) -> Result<Option<End>, ConnError> {
+    async fn deliver(&mut self, xs: &mut ClientStream, first: Option<ToSession>) -> Result<Option<End>, ConnError> {
         let mut next = first;
         let mut wrote = false;
         loop {
@@ -431,7 +488,7 @@ impl Session {
 
     /// Write one stanza, or hold it while the client is inactive (CSI).
     /// Returns whether something was written.
-    fn deliver_one(&mut self, xs: &mut XmlStream<Tls>, el: Element, stored: Option<i64>) -> bool {
+    fn deliver_one(&mut self, xs: &mut ClientStream, el: Element, stored: Option<i64>) -> bool {
         if self.csi.inactive && !important(&el) {
             self.hold(el, stored);
             if self.csi.held.len() > CSI_MAX_HELD {
@@ -453,14 +510,14 @@ impl Session {
         true
     }
 
-    fn write(&mut self, xs: &mut XmlStream<Tls>, el: Element, stored: Option<i64>) {
+    fn write(&mut self, xs: &mut ClientStream, el: Element, stored: Option<i64>) {
         xs.queue(&el);
         self.record_sent(el, stored);
     }
 
     /// Without stream management, offline rows written since the last proof
     /// are proven delivered by the answer to a ping sent after them.
-    fn ask_for_proof(&mut self, xs: &mut XmlStream<Tls>) {
+    fn ask_for_proof(&mut self, xs: &mut ClientStream) {
         if self.sm.is_some() || self.proof.pending.is_some() || self.proof.unproven.is_empty() {
             return;
         }
@@ -490,7 +547,7 @@ impl Session {
     /// Handle one element from the client.
     async fn handle_client_element(
         &mut self,
-        xs: &mut XmlStream<Tls>,
+        xs: &mut ClientStream,
         mut el: Element,
     ) -> Result<Option<End>, ConnError> {
         let ns = el.ns();
@@ -566,32 +623,11 @@ impl Session {
         Ok(None)
     }
 
-    async fn sm_nonza(&mut self, xs: &mut XmlStream<Tls>, el: &Element) -> Result<(), ConnError> {
+    async fn sm_nonza(&mut self, xs: &mut ClientStream, el: &Element) -> Result<(), ConnError> {
         match el.name() {
             "enable" => {
-                if self.sm.is_some() {
-                    xs.send(&failed("unexpected-request")).await?;
-                    return Ok(());
-                }
-                let wants_resume = matches!(el.attr("resume"), Some("true" | "1"));
-                let resume_id = wants_resume.then(new_id);
-                let mut enabled = elem("enabled", NS_SM);
-                if let Some(id) = &resume_id {
-                    let max = self.server.config.limits.hibernation_timeout.get().as_secs();
-                    enabled = enabled
-                        .with("id", id.clone())
-                        .with("resume", "true")
-                        .with("max", max.to_string());
-                    self.server.sessions.make_resumable(id, &self.me);
-                }
-                self.sm = Some(Sm {
-                    resume_id,
-                    h_in: 0,
-                    out: 0,
-                    unacked: VecDeque::new(),
-                    ack_pending: false,
-                });
-                xs.send(&enabled).await?;
+                let answer = self.enable_sm(el);
+                xs.send(&answer).await?;
             }
             "r" => {
                 let Some(sm) = self.sm.as_ref() else {
@@ -643,7 +679,7 @@ fn important(el: &Element) -> bool {
     }
 }
 
-async fn end_stream(server: &Server, xs: &mut XmlStream<Tls>, e: ConnError) {
+async fn end_stream(server: &Server, xs: &mut ClientStream, e: ConnError) {
     end(server, xs, e).await
 }
 
@@ -666,6 +702,9 @@ mod future_sizes {
     fn ret_owned<A, B, R>(_: impl FnOnce(A, B) -> R) -> usize {
         size_of::<R>()
     }
+    fn ret4<A, B, C, D, R>(_: impl FnOnce(A, B, C, D) -> R) -> usize {
+        size_of::<R>()
+    }
 
     fn ret3m<'a, A: 'a, B: 'a, C, R>(_: impl FnOnce(&'a mut A, &'a mut B, C) -> R) -> usize {
         size_of::<R>()
@@ -677,20 +716,20 @@ mod future_sizes {
         let rows = [
             ("c2s::serve_starttls (the task)", task),
             ("c2s::serve_direct_tls", ret(super::super::serve_direct_tls)),
-            ("c2s::after_tls", ret_owned(super::super::after_tls)),
+            ("c2s::negotiate", ret4(super::super::negotiate)),
             ("Session::run", ret_owned(Session::run)),
             ("Session::serve", ret2(Session::serve)),
             ("Session::handle_client_element", ret3m(Session::handle_client_element)),
             ("Session::deliver", ret3m(Session::deliver)),
             ("XmlStream::next_event", {
-                fn f<'a, R>(_: impl FnOnce(&'a mut XmlStream<Tls>) -> R) -> usize {
+                fn f<'a, R>(_: impl FnOnce(&'a mut ClientStream) -> R) -> usize {
                     size_of::<R>()
                 }
-                f(XmlStream::<Tls>::next_event)
+                f(ClientStream::next_event)
             }),
             ("tokio Sleep", size_of::<tokio::time::Sleep>()),
-            ("XmlStream<Tls> (boxed)", size_of::<XmlStream<Tls>>()),
-            ("Tls (TlsStream<TcpStream>)", size_of::<Tls>()),
+            ("ClientStream (boxed)", size_of::<ClientStream>()),
+            ("Tls (TlsStream<TcpStream>)", size_of::<super::super::Tls>()),
             ("Session", size_of::<Session>()),
             ("ToSession", size_of::<ToSession>()),
         ];
