@@ -237,5 +237,7 @@ fn one_pem_file_with_certificate_and_key_loads() {
     };
     assert_eq!((certificate, key), (both.as_path(), both.as_path()));
     tls_config_with_client_cert(None, certificate, key).expect("certificate and key from one file");
-    pushbox::push::providers::apns::Apns::new(apns).expect("the APNs provider loads it");
+    let store = pushbox::store::Store::open_in(&dir.path().join("data")).unwrap();
+    let store = std::sync::Arc::new(pushbox::push::backend::sqlite::Sqlite::new(store));
+    pushbox::push::providers::apns::Apns::new(apns, store).expect("the APNs provider loads it");
 }

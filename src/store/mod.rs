@@ -46,6 +46,11 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the storage worker stopped: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The database cannot be reached now (a lost connection, a server
+    /// shutting down, a read-only standby after failover): worth a "try
+    /// later" answer, never a crash.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     #[error("{0}")]
     Other(String),
 }
@@ -55,6 +60,12 @@ impl StoreError {
     /// that clears by itself once space returns, worth a "try later" answer.
     pub fn is_full(&self) -> bool {
         matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
+    }
+
+    /// A condition that clears by itself (disk full, database unreachable):
+    /// answer 503 with `Retry-After`; nothing was accepted.
+    pub fn is_transient(&self) -> bool {
+        self.is_full() || matches!(self, StoreError::Unavailable(_))
     }
 }
 

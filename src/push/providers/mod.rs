@@ -6,9 +6,9 @@ pub mod fcm;
 pub mod upstream;
 pub mod webpush;
 
-use super::{client::HttpsClient, Kind, Priority};
+use super::{backend::RelayStore, client::HttpsClient, Kind, Priority};
 use crate::{config::RelayConfig, store::relay::Delivery};
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 /// What became of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,14 +31,24 @@ pub struct Providers {
 }
 
 impl Providers {
-    pub fn new(config: &RelayConfig, data_dir: &Path, public_url: &str) -> anyhow::Result<Providers> {
+    /// The providers configured, with the VAPID key from (or first put
+    /// into) the relay's store. Reads files: call at start-up.
+    pub async fn new(
+        config: &RelayConfig,
+        data_dir: &Path,
+        public_url: &str,
+        store: Arc<dyn RelayStore>,
+    ) -> anyhow::Result<Providers> {
         use anyhow::Context;
         let shared = super::client::tls_config(config.ca_roots.as_deref()).context("relay.ca_roots")?;
+        let vapid = webpush::vapid_key(data_dir, config.database.is_some(), store.as_ref())
+            .await
+            .context("Web Push (VAPID key)")?;
         Ok(Providers {
             apns: config
                 .apns
                 .as_ref()
-                .map(apns::Apns::new)
+                .map(|c| apns::Apns::new(c, store.clone()))
                 .transpose()
                 .context("relay.apns")?,
             fcm: config
@@ -49,7 +59,7 @@ impl Providers {
                 .context("relay.fcm")?,
             webpush: webpush::WebPush::new(
                 HttpsClient::with_tls(shared.clone()),
-                data_dir,
+                &vapid,
                 config.vapid_subject.clone().unwrap_or_else(|| public_url.to_string()),
             )
             .context("Web Push (VAPID key)")?,
