@@ -94,7 +94,7 @@ pub fn build_server(config: Config, shutdown: shutdown::Shutdown) -> Result<Arc<
     // the relay's store may be PostgreSQL, reached asynchronously.
     let relay = tokio::runtime::Handle::current()
         .block_on(async {
-            let backend = push::backend::open(&config.relay, store.clone()).await?;
+            let backend = push::backend::open(&config.relay, store.clone(), &config.data_dir).await?;
             push::Relay::new(backend, &config.relay, &config.data_dir, &config.public_url()).await
         })
         .context("starting the push relay")?;

@@ -179,6 +179,7 @@ fn serve_refuses_both_or_neither_apns_authentication() {
         std::fs::write(&cfg, format!("[relay.apns]\ntopic = \"org.example.chat\"\n{apns}")).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_pushbox"))
             .env_remove("PUSHBOX_CONFIG")
+            .env_remove("PUSHBOX_TEST_POSTGRES")
             .arg("--config")
             .arg(&cfg)
             .arg("serve")

@@ -1,10 +1,12 @@
-//! `pushbox check [config|dns|certs|ports] [--json]`: finds what stands
-//! between the configuration and a working server (configuration problems,
-//! DNS records, certificates, ports), each finding with what to fix. The exit
+//! `pushbox check [config|dns|certs|ports|database] [--json]`: finds what
+//! stands between the configuration and a working server (configuration
+//! problems, DNS records, certificates, ports, the relay's database), each
+//! finding with what to fix. The exit
 //! status is 2 for configuration problems, 1 when any other check fails.
 
 mod certs;
 mod config;
+mod database;
 mod dns;
 mod ports;
 
@@ -24,6 +26,8 @@ pub enum Section {
     Certs,
     /// Whether each listener can bind or is already listening.
     Ports,
+    /// Where the relay keeps its state; PostgreSQL's connection and schema version.
+    Database,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -144,7 +148,13 @@ pub fn main(path: Option<&Path>, what: Option<Section>, json: bool) -> u8 {
     };
     let sections = match what {
         Some(s) => vec![s],
-        None => vec![Section::Config, Section::Dns, Section::Certs, Section::Ports],
+        None => vec![
+            Section::Config,
+            Section::Dns,
+            Section::Certs,
+            Section::Ports,
+            Section::Database,
+        ],
     };
     let report = rt.block_on(run(&config, &sections));
     if json {
@@ -164,6 +174,7 @@ pub async fn run(config: &Config, sections: &[Section]) -> Report {
             Section::Dns => dns::check(config, &mut r).await,
             Section::Certs => certs::check(config, &mut r),
             Section::Ports => ports::check(config, &mut r).await,
+            Section::Database => database::check(config, &mut r).await,
         }
     }
     r.finish()

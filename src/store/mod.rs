@@ -145,24 +145,29 @@ impl Store {
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let current = usize::try_from(current).unwrap_or(0);
-    if current > MIGRATIONS.len() {
-        return Err(StoreError::Other(format!(
-            "the database is at schema version {current}, newer than this pushbox knows ({}); \
-             refusing to run an older pushbox on it",
-            MIGRATIONS.len()
-        )));
-    }
-    for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(current) {
-        let tx = conn.transaction()?;
+    loop {
+        // The version is read inside a write transaction, so a second
+        // process opening the file at the same moment waits, then sees the
+        // migration done rather than applying it again.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let current = usize::try_from(current).unwrap_or(0);
+        if current > MIGRATIONS.len() {
+            return Err(StoreError::Other(format!(
+                "the database is at schema version {current}, newer than this pushbox knows ({}); \
+                 refusing to run an older pushbox on it",
+                MIGRATIONS.len()
+            )));
+        }
+        let Some((name, sql)) = MIGRATIONS.get(current) else {
+            return Ok(());
+        };
         tx.execute_batch(sql)
-            .map_err(|e| StoreError::Other(format!("migration {} ({name}) failed: {e}", i + 1)))?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            .map_err(|e| StoreError::Other(format!("migration {} ({name}) failed: {e}", current + 1)))?;
+        tx.pragma_update(None, "user_version", (current + 1) as i64)?;
         tx.commit()?;
-        tracing::info!(version = i + 1, name, "applied database migration");
+        tracing::info!(version = current + 1, name, "applied database migration");
     }
-    Ok(())
 }
 
 /// Seconds since the Unix epoch.

@@ -291,8 +291,16 @@ pub struct NewPush<'a> {
     pub expires: i64,
 }
 
-pub fn enqueue(c: &mut Connection, p: &NewPush<'_>, now_ms: i64) -> Result<(i64, usize)> {
+/// `None` when the token `token_hash` no longer exists (revoked since it
+/// was looked up): nothing is enqueued.
+pub fn enqueue(c: &mut Connection, token_hash: &[u8], p: &NewPush<'_>, now_ms: i64) -> Result<Option<(i64, usize)>> {
     let tx = c.transaction()?;
+    let live = tx
+        .prepare_cached("SELECT 1 FROM relay_tokens WHERE hash = ?1")?
+        .exists([token_hash])?;
+    if !live {
+        return Ok(None);
+    }
     tx.execute(
         "INSERT INTO relay_outbox (account_id, token, collapse, data, priority, created, expires)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -308,7 +316,7 @@ pub fn enqueue(c: &mut Connection, p: &NewPush<'_>, now_ms: i64) -> Result<(i64,
         tx.execute("DELETE FROM relay_outbox WHERE id = ?1", [id])?;
     }
     tx.commit()?;
-    Ok((id, n))
+    Ok(Some((id, n)))
 }
 
 /// Claim the deliveries due at `now_ms`, oldest first: they move from
@@ -416,6 +424,7 @@ mod tests {
     use super::*;
 
     fn setup() -> (tempfile::TempDir, crate::store::Store, i64) {
+        // A token "t" of the account, for `enqueue`.
         let dir = tempfile::tempdir().unwrap();
         let s = crate::store::Store::open_in(dir.path()).unwrap();
         let id = s
@@ -439,6 +448,20 @@ mod tests {
                         },
                     )?;
                 }
+                insert_token(
+                    c,
+                    &Token {
+                        hash: b"t".to_vec(),
+                        prefix: "t".into(),
+                        account_id: a.id,
+                        device_id: "d1".into(),
+                        device_kind: String::new(),
+                        name: None,
+                        created: 0,
+                        expires: i64::MAX,
+                        rate: None,
+                    },
+                )?;
                 Ok(a.id)
             })
             .unwrap();
@@ -457,7 +480,7 @@ mod tests {
                 priority: "high",
                 expires: i64::MAX,
             };
-            let (push, n) = enqueue(c, &p, 0)?;
+            let (push, n) = enqueue(c, b"t", &p, 0)?.unwrap();
             assert_eq!(n, 2);
             assert_eq!(claim(c, 1, 10)?.len(), 2);
             assert!(claim(c, 1, 10)?.is_empty(), "claimed rows are not handed out twice");
@@ -490,11 +513,12 @@ mod tests {
                 priority: "low",
                 expires: i64::MAX,
             };
-            enqueue(c, &p, 0)?;
+            enqueue(c, b"t", &p, 0)?;
             deactivate_device(c, "d1")?;
             let due = claim(c, 1, 10)?;
             assert_eq!(due.iter().map(|d| d.device.id.as_str()).collect::<Vec<_>>(), vec!["d2"]);
-            let (_, n) = enqueue(c, &p, 0)?;
+            let (_, n) = enqueue(c, b"t", &p, 0)?.unwrap();
+            assert!(enqueue(c, b"gone", &p, 0)?.is_none(), "no push for a revoked token");
             assert_eq!(n, 1, "an inactive device gets no new deliveries");
             Ok(())
         })

@@ -39,6 +39,20 @@ pub struct ApnsState {
     pub retry_after_as_date: std::sync::atomic::AtomicBool,
     /// An outage: every request answers 503 ServiceUnavailable while set.
     pub down: std::sync::atomic::AtomicBool,
+    /// A stall: requests are held unanswered while set (counted in
+    /// `held`), then answered 503 ServiceUnavailable; they are not logged.
+    /// A request whose client went away meanwhile is never answered.
+    pub stall: std::sync::atomic::AtomicBool,
+    pub held: std::sync::atomic::AtomicUsize,
+    unstalled: Notify,
+}
+
+impl ApnsState {
+    /// End a stall: held requests are answered (503).
+    pub fn release(&self) {
+        self.stall.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.unstalled.notify_waiters();
+    }
 }
 
 impl ApnsStandIn {
@@ -66,7 +80,23 @@ impl ApnsStandIn {
         let (l, s) = (log.clone(), state.clone());
         let handler: Handler = Arc::new(move |req| {
             let (l, s, public) = (l.clone(), s.clone(), public.clone());
-            Box::pin(async move { apns_answer(&l, &s, &public, req) })
+            Box::pin(async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                if s.stall.load(SeqCst) {
+                    s.held.fetch_add(1, SeqCst);
+                    loop {
+                        let released = s.unstalled.notified();
+                        tokio::pin!(released);
+                        released.as_mut().enable();
+                        if !s.stall.load(SeqCst) {
+                            break;
+                        }
+                        released.await;
+                    }
+                    return apns_error(503, "ServiceUnavailable");
+                }
+                apns_answer(&l, &s, &public, req)
+            })
         });
         let task = serve(listener, ca.server_config_with(&[b"h2"], Some(ca)), true, handler);
         ApnsStandIn {

@@ -52,12 +52,15 @@ pub fn with_relay_line(toml: &str, line: &str) -> String {
 /// or its PostgreSQL database), opened from the test.
 pub async fn relay_store(config: &pushbox::config::Config) -> Arc<dyn RelayStore> {
     let store = pushbox::store::Store::open_in(&config.data_dir).unwrap();
-    pushbox::push::backend::open(&config.relay, store).await.unwrap()
+    pushbox::push::backend::open(&config.relay, store, &config.data_dir)
+        .await
+        .unwrap()
 }
 
 /// The same, for a daemon started on the config file at `path`.
 pub async fn relay_store_of(path: &Path) -> Arc<dyn RelayStore> {
-    let config = pushbox::config::Config::load(Some(path)).unwrap_or_else(|p| panic!("{p}"));
+    let toml = std::fs::read_to_string(path).unwrap();
+    let config = pushbox::config::Config::from_toml_str(&toml, path.parent()).unwrap_or_else(|p| panic!("{p}"));
     relay_store(&config).await
 }
 
@@ -237,16 +240,26 @@ impl Process {
             .append(true)
             .open(data_dir.with_extension("log"))
             .unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pushbox"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pushbox"))
             .arg("--config")
             .arg(config_path)
             .arg("serve")
+            // Read by the tests, not a setting of the daemon's (`PUSHBOX_*`).
+            .env_remove("PUSHBOX_TEST_POSTGRES")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        eventually(|| async move { tokio::net::TcpStream::connect(addr).await.ok() }).await;
+        let deadline = Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+                panic!("pushbox exited ({status}) before listening:\n{log}");
+            }
+            assert!(Instant::now() < deadline, "pushbox did not listen in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let ready = data_dir.join("tls/cert.pem");
         eventually(|| {
             let ready = ready.clone();

@@ -16,7 +16,7 @@ use crate::{
     },
 };
 use async_trait::async_trait;
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 use tokio::sync::{watch, Notify};
 
 /// How a delivery ended.
@@ -139,10 +139,29 @@ pub trait RelayStore: Send + Sync {
 }
 
 /// The relay's store as `[relay] database` says: PostgreSQL (connected,
-/// migrated) when set, else the SQLite `store`.
-pub async fn open(config: &RelayConfig, store: Store) -> anyhow::Result<Arc<dyn RelayStore>> {
+/// migrated) when set, else the SQLite `store`. `data_dir` holds the node's
+/// name among the nodes sharing a database.
+pub async fn open(config: &RelayConfig, store: Store, data_dir: &Path) -> anyhow::Result<Arc<dyn RelayStore>> {
     Ok(match &config.database {
-        Some(url) => Arc::new(postgres::Postgres::connect(url, config).await?),
+        Some(url) => Arc::new(postgres::Postgres::connect(url, config, &node_id(data_dir)?).await?),
         None => Arc::new(sqlite::Sqlite::new(store)),
     })
+}
+
+/// This node's name in claims: made on first start and kept in
+/// `data_dir/relay/node-id`, so that a node restarted after a crash takes
+/// back its own claims at once instead of waiting for their lease.
+pub fn node_id(data_dir: &Path) -> anyhow::Result<String> {
+    let dir = data_dir.join("relay");
+    let path = dir.join("node-id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => anyhow::bail!("reading {}: {e}", path.display()),
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    let id = uuid::Uuid::new_v4().to_string();
+    std::fs::write(&path, format!("{id}\n")).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    Ok(id)
 }

@@ -59,7 +59,7 @@ pub fn schema_version() -> i32 {
 
 impl Postgres {
     /// Connect to `url` and bring the schema up to date.
-    pub async fn connect(url: &str, relay: &RelayConfig) -> anyhow::Result<Postgres> {
+    pub async fn connect(url: &str, relay: &RelayConfig, node: &str) -> anyhow::Result<Postgres> {
         let (config, tls) = settings(url, relay)?;
         let manager = Manager::from_config(
             config.clone(),
@@ -78,7 +78,7 @@ impl Postgres {
             pool,
             config,
             tls,
-            node: uuid::Uuid::new_v4().to_string(),
+            node: node.to_string(),
             lease: relay.claim_lease.get(),
         };
         let (from, to) = pg.migrate().await.map_err(|e| anyhow::anyhow!("relay.database: {e}"))?;
@@ -568,8 +568,15 @@ impl RelayStore for Postgres {
     }
 
     async fn recover(&self) -> Result<usize> {
-        // Other nodes may be sending right now: claims end with their lease.
-        Ok(0)
+        // This node's claims from before a crash come back at once; other
+        // nodes' may be in flight right now and end with their lease.
+        Ok(self
+            .exec(
+                "UPDATE relay_deliveries SET state = 'pending', claimed_by = NULL, next_at = $2
+                 WHERE state = 'sending' AND claimed_by = $1",
+                &[&self.node, &crate::push::now_ms()],
+            )
+            .await? as usize)
     }
 
     async fn claim(&self, now_ms: i64, limit: usize) -> Result<Vec<Delivery>> {

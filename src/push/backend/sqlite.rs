@@ -126,8 +126,9 @@ impl RelayStore for Sqlite {
         }
         let (account_id, token, collapse) = (p.account_id, p.token.to_string(), p.collapse.to_string());
         let (data, priority, expires) = (p.data.map(str::to_string), p.priority.to_string(), p.expires);
+        let hash = limit.hash.to_vec();
         // Durable (fsynced) before the 202: a push accepted survives a power cut.
-        let (push_id, devices) = self
+        let done = self
             .store
             .call_durable(move |c| {
                 let p = NewPush {
@@ -138,10 +139,13 @@ impl RelayStore for Sqlite {
                     priority: &priority,
                     expires,
                 };
-                db::enqueue(c, &p, now_ms)
+                db::enqueue(c, &hash, &p, now_ms)
             })
             .await?;
-        Ok(Enqueued::Accepted { push_id, devices })
+        Ok(match done {
+            Some((push_id, devices)) => Enqueued::Accepted { push_id, devices },
+            None => Enqueued::Gone,
+        })
     }
 
     async fn recover(&self) -> Result<usize> {
