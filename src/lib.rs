@@ -45,6 +45,7 @@ pub struct Listeners {
     pub s2s_direct_tls: Vec<TcpListener>,
     pub https: Vec<TcpListener>,
     pub metrics: Vec<TcpListener>,
+    pub component: Vec<TcpListener>,
 }
 
 impl Listeners {
@@ -75,6 +76,11 @@ impl Listeners {
             },
             https: all("https", &config.listen.https).await?,
             metrics: all("metrics", &config.metrics.listen).await?,
+            // The component listener only when a component is configured.
+            component: match config.components.is_empty() {
+                true => vec![],
+                false => all("component", &config.listen.component).await?,
+            },
         })
     }
 }
@@ -162,6 +168,12 @@ pub async fn run(
         let s = server.clone();
         acceptor.spawn("s2s_direct_tls", l, move |tcp, peer| {
             xmpp::s2s::incoming::serve_direct_tls(s.clone(), tcp, peer)
+        });
+    }
+    for l in listeners.component {
+        let s = server.clone();
+        acceptor.spawn("component", l, move |tcp, peer| {
+            xmpp::component::serve(s.clone(), tcp, peer)
         });
     }
     if !listeners.metrics.is_empty() {

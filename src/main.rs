@@ -15,6 +15,15 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve) {
+        // A command's output piped into `head` ends the command quietly, as
+        // any Unix tool does, instead of a panic on the closed pipe. The
+        // daemon keeps Rust's default (SIGPIPE ignored, EPIPE as an error).
+        // SAFETY: at the start of main, before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let path = pushbox::config::locate(cli.config.as_deref());
     if let Command::Check { what, json } = cli.command {
         use pushbox::check::Section;
@@ -296,11 +305,17 @@ fn invite(config: &Config, cmd: InviteCmd) -> Result<()> {
             let now = store::now();
             for i in s.blocking(|c| store::invites::list(c)).map_err(e)? {
                 if i.expires_at > now && i.uses_left > 0 {
+                    let kind = match (&i.contact, i.allow_registration) {
+                        (Some(c), true) => format!("contact of {c}@{}, or a new account", config.domain),
+                        (Some(c), false) => format!("contact of {c}@{} (existing accounts)", config.domain),
+                        (None, _) => "new account".to_string(),
+                    };
                     println!(
-                        "{}…  uses left {}  expires in {}{}",
+                        "{}…  uses left {}  expires in {}  {kind}  made by {}{}",
                         i.token_prefix,
                         i.uses_left,
                         humantime::format_duration(std::time::Duration::from_secs((i.expires_at - now) as u64)),
+                        i.creator.as_deref().unwrap_or("the command line"),
                         if i.is_admin { "  (admin)" } else { "" }
                     );
                 }

@@ -172,6 +172,29 @@ fn room_create_list_destroy() {
 }
 
 #[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    // Like `pushbox invite create | head -1` when head has already exited:
+    // the reader is gone before the command writes.
+    let mut c = pushbox()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["invite", "create"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(c.stdout.take());
+    let out = c.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    use std::os::unix::process::ExitStatusExt;
+    const SIGPIPE: i32 = 13;
+    assert_eq!(out.status.signal(), Some(SIGPIPE), "ended by SIGPIPE: {:?}", out.status);
+}
+
+#[test]
 fn version_flag() {
     let out = pushbox().arg("--version").output().unwrap();
     assert!(out.status.success());

@@ -121,6 +121,173 @@ async fn scram_plus_with_tls_exporter_and_a_binding_mismatch() {
     s.stop().await;
 }
 
+/// TLS with only the given versions, then the stream's features.
+async fn features_with(addr: SocketAddr, config: std::sync::Arc<rustls::ClientConfig>) -> (RawClient, String) {
+    let mut c = RawClient::connect(addr).await;
+    c.starttls_with(config).await;
+    c.send(HEADER).await;
+    let f = c.read_until("</stream:features>").await;
+    (c, f)
+}
+
+/// RFC 5929 §4, computed here from what the client received: the leaf
+/// certificate hashed with SHA-256 (the daemon's certificates are
+/// ecdsa-with-SHA256) or SHA-384 (ecdsa-with-SHA384).
+fn end_point(c: &RawClient, sha384: bool) -> Vec<u8> {
+    use sha2::Digest;
+    let leaf = &c.tls_conn().peer_certificates().expect("a server certificate")[0];
+    if sha384 {
+        sha2::Sha384::digest(leaf.as_ref()).to_vec()
+    } else {
+        sha2::Sha256::digest(leaf.as_ref()).to_vec()
+    }
+}
+
+fn offers_binding(features: &str, t: &str) -> bool {
+    features.contains(&format!("<channel-binding type=\"{t}\"/>"))
+        || features.contains(&format!("<channel-binding type='{t}'/>"))
+}
+
+/// Conversations pins SCRAM-SHA-256-PLUS with `tls-server-end-point`; XEP-0440
+/// makes it mandatory for servers. It works on TLS 1.2 (where it is the only
+/// binding) and on TLS 1.3 (beside `tls-exporter`), and data bound to another
+/// certificate is refused without counting as a wrong password.
+#[tokio::test]
+async fn scram_plus_with_tls_server_end_point_on_tls12_and_tls13() {
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    for (version, exporter_too) in [(&rustls::version::TLS12, false), (&rustls::version::TLS13, true)] {
+        let (mut c, f) = features_with(s.c2s, client_tls_config_for(&[version])).await;
+        assert!(
+            f.contains("<mechanism>SCRAM-SHA-256-PLUS</mechanism>"),
+            "{version:?}: {f}"
+        );
+        assert!(offers_binding(&f, "tls-server-end-point"), "{version:?}: {f}");
+        assert_eq!(offers_binding(&f, "tls-exporter"), exporter_too, "{version:?}: {f}");
+        let cb = end_point(&c, false);
+        for _ in 0..4 {
+            let r = scram_refused(
+                &mut c,
+                "SCRAM-SHA-256-PLUS",
+                ScramClient::new(true, "alice", "pw", "p=tls-server-end-point,,", &[7u8; 32]),
+            )
+            .await;
+            assert!(r.contains("e=channel-bindings-dont-match"), "{version:?}: {r}");
+        }
+        // SCRAM-SHA-1-PLUS binds to the same data (the certificate's hash, not SCRAM's).
+        let mech = if exporter_too {
+            "SCRAM-SHA-1-PLUS"
+        } else {
+            "SCRAM-SHA-256-PLUS"
+        };
+        scram_ok(
+            &mut c,
+            mech,
+            ScramClient::new(!exporter_too, "alice", "pw", "p=tls-server-end-point,,", &cb),
+        )
+        .await;
+        bind(&mut c).await;
+    }
+    s.stop().await;
+}
+
+/// A certificate signed with ECDSA SHA-384 (mode `files`): the binding is its
+/// SHA-384 hash, as RFC 5929 says.
+#[tokio::test]
+async fn the_end_point_hash_follows_the_certificate_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let alg = &rcgen::PKCS_ECDSA_P384_SHA384;
+    let ca_key = rcgen::KeyPair::generate_for(alg).unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let leaf_key = rcgen::KeyPair::generate_for(alg).unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &issuer)
+        .unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, leaf.pem()).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let s = TestServer::start_with(&format!(
+        "[tls]\nmode = \"files\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ))
+    .await;
+    s.add_user("alice", "pw");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca_cert.der().clone()).unwrap();
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let (mut c, f) = features_with(s.c2s, config).await;
+    assert!(offers_binding(&f, "tls-server-end-point"), "{f}");
+    let wrong = end_point(&c, false);
+    let r = scram_refused(
+        &mut c,
+        "SCRAM-SHA-256-PLUS",
+        ScramClient::new(true, "alice", "pw", "p=tls-server-end-point,,", &wrong),
+    )
+    .await;
+    assert!(
+        r.contains("e=channel-bindings-dont-match"),
+        "SHA-256 of a SHA-384 certificate: {r}"
+    );
+    let cb = end_point(&c, true);
+    assert_eq!(cb.len(), 48);
+    scram_ok(
+        &mut c,
+        "SCRAM-SHA-256-PLUS",
+        ScramClient::new(true, "alice", "pw", "p=tls-server-end-point,,", &cb),
+    )
+    .await;
+    bind(&mut c).await;
+    s.stop().await;
+}
+
+/// XEP-0474: the server-first message carries `h`, the hash of the
+/// mechanisms and binding types offered, which a client recomputes from the
+/// features it saw. Computed here from the features text.
+#[tokio::test]
+async fn the_server_first_message_carries_the_downgrade_protection_hash() {
+    use base64::Engine;
+    use sha2::Digest;
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let (mut c, f) = features_with(s.c2s, client_tls_config_for(&[version])).await;
+        let mut mechs: Vec<&str> = f
+            .split("<mechanism>")
+            .skip(1)
+            .map(|m| &m[..m.find("</mechanism>").unwrap()])
+            .collect();
+        mechs.sort();
+        let mut types: Vec<&str> = ["tls-exporter", "tls-server-end-point", "tls-unique"]
+            .into_iter()
+            .filter(|t| offers_binding(&f, t))
+            .collect();
+        types.sort();
+        let seen = format!("{}\u{1f}{}", mechs.join("\u{1e}"), types.join("\u{1e}"));
+        let want = base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(seen.as_bytes()));
+        let client = ScramClient::new(true, "alice", "pw", "n,,", &[]);
+        c.received.clear();
+        c.send(&auth("SCRAM-SHA-256", &client.first())).await;
+        let server_first = decoded(&c.read_until("</challenge>").await, "challenge");
+        let h = server_first
+            .split(',')
+            .find_map(|a| a.strip_prefix("h="))
+            .unwrap_or_default();
+        assert_eq!(h, want, "{version:?}: {server_first} for {seen:?}");
+    }
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn three_wrong_passwords_still_end_the_connection() {
     let s = TestServer::start_with("[limits]\nconnections_per_ip_per_minute = 1000\n").await;

@@ -113,6 +113,11 @@ async fn notifies_systemd_and_serves_metrics() {
         .send("<message to='alice@localhost' id='m1' type='chat'><body>note to self</body></message>")
         .await;
     alice.read_until("note to self").await;
+    // And into a room: the group chat gauges.
+    alice
+        .send("<presence to='ops@groups.localhost/alice'><x xmlns='http://jabber.org/protocol/muc'/></presence>")
+        .await;
+    alice.read_until("<subject").await;
     {
         use base64::Engine;
         let mut bad = RawClient::connect_tls(c2s).await;
@@ -144,6 +149,8 @@ async fn notifies_systemd_and_serves_metrics() {
         "{page}"
     );
     assert_eq!(sample(&page, "pushbox_sessions_online"), 1.0, "{page}");
+    assert_eq!(sample(&page, "pushbox_muc_rooms_active"), 1.0, "{page}");
+    assert_eq!(sample(&page, "pushbox_muc_occupants"), 1.0, "{page}");
     assert!(sample(&page, "pushbox_database_size_bytes") > 0.0, "{page}");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -21,6 +21,8 @@ struct Node {
     domain: String,
     c2s: SocketAddr,
     s2s: SocketAddr,
+    /// Its XEP-0114 listener (answers only for configured components).
+    component: SocketAddr,
     dir: tempfile::TempDir,
 }
 
@@ -55,9 +57,12 @@ impl Node {
              {extra}\n"
         );
         let config = Config::from_toml_str(&toml, Some(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+        let component = bind().await;
+        let component_addr = component.local_addr().unwrap();
         let listeners = pushbox::Listeners {
             c2s: vec![c2s],
             s2s: vec![s2s],
+            component: vec![component],
             ..Default::default()
         };
         let daemon = common::daemon::InProcess::start(config, listeners, WAIT).await;
@@ -65,6 +70,7 @@ impl Node {
             domain: domain.into(),
             c2s: c2s_addr,
             s2s: s2s_addr,
+            component: component_addr,
             dir,
             daemon,
         }
@@ -293,6 +299,92 @@ async fn remote_servers_reach_the_service_subdomains() {
         ))
         .await;
     assert_eq!(r.attr("type"), Some("error"), "{r:?}");
+    bob.close().await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// An external component on `bridge.a.example` (XEP-0114) is reached from
+/// `b.example` and answers over federation. Its name is not in `a.example`'s
+/// certificate, so the peers authenticate it with dialback.
+#[tokio::test]
+async fn a_component_domain_federates() {
+    let secret = "component-secret-for-federation";
+    let (ac, as_, bc, bs) = (bind().await, bind().await, bind().await, bind().await);
+    let (a_s2s, b_s2s) = (as_.local_addr().unwrap(), bs.local_addr().unwrap());
+    let more = "require_valid_certificates = false";
+    let a = Node::start(
+        "a.example",
+        ac,
+        as_,
+        true,
+        &format!(
+            "[components.\"bridge.a.example\"]\nsecret = \"{secret}\"\n{}",
+            federation(&[("b.example", b_s2s)], more)
+        ),
+    )
+    .await;
+    let b = Node::start(
+        "b.example",
+        bc,
+        bs,
+        true,
+        &federation(&[("a.example", a_s2s), ("bridge.a.example", a_s2s)], more),
+    )
+    .await;
+    b.add_user("bob", "pw-b");
+
+    // The component: XEP-0114 by hand.
+    let mut comp = TcpStream::connect(a.component).await.unwrap();
+    comp.write_all(
+        b"<stream:stream xmlns='jabber:component:accept' xmlns:stream='http://etherx.jabber.org/streams' to='bridge.a.example'>",
+    )
+    .await
+    .unwrap();
+    let mut acc = String::new();
+    read_until_plain(&mut comp, &mut acc, "id='").await;
+    read_until_plain(&mut comp, &mut acc, "'>").await;
+    let id = acc
+        .split("id='")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap()
+        .to_string();
+    use sha1::Digest;
+    let hs: String = sha1::Sha1::digest(format!("{id}{secret}"))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    comp.write_all(format!("<handshake>{hs}</handshake>").as_bytes())
+        .await
+        .unwrap();
+    read_until_plain(&mut comp, &mut acc, "<handshake").await;
+    acc.clear();
+
+    let mut bob = b.client("bob", "pw-b").await;
+    bob.send_el(xml(
+        "<message xmlns='jabber:client' to='echo@bridge.a.example' id='fed1'><body>over s2s</body></message>",
+    ))
+    .await;
+    read_until_plain(&mut comp, &mut acc, "</message>").await;
+    assert!(acc.contains("over s2s") && acc.contains("bob@b.example/"), "{acc}");
+    comp.write_all(
+        format!(
+            "<message from='echo@bridge.a.example' to='{}' id='fed2'><body>and back</body></message>",
+            bob.full_jid()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let m = bob
+        .expect("the component's answer", |e| {
+            e.name() == "message" && e.attr("id") == Some("fed2")
+        })
+        .await;
+    assert_eq!(m.attr("from"), Some("echo@bridge.a.example"));
     bob.close().await;
     a.stop().await;
     b.stop().await;

@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             let known = sel & 8 != 0;
-            let (server, _server_first) = ScramServer::new(mech, first, known.then(|| keys().clone()), b"secret");
+            let (server, _server_first) = ScramServer::new(mech, first, known.then(|| keys().clone()), b"secret", &cb);
             // Random input must never authenticate.
             assert!(server.finish(fin, &cb).is_err(), "fuzzed proof accepted");
         }

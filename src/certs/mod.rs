@@ -6,7 +6,10 @@
 
 pub mod acme;
 
+mod end_point;
 mod validity;
+
+pub use end_point::server_end_point;
 
 use crate::config::{Config, TlsMode};
 use anyhow::{anyhow, Context, Result};
@@ -33,10 +36,30 @@ pub const ALPN_XMPP_SERVER: &[u8] = b"xmpp-server";
 /// ALPN protocol of ACME TLS-ALPN-01 challenge handshakes (RFC 8737).
 pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
 
+/// A certificate as served, with its RFC 5929 `tls-server-end-point`
+/// binding computed once when it is installed.
+#[derive(Clone)]
+struct Served {
+    key: Arc<CertifiedKey>,
+    end_point: Option<Arc<[u8]>>,
+}
+
 #[derive(Default)]
 struct Inner {
-    by_name: HashMap<String, Arc<CertifiedKey>>,
-    default: Option<Arc<CertifiedKey>>,
+    by_name: HashMap<String, Served>,
+    default: Option<Served>,
+}
+
+impl Inner {
+    /// The certificate a handshake with this SNI gets: the one for that
+    /// name, else the domain's. [`ResolvesServerCert::resolve`] and the
+    /// channel binding both choose through here, so they agree.
+    fn for_sni(&self, sni: Option<&str>) -> Option<&Served> {
+        match sni {
+            Some(sni) => self.by_name.get(&sni.to_ascii_lowercase()).or(self.default.as_ref()),
+            None => self.default.as_ref(),
+        }
+    }
 }
 
 pub struct CertStore {
@@ -112,12 +135,14 @@ impl CertStore {
 
     /// Serve `key` for `names`; the first name's certificate is also the default.
     pub fn install(&self, names: &[String], key: Arc<CertifiedKey>) {
+        let end_point = key.cert.first().and_then(|c| server_end_point(c)).map(Arc::from);
+        let served = Served { key, end_point };
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
         for n in names {
-            inner.by_name.insert(n.to_ascii_lowercase(), key.clone());
+            inner.by_name.insert(n.to_ascii_lowercase(), served.clone());
         }
         if names.iter().any(|n| n.eq_ignore_ascii_case(&self.domain)) || inner.default.is_none() {
-            inner.default = Some(key);
+            inner.default = Some(served);
         }
     }
 
@@ -145,7 +170,20 @@ impl CertStore {
     /// The certificate served for `name`, to present as a TLS client.
     pub fn certified_key(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        inner.by_name.get(&name.to_ascii_lowercase()).cloned()
+        inner.by_name.get(&name.to_ascii_lowercase()).map(|s| s.key.clone())
+    }
+
+    /// The `tls-server-end-point` channel binding (RFC 5929 §4) of the
+    /// certificate served to a handshake that sent `sni`; `None` when the
+    /// certificate's signature algorithm defines none (Ed25519) or there is
+    /// no certificate. rustls does not say which certificate a connection
+    /// was given, so this repeats the resolver's choice; a renewal in the
+    /// instant between the handshake and this call gives the new
+    /// certificate's value, and the exchange then fails with
+    /// `channel-bindings-dont-match`: never a binding the client did not see.
+    pub fn end_point_binding(&self, sni: Option<&str>) -> Option<Arc<[u8]>> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        inner.for_sni(sni)?.end_point.clone()
     }
 
     fn finish_server_config(&self, mut cfg: ServerConfig, alpn: &[&[u8]]) -> Arc<ServerConfig> {
@@ -164,7 +202,7 @@ impl CertStore {
         let mut v: Vec<_> = inner
             .by_name
             .iter()
-            .filter_map(|(n, k)| Some((n.clone(), validity::not_after(k.cert.first()?)?)))
+            .filter_map(|(n, s)| Some((n.clone(), validity::not_after(s.key.cert.first()?)?)))
             .collect();
         v.sort();
         v
@@ -195,7 +233,7 @@ impl CertStore {
                 let exp = inner
                     .by_name
                     .get(n)
-                    .and_then(|k| k.cert.first())
+                    .and_then(|s| s.key.cert.first())
                     .and_then(|c| not_after(c));
                 (n.clone(), exp)
             })
@@ -223,10 +261,7 @@ impl ResolvesServerCert for CertStore {
             };
         }
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let found = match hello.server_name() {
-            Some(sni) => inner.by_name.get(&sni.to_ascii_lowercase()).or(inner.default.as_ref()),
-            None => inner.default.as_ref(),
-        };
+        let found = inner.for_sni(hello.server_name()).map(|s| s.key.clone());
         if found.is_none() {
             let now = crate::store::now();
             if now - self.last_refusal_log.swap(now, Ordering::Relaxed) >= 10 {
@@ -242,7 +277,7 @@ impl ResolvesServerCert for CertStore {
                 }
             }
         }
-        found.cloned()
+        found
     }
 }
 

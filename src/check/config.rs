@@ -61,6 +61,7 @@ pub fn check(config: &Config, r: &mut Report) {
             r.fix("set contact = \"mailto:you@example.org\" under [tls.acme]");
         }
     }
+    components(config, r);
     if config.domain != "localhost" {
         let all: Vec<&SocketAddr> = config.listen.c2s.iter().chain(&config.listen.c2s_direct_tls).collect();
         if !all.is_empty() && all.iter().all(|a| a.ip().is_loopback()) {
@@ -75,5 +76,104 @@ pub fn check(config: &Config, r: &mut Report) {
             );
             r.fix("listen on 0.0.0.0 / [::] (e.g. c2s = [\"0.0.0.0:5222\"])");
         }
+    }
+}
+
+/// External components (XEP-0114): each one, where it connects, and
+/// whether its secret and listener are kept private.
+fn components(config: &Config, r: &mut Report) {
+    let s = Section::Config;
+    let addrs = &config.listen.component;
+    for (domain, c) in &config.components {
+        let key = format!("components.{domain}");
+        if addrs.is_empty() {
+            r.push(
+                s,
+                Level::Error,
+                key,
+                "listen.component is empty: the component cannot connect",
+            );
+            r.fix("set component = [\"127.0.0.1:5347\"] under [listen]");
+            continue;
+        }
+        let secret_from = match &c.secret_file {
+            Some(p) => format!("secret in {}", p.display()),
+            None => "secret in the configuration".to_string(),
+        };
+        r.push(
+            s,
+            Level::Ok,
+            key.clone(),
+            format!("external component (XEP-0114) on {addrs:?}, {secret_from}"),
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let file = c.secret_file.clone().or_else(|| config.source.clone());
+            if let Some(f) = file {
+                if std::fs::metadata(&f).is_ok_and(|m| m.permissions().mode() & 0o004 != 0) {
+                    r.push(
+                        s,
+                        Level::Warning,
+                        format!("components.{domain}.secret"),
+                        format!(
+                            "{} holds the secret and every user on this host can read it",
+                            f.display()
+                        ),
+                    );
+                    r.fix(format!("chmod o-r {}", f.display()));
+                }
+            }
+        }
+    }
+    if !config.components.is_empty() {
+        if let Some(a) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+            r.push(
+                s,
+                Level::Warning,
+                "listen.component",
+                format!("{a} is not loopback: component streams are plain TCP (no TLS)"),
+            );
+            r.fix("keep components on 127.0.0.1, or reach them over a private network or a tunnel");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_are_listed_and_their_secrets_kept_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("bridge.secret");
+        std::fs::write(&secret, "0123456789abcdef-secret\n").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let toml = format!(
+            "[listen]\ncomponent = [\"0.0.0.0:5347\"]\n[components.\"bridge.localhost\"]\nsecret_file = \"{}\"\n",
+            secret.display()
+        );
+        let config = Config::from_toml_str(&toml, None).unwrap();
+        let mut r = Report::default();
+        check(&config, &mut r);
+        let f = |subject: &str| r.findings.iter().find(|f| f.subject == subject);
+        let listed = f("components.bridge.localhost").expect("the component is listed");
+        assert_eq!(listed.level, Level::Ok);
+        assert!(listed.message.contains("XEP-0114"), "{}", listed.message);
+        assert_eq!(
+            f("listen.component").map(|f| f.level),
+            Some(Level::Warning),
+            "not loopback"
+        );
+        #[cfg(unix)]
+        assert_eq!(
+            f("components.bridge.localhost.secret").map(|f| f.level),
+            Some(Level::Warning),
+            "a world-readable secret file"
+        );
     }
 }

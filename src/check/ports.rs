@@ -8,6 +8,13 @@ use std::{net::IpAddr, time::Duration};
 pub async fn check(config: &Config, r: &mut Report) {
     let s = Section::Ports;
     let l = &config.listen;
+    // The component listener is bound only when a component is configured.
+    let none = vec![];
+    let component = if config.components.is_empty() {
+        &none
+    } else {
+        &l.component
+    };
     for (key, addrs) in [
         ("listen.c2s", &l.c2s),
         ("listen.c2s_direct_tls", &l.c2s_direct_tls),
@@ -16,6 +23,7 @@ pub async fn check(config: &Config, r: &mut Report) {
         ("listen.https", &l.https),
         ("listen.http", &l.http),
         ("metrics.listen", &config.metrics.listen),
+        ("listen.component", component),
     ] {
         for a in addrs {
             let subject = format!("{key} {a}");

@@ -2,9 +2,11 @@
 //! `PUSHBOX_<SECTION>__<KEY>` environment variables, checked once with every
 //! problem reported together (file and key named).
 
+mod component;
 mod duration;
 pub mod relay;
 
+pub use component::Component;
 pub use duration::Duration;
 pub use relay::RelayConfig;
 
@@ -46,6 +48,8 @@ pub struct Config {
     pub muc: Muc,
     /// STUN/TURN servers announced with XEP-0215; unset announces none.
     pub turn: Option<Turn>,
+    /// External components (XEP-0114) by domain.
+    pub components: BTreeMap<String, Component>,
     /// Where this configuration came from (not a key).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -70,6 +74,7 @@ impl Default for Config {
             upload: Upload::default(),
             muc: Muc::default(),
             turn: None,
+            components: BTreeMap::new(),
             source: None,
         }
     }
@@ -91,6 +96,10 @@ pub struct Listen {
     pub https: Vec<SocketAddr>,
     /// Plain HTTP, used only for ACME HTTP-01 challenges and redirects; 80 in production.
     pub http: Vec<SocketAddr>,
+    /// External components (XEP-0114, plain TCP: keep it on loopback or a
+    /// private network), usually port 5347. Bound only when
+    /// `[components]` names one.
+    pub component: Vec<SocketAddr>,
 }
 
 impl Default for Listen {
@@ -103,6 +112,7 @@ impl Default for Listen {
             s2s_direct_tls: vec![],
             https: a("127.0.0.1:5443"),
             http: vec![],
+            component: a("127.0.0.1:5347"),
         }
     }
 }
@@ -184,10 +194,34 @@ pub enum RegistrationMode {
     Invite,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Registration {
     pub mode: RegistrationMode,
+    /// Whether a user's contact invitation (ad-hoc `urn:xmpp:invite#invite`)
+    /// may also create an account (as Prosody's `allow_user_invites`).
+    /// Without it the invitation only makes the two accounts contacts.
+    pub user_invites: bool,
+    /// Whether every user, not only administrators, may run the ad-hoc
+    /// command `urn:xmpp:invite#create-account`.
+    pub user_account_invites: bool,
+    /// Most unused, unexpired invitations one (non-administrator) user may
+    /// hold; creating one more is refused until one is used or expires.
+    pub invites_per_user: u32,
+    /// How long an invitation made with an ad-hoc command stays valid.
+    pub invite_expiry: Duration,
+}
+
+impl Default for Registration {
+    fn default() -> Self {
+        Registration {
+            mode: RegistrationMode::default(),
+            user_invites: true,
+            user_account_invites: false,
+            invites_per_user: 5,
+            invite_expiry: Duration::from_secs(7 * 86400),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -469,7 +503,7 @@ fn default_turn_ttl() -> Duration {
 }
 
 /// Keys whose tables take free-form keys.
-const OPEN_TABLES: &[&str] = &["federation.hosts"];
+const OPEN_TABLES: &[&str] = &["federation.hosts", "components"];
 
 /// One problem found in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -698,6 +732,7 @@ impl Config {
         section!(contact, "contact");
         section!(archive, "archive");
         section!(turn, "turn");
+        section!(components, "components");
         section!(push, "push");
         section!(upload, "upload");
         section!(muc, "muc");
@@ -727,6 +762,11 @@ impl Config {
         }
         config.relay.resolve_paths(&base);
         let mut semantic = Vec::new();
+        for (domain, c) in config.components.iter_mut() {
+            c.resolve(domain, &base, &mut |key: &str, message: String| {
+                semantic.push((key.to_string(), message))
+            });
+        }
         config.validate(&mut |key: &str, message: String| semantic.push((key.to_string(), message)));
         for (key, message) in semantic {
             problems.push(Problem {
@@ -768,6 +808,29 @@ impl Config {
         }
         if self.muc.max_occupants == 0 {
             report("muc.max_occupants", "must be at least 1".into());
+        }
+        for domain in self.components.keys() {
+            let key = format!("components.{domain}");
+            // The names pushbox serves itself (certs::service_names, one layer
+            // up), and the group chat service.
+            let mut taken = vec![
+                self.domain.clone(),
+                format!("push.{}", self.domain),
+                format!("upload.{}", self.domain),
+            ];
+            taken.extend(self.muc_domain());
+            if jid::BareJid::new(domain).is_err() || domain.contains('@') || domain.contains('/') {
+                report(&key, format!("`{domain}` is not a valid XMPP domain"));
+            } else if taken.iter().any(|n| n.eq_ignore_ascii_case(domain)) {
+                report(&key, format!("`{domain}` is already served by pushbox itself"));
+            }
+        }
+        let expiry = self.registration.invite_expiry.get();
+        if expiry.as_secs() < 60 || expiry.as_secs() > 366 * 86400 {
+            report(
+                "registration.invite_expiry",
+                "must be between one minute and one year".into(),
+            );
         }
         match self.tls.mode {
             TlsMode::Files => {

@@ -83,6 +83,17 @@ pub async fn handle(core: &Arc<Core>, peer: SocketAddr, req: Request<Incoming>) 
     if method != Method::POST {
         return invitation(&domain, &token, &invite, None, "", StatusCode::OK);
     }
+    if !invite.allow_registration {
+        // A contact invitation for existing accounts only: nothing to post.
+        return invitation(
+            &domain,
+            &token,
+            &invite,
+            Some("This invitation adds a contact to an existing account; it cannot create one."),
+            "",
+            StatusCode::FORBIDDEN,
+        );
+    }
 
     let is_form = req
         .headers()
@@ -141,10 +152,10 @@ pub async fn handle(core: &Arc<Core>, peer: SocketAddr, req: Request<Incoming>) 
     if password != confirm {
         return refuse("The two passwords differ.", StatusCode::BAD_REQUEST);
     }
-    let (u, t) = (username.clone(), token.clone());
+    let (u, t, d) = (username.clone(), token.clone(), domain.clone());
     let outcome = core
         .store
-        .call(move |c| store::invites::sign_up(c, &u, &password, Some(&t)))
+        .call(move |c| store::invites::sign_up(c, &d, &u, &password, Some(&t)))
         .await;
     match outcome {
         Ok(SignUp::Created(account)) => {
@@ -197,7 +208,7 @@ fn invitation(
     username: &str,
     status: StatusCode,
 ) -> Resp {
-    let uri = format!("xmpp:{domain}?register;preauth={token};ibr=y");
+    let uri = invite.uri(domain, token);
     let qr = qrcode::QrCode::new(uri.as_bytes())
         .map(|code| {
             let svg = code
@@ -224,9 +235,41 @@ fn invitation(
     let error = error
         .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
         .unwrap_or_default();
+    let intro = match &invite.contact {
+        Some(user) => format!(
+            "<p><strong>{user}@{domain}</strong> invited you to chat. {domain} is a server for XMPP: open, \
+             federated, end-to-end encrypted messaging. The invitation expires {expires}.{uses}</p>\n\
+             <p>Already have an XMPP account? Open the link below in your app to add {user} as a contact.</p>",
+            user = esc(user),
+            domain = esc(domain),
+        ),
+        None => format!(
+            "<p>You have been invited to chat on <strong>{domain}</strong>, a server for XMPP: open, federated, \
+             end-to-end encrypted messaging. The invitation expires {expires}.{uses}</p>",
+            domain = esc(domain),
+        ),
+    };
+    let form = if invite.allow_registration {
+        format!(
+            r#"<h2>Or create your account here</h2>
+<p>If your app cannot use invitations, choose a username and password here, then log in with them in the app.</p>
+{error}<form method="post">
+<label for="username">Username</label>
+<input id="username" name="username" autocomplete="username" autocapitalize="none" spellcheck="false" maxlength="64" required value="{username}"> <span class="domain">@{domain}</span>
+<label for="password">Password (at least {MIN_PASSWORD} characters)</label>
+<input id="password" name="password" type="password" autocomplete="new-password" minlength="{MIN_PASSWORD}" required>
+<label for="confirm">Password again</label>
+<input id="confirm" name="confirm" type="password" autocomplete="new-password" minlength="{MIN_PASSWORD}" required>
+<button type="submit">Create account</button>
+</form>"#,
+            domain = esc(domain),
+            username = esc(username),
+        )
+    } else {
+        error
+    };
     let body = format!(
-        r#"<p>You have been invited to chat on <strong>{domain}</strong>, a server for XMPP: open, federated,
-end-to-end encrypted messaging. The invitation expires {expires}.{uses}</p>
+        r#"{intro}
 <h2>1. Install an app</h2>
 <ul class="apps">
 <li><strong>Android:</strong> <a href="https://conversations.im/">Conversations</a></li>
@@ -238,20 +281,8 @@ end-to-end encrypted messaging. The invitation expires {expires}.{uses}</p>
 <p><a class="button" href="{uri}">Open in your app</a></p>
 <p>On another device? Scan this code with the app:</p>
 <div class="qr">{qr}</div>
-<h2>Or create your account here</h2>
-<p>If your app cannot use invitations, choose a username and password here, then log in with them in the app.</p>
-{error}<form method="post">
-<label for="username">Username</label>
-<input id="username" name="username" autocomplete="username" autocapitalize="none" spellcheck="false" maxlength="64" required value="{username}"> <span class="domain">@{domain}</span>
-<label for="password">Password (at least {MIN_PASSWORD} characters)</label>
-<input id="password" name="password" type="password" autocomplete="new-password" minlength="{MIN_PASSWORD}" required>
-<label for="confirm">Password again</label>
-<input id="confirm" name="confirm" type="password" autocomplete="new-password" minlength="{MIN_PASSWORD}" required>
-<button type="submit">Create account</button>
-</form>"#,
-        domain = esc(domain),
+{form}"#,
         uri = esc(&uri),
-        username = esc(username),
     );
     page(status, domain, &format!("Join {domain}"), &body)
 }

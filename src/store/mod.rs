@@ -38,6 +38,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("push_encrypt", include_str!("migrations/0008_push_encrypt.sql")),
     ("pep_subscriptions", include_str!("migrations/0009_pep_subscriptions.sql")),
     ("muc", include_str!("migrations/0010_muc.sql")),
+    ("invites", include_str!("migrations/0011_invites.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

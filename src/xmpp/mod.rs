@@ -2,6 +2,7 @@
 //! feature modules.
 
 pub mod c2s;
+pub mod component;
 pub mod forms;
 pub mod iq_tracker;
 pub mod modules;

@@ -1,7 +1,8 @@
 //! SASL on the server side: SCRAM-SHA-256(-PLUS), SCRAM-SHA-1(-PLUS) (RFC
-//! 5802, 7677, 9266 `tls-exporter` binding) and PLAIN (RFC 4616, offered only
-//! over TLS). Knows nothing of XML or sockets: the c2s layer feeds it decoded
-//! bytes and sends back what it returns.
+//! 5802, 7677; bindings `tls-exporter` RFC 9266 and `tls-server-end-point`
+//! RFC 5929), XEP-0474 downgrade protection, and PLAIN (RFC 4616, offered
+//! only over TLS). Knows nothing of XML or sockets: the c2s layer feeds it
+//! decoded bytes and sends back what it returns.
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use subtle::ConstantTimeEq;
@@ -340,14 +341,36 @@ pub struct ScramServer {
     cb_type: Option<CbType>,
 }
 
+/// XEP-0474 (SSDP): what the client saw offered, as the server computes it:
+/// the mechanisms sorted, joined by U+001E, then U+001F and the
+/// channel-binding types of `<sasl-channel-binding/>` sorted and joined the
+/// same way (only when that list was offered), hashed with the mechanism's
+/// hash. The client compares it with its own view of the stream features,
+/// so a man in the middle who removed -PLUS or a binding type is caught.
+pub fn ssdp(mech: Mechanism, cb: &ChannelBindings) -> String {
+    let mut mechs: Vec<&str> = Mechanism::offered(cb).iter().map(|m| m.name()).collect();
+    mechs.sort_unstable();
+    let mut s = mechs.join("\u{1e}");
+    if cb.any() {
+        let mut types: Vec<&str> = cb.types().iter().map(|t| t.name()).collect();
+        types.sort_unstable();
+        s.push('\u{1f}');
+        s.push_str(&types.join("\u{1e}"));
+    }
+    B64.encode(digest(mech.hash(), s.as_bytes()))
+}
+
 impl ScramServer {
     /// `keys` is `None` for an unknown user; `fake_secret` then makes a
-    /// stable fake salt so that repeated probes look alike.
+    /// stable fake salt so that repeated probes look alike. `cb` is what
+    /// this connection offered; the server-first message carries its
+    /// XEP-0474 hash as the extension attribute `h`.
     pub fn new(
         mech: Mechanism,
         first: ClientFirst,
         keys: Option<ScramKeys>,
         fake_secret: &[u8],
+        cb: &ChannelBindings,
     ) -> (ScramServer, Vec<u8>) {
         let real = keys.is_some();
         let keys = keys.unwrap_or_else(|| {
@@ -363,7 +386,12 @@ impl ScramServer {
         });
         let server_nonce: [u8; 18] = rand::random();
         let nonce = format!("{}{}", first.client_nonce, B64.encode(server_nonce));
-        let server_first = format!("r={nonce},s={},i={}", B64.encode(&keys.salt), keys.iterations);
+        let server_first = format!(
+            "r={nonce},s={},i={},h={}",
+            B64.encode(&keys.salt),
+            keys.iterations,
+            ssdp(mech, cb)
+        );
         let out = server_first.clone().into_bytes();
         (
             ScramServer {
@@ -485,7 +513,7 @@ mod tests {
         let first = format!("{gs2}n=alice,r=abcdef");
         let cf = scram_client_first(mech, first.as_bytes(), cb)?;
         let bound = cf.cb_type.and_then(|t| cb.data(t)).unwrap_or(&[]).to_vec();
-        let (srv, sf) = ScramServer::new(mech, cf, Some(keys), b"k");
+        let (srv, sf) = ScramServer::new(mech, cf, Some(keys), b"k", cb);
         let fin = client_final(
             mech.hash(),
             pw,
@@ -521,7 +549,7 @@ mod tests {
         // The client bound to different data (a man in the middle).
         let keys = ScramKeys::derive("pw", 4096);
         let cf = scram_client_first(Mechanism::ScramSha256Plus, b"p=tls-exporter,,n=alice,r=x", &cb).unwrap();
-        let (srv, sf) = ScramServer::new(Mechanism::ScramSha256Plus, cf, Some(keys), b"k");
+        let (srv, sf) = ScramServer::new(Mechanism::ScramSha256Plus, cf, Some(keys), b"k", &cb);
         let fin = client_final(
             Hash::Sha256,
             "pw",
@@ -583,7 +611,7 @@ mod tests {
     fn unknown_user_fails_at_the_end() {
         let none = ChannelBindings::default();
         let cf = scram_client_first(Mechanism::ScramSha256, b"n,,n=ghost,r=x", &none).unwrap();
-        let (srv, sf) = ScramServer::new(Mechanism::ScramSha256, cf, None, b"k");
+        let (srv, sf) = ScramServer::new(Mechanism::ScramSha256, cf, None, b"k", &none);
         let fin = client_final(
             Hash::Sha256,
             "",
@@ -614,6 +642,37 @@ mod tests {
         }
         assert!(parse_plain(b"\0alice").is_err());
         assert_eq!(parse_plain(b"\0alice\0pw").unwrap().1, "alice");
+    }
+
+    #[test]
+    fn downgrade_protection_hashes_what_was_offered() {
+        use sha2::{Digest, Sha256};
+        let both = ChannelBindings {
+            tls_exporter: Some(vec![1; 32]),
+            tls_server_end_point: Some(vec![2; 32]),
+        };
+        // XEP-0474's string, written out by hand: sorted, U+001E between
+        // items, U+001F before the binding types.
+        let want = "PLAIN\u{1e}SCRAM-SHA-1\u{1e}SCRAM-SHA-1-PLUS\u{1e}SCRAM-SHA-256\u{1e}SCRAM-SHA-256-PLUS\
+                    \u{1f}tls-exporter\u{1e}tls-server-end-point";
+        assert_eq!(
+            ssdp(Mechanism::ScramSha256Plus, &both),
+            B64.encode(Sha256::digest(want))
+        );
+        let sha1 = digest(Hash::Sha1, want.as_bytes());
+        assert_eq!(ssdp(Mechanism::ScramSha1, &both), B64.encode(sha1));
+        // Without bindings: no -PLUS and no binding list.
+        let none = ChannelBindings::default();
+        let want = "PLAIN\u{1e}SCRAM-SHA-1\u{1e}SCRAM-SHA-256";
+        assert_eq!(ssdp(Mechanism::ScramSha256, &none), B64.encode(Sha256::digest(want)));
+        // The attribute is in the server-first message.
+        let cf = scram_client_first(Mechanism::ScramSha256, b"n,,n=alice,r=x", &none).unwrap();
+        let (_, sf) = ScramServer::new(Mechanism::ScramSha256, cf, None, b"k", &none);
+        let sf = String::from_utf8(sf).unwrap();
+        assert!(
+            sf.ends_with(&format!(",h={}", ssdp(Mechanism::ScramSha256, &none))),
+            "{sf}"
+        );
     }
 
     #[test]

@@ -54,6 +54,8 @@ pub struct TestServer {
     pub https: Option<SocketAddr>,
     pub c2s: SocketAddr,
     pub c2s_tls: SocketAddr,
+    /// The component listener (XEP-0114), when a component is configured.
+    pub component: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     pub config: Config,
 }
@@ -83,7 +85,7 @@ impl TestServer {
         }
         let toml = format!(
             "domain = \"localhost\"\n\
-             [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = [\"127.0.0.1:0\"]\nhttps = []\n\
+             [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = [\"127.0.0.1:0\"]\nhttps = []\ncomponent = [\"127.0.0.1:0\"]\n\
              {extra}\n"
         );
         let toml = merge_limits(&toml);
@@ -104,11 +106,13 @@ impl TestServer {
         listeners.https.extend(https);
         let c2s = listeners.c2s[0].local_addr().unwrap();
         let c2s_tls = listeners.c2s_direct_tls[0].local_addr().unwrap();
+        let component = listeners.component.first().map(|l| l.local_addr().unwrap());
         let daemon = daemon::InProcess::start(config.clone(), listeners, WAIT).await;
         TestServer {
             https: https_addr,
             c2s,
             c2s_tls,
+            component,
             dir,
             config,
             daemon,
@@ -149,6 +153,7 @@ impl TestServer {
         let listeners = pushbox::Listeners::bind(&self.config).await.unwrap();
         self.c2s = listeners.c2s[0].local_addr().unwrap();
         self.c2s_tls = listeners.c2s_direct_tls[0].local_addr().unwrap();
+        self.component = listeners.component.first().map(|l| l.local_addr().unwrap());
         self.daemon = daemon::InProcess::start(self.config.clone(), listeners, WAIT).await;
     }
 

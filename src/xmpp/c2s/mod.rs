@@ -102,8 +102,10 @@ async fn open_plaintext(server: &Server, xs: &mut XmlStream<TcpStream>) -> Resul
 }
 
 /// What SCRAM-*-PLUS can bind to on this connection: the TLS 1.3 exporter
-/// value (`tls-exporter`, RFC 9266).
-fn channel_bindings(tls: &Tls) -> ChannelBindings {
+/// value (`tls-exporter`, RFC 9266) and, on TLS 1.2 and 1.3, the hash of
+/// the certificate this connection was given (`tls-server-end-point`,
+/// RFC 5929), which XEP-0440 requires of servers.
+fn channel_bindings(server: &Server, tls: &Tls) -> ChannelBindings {
     let conn = tls.get_ref().1;
     let tls_exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
         conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
@@ -113,12 +115,12 @@ fn channel_bindings(tls: &Tls) -> ChannelBindings {
     };
     ChannelBindings {
         tls_exporter,
-        tls_server_end_point: None,
+        tls_server_end_point: server.certs.end_point_binding(conn.server_name()).map(|b| b.to_vec()),
     }
 }
 
 async fn after_tls(server: Arc<Server>, tls: Tls) {
-    let cb = channel_bindings(&tls);
+    let cb = channel_bindings(&server, &tls);
     let peer_ip = tls.get_ref().0.peer_addr().map(|a| a.ip()).ok();
     let mut xs = XmlStream::new(tls, limits(&server));
     let deadline = server.config.limits.auth_timeout.get();
@@ -414,7 +416,7 @@ async fn sasl_exchange(
         Ok(f) => f,
         Err(r) => return Ok(Err(r)),
     };
-    let (scram, server_first, username) = scram_start(server, mech, first).await;
+    let (scram, server_first, username) = scram_start(server, mech, first, cb).await;
     xs.send(&elem("challenge", NS_SASL).text_child(B64.encode(server_first)))
         .await?;
     let response = match xs.next_event().await? {
@@ -467,6 +469,7 @@ pub(crate) async fn scram_start(
     server: &Server,
     mech: Mechanism,
     first: sasl::ClientFirst,
+    cb: &ChannelBindings,
 ) -> (ScramServer, Vec<u8>, String) {
     let username = match store::accounts::normalize(&first.username) {
         Ok(u) => u,
@@ -478,6 +481,6 @@ pub(crate) async fn scram_start(
         .call(move |c| Ok(store::accounts::get(c, &u)?.map(|a| a.keys)))
         .await
         .unwrap_or(None);
-    let (scram, server_first) = ScramServer::new(mech, first, keys, &server.fake_salt_secret);
+    let (scram, server_first) = ScramServer::new(mech, first, keys, &server.fake_salt_secret, cb);
     (scram, server_first, username)
 }

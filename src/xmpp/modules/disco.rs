@@ -73,6 +73,9 @@ impl Module for Disco {
             let account = ctx.to.node().is_some();
             let out = match (items, account) {
                 (false, false) => {
+                    if let Some(info) = node.as_deref().and_then(|n| super::adhoc::info(ctx.server, n)) {
+                        return Ok(Some(info));
+                    }
                     if node.as_deref().is_some_and(|n| !n.starts_with(CAPS_NODE)) {
                         return Err(crate::xmpp::stanza::Condition::ItemNotFound.into());
                     }
@@ -91,6 +94,9 @@ impl Module for Disco {
                         q.append_child(elem("item", NS_ITEMS).with("jid", domain));
                     }
                     q
+                }
+                (true, false) if node.as_deref() == Some(crate::xmpp::ns::COMMANDS) => {
+                    super::adhoc::items(ctx.server, ctx.from).await?
                 }
                 (true, true) if node.is_none() => {
                     let mut q = elem("query", NS_ITEMS);

@@ -5,12 +5,14 @@
 //! order, and name no module themselves. Adding a feature is a new file
 //! plus one line in [`Modules::new`].
 
+pub mod adhoc;
 pub mod blocking;
 pub mod bookmarks;
 pub mod caps;
 pub mod carbons;
 pub mod disco;
 pub mod extdisco;
+pub mod invites;
 pub mod mam;
 pub mod pep;
 pub mod ping;
@@ -129,6 +131,16 @@ pub trait Module: Any + Send + Sync + 'static {
     fn handle_iq<'a>(&'a self, _ctx: IqCtx<'a>) -> BoxFuture<'a, IqReply> {
         Box::pin(async { Err(Condition::ServiceUnavailable.into()) })
     }
+    /// XEP-0050 commands this module offers on the domain (listed and
+    /// dispatched by [`adhoc`]).
+    fn commands(&self, _server: &Server) -> Vec<adhoc::Command> {
+        vec![]
+    }
+    /// Run the command `node` (one of [`Module::commands`]) for a local
+    /// user allowed to; answers the `<command/>` payload.
+    fn run_command<'a>(&'a self, _ctx: IqCtx<'a>, _node: &'a str) -> BoxFuture<'a, IqReply> {
+        Box::pin(async { Err(Condition::ItemNotFound.into()) })
+    }
     /// Background work, started once when the daemon runs.
     fn start(&self, _server: &Arc<Server>) {}
     /// The hooks this module implements.
@@ -214,6 +226,8 @@ impl Modules {
         m.add(Arc::new(version::Version));
         m.add(Arc::new(roster::Roster));
         m.add(Arc::new(register::Register));
+        m.add(Arc::new(adhoc::Adhoc));
+        m.add(Arc::new(invites::Invites));
         m.add(Arc::new(mam::Mam::default()));
         m.add(Arc::new(carbons::Carbons));
         m.add(Arc::new(push::Push::default()));

@@ -1,7 +1,8 @@
 //! In-band registration (XEP-0077) and pre-authenticated registration with
-//! invite tokens (XEP-0445). Before authentication the c2s layer calls
+//! invitation tokens (XEP-0445, announced as `urn:xmpp:ibr-token:0` and the
+//! older `urn:xmpp:invite`). Before authentication the c2s layer calls
 //! [`pre_auth`]; afterwards this module handles password changes and
-//! account removal.
+//! account removal. Invitations themselves are [`super::invites`].
 
 use super::{BoxFuture, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
@@ -20,6 +21,9 @@ pub const NS: &str = "jabber:iq:register";
 pub const NS_FEATURE: &str = "http://jabber.org/features/iq-register";
 pub const NS_PARS: &str = "urn:xmpp:pars:0";
 pub const NS_INVITE_FEATURE: &str = "urn:xmpp:invite";
+/// XEP-0445's stream feature: registration takes a `<preauth/>` token
+/// (Monal sends its token only when this is offered).
+pub const NS_IBR_TOKEN: &str = "urn:xmpp:ibr-token:0";
 
 pub struct Register;
 
@@ -99,19 +103,26 @@ impl Module for Register {
     }
 }
 
-/// Stream features offered before authentication.
+/// Stream features offered before authentication: in-band registration,
+/// and (as Prosody's mod_invites_register does) both invitation features
+/// wherever registration is possible: in "open" mode a token still makes
+/// the new account the inviter's contact.
 pub fn pre_auth_features(server: &Server) -> Vec<Element> {
     match server.config.registration.mode {
         RegistrationMode::Closed => vec![],
-        RegistrationMode::Open => vec![elem("register", NS_FEATURE)],
-        RegistrationMode::Invite => vec![elem("register", NS_FEATURE), elem("register", NS_INVITE_FEATURE)],
+        RegistrationMode::Open | RegistrationMode::Invite => vec![
+            elem("register", NS_FEATURE),
+            elem("register", NS_IBR_TOKEN),
+            elem("register", NS_INVITE_FEATURE),
+        ],
     }
 }
 
 /// Per-connection registration state before authentication.
 #[derive(Default)]
 pub struct PreAuthState {
-    /// A token accepted with `<preauth/>`, used when the account is created.
+    /// A token accepted with `<preauth/>`, used when the account is created
+    /// (its expiry was checked then, XEP-0445 §4).
     pub token: Option<String>,
 }
 
@@ -122,7 +133,7 @@ pub async fn pre_auth(server: &Arc<Server>, iq: &Element, state: &mut PreAuthSta
     let payload = iq_payload(iq)?;
     let set = iq.attr("type") == Some("set");
     match (payload.name(), payload.ns().as_str()) {
-        ("preauth", NS_PARS) if mode == RegistrationMode::Invite && set => {
+        ("preauth", NS_PARS) if mode != RegistrationMode::Closed && set => {
             let token = payload.attr("token").unwrap_or_default().to_string();
             let t = token.clone();
             let valid = server
@@ -170,15 +181,20 @@ pub async fn pre_auth(server: &Arc<Server>, iq: &Element, state: &mut PreAuthSta
                 ));
             }
             let token = state.token.clone();
+            let domain = server.domain().to_string();
             let res = server
                 .store
-                .call(move |c| store::invites::sign_up(c, &username, &password, token.as_deref()))
+                .call(move |c| match token {
+                    Some(t) => store::invites::sign_up_preauthorized(c, &domain, &username, &password, &t),
+                    None => store::invites::sign_up(c, &domain, &username, &password, None),
+                })
                 .await
                 .map_err(|_| StanzaError::from(Condition::InternalServerError))?;
             match res {
                 SignUp::Created(u) => {
-                    tracing::info!(account = %u, "account registered in-band");
+                    tracing::info!(account = %u, invited = state.token.is_some(), "account registered in-band");
                     state.token = None;
+                    super::invites::tell_inviters(server, &u).await;
                     Ok(None)
                 }
                 SignUp::UsernameTaken => Err(StanzaError::new(Condition::Conflict, "that username is taken")),

@@ -154,8 +154,9 @@ pub(crate) async fn bounce(server: &Arc<Server>, stanza: &Element, condition: Co
     router::reply(server, stanza::bounce(stanza, e, server.domain())).await
 }
 
-/// Copy `el` with every element in namespace `from` moved to `to`.
-fn rename_ns(el: &Element, from: &str, to: &str) -> Element {
+/// Copy `el` with every element in namespace `from` moved to `to` (also
+/// the component edge, [`crate::xmpp::component`]).
+pub(crate) fn rename_ns(el: &Element, from: &str, to: &str) -> Element {
     let ns = el.ns();
     let mut out = Element::bare(el.name(), if ns == from { to.to_string() } else { ns });
     *out.attrs_mut() = el.attrs().clone();

@@ -1,20 +1,22 @@
 //! Services on their own domains, beside the server's: `push.<domain>` (the
-//! relay's XMPP face, an XEP-0357 app server) and `upload.<domain>`
-//! (XEP-0363) and `groups.<domain>` (XEP-0045 group chat). The router hands a service every stanza addressed to its
+//! relay's XMPP face, an XEP-0357 app server), `upload.<domain>` (XEP-0363),
+//! `groups.<domain>` (XEP-0045 group chat) and each external component's
+//! domain (XEP-0114). The router hands a service every stanza addressed to its
 //! domain or to any JID on it. Adding one is a new file with a
 //! [`Service`] implementation plus one line in [`Services::for_config`].
 
 pub mod app_server;
+pub mod component;
 pub mod muc;
 pub mod upload;
 
 use super::{modules::BoxFuture, Server};
 use crate::config::Config;
 use minidom::Element;
-use std::sync::Arc;
+use std::{any::Any, sync::Arc};
 
 /// A service on a domain of its own.
-pub trait Service: Send + Sync + 'static {
+pub trait Service: Any + Send + Sync + 'static {
     /// Its name in logs.
     fn name(&self) -> &'static str;
     /// Handle a stanza addressed to the service's domain (its `from` is
@@ -41,6 +43,9 @@ impl Services {
         if config.upload.enabled {
             s.add(format!("upload.{}", config.domain), Arc::new(upload::Upload));
         }
+        for (domain, c) in &config.components {
+            s.add(domain.clone(), Arc::new(component::Component::new(domain, c.secret())));
+        }
         s
     }
 
@@ -54,6 +59,12 @@ impl Services {
             .iter()
             .find(|(d, _)| d.eq_ignore_ascii_case(domain))
             .map(|(_, s)| s)
+    }
+
+    /// The service of type `T` on `domain`, if that is what runs there.
+    pub fn get<T: Service>(&self, domain: &str) -> Option<&T> {
+        let s = self.find(domain)?;
+        (s.as_ref() as &dyn Any).downcast_ref::<T>()
     }
 
     /// Every service domain, in registration order (for disco#items).

@@ -76,6 +76,9 @@ impl Muc {
             return Ok((r.clone(), false));
         }
         let cap = server.config.muc.max_history as usize;
+        // The history comes from the archive: what the batching writer still
+        // holds of a room unloaded a moment ago must be in it first.
+        crate::xmpp::modules::mam::Mam::archive(server).flush().await;
         let n = name.to_string();
         let loaded = server
             .store
@@ -195,7 +198,9 @@ impl Muc {
             let (shared, created) = match self.lookup(server, &name, &st, &from).await {
                 Ok(r) => r,
                 Err(e) => {
-                    if let Some(b) = stanza::bounce(&st, e, server.domain()) {
+                    // Leaving a room that is gone needs no answer.
+                    let leaving = st.name() == "presence" && stanza::typ(&st) == "unavailable";
+                    if let Some(b) = stanza::bounce(&st, e, server.domain()).filter(|_| !leaving) {
                         route(server, b).await;
                     }
                     return;
