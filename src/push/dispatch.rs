@@ -34,6 +34,11 @@ pub(crate) async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
         Err(e) => tracing::error!(error = %e, "outbox recovery failed"),
     }
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    // Deliveries the store claimed as it committed them: sent at once.
+    if let Some(ready) = relay.inner.store.take_ready() {
+        relay.inner.handoff.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(send_ready(relay.clone(), ready, permits.clone(), stop.clone()));
+    }
     loop {
         if *stop.borrow() {
             return;
@@ -59,7 +64,6 @@ pub(crate) async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
                 async move {
                     deliver(&relay, d).await;
                     drop(permit);
-                    relay.inner.wake.notify_one();
                 }
                 .instrument(span),
             );
@@ -77,6 +81,37 @@ pub(crate) async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Send what the store hands over in memory, within the same concurrency limit.
+async fn send_ready(
+    relay: Relay,
+    mut ready: tokio::sync::mpsc::Receiver<Delivery>,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let d = tokio::select! {
+            d = ready.recv() => match d {
+                Some(d) => d,
+                None => return,
+            },
+            _ = crate::shutdown::stopped(&mut stop) => return,
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let relay = relay.clone();
+        let span = tracing::info_span!("push", push_id = d.push_id, device = %d.device.id, kind = %d.device.kind,
+            token = secret::prefix(&d.token));
+        tokio::spawn(
+            async move {
+                deliver(&relay, d).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -122,7 +157,9 @@ async fn deliver(relay: &Relay, d: Delivery) {
                 tracing::info!(%reason, attempt = d.attempts + 1, retry_in_ms = delay.as_millis() as u64, "will retry");
                 counters.map(|c| c.retried.fetch_add(1, Ordering::Relaxed));
                 export("retried");
-                store.reschedule(push_id, dev, at).await
+                let r = store.reschedule(push_id, dev, at).await;
+                relay.inner.wake.notify_one();
+                r
             }
         }
         Outcome::Dead(reason) => {

@@ -201,6 +201,9 @@ struct Inner {
     /// Wakes the dispatcher when a push is committed (here, or on another
     /// node through the store) or a delivery ends.
     wake: Arc<Notify>,
+    /// The store hands committed deliveries to the dispatcher in memory:
+    /// a commit needs no wake-up.
+    handoff: std::sync::atomic::AtomicBool,
     providers: providers::Providers,
 }
 
@@ -222,6 +225,7 @@ impl Relay {
                 counters: Counters::default(),
                 ip_buckets: Default::default(),
                 wake: Arc::new(Notify::new()),
+                handoff: Default::default(),
                 providers,
             }),
         })
@@ -513,7 +517,9 @@ impl Relay {
             priority = prio,
             "push accepted"
         );
-        self.inner.wake.notify_one();
+        if !self.inner.handoff.load(Ordering::Relaxed) {
+            self.inner.wake.notify_one();
+        }
         Ok(Accepted { push_id, devices })
     }
 

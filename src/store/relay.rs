@@ -261,13 +261,10 @@ pub fn list_tokens(c: &Connection, account_id: i64) -> Result<Vec<Token>> {
 }
 
 pub fn token_by_hash(c: &Connection, hash: &[u8]) -> Result<Option<Token>> {
-    Ok(c.query_row(
-        &format!(
-            "SELECT {TOKEN_COLS} FROM relay_tokens t JOIN relay_devices d ON d.id = t.device_id WHERE t.hash = ?1"
-        ),
-        [hash],
-        token_row,
-    )
+    Ok(c.prepare_cached(&format!(
+        "SELECT {TOKEN_COLS} FROM relay_tokens t JOIN relay_devices d ON d.id = t.device_id WHERE t.hash = ?1"
+    ))?
+    .query_row([hash], token_row)
     .optional()?)
 }
 
@@ -317,6 +314,76 @@ pub fn enqueue(c: &mut Connection, token_hash: &[u8], p: &NewPush<'_>, now_ms: i
     }
     tx.commit()?;
     Ok(Some((id, n)))
+}
+
+/// [`enqueue`] inside a transaction the caller holds (the relay's
+/// group-commit writer), with cached statements. With `claimed` the
+/// deliveries go in as `sending` and come back whole, for the dispatcher to
+/// send without claiming them; else they are `pending` and none come back.
+/// `None`: the token no longer exists, nothing was enqueued.
+pub fn enqueue_in(
+    c: &Connection,
+    token_hash: &[u8],
+    p: &NewPush<'_>,
+    now_ms: i64,
+    claimed: bool,
+) -> Result<Option<(i64, usize, Vec<Delivery>)>> {
+    let live = c
+        .prepare_cached("SELECT 1 FROM relay_tokens WHERE hash = ?1")?
+        .exists([token_hash])?;
+    if !live {
+        return Ok(None);
+    }
+    let devices: Vec<Device> = c
+        .prepare_cached(&format!(
+            "SELECT {DEVICE_COLS} FROM relay_devices d WHERE d.account_id = ?1 AND d.active = 1"
+        ))?
+        .query_map([p.account_id], |r| device_row(r, 0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if devices.is_empty() {
+        return Ok(Some((0, 0, Vec::new())));
+    }
+    let created = now();
+    c.prepare_cached(
+        "INSERT INTO relay_outbox (account_id, token, collapse, data, priority, created, expires)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        p.account_id,
+        p.token,
+        p.collapse,
+        p.data,
+        p.priority,
+        created,
+        p.expires
+    ])?;
+    let id = c.last_insert_rowid();
+    let state = if claimed { "sending" } else { "pending" };
+    let mut insert =
+        c.prepare_cached("INSERT INTO relay_deliveries (push_id, device_id, next_at, state) VALUES (?1, ?2, ?3, ?4)")?;
+    for d in &devices {
+        insert.execute(params![id, d.id, now_ms, state])?;
+    }
+    let n = devices.len();
+    let handed = if claimed {
+        devices
+            .into_iter()
+            .map(|device| Delivery {
+                push_id: id,
+                device,
+                token: p.token.to_string(),
+                collapse: p.collapse.to_string(),
+                data: p.data.map(str::to_string),
+                priority: p.priority.to_string(),
+                created,
+                expires: p.expires,
+                attempts: 0,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Some((id, n, handed)))
 }
 
 /// Claim the deliveries due at `now_ms`, oldest first: they move from
@@ -379,25 +446,31 @@ pub fn finish(c: &mut Connection, push_id: i64, device_id: &str, state: &str) ->
         return Err(StoreError::Other(format!("bad delivery state {state}")));
     }
     let tx = c.transaction()?;
-    tx.execute(
-        "UPDATE relay_deliveries SET state = ?3, attempts = attempts + 1 WHERE push_id = ?1 AND device_id = ?2",
-        params![push_id, device_id, state],
-    )?;
-    tx.execute(
-        "DELETE FROM relay_outbox WHERE id = ?1
-         AND NOT EXISTS (SELECT 1 FROM relay_deliveries WHERE push_id = ?1 AND state IN ('pending', 'sending'))",
-        [push_id],
-    )?;
+    finish_in(&tx, push_id, device_id, state)?;
     tx.commit()?;
     Ok(())
 }
 
+/// [`finish`] inside a transaction the caller holds, with cached statements.
+pub fn finish_in(c: &Connection, push_id: i64, device_id: &str, state: &str) -> Result<()> {
+    c.prepare_cached(
+        "UPDATE relay_deliveries SET state = ?3, attempts = attempts + 1 WHERE push_id = ?1 AND device_id = ?2",
+    )?
+    .execute(params![push_id, device_id, state])?;
+    c.prepare_cached(
+        "DELETE FROM relay_outbox WHERE id = ?1
+         AND NOT EXISTS (SELECT 1 FROM relay_deliveries WHERE push_id = ?1 AND state IN ('pending', 'sending'))",
+    )?
+    .execute([push_id])?;
+    Ok(())
+}
+
 pub fn reschedule(c: &Connection, push_id: i64, device_id: &str, next_at_ms: i64) -> Result<()> {
-    c.execute(
+    c.prepare_cached(
         "UPDATE relay_deliveries SET state = 'pending', attempts = attempts + 1, next_at = ?3
          WHERE push_id = ?1 AND device_id = ?2 AND state = 'sending'",
-        params![push_id, device_id, next_at_ms],
-    )?;
+    )?
+    .execute(params![push_id, device_id, next_at_ms])?;
     Ok(())
 }
 

@@ -45,6 +45,9 @@ pub struct ApnsState {
     pub stall: std::sync::atomic::AtomicBool,
     pub held: std::sync::atomic::AtomicUsize,
     unstalled: Notify,
+    /// Provider tokens whose signature verified (APNs too checks a token
+    /// once, not on every push): keeps the stand-in cheap under load.
+    verified: Mutex<HashMap<String, (Value, Value)>>,
 }
 
 impl ApnsState {
@@ -198,7 +201,14 @@ fn apns_answer_to(log: &Log, state: &ApnsState, public: &[u8], req: Request<Byte
         log.violation("no bearer provider token".into());
         return apns_error(403, "MissingProviderToken");
     };
-    match verify_es256(&auth, public) {
+    let cached = state.verified.lock().unwrap().get(&auth).cloned();
+    let verified = match cached {
+        Some(v) => Ok(v),
+        None => verify_es256(&auth, public).inspect(|v| {
+            state.verified.lock().unwrap().insert(auth.clone(), v.clone());
+        }),
+    };
+    match verified {
         Ok((header, claims)) => {
             if header["alg"] != "ES256" || header["kid"] != APNS_KEY_ID || claims["iss"] != APNS_TEAM_ID {
                 log.violation(format!("provider token header/claims wrong: {header} {claims}"));

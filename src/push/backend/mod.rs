@@ -136,6 +136,13 @@ pub trait RelayStore: Send + Sync {
     /// Wake `wake` whenever another node commits a push, until `stop`.
     /// Nothing to do for a store only this node uses.
     fn watch_commits(&self, _wake: Arc<Notify>, _stop: watch::Receiver<bool>) {}
+
+    /// Deliveries this store claimed itself as it committed their push, to
+    /// be sent without a claim (the dispatcher takes the receiver once).
+    /// `None`: every delivery is claimed from the store (`claim`).
+    fn take_ready(&self) -> Option<tokio::sync::mpsc::Receiver<Delivery>> {
+        None
+    }
 }
 
 /// The relay's store as `[relay] database` says: PostgreSQL (connected,

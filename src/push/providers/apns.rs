@@ -8,7 +8,7 @@
 //! built here (the `a2` crate's client cannot be pointed at another host and
 //! brings its own TLS set-up).
 
-use super::{message_dict, priority, Outcome};
+use super::{message_json, priority, Outcome};
 use crate::{
     config::relay::{Apns as ApnsConfig, ApnsAuth, ApnsEnvironment},
     push::{
@@ -33,6 +33,9 @@ const JWT_REUSE: Duration = Duration::from_secs(40 * 60);
 /// The alert shown for a `high` push: a localization key the app may
 /// translate; iOS shows the key itself when the app has no translation.
 pub const ALERT_LOC_KEY: &str = "New message";
+/// The `aps` dictionary of a `high` push (an alert) and of a `low` one.
+const ALERT_APS: &str = r#"{"alert":{"loc-key":"New message"},"sound":"default","mutable-content":1}"#;
+const BACKGROUND_APS: &str = r#"{"content-available":1}"#;
 
 pub struct Apns {
     client: HttpsClient,
@@ -110,14 +113,10 @@ impl Apns {
             },
         };
         let (push_type, prio, aps) = match priority(d) {
-            Priority::High => (
-                "alert",
-                "10",
-                serde_json::json!({ "alert": { "loc-key": ALERT_LOC_KEY }, "sound": "default", "mutable-content": 1 }),
-            ),
-            Priority::Low => ("background", "5", serde_json::json!({ "content-available": 1 })),
+            Priority::High => ("alert", "10", ALERT_APS),
+            Priority::Low => ("background", "5", BACKGROUND_APS),
         };
-        let body = serde_json::json!({ "aps": aps, "message": message_dict(d) });
+        let body = format!(r#"{{"aps":{aps},"message":{}}}"#, message_json(d));
         let url = format!("{}/3/device/{}", self.base, d.device.registration_id);
         let mut req = hyper::Request::post(url);
         if let Some(jwt) = &jwt {
@@ -131,7 +130,7 @@ impl Apns {
             .header("apns-expiration", d.expires.to_string())
             .header("apns-collapse-id", &d.collapse)
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.to_string())));
+            .body(Full::new(Bytes::from(body)));
         let req = match req {
             Ok(r) => r,
             Err(e) => return Outcome::Dead(format!("device token unusable in a URL: {e}")),
@@ -241,6 +240,15 @@ fn classify(status: u16, reason: &str, after: Option<Duration>, forget_token: im
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_alert_names_its_localization_key() {
+        let aps: serde_json::Value = serde_json::from_str(ALERT_APS).unwrap();
+        assert_eq!(aps["alert"]["loc-key"], ALERT_LOC_KEY);
+        assert_eq!(aps["mutable-content"], 1);
+        let aps: serde_json::Value = serde_json::from_str(BACKGROUND_APS).unwrap();
+        assert_eq!(aps, serde_json::json!({ "content-available": 1 }));
+    }
 
     #[test]
     fn dead_tokens_retries_and_drops() {

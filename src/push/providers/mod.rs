@@ -94,6 +94,18 @@ pub fn message_dict(d: &Delivery) -> serde_json::Value {
     serde_json::json!({ "token": d.token, "data": data })
 }
 
+/// [`message_dict`] as JSON text, with the stored `data` (JSON written by
+/// the relay itself at submit) spliced in rather than parsed again.
+pub fn message_json(d: &Delivery) -> String {
+    let token = serde_json::Value::String(d.token.clone());
+    match d.data.as_deref() {
+        Some(data) if serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok() => {
+            format!(r#"{{"token":{token},"data":{data}}}"#)
+        }
+        _ => format!(r#"{{"token":{token},"data":null}}"#),
+    }
+}
+
 pub fn priority(d: &Delivery) -> Priority {
     Priority::parse(&d.priority).unwrap_or_default()
 }
@@ -133,6 +145,38 @@ pub fn retry_or_drop(status: u16, retry_after: Option<Duration>, why: String) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_message_json_equals_the_dictionary() {
+        let d = |data: Option<&str>| Delivery {
+            push_id: 1,
+            device: crate::store::relay::Device {
+                id: "d".into(),
+                account_id: 1,
+                kind: "apns".into(),
+                name: None,
+                active: true,
+                registration_id: "ab".into(),
+                device_id: None,
+                p256dh: None,
+                auth: None,
+                upstream_token: None,
+                created: 0,
+            },
+            token: "t\"ok".into(),
+            collapse: "c".into(),
+            data: data.map(str::to_string),
+            priority: "high".into(),
+            created: 0,
+            expires: 0,
+            attempts: 0,
+        };
+        for data in [None, Some(r#"{"a":[1,"x"]}"#), Some("not json")] {
+            let d = d(data);
+            let spliced: serde_json::Value = serde_json::from_str(&message_json(&d)).unwrap();
+            assert_eq!(spliced, message_dict(&d), "{data:?}");
+        }
+    }
 
     #[test]
     fn generic_status_mapping() {
