@@ -39,6 +39,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("pep_subscriptions", include_str!("migrations/0009_pep_subscriptions.sql")),
     ("muc", include_str!("migrations/0010_muc.sql")),
     ("invites", include_str!("migrations/0011_invites.sql")),
+    ("relay_deliveries_device", include_str!("migrations/0012_relay_deliveries_device.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -492,25 +492,26 @@ impl RelayStore for Postgres {
     async fn enqueue(&self, p: &NewPush<'_>, limit: TokenLimit<'_>, now_ms: i64) -> Result<Enqueued> {
         // GCRA: one push per `interval`, bursts of `per_minute`. The token's
         // theoretical arrival time moves forward in the statement that
-        // accepts the push, so two nodes cannot both spend the last slot.
+        // accepts the push, so two nodes cannot both spend the last slot;
+        // time is the database's clock, one clock for every node.
         let per_minute = i64::from(limit.per_minute.max(1));
-        let interval = 60_000_000 / per_minute;
-        let tau = interval * (per_minute - 1);
-        let now_us = now_ms.saturating_mul(1000);
+        let interval = (60_000_000 / per_minute).max(1);
+        let tau = 60_000_000 - interval;
         let c = self.client().await?;
         let st = c
             .prepare_cached(
-                "WITH t AS (
-                   UPDATE relay_tokens SET tat = GREATEST(tat, $1) + $2
-                   WHERE hash = $3 AND GREATEST(tat, $1) - $1 <= $4
+                "WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now_us),
+                 t AS (
+                   UPDATE relay_tokens SET tat = GREATEST(tat, clock.now_us) + $1 FROM clock
+                   WHERE hash = $2 AND GREATEST(tat, clock.now_us) - clock.now_us <= $3
                    RETURNING account_id),
                  o AS (
                    INSERT INTO relay_outbox (account_id, token, collapse, data, priority, created, expires)
-                   SELECT account_id, $5, $6, $7, $8, $9, $10 FROM t
+                   SELECT account_id, $4, $5, $6, $7, $8, $9 FROM t
                    RETURNING id, account_id),
                  d AS (
                    INSERT INTO relay_deliveries (push_id, device_id, next_at)
-                   SELECT o.id, v.id, $11 FROM o JOIN relay_devices v ON v.account_id = o.account_id AND v.active
+                   SELECT o.id, v.id, $10 FROM o JOIN relay_devices v ON v.account_id = o.account_id AND v.active
                    RETURNING 1),
                  n AS (SELECT pg_notify('pushbox_relay', '') FROM o)
                  SELECT (SELECT count(*) FROM t), (SELECT id FROM o), (SELECT count(*) FROM d),
@@ -522,7 +523,6 @@ impl RelayStore for Postgres {
             .query_one(
                 &st,
                 &[
-                    &now_us,
                     &interval,
                     &limit.hash,
                     &tau,
@@ -554,14 +554,16 @@ impl RelayStore for Postgres {
         }
         // Refused: limited, or the token went away since it was looked up.
         let st = c
-            .prepare_cached("SELECT tat FROM relay_tokens WHERE hash = $1")
+            .prepare_cached(
+                "SELECT tat - (extract(epoch FROM clock_timestamp()) * 1000000)::bigint FROM relay_tokens WHERE hash = $1",
+            )
             .await
             .map_err(pg)?;
         Ok(match c.query_opt(&st, &[&limit.hash]).await.map_err(pg)? {
             None => Enqueued::Gone,
             Some(r) => {
-                let tat: i64 = r.get(0);
-                let wait = (tat.max(now_us) - now_us - tau).max(1);
+                let ahead: i64 = r.get(0);
+                let wait = (ahead.max(0) - tau).max(1);
                 Enqueued::Limited(Duration::from_micros(wait as u64))
             }
         })
