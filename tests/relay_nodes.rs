@@ -3,8 +3,9 @@
 //! `tests/postgres/run`), the APNs stand-in. A client cannot tell the nodes
 //! apart: what one node made works on the other, a revocation holds
 //! everywhere at once, a token's rate limit holds for the pair, pushes
-//! accepted by either arrive once, and a node killed with -9 while sending
-//! loses its pushes to the other when its lease runs out.
+//! accepted by either arrive once, a node killed with -9 while sending
+//! loses its pushes to the other when its lease runs out, and lost database
+//! connections give 503 + Retry-After, never a crash.
 //!
 //! Not part of a plain `cargo test` (it needs the database):
 //! `PUSHBOX_TEST_POSTGRES=postgres://… cargo test --test relay_nodes`.
@@ -212,4 +213,99 @@ async fn a_node_killed_while_sending_loses_its_pushes_to_the_other() {
     assert!(count.values().all(|c| *c == 1), "each push once: {count:?}");
     assert!(apns.log.violations().is_empty(), "{:?}", apns.log.violations());
     b.kill();
+}
+
+/// PostgreSQL drops every connection of the relay (as on a failover or a
+/// server restart): requests meanwhile answer 202 or 503 with Retry-After,
+/// never anything else; the node keeps running, reconnects, and every
+/// accepted push is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_database_connections_are_answered_503_and_reopened() {
+    let base = database_base();
+    let database = fresh_database(&base).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let apns = ApnsStandIn::start(&ca, dir.path()).await;
+    let (a, _) = node(dir.path(), "a", &database, &apns.config(&ca), "").await;
+    let u = a.api().signup("carl").await;
+    let (_, token) = u.apns_device_and_token(&apns_token()).await;
+    let name = database.rsplit('/').next().unwrap().to_string();
+    let (admin, conn) = tokio_postgres::connect(&base, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let mut accepted = vec![];
+    let mut refused = 0;
+    for round in 0..3 {
+        // The last round: the database also refuses new connections.
+        let closed = round == 2;
+        if closed {
+            admin
+                .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
+                .await
+                .unwrap();
+        }
+        // Cut every connection the relay has to its database.
+        let cut = admin
+            .query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        assert!(!cut.is_empty(), "the relay had connections to cut");
+        for i in 0..10 {
+            let n = round * 10 + i;
+            let r = a
+                .api()
+                .post("/api/v1/messages/", json!({ "token": token, "data": { "n": n } }))
+                .await;
+            match r.status {
+                202 => accepted.push(n),
+                503 => {
+                    assert!(r.headers.contains_key("retry-after"), "{:?}", r.body);
+                    refused += 1;
+                }
+                s => panic!("answered {s} while the database connections were cut: {:?}", r.body),
+            }
+        }
+        if closed {
+            assert!(
+                refused >= 10,
+                "answered while the database refused connections ({refused} refusals)"
+            );
+            admin
+                .batch_execute(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+                .await
+                .unwrap();
+        }
+    }
+    // Reconnected: pushes are accepted again.
+    let r = eventually(|| async {
+        let r = a
+            .api()
+            .post("/api/v1/messages/", json!({ "token": token, "data": { "n": 99 } }))
+            .await;
+        (r.status == 202).then_some(r)
+    })
+    .await;
+    assert_eq!(r.status, 202);
+    accepted.push(99);
+    let seen = apns.log.wait_for(accepted.len(), |_| true).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seen = if apns.log.seen().len() > seen.len() {
+        apns.log.seen()
+    } else {
+        seen
+    };
+    let mut got: Vec<i64> = seen
+        .iter()
+        .map(|s| s.body["message"]["data"]["n"].as_i64().unwrap())
+        .collect();
+    got.sort();
+    accepted.sort();
+    assert_eq!(got, accepted, "every accepted push delivered once");
+    eprintln!(
+        "connections cut 3 times (the last time also refused): {refused} of 30 pushes answered 503, \
+         the rest accepted and delivered once"
+    );
+    a.kill();
 }

@@ -217,11 +217,10 @@ fn pg(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// Not getting a connection (none free in time, or opening one failed for
+/// whatever reason the server gave) is always "try later".
 fn pool(e: PoolError) -> StoreError {
-    match e {
-        PoolError::Backend(e) => pg(e),
-        other => StoreError::Unavailable(format!("PostgreSQL pool: {other}")),
-    }
+    StoreError::Unavailable(format!("PostgreSQL: no connection: {e}"))
 }
 
 const DEVICE_COLS: &str =
