@@ -9,7 +9,11 @@
 //! [`sygnal`]), and the same number of pushes is posted with the same
 //! concurrency to its `/_matrix/push/v1/notify`.
 //!
-//! `cargo bench --bench relay_load -- [pushes] [concurrency]`
+//! `cargo bench --bench relay_load -- [pushes] [concurrency]`; the relay
+//! runs as its own process (the release binary) and its CPU is read from
+//! `/proc`. `BENCH_POSTGRES=<url>` keeps the relay's state in a fresh
+//! database there, `BENCH_NODES=2` runs two nodes on it (senders split
+//! between them), `BENCH_TOKENS=N` spreads the senders over N tokens.
 //! (`bench/relay-compare.sh` installs Sygnal and runs this.)
 
 #[path = "../tests/support/mod.rs"]
@@ -65,7 +69,20 @@ async fn main() {
     let apis: Vec<Arc<Api>> = procs.iter().map(|p| Arc::new(p.api())).collect();
     let u = apis[0].signup("bench").await;
     let reg = apns_token();
-    let (_, token) = u.apns_device_and_token(&reg).await;
+    let (device, token) = u.apns_device_and_token(&reg).await;
+    // `BENCH_TOKENS`: senders use that many whitelist tokens (of one device)
+    // instead of one, so their pushes do not all share one token's state.
+    let n_tokens: usize = std::env::var("BENCH_TOKENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut tokens = vec![token.clone()];
+    while tokens.len() < n_tokens {
+        let t = u.post("/api/v1/tokens/", json!({ "apns_device": device })).await;
+        assert_eq!(t.status, 201, "{:?}", t.body);
+        tokens.push(t.body["token"].as_str().unwrap().to_string());
+    }
     // Warm-up: connections (senders to relay, relay to APNs) and the provider token.
     let warm = 200;
     for i in 0..warm {
@@ -84,7 +101,7 @@ async fn main() {
     let started = Instant::now();
     let mut tasks = vec![];
     for w in 0..conc {
-        let (api, token) = (apis[w % nodes].clone(), token.clone());
+        let (api, token) = (apis[w % nodes].clone(), tokens[w % n_tokens].clone());
         tasks.push(tokio::spawn(async move {
             let mut marks = vec![];
             for i in (w..n).step_by(conc) {
@@ -125,7 +142,9 @@ async fn main() {
     from_post.sort();
     from_202.sort();
     assert_eq!(once.len(), n, "every push delivered once");
-    println!("relay ({store}, {nodes} node(s), separate processes): {n} pushes, {conc} concurrent senders");
+    println!(
+        "relay ({store}, {nodes} node(s), separate processes): {n} pushes, {conc} concurrent senders, {n_tokens} token(s)"
+    );
     print_rate("accepted (202)", n, accepted);
     print_rate("delivered to APNs", n, total);
     print_spread("POST -> provider request:", &from_post, "");

@@ -43,8 +43,16 @@ const CHANNEL: &str = "pushbox_relay";
 /// How long a request waits for a pooled connection, or to open one.
 const POOL_WAIT: Duration = Duration::from_secs(5);
 
+/// One delivery's end, waiting for the finisher's next batch.
+type FinishJob = (i64, String, Finished, tokio::sync::oneshot::Sender<Result<()>>);
+/// Most outcomes the finisher writes in one transaction.
+const FINISH_BATCH: usize = 512;
+
 pub struct Postgres {
     pool: Pool,
+    /// Outcomes are written in batches by one task (a few statements per
+    /// batch rather than per delivery).
+    finisher: tokio::sync::mpsc::UnboundedSender<FinishJob>,
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     /// This process's name in `claimed_by`.
@@ -74,8 +82,11 @@ impl Postgres {
             .wait_timeout(Some(POOL_WAIT))
             .create_timeout(Some(POOL_WAIT))
             .build()?;
+        let (finisher, jobs) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(finish_loop(pool.clone(), jobs));
         let pg = Postgres {
             pool,
+            finisher,
             config,
             tls,
             node: node.to_string(),
@@ -626,32 +637,12 @@ impl RelayStore for Postgres {
     }
 
     async fn finish(&self, push_id: i64, device_id: &str, how: Finished) -> Result<()> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(pg)?;
-        // Finishes of one push take turns, so the last one sees the others.
-        let lock = tx
-            .prepare_cached("SELECT 1 FROM relay_outbox WHERE id = $1 FOR UPDATE")
-            .await
-            .map_err(pg)?;
-        tx.execute(&lock, &[&push_id]).await.map_err(pg)?;
-        let end = tx
-            .prepare_cached(
-                "UPDATE relay_deliveries SET state = $3, attempts = attempts + 1 WHERE push_id = $1 AND device_id = $2",
-            )
-            .await
-            .map_err(pg)?;
-        tx.execute(&end, &[&push_id, &device_id, &how.as_str()])
-            .await
-            .map_err(pg)?;
-        let drop = tx
-            .prepare_cached(
-                "DELETE FROM relay_outbox WHERE id = $1 AND NOT EXISTS
-                   (SELECT 1 FROM relay_deliveries WHERE push_id = $1 AND state IN ('pending', 'sending'))",
-            )
-            .await
-            .map_err(pg)?;
-        tx.execute(&drop, &[&push_id]).await.map_err(pg)?;
-        tx.commit().await.map_err(pg)
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.finisher
+            .send((push_id, device_id.to_string(), how, tx))
+            .map_err(|_| StoreError::Other("the relay's finisher stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Other("the relay's finisher stopped".into()))?
     }
 
     async fn reschedule(&self, push_id: i64, device_id: &str, next_at_ms: i64) -> Result<()> {
@@ -741,6 +732,64 @@ impl RelayStore for Postgres {
     fn watch_commits(&self, wake: Arc<Notify>, stop: watch::Receiver<bool>) {
         tokio::spawn(listen(self.config.clone(), self.tls.clone(), wake, stop));
     }
+}
+
+/// Write delivery outcomes in batches: whatever is queued, in one
+/// transaction that locks the pushes' outbox rows (so the last delivery of
+/// a push to end, on whichever node, sees the others and removes it), then
+/// answer every caller.
+async fn finish_loop(pool: Pool, mut jobs: tokio::sync::mpsc::UnboundedReceiver<FinishJob>) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < FINISH_BATCH {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let r = finish_batch(&pool, &batch).await;
+        for (.., reply) in batch {
+            let _ = reply.send(match &r {
+                Ok(()) => Ok(()),
+                Err(StoreError::Unavailable(m)) => Err(StoreError::Unavailable(m.clone())),
+                Err(e) => Err(StoreError::Other(e.to_string())),
+            });
+        }
+    }
+}
+
+async fn finish_batch(pool: &Pool, batch: &[FinishJob]) -> Result<()> {
+    let ids: Vec<i64> = batch.iter().map(|j| j.0).collect();
+    let devices: Vec<&str> = batch.iter().map(|j| j.1.as_str()).collect();
+    let states: Vec<&str> = batch.iter().map(|j| j.2.as_str()).collect();
+    let mut pushes = ids.clone();
+    pushes.sort_unstable();
+    pushes.dedup();
+    let mut c = pool.get().await.map_err(self::pool)?;
+    let tx = c.transaction().await.map_err(pg)?;
+    let lock = tx
+        .prepare_cached("SELECT 1 FROM relay_outbox WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .await
+        .map_err(pg)?;
+    tx.execute(&lock, &[&pushes]).await.map_err(pg)?;
+    let end = tx
+        .prepare_cached(
+            "UPDATE relay_deliveries x SET state = u.state, attempts = x.attempts + 1
+             FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(push_id, device_id, state)
+             WHERE x.push_id = u.push_id AND x.device_id = u.device_id",
+        )
+        .await
+        .map_err(pg)?;
+    tx.execute(&end, &[&ids, &devices, &states]).await.map_err(pg)?;
+    let drop = tx
+        .prepare_cached(
+            "DELETE FROM relay_outbox o WHERE o.id = ANY($1) AND NOT EXISTS
+               (SELECT 1 FROM relay_deliveries x WHERE x.push_id = o.id AND x.state IN ('pending', 'sending'))",
+        )
+        .await
+        .map_err(pg)?;
+    tx.execute(&drop, &[&pushes]).await.map_err(pg)?;
+    tx.commit().await.map_err(pg)
 }
 
 /// One connection outside the pool, `LISTEN`ing for committed pushes;
