@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The relay benchmark with Sygnal beside pushbox: the same APNs stand-in, the
-# same number of pushes, the same concurrency, in one run.
+# same number of pushes, the same concurrency, in one run; then pushbox with
+# its state in PostgreSQL, one node and two.
 #
 #   bash bench/relay-compare.sh [pushes] [concurrency]     # default 5000 64
 #
@@ -28,3 +29,14 @@ fi
 
 cd "$ROOT"
 SYGNAL_PYTHON="$VENV/bin/python" cargo bench --bench relay_load -- "$PUSHES" "$CONC"
+
+# The relay on PostgreSQL (a throw-away local cluster): one node, then two
+# nodes sharing the database, the senders split between them. Skipped with
+# NO_POSTGRES=1.
+if [ -z "${NO_POSTGRES:-}" ]; then
+  # shellcheck source=tests/postgres/cluster.sh
+  . tests/postgres/cluster.sh
+  start_postgres
+  BENCH_POSTGRES="$PG_URL" cargo bench --bench relay_load -- "$PUSHES" "$CONC"
+  BENCH_POSTGRES="$PG_URL" BENCH_NODES=2 cargo bench --bench relay_load -- "$PUSHES" "$CONC"
+fi

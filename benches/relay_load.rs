@@ -9,7 +9,11 @@
 //! [`sygnal`]), and the same number of pushes is posted with the same
 //! concurrency to its `/_matrix/push/v1/notify`.
 //!
-//! `cargo bench --bench relay_load -- [pushes] [concurrency]`
+//! `cargo bench --bench relay_load -- [pushes] [concurrency]`; the relay
+//! runs as its own process (the release binary) and its CPU is read from
+//! `/proc`. `BENCH_POSTGRES=<url>` keeps the relay's state in a fresh
+//! database there, `BENCH_NODES=2` runs two nodes on it (senders split
+//! between them), `BENCH_TOKENS=N` spreads the senders over N tokens.
 //! (`bench/relay-compare.sh` installs Sygnal and runs this.)
 
 #[path = "../tests/support/mod.rs"]
@@ -30,25 +34,74 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(5000);
     let conc: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let nodes: usize = std::env::var("BENCH_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new(dir.path());
     let apns = ApnsStandIn::start(&ca, dir.path()).await;
-    let cfg = format!(
-        "[relay]\nip_rate = 100000000\ntoken_rate = 100000000\n{}",
-        apns.config(&ca)
-    );
-    let daemon = Daemon::start(dir.path(), &cfg).await;
-    let api = daemon.api();
-    let u = api.signup("bench").await;
+    // The relay's store: SQLite, or a fresh database on `BENCH_POSTGRES` (shared by the nodes).
+    let database = match std::env::var("BENCH_POSTGRES").ok().filter(|v| !v.is_empty()) {
+        Some(base) => format!("database = {:?}\n", fresh_database(&base).await),
+        None if nodes > 1 => panic!("BENCH_NODES > 1 needs BENCH_POSTGRES (a PostgreSQL URL)"),
+        None => String::new(),
+    };
+    let store = if database.is_empty() { "SQLite" } else { "PostgreSQL" };
+    // The relay runs as its own process (the release binary), so that its CPU is its own.
+    let mut procs = vec![];
+    for i in 0..nodes {
+        let port = free_port();
+        let config = dir.path().join(format!("node{i}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "domain = \"localhost\"\ndata_dir = \"node{i}\"\n[listen]\nc2s = []\nc2s_direct_tls = []\n\
+                 https = [\"127.0.0.1:{port}\"]\n[log]\nlevel = \"warn\"\n[relay]\n{database}ip_rate = 100000000\n\
+                 token_rate = 100000000\n{}",
+                apns.config(&ca)
+            ),
+        )
+        .unwrap();
+        procs.push(Process::start(&config, port, &dir.path().join(format!("node{i}"))).await);
+    }
+    let apis: Vec<Arc<Api>> = procs.iter().map(|p| Arc::new(p.api())).collect();
+    let u = apis[0].signup("bench").await;
     let reg = apns_token();
-    let (_, token) = u.apns_device_and_token(&reg).await;
-    let api = Arc::new(api);
+    let (device, token) = u.apns_device_and_token(&reg).await;
+    // `BENCH_TOKENS`: senders use that many whitelist tokens (of one device)
+    // instead of one, so their pushes do not all share one token's state.
+    let n_tokens: usize = std::env::var("BENCH_TOKENS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut tokens = vec![token.clone()];
+    while tokens.len() < n_tokens {
+        let t = u.post("/api/v1/tokens/", json!({ "apns_device": device })).await;
+        assert_eq!(t.status, 201, "{:?}", t.body);
+        tokens.push(t.body["token"].as_str().unwrap().to_string());
+    }
+    // Warm-up: connections (senders to relay, relay to APNs) and the provider token.
+    let warm = 200;
+    for i in 0..warm {
+        let r = apis[i % nodes]
+            .post("/api/v1/messages/", json!({ "token": token, "data": { "warm": i } }))
+            .await;
+        assert_eq!(r.status, 202);
+    }
+    apns.log.wait_for(warm, |_| true).await;
+    let seen_before = apns.log.seen().len();
+    let pids: Vec<u32> = procs.iter().map(|p| p.child.id()).collect();
+    let cpu_before: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum();
+    let own_before = cpu_seconds(std::process::id());
 
-    // Relay: n pushes from `conc` concurrent senders over one HTTP/2 connection.
+    // Relay: n pushes from `conc` concurrent senders over one HTTP/2 connection per node.
     let started = Instant::now();
     let mut tasks = vec![];
     for w in 0..conc {
-        let (api, token) = (api.clone(), token.clone());
+        let (api, token) = (apis[w % nodes].clone(), tokens[w % n_tokens].clone());
         tasks.push(tokio::spawn(async move {
             let mut marks = vec![];
             for i in (w..n).step_by(conc) {
@@ -69,19 +122,29 @@ async fn main() {
         }
     }
     let accepted = started.elapsed();
-    let seen = apns.log.wait_for(n, |_| true).await;
+    let seen: Vec<Seen> = apns
+        .log
+        .wait_for(seen_before + n, |_| true)
+        .await
+        .split_off(seen_before);
     let total = seen.iter().map(|s| s.at).max().unwrap().duration_since(started);
+    let relay_cpu: f64 = pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>() - cpu_before;
+    let own_cpu = cpu_seconds(std::process::id()) - own_before;
     let mut from_post = vec![];
     let mut from_202 = vec![];
+    let mut once = std::collections::HashSet::new();
     for s in &seen {
         let i = s.body["message"]["data"]["i"].as_u64().unwrap() as usize;
+        assert!(once.insert(i), "push {i} delivered twice");
         from_post.push(s.at.saturating_duration_since(sent[i].0));
         from_202.push(s.at.saturating_duration_since(sent[i].1));
     }
     from_post.sort();
     from_202.sort();
-    assert_eq!(seen.len(), n, "every push delivered once");
-    println!("relay: {n} pushes, {conc} concurrent senders");
+    assert_eq!(once.len(), n, "every push delivered once");
+    println!(
+        "relay ({store}, {nodes} node(s), separate processes): {n} pushes, {conc} concurrent senders, {n_tokens} token(s)"
+    );
     print_rate("accepted (202)", n, accepted);
     print_rate("delivered to APNs", n, total);
     print_spread("POST -> provider request:", &from_post, "");
@@ -90,7 +153,19 @@ async fn main() {
         &from_202,
         " (0 when the provider saw it before the sender saw 202)",
     );
-    daemon.stop().await;
+    println!(
+        "  relay CPU {:.1} µs per push ({:.2} s over {:.2} s); senders + stand-in CPU {:.1} µs per push",
+        relay_cpu * 1e6 / n as f64,
+        relay_cpu,
+        total.as_secs_f64(),
+        own_cpu * 1e6 / n as f64
+    );
+    for p in procs {
+        p.kill();
+    }
+    if nodes > 1 || !database.is_empty() {
+        return;
+    }
 
     // Ceiling: a bare HTTP/2 client posting straight to the stand-in.
     let pem = std::fs::read_to_string(&apns.key_path).unwrap();

@@ -138,4 +138,6 @@ pub enum CheckSection {
     Certs,
     /// Whether each listener can bind or is already listening.
     Ports,
+    /// Where the relay keeps its state; PostgreSQL's connection and schema version.
+    Database,
 }

@@ -170,7 +170,13 @@ pub fn build_server(mut config: Config, shutdown: shutdown::Shutdown) -> Result<
         l.max_connections_per_ip,
         l.max_auth_failures_per_ip,
     );
-    let relay = push::Relay::new(store.clone(), &config.relay, &config.data_dir, &config.public_url())
+    // Called on the blocking pool (or a plain thread with a runtime handle):
+    // the relay's store may be PostgreSQL, reached asynchronously.
+    let relay = tokio::runtime::Handle::current()
+        .block_on(async {
+            let backend = push::backend::open(&config.relay, store.clone(), &config.data_dir).await?;
+            push::Relay::new(backend, &config.relay, &config.data_dir, &config.public_url()).await
+        })
         .context("starting the push relay")?;
     let core = Arc::new(core::Core {
         config: Arc::new(config),

@@ -32,6 +32,7 @@ fn main() -> ExitCode {
             cli::CheckSection::Dns => Section::Dns,
             cli::CheckSection::Certs => Section::Certs,
             cli::CheckSection::Ports => Section::Ports,
+            cli::CheckSection::Database => Section::Database,
         });
         return ExitCode::from(pushbox::check::main(path.as_deref(), what, json));
     }

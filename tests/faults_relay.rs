@@ -60,16 +60,13 @@ async fn apns_outage_then_recovery_delivers_each_live_push_once() {
     apns.state.down.store(true, std::sync::atomic::Ordering::SeqCst);
     let (port, mport) = (free_port(), free_port());
     let config = dir.path().join("pushbox.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "domain = \"localhost\"\ndata_dir = \"data\"\n[listen]\nc2s = []\nc2s_direct_tls = []\n\
-             https = [\"127.0.0.1:{port}\"]\n[metrics]\nlisten = [\"127.0.0.1:{mport}\"]\n\
-             [relay]\nip_rate = 100000\ntoken_rate = 100000\nmax_retry_delay = \"{retry_max}s\"\n{}",
-            apns.config(&ca)
-        ),
-    )
-    .unwrap();
+    let toml = format!(
+        "domain = \"localhost\"\ndata_dir = \"data\"\n[listen]\nc2s = []\nc2s_direct_tls = []\n\
+         https = [\"127.0.0.1:{port}\"]\n[metrics]\nlisten = [\"127.0.0.1:{mport}\"]\n\
+         [relay]\nip_rate = 100000\ntoken_rate = 100000\nmax_retry_delay = \"{retry_max}s\"\n{}",
+        apns.config(&ca)
+    );
+    std::fs::write(&config, with_relay_line(&toml, &relay_database_line().await)).unwrap();
     let data_dir = dir.path().join("data");
     let p = Process::start(&config, port, &data_dir).await;
     let metrics: SocketAddr = ([127, 0, 0, 1], mport).into();
@@ -111,10 +108,10 @@ async fn apns_outage_then_recovery_delivers_each_live_push_once() {
 
     let recovered = Instant::now();
     apns.state.down.store(false, std::sync::atomic::Ordering::SeqCst);
-    let store = pushbox::store::Store::open_in(&data_dir).unwrap();
+    let store = relay_store_of(&config).await;
     // The last attempt before recovery may have been scheduled up to `retry_max` ahead.
     let deadline = Instant::now() + PATIENCE + Duration::from_secs(retry_max);
-    while store.call(|c| pushbox::store::relay::pending_count(c)).await.unwrap() > 0 {
+    while store.pending_count().await.unwrap() > 0 {
         assert!(Instant::now() < deadline, "pushes still pending long after recovery");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

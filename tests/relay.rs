@@ -737,6 +737,7 @@ async fn register_and_submit_through_the_push_core() {
         "domain = \"localhost\"\n[listen]\nc2s = []\nc2s_direct_tls = []\nhttps = []\n{}",
         w.apns.config(&w.ca)
     );
+    let toml = with_relay_line(&toml, &relay_database_line().await);
     let config = pushbox::config::Config::from_toml_str(&toml, Some(dir.path())).unwrap();
     let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let server =
@@ -794,14 +795,11 @@ async fn a_push_accepted_before_sigkill_is_delivered_once_after_restart() {
     apns.stop();
     let port = free_port();
     let config = dir.path().join("pushbox.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "domain = \"localhost\"\ndata_dir = \"data\"\n[listen]\nc2s = []\nc2s_direct_tls = []\n\
-             https = [\"127.0.0.1:{port}\"]\n[relay]\nip_rate = 100000\n{apns_cfg}"
-        ),
-    )
-    .unwrap();
+    let toml = format!(
+        "domain = \"localhost\"\ndata_dir = \"data\"\n[listen]\nc2s = []\nc2s_direct_tls = []\n\
+         https = [\"127.0.0.1:{port}\"]\n[relay]\nip_rate = 100000\n{apns_cfg}"
+    );
+    std::fs::write(&config, with_relay_line(&toml, &relay_database_line().await)).unwrap();
     let data_dir = dir.path().join("data");
     let p = Process::start(&config, port, &data_dir).await;
     let u = p.api().signup("olga").await;
@@ -814,22 +812,19 @@ async fn a_push_accepted_before_sigkill_is_delivered_once_after_restart() {
     assert_eq!(r.status, 202);
     p.kill();
 
-    let store = pushbox::store::Store::open_in(&data_dir).unwrap();
-    let pending = store.call(|c| pushbox::store::relay::pending_count(c)).await.unwrap();
-    assert_eq!(pending, 1, "the accepted push is in the outbox");
-    drop(store);
+    let store = relay_store_of(&config).await;
+    assert_eq!(
+        store.pending_count().await.unwrap(),
+        1,
+        "the accepted push is in the outbox"
+    );
 
     let apns = ApnsStandIn::start_on(&ca, dir.path(), tokio::net::TcpListener::bind(apns_addr).await.unwrap()).await;
     let p = Process::start(&config, port, &data_dir).await;
     let seen = apns.log.wait_for(1, |_| true).await;
     assert_eq!(seen[0].path, format!("/3/device/{reg}"));
     assert_eq!(seen[0].body["message"]["data"], json!({ "id": "m1" }));
-    let store = pushbox::store::Store::open_in(&data_dir).unwrap();
-    eventually(|| {
-        let store = store.clone();
-        async move { (store.call(|c| pushbox::store::relay::pending_count(c)).await.unwrap() == 0).then_some(()) }
-    })
-    .await;
+    drained(&store).await;
     // Give a duplicate every chance to show up before counting.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(apns.log.seen().len(), 1, "delivered once");

@@ -179,6 +179,7 @@ fn serve_refuses_both_or_neither_apns_authentication() {
         std::fs::write(&cfg, format!("[relay.apns]\ntopic = \"org.example.chat\"\n{apns}")).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_pushbox"))
             .env_remove("PUSHBOX_CONFIG")
+            .env_remove("PUSHBOX_TEST_POSTGRES")
             .arg("--config")
             .arg(&cfg)
             .arg("serve")
@@ -237,5 +238,7 @@ fn one_pem_file_with_certificate_and_key_loads() {
     };
     assert_eq!((certificate, key), (both.as_path(), both.as_path()));
     tls_config_with_client_cert(None, certificate, key).expect("certificate and key from one file");
-    pushbox::push::providers::apns::Apns::new(apns).expect("the APNs provider loads it");
+    let store = pushbox::store::Store::open_in(&dir.path().join("data")).unwrap();
+    let store = std::sync::Arc::new(pushbox::push::backend::sqlite::Sqlite::new(store));
+    pushbox::push::providers::apns::Apns::new(apns, store).expect("the APNs provider loads it");
 }

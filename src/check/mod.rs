@@ -1,11 +1,12 @@
-//! `pushbox check [config|dns|certs|ports|web] [--json]`: finds what stands
-//! between the configuration and a working server (configuration problems,
-//! DNS records, certificates, ports, WebSocket discovery), each finding
-//! with what to fix. The exit
+//! `pushbox check [config|dns|certs|ports|web|database] [--json]`: finds
+//! what stands between the configuration and a working server
+//! (configuration problems, DNS records, certificates, ports, WebSocket
+//! discovery, the relay's database), each finding with what to fix. The exit
 //! status is 2 for configuration problems, 1 when any other check fails.
 
 mod certs;
 mod config;
+mod database;
 mod dns;
 mod ports;
 mod web;
@@ -28,6 +29,8 @@ pub enum Section {
     Ports,
     /// XEP-0156 host-meta and the WebSocket endpoint it names, fetched like a web client would.
     Web,
+    /// Where the relay keeps its state; PostgreSQL's connection and schema version.
+    Database,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -154,6 +157,7 @@ pub fn main(path: Option<&Path>, what: Option<Section>, json: bool) -> u8 {
             Section::Certs,
             Section::Ports,
             Section::Web,
+            Section::Database,
         ],
     };
     let report = rt.block_on(run(&config, &sections));
@@ -175,6 +179,7 @@ pub async fn run(config: &Config, sections: &[Section]) -> Report {
             Section::Certs => certs::check(config, &mut r),
             Section::Ports => ports::check(config, &mut r).await,
             Section::Web => web::check(config, &mut r).await,
+            Section::Database => database::check(config, &mut r).await,
         }
     }
     r.finish()

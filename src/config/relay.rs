@@ -40,6 +40,16 @@ pub struct RelayConfig {
     pub ca_roots: Option<PathBuf>,
     /// The VAPID `sub` claim (a `mailto:` or `https:` URL); unset: the public URL.
     pub vapid_subject: Option<String>,
+    /// Where the relay keeps its state. Unset: the SQLite file in
+    /// `data_dir` (one node). A `postgres://user:password@host:port/db` URL:
+    /// PostgreSQL, shared by every node that names the same URL.
+    pub database: Option<String>,
+    /// Connections each node keeps to PostgreSQL.
+    pub database_pool: usize,
+    /// With PostgreSQL: how long a node owns the deliveries it claimed. A
+    /// node that dies holding some loses them to the others when it runs
+    /// out; it must outlast the slowest provider request (40 s).
+    pub claim_lease: Duration,
     pub apns: Option<Apns>,
     pub fcm: Option<Fcm>,
 }
@@ -58,6 +68,9 @@ impl Default for RelayConfig {
             ip_rate: 600,
             ca_roots: None,
             vapid_subject: None,
+            database: None,
+            database_pool: 16,
+            claim_lease: Duration::from_secs(60),
             apns: None,
             fcm: None,
         }
@@ -219,6 +232,17 @@ impl RelayConfig {
         if self.max_retry_delay.get() < std::time::Duration::from_secs(1) {
             report("relay.max_retry_delay", "must be at least 1s".into());
         }
+        if let Some(url) = &self.database {
+            if let Err(e) = database_url(url) {
+                report("relay.database", e);
+            }
+        }
+        if self.database_pool == 0 {
+            report("relay.database_pool", "must be at least 1".into());
+        }
+        if self.claim_lease.get() < std::time::Duration::from_secs(1) {
+            report("relay.claim_lease", "must be at least 1s".into());
+        }
         if self.token_rate == 0 {
             report("relay.token_rate", "must be at least 1".into());
         }
@@ -274,6 +298,25 @@ impl RelayConfig {
     }
 }
 
+/// A `[relay] database` URL, parsed: `postgres://` or `postgresql://`
+/// with the connection settings libpq understands (`sslmode`, …). The
+/// message of an error never repeats the URL, which may hold a password.
+pub fn database_url(url: &str) -> Result<tokio_postgres::Config, String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("must be a `postgres://user:password@host:port/database` URL (unset: the SQLite file)".into());
+    }
+    let c: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e: tokio_postgres::Error| format!("not a usable PostgreSQL URL: {e}"))?;
+    if c.get_hosts().is_empty() {
+        return Err("names no host".into());
+    }
+    if c.get_dbname().is_none() {
+        return Err("names no database (`postgres://user:password@host:port/database`)".into());
+    }
+    Ok(c)
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::Config;
@@ -324,6 +367,22 @@ mod tests {
             ["relay.apns.certificate_key", "relay.apns.certificate"],
             "{key_only:?}"
         );
+    }
+
+    #[test]
+    fn database_urls_are_checked_without_echoing_them() {
+        let bad = |url: &str| match Config::from_toml_str(&format!("[relay]\ndatabase = {url:?}\n"), None) {
+            Ok(_) => None,
+            Err(e) => e.0.into_iter().find(|p| p.key == "relay.database").map(|p| p.message),
+        };
+        assert_eq!(bad("postgres://u:pw@db.example:5432/relay"), None);
+        assert_eq!(bad("postgresql://u@127.0.0.1/relay?sslmode=require"), None);
+        let m = bad("mysql://u:hunter2@db/relay").unwrap();
+        assert!(m.contains("postgres://") && !m.contains("hunter2"), "{m}");
+        let m = bad("postgres://u:hunter2@db.example:5432").unwrap();
+        assert!(m.contains("database") && !m.contains("hunter2"), "{m}");
+        let m = bad("postgres://u:hunter2@db.example:5432/relay?sslmode=sometimes").unwrap();
+        assert!(!m.contains("hunter2"), "{m}");
     }
 
     #[test]

@@ -5,10 +5,12 @@
 //! device once. Rows survive restarts: what was pending or being sent at a
 //! crash is sent after it (the one window for a duplicate is a crash between
 //! the provider's answer and that write; `apns-collapse-id` and the Web Push
-//! `Topic` then make a duplicate replace the first).
+//! `Topic` then make a duplicate replace the first). With PostgreSQL the
+//! claim is a lease: a node that dies while sending loses its claims to the
+//! other nodes when the lease ends (at-least-once, the same window).
 
-use super::{now_ms, providers::Outcome, secret, Kind, Relay};
-use crate::store::relay::{self as db, Delivery};
+use super::{backend::Finished, now_ms, providers::Outcome, secret, Kind, Relay};
+use crate::store::relay::Delivery;
 use std::{
     sync::{atomic::Ordering, Arc},
     time::Duration,
@@ -26,19 +28,23 @@ const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
 const POLL: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
-    match relay.inner.store.call(|c| db::release_claims(c)).await {
+    match relay.inner.store.recover().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(deliveries = n, "resuming deliveries interrupted by a stop"),
         Err(e) => tracing::error!(error = %e, "outbox recovery failed"),
     }
     let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    // Deliveries the store claimed as it committed them: sent at once.
+    if let Some(ready) = relay.inner.store.take_ready() {
+        relay.inner.handoff.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::spawn(send_ready(relay.clone(), ready, permits.clone(), stop.clone()));
+    }
     loop {
         if *stop.borrow() {
             return;
         }
         let store = relay.inner.store.clone();
-        let now = now_ms();
-        let due = match store.call(move |c| db::claim(c, now, BATCH)).await {
+        let due = match store.claim(now_ms(), BATCH).await {
             Ok(d) => d,
             Err(e) => {
                 tracing::error!(error = %e, "outbox read failed");
@@ -58,7 +64,6 @@ pub(crate) async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
                 async move {
                     deliver(&relay, d).await;
                     drop(permit);
-                    relay.inner.wake.notify_one();
                 }
                 .instrument(span),
             );
@@ -66,7 +71,7 @@ pub(crate) async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
         if started == BATCH {
             continue;
         }
-        let next = store.call(|c| db::next_due(c)).await.ok().flatten();
+        let next = store.next_due().await.ok().flatten();
         let wait = match next {
             Some(t) if t > now_ms() => Duration::from_millis((t - now_ms()) as u64).min(POLL),
             _ => POLL,
@@ -76,6 +81,37 @@ pub(crate) async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return,
         }
+    }
+}
+
+/// Send what the store hands over in memory, within the same concurrency limit.
+async fn send_ready(
+    relay: Relay,
+    mut ready: tokio::sync::mpsc::Receiver<Delivery>,
+    permits: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let d = tokio::select! {
+            d = ready.recv() => match d {
+                Some(d) => d,
+                None => return,
+            },
+            _ = crate::shutdown::stopped(&mut stop) => return,
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let relay = relay.clone();
+        let span = tracing::info_span!("push", push_id = d.push_id, device = %d.device.id, kind = %d.device.kind,
+            token = secret::prefix(&d.token));
+        tokio::spawn(
+            async move {
+                deliver(&relay, d).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 }
 
@@ -89,11 +125,8 @@ async fn deliver(relay: &Relay, d: Delivery) {
             metrics::counter!(crate::metrics::PUSHES, "provider" => k.as_str(), "outcome" => outcome).increment(1);
         }
     };
-    let (push_id, dev) = (d.push_id, d.device.id.clone());
-    let finish = |state: &'static str| {
-        let dev = dev.clone();
-        store.call(move |c| db::finish(c, push_id, &dev, state))
-    };
+    let (push_id, dev) = (d.push_id, d.device.id.as_str());
+    let finish = |how: Finished| store.finish(push_id, dev, how);
     let expired = d.expires <= crate::store::now();
     let outcome = match kind {
         _ if expired => Outcome::Drop("expired before delivery".into()),
@@ -106,7 +139,7 @@ async fn deliver(relay: &Relay, d: Delivery) {
             tracing::info!(provider_id = id.as_deref().unwrap_or(""), "delivered");
             counters.map(|c| c.delivered.fetch_add(1, Ordering::Relaxed));
             export("delivered");
-            finish("done").await
+            finish(Finished::Done).await
         }
         Outcome::Retry { after, reason } => {
             let cap = relay.inner.config.max_retry_delay.get();
@@ -119,29 +152,27 @@ async fn deliver(relay: &Relay, d: Delivery) {
                 tracing::warn!(%reason, "giving up: the push expires before the next attempt");
                 counters.map(|c| c.failed.fetch_add(1, Ordering::Relaxed));
                 export("failed");
-                finish("failed").await
+                finish(Finished::Failed).await
             } else {
                 tracing::info!(%reason, attempt = d.attempts + 1, retry_in_ms = delay.as_millis() as u64, "will retry");
                 counters.map(|c| c.retried.fetch_add(1, Ordering::Relaxed));
                 export("retried");
-                store.call(move |c| db::reschedule(c, push_id, &dev, at)).await
+                let r = store.reschedule(push_id, dev, at).await;
+                relay.inner.wake.notify_one();
+                r
             }
         }
         Outcome::Dead(reason) => {
             tracing::warn!(%reason, "device token is dead; device deactivated");
             counters.map(|c| c.pruned.fetch_add(1, Ordering::Relaxed));
             export("pruned");
-            let dev = dev.clone();
-            match store.call(move |c| db::deactivate_device(c, &dev)).await {
-                Ok(()) => store.call(|c| db::sweep(c)).await.map(|_| ()),
-                Err(e) => Err(e),
-            }
+            store.deactivate_device(dev).await
         }
         Outcome::Drop(reason) => {
             tracing::warn!(%reason, "push dropped");
             counters.map(|c| c.failed.fetch_add(1, Ordering::Relaxed));
             export("failed");
-            finish("failed").await
+            finish(Finished::Failed).await
         }
     };
     if let Err(e) = result {

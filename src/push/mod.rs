@@ -3,6 +3,7 @@
 //! Push, upstream relays). It knows neither XMPP nor the relay's HTTP API:
 //! both faces call [`Relay`], a cheap-clone handle.
 
+pub mod backend;
 pub mod client;
 pub mod dispatch;
 pub mod jwt;
@@ -12,8 +13,9 @@ pub mod secret;
 
 use crate::{
     config::RelayConfig,
-    store::{self, relay as db, Store, StoreError},
+    store::{self, relay as db, StoreError},
 };
+use backend::{Enqueued, RelayStore, TokenLimit};
 use std::{
     net::IpAddr,
     path::Path,
@@ -191,32 +193,47 @@ pub struct Relay {
 }
 
 struct Inner {
-    store: Store,
+    store: Arc<dyn RelayStore>,
     config: RelayConfig,
     counters: Counters,
-    token_buckets: limits::Buckets<Vec<u8>>,
+    /// Per node, also with a shared database (documented as approximate).
     ip_buckets: limits::Buckets<IpAddr>,
-    /// Wakes the dispatcher when a push is committed or a delivery ends.
-    wake: Notify,
+    /// Wakes the dispatcher when a push is committed (here, or on another
+    /// node through the store) or a delivery ends.
+    wake: Arc<Notify>,
+    /// The store hands committed deliveries to the dispatcher in memory:
+    /// a commit needs no wake-up.
+    handoff: std::sync::atomic::AtomicBool,
     providers: providers::Providers,
 }
 
 impl Relay {
-    /// Build the relay: load provider credentials (and make the VAPID key on
-    /// first start). Blocking: call at start-up, off the executor.
-    pub fn new(store: Store, config: &RelayConfig, data_dir: &Path, public_url: &str) -> anyhow::Result<Relay> {
-        let providers = providers::Providers::new(config, data_dir, public_url)?;
+    /// Build the relay on its store: load provider credentials and the VAPID
+    /// key (made on first start, shared through the store). Reads files:
+    /// call at start-up.
+    pub async fn new(
+        store: Arc<dyn RelayStore>,
+        config: &RelayConfig,
+        data_dir: &Path,
+        public_url: &str,
+    ) -> anyhow::Result<Relay> {
+        let providers = providers::Providers::new(config, data_dir, public_url, store.clone()).await?;
         Ok(Relay {
             inner: Arc::new(Inner {
                 store,
                 config: config.clone(),
                 counters: Counters::default(),
-                token_buckets: Default::default(),
                 ip_buckets: Default::default(),
-                wake: Notify::new(),
+                wake: Arc::new(Notify::new()),
+                handoff: Default::default(),
                 providers,
             }),
         })
+    }
+
+    /// The relay's state (SQLite or PostgreSQL).
+    pub fn store(&self) -> &Arc<dyn RelayStore> {
+        &self.inner.store
     }
 
     pub fn config(&self) -> &RelayConfig {
@@ -255,6 +272,7 @@ impl Relay {
 
     /// Start the dispatcher; it stops when `stop` becomes true.
     pub fn start(&self, stop: tokio::sync::watch::Receiver<bool>) {
+        self.inner.store.watch_commits(self.inner.wake.clone(), stop.clone());
         tokio::spawn(dispatch::run(self.clone(), stop));
     }
 
@@ -268,8 +286,8 @@ impl Relay {
     /// ChatSecure's `POST /accounts/`: log in if `username` exists and the
     /// password matches, else create the account (if sign-up is open).
     pub async fn login_or_signup(&self, username: &str, password: &str, email: &str) -> Result<Login, AccountError> {
-        let (u, p, e) = (username.to_string(), password.to_string(), email.to_string());
-        let existing = self.inner.store.call(move |c| db::account_by_username(c, &u)).await?;
+        let p = password.to_string();
+        let existing = self.inner.store.account_by_username(username).await?;
         let account = match existing {
             Some((account, stored)) => {
                 let ok = blocking(move || verify_password(&p, &stored)).await?;
@@ -283,13 +301,7 @@ impl Relay {
                     return Err(AccountError::SignupClosed);
                 }
                 let hash = blocking(move || hash_password(&p)).await??;
-                let u = username.to_string();
-                match self
-                    .inner
-                    .store
-                    .call(move |c| db::create_account(c, &u, &e, &hash))
-                    .await?
-                {
+                match self.inner.store.create_account(username, email, &hash).await? {
                     Ok(a) => {
                         let api_key = self.new_api_key(a.id).await?;
                         return Ok(Login {
@@ -315,40 +327,37 @@ impl Relay {
     async fn new_api_key(&self, account_id: i64) -> Result<String, StoreError> {
         let key = secret::generate();
         let h = secret::hash(&key);
-        self.inner
-            .store
-            .call(move |c| db::insert_api_key(c, &h, account_id))
-            .await?;
+        self.inner.store.insert_api_key(&h, account_id).await?;
         Ok(key)
     }
 
     /// The account an API key belongs to.
     pub async fn authenticate(&self, api_key: &str) -> Result<Option<db::Account>, StoreError> {
         let h = secret::hash(api_key);
-        let key = api_key.to_string();
-        let found = self.inner.store.call(move |c| db::account_by_api_key(c, &h)).await?;
+        let found = self.inner.store.account_by_api_key(&h).await?;
         // The lookup is by hash; the constant-time comparison is the check.
         Ok(found
-            .filter(|(_, stored)| secret::matches(stored, &key))
+            .filter(|(_, stored)| secret::matches(stored, api_key))
             .map(|(a, _)| a))
     }
 
     pub async fn delete_account(&self, account_id: i64) -> Result<(), StoreError> {
-        self.inner.store.call(move |c| db::delete_account(c, account_id)).await
+        self.inner.store.delete_account(account_id).await
+    }
+
+    /// The id of the relay account named `username`, if there is one.
+    pub async fn account_id(&self, username: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.inner.store.account_by_username(username).await?.map(|(a, _)| a.id))
     }
 
     // ---- devices ----
 
     pub async fn devices(&self, account_id: i64, kind: Kind) -> Result<Vec<db::Device>, StoreError> {
-        self.inner
-            .store
-            .call(move |c| db::list_devices(c, account_id, kind.as_str()))
-            .await
+        self.inner.store.list_devices(account_id, kind.as_str()).await
     }
 
     pub async fn device(&self, account_id: i64, id: &str) -> Result<Option<db::Device>, StoreError> {
-        let id = id.to_string();
-        self.inner.store.call(move |c| db::get_device(c, account_id, &id)).await
+        self.inner.store.get_device(account_id, id).await
     }
 
     pub async fn create_device(&self, account_id: i64, kind: Kind, d: NewDevice) -> Result<db::Device, StoreError> {
@@ -365,21 +374,16 @@ impl Relay {
             upstream_token: d.upstream_token,
             created: store::now(),
         };
-        let copy = dev.clone();
-        self.inner.store.call(move |c| db::put_device(c, &copy)).await?;
+        self.inner.store.put_device(&dev).await?;
         Ok(dev)
     }
 
     pub async fn update_device(&self, dev: db::Device) -> Result<(), StoreError> {
-        self.inner.store.call(move |c| db::put_device(c, &dev)).await
+        self.inner.store.put_device(&dev).await
     }
 
     pub async fn delete_device(&self, account_id: i64, id: &str) -> Result<bool, StoreError> {
-        let id = id.to_string();
-        self.inner
-            .store
-            .call(move |c| db::delete_device(c, account_id, &id))
-            .await
+        self.inner.store.delete_device(account_id, id).await
     }
 
     // ---- whitelist tokens ----
@@ -408,20 +412,12 @@ impl Relay {
             expires: expires.map_or(max, |e| e.min(max)),
             rate,
         };
-        let t = token.clone();
-        let token = self
-            .inner
-            .store
-            .call(move |c| {
-                db::insert_token(c, &t)?;
-                db::token_by_hash(c, &t.hash)?.ok_or_else(|| StoreError::Other("token vanished".into()))
-            })
-            .await?;
+        let token = self.inner.store.insert_token(&token).await?;
         Ok(IssuedToken { secret, token })
     }
 
     pub async fn tokens(&self, account_id: i64) -> Result<Vec<db::Token>, StoreError> {
-        self.inner.store.call(move |c| db::list_tokens(c, account_id)).await
+        self.inner.store.list_tokens(account_id).await
     }
 
     /// The account's token with this secret (expired ones included, so the owner can delete them).
@@ -432,50 +428,36 @@ impl Relay {
 
     async fn lookup_token(&self, secret: &str) -> Result<Option<db::Token>, StoreError> {
         let h = secret::hash(secret);
-        let s = secret.to_string();
-        let t = self.inner.store.call(move |c| db::token_by_hash(c, &h)).await?;
-        Ok(t.filter(|t| secret::matches(&t.hash, &s)))
+        let t = self.inner.store.token_by_hash(&h).await?;
+        Ok(t.filter(|t| secret::matches(&t.hash, secret)))
     }
 
     pub async fn rename_token(&self, hash: Vec<u8>, name: Option<String>) -> Result<(), StoreError> {
-        self.inner
-            .store
-            .call(move |c| db::update_token_name(c, &hash, name.as_deref()))
-            .await
+        self.inner.store.rename_token(&hash, name.as_deref()).await
     }
 
     pub async fn delete_token(&self, hash: Vec<u8>) -> Result<bool, StoreError> {
-        self.inner.store.call(move |c| db::delete_token(c, &hash)).await
+        self.inner.store.delete_token(&hash).await
     }
 
     /// Register a device for `owner` and issue a whitelist token for it,
     /// without HTTP (e.g. an XMPP ad-hoc command). The relay account `owner`
     /// is created if missing; it has no usable password.
     pub async fn register(&self, owner: &str, kind: Kind, device: NewDevice) -> Result<Registration, StoreError> {
-        let o = owner.to_string();
-        let account = match self.inner.store.call(move |c| db::account_by_username(c, &o)).await? {
+        let store = &self.inner.store;
+        let account = match store.account_by_username(owner).await? {
             Some((a, _)) => a,
-            None => {
-                let o = owner.to_string();
-                // "!" never parses as a PHC string, so no password can match it.
-                match self
-                    .inner
-                    .store
-                    .call(move |c| db::create_account(c, &o, "", "!"))
-                    .await?
-                {
-                    Ok(a) => a,
-                    Err(_) => {
-                        let o = owner.to_string();
-                        self.inner
-                            .store
-                            .call(move |c| db::account_by_username(c, &o))
-                            .await?
-                            .ok_or_else(|| StoreError::Other("account vanished".into()))?
-                            .0
-                    }
+            // "!" never parses as a PHC string, so no password can match it.
+            None => match store.create_account(owner, "", "!").await? {
+                Ok(a) => a,
+                Err(_) => {
+                    store
+                        .account_by_username(owner)
+                        .await?
+                        .ok_or_else(|| StoreError::Other("account vanished".into()))?
+                        .0
                 }
-            }
+            },
         };
         let dev = self.create_device(account.id, kind, device).await?;
         let token = self.create_token(account.id, &dev.id, None, None, None).await?;
@@ -506,30 +488,27 @@ impl Relay {
             tracing::debug!(token = secret::prefix(token), "push refused: token expired");
             return Err(SubmitError::UnknownToken);
         }
-        let rate = t.rate.unwrap_or(u32::MAX).min(self.inner.config.token_rate);
-        if let Err(retry_after) = self.inner.token_buckets.take(&t.hash, rate) {
-            return Err(SubmitError::RateLimited { retry_after });
-        }
+        let limit = TokenLimit {
+            hash: &t.hash,
+            per_minute: t.rate.unwrap_or(u32::MAX).min(self.inner.config.token_rate),
+        };
         let ttl = ttl.unwrap_or(self.inner.config.push_ttl.get()).min(MAX_TTL);
         let collapse = secret::hex(&t.hash[..8]);
-        let (account_id, tok, prio) = (t.account_id, token.to_string(), priority.as_str());
-        let expires = now + ttl.as_secs() as i64;
-        // Durable (fsynced) before the 202: a push accepted survives a power cut.
-        let (push_id, devices) = self
-            .inner
-            .store
-            .call_durable(move |c| {
-                let p = db::NewPush {
-                    account_id,
-                    token: &tok,
-                    collapse: &collapse,
-                    data: data.as_deref(),
-                    priority: prio,
-                    expires,
-                };
-                db::enqueue(c, &p, now_ms())
-            })
-            .await?;
+        let prio = priority.as_str();
+        let p = db::NewPush {
+            account_id: t.account_id,
+            token,
+            collapse: &collapse,
+            data: data.as_deref(),
+            priority: prio,
+            expires: now + ttl.as_secs() as i64,
+        };
+        // Committed (durably) before the 202: a push accepted survives a crash.
+        let (push_id, devices) = match self.inner.store.enqueue(&p, limit, now_ms()).await? {
+            Enqueued::Accepted { push_id, devices } => (push_id, devices),
+            Enqueued::Limited(retry_after) => return Err(SubmitError::RateLimited { retry_after }),
+            Enqueued::Gone => return Err(SubmitError::UnknownToken),
+        };
         self.inner.counters.accepted.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             token = secret::prefix(token),
@@ -538,13 +517,15 @@ impl Relay {
             priority = prio,
             "push accepted"
         );
-        self.inner.wake.notify_one();
+        if !self.inner.handoff.load(Ordering::Relaxed) {
+            self.inner.wake.notify_one();
+        }
         Ok(Accepted { push_id, devices })
     }
 
     /// Deliveries not yet finished (tests, diagnostics).
     pub async fn pending(&self) -> Result<i64, StoreError> {
-        self.inner.store.call(|c| db::pending_count(c)).await
+        self.inner.store.pending_count().await
     }
 }
 

@@ -41,6 +41,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("muc", include_str!("migrations/0010_muc.sql")),
     ("invites", include_str!("migrations/0011_invites.sql")),
     ("devices", include_str!("migrations/0012_devices.sql")),
+    ("relay_deliveries_device", include_str!("migrations/0013_relay_deliveries_device.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,11 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("the storage worker stopped: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// The database cannot be reached now (a lost connection, a server
+    /// shutting down, a read-only standby after failover): worth a "try
+    /// later" answer, never a crash.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     #[error("{0}")]
     Other(String),
 }
@@ -58,6 +64,12 @@ impl StoreError {
     /// that clears by itself once space returns, worth a "try later" answer.
     pub fn is_full(&self) -> bool {
         matches!(self, StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DiskFull)
+    }
+
+    /// A condition that clears by itself (disk full, database unreachable):
+    /// answer 503 with `Retry-After`; nothing was accepted.
+    pub fn is_transient(&self) -> bool {
+        self.is_full() || matches!(self, StoreError::Unavailable(_))
     }
 }
 
@@ -137,24 +149,29 @@ impl Store {
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
-    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let current = usize::try_from(current).unwrap_or(0);
-    if current > MIGRATIONS.len() {
-        return Err(StoreError::Other(format!(
-            "the database is at schema version {current}, newer than this pushbox knows ({}); \
-             refusing to run an older pushbox on it",
-            MIGRATIONS.len()
-        )));
-    }
-    for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(current) {
-        let tx = conn.transaction()?;
+    loop {
+        // The version is read inside a write transaction, so a second
+        // process opening the file at the same moment waits, then sees the
+        // migration done rather than applying it again.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let current = usize::try_from(current).unwrap_or(0);
+        if current > MIGRATIONS.len() {
+            return Err(StoreError::Other(format!(
+                "the database is at schema version {current}, newer than this pushbox knows ({}); \
+                 refusing to run an older pushbox on it",
+                MIGRATIONS.len()
+            )));
+        }
+        let Some((name, sql)) = MIGRATIONS.get(current) else {
+            return Ok(());
+        };
         tx.execute_batch(sql)
-            .map_err(|e| StoreError::Other(format!("migration {} ({name}) failed: {e}", i + 1)))?;
-        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            .map_err(|e| StoreError::Other(format!("migration {} ({name}) failed: {e}", current + 1)))?;
+        tx.pragma_update(None, "user_version", (current + 1) as i64)?;
         tx.commit()?;
-        tracing::info!(version = i + 1, name, "applied database migration");
+        tracing::info!(version = current + 1, name, "applied database migration");
     }
-    Ok(())
 }
 
 /// Seconds since the Unix epoch.

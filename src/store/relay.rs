@@ -261,13 +261,10 @@ pub fn list_tokens(c: &Connection, account_id: i64) -> Result<Vec<Token>> {
 }
 
 pub fn token_by_hash(c: &Connection, hash: &[u8]) -> Result<Option<Token>> {
-    Ok(c.query_row(
-        &format!(
-            "SELECT {TOKEN_COLS} FROM relay_tokens t JOIN relay_devices d ON d.id = t.device_id WHERE t.hash = ?1"
-        ),
-        [hash],
-        token_row,
-    )
+    Ok(c.prepare_cached(&format!(
+        "SELECT {TOKEN_COLS} FROM relay_tokens t JOIN relay_devices d ON d.id = t.device_id WHERE t.hash = ?1"
+    ))?
+    .query_row([hash], token_row)
     .optional()?)
 }
 
@@ -291,8 +288,16 @@ pub struct NewPush<'a> {
     pub expires: i64,
 }
 
-pub fn enqueue(c: &mut Connection, p: &NewPush<'_>, now_ms: i64) -> Result<(i64, usize)> {
+/// `None` when the token `token_hash` no longer exists (revoked since it
+/// was looked up): nothing is enqueued.
+pub fn enqueue(c: &mut Connection, token_hash: &[u8], p: &NewPush<'_>, now_ms: i64) -> Result<Option<(i64, usize)>> {
     let tx = c.transaction()?;
+    let live = tx
+        .prepare_cached("SELECT 1 FROM relay_tokens WHERE hash = ?1")?
+        .exists([token_hash])?;
+    if !live {
+        return Ok(None);
+    }
     tx.execute(
         "INSERT INTO relay_outbox (account_id, token, collapse, data, priority, created, expires)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -308,7 +313,77 @@ pub fn enqueue(c: &mut Connection, p: &NewPush<'_>, now_ms: i64) -> Result<(i64,
         tx.execute("DELETE FROM relay_outbox WHERE id = ?1", [id])?;
     }
     tx.commit()?;
-    Ok((id, n))
+    Ok(Some((id, n)))
+}
+
+/// [`enqueue`] inside a transaction the caller holds (the relay's
+/// group-commit writer), with cached statements. With `claimed` the
+/// deliveries go in as `sending` and come back whole, for the dispatcher to
+/// send without claiming them; else they are `pending` and none come back.
+/// `None`: the token no longer exists, nothing was enqueued.
+pub fn enqueue_in(
+    c: &Connection,
+    token_hash: &[u8],
+    p: &NewPush<'_>,
+    now_ms: i64,
+    claimed: bool,
+) -> Result<Option<(i64, usize, Vec<Delivery>)>> {
+    let live = c
+        .prepare_cached("SELECT 1 FROM relay_tokens WHERE hash = ?1")?
+        .exists([token_hash])?;
+    if !live {
+        return Ok(None);
+    }
+    let devices: Vec<Device> = c
+        .prepare_cached(&format!(
+            "SELECT {DEVICE_COLS} FROM relay_devices d WHERE d.account_id = ?1 AND d.active = 1"
+        ))?
+        .query_map([p.account_id], |r| device_row(r, 0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if devices.is_empty() {
+        return Ok(Some((0, 0, Vec::new())));
+    }
+    let created = now();
+    c.prepare_cached(
+        "INSERT INTO relay_outbox (account_id, token, collapse, data, priority, created, expires)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        p.account_id,
+        p.token,
+        p.collapse,
+        p.data,
+        p.priority,
+        created,
+        p.expires
+    ])?;
+    let id = c.last_insert_rowid();
+    let state = if claimed { "sending" } else { "pending" };
+    let mut insert =
+        c.prepare_cached("INSERT INTO relay_deliveries (push_id, device_id, next_at, state) VALUES (?1, ?2, ?3, ?4)")?;
+    for d in &devices {
+        insert.execute(params![id, d.id, now_ms, state])?;
+    }
+    let n = devices.len();
+    let handed = if claimed {
+        devices
+            .into_iter()
+            .map(|device| Delivery {
+                push_id: id,
+                device,
+                token: p.token.to_string(),
+                collapse: p.collapse.to_string(),
+                data: p.data.map(str::to_string),
+                priority: p.priority.to_string(),
+                created,
+                expires: p.expires,
+                attempts: 0,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Some((id, n, handed)))
 }
 
 /// Claim the deliveries due at `now_ms`, oldest first: they move from
@@ -371,25 +446,31 @@ pub fn finish(c: &mut Connection, push_id: i64, device_id: &str, state: &str) ->
         return Err(StoreError::Other(format!("bad delivery state {state}")));
     }
     let tx = c.transaction()?;
-    tx.execute(
-        "UPDATE relay_deliveries SET state = ?3, attempts = attempts + 1 WHERE push_id = ?1 AND device_id = ?2",
-        params![push_id, device_id, state],
-    )?;
-    tx.execute(
-        "DELETE FROM relay_outbox WHERE id = ?1
-         AND NOT EXISTS (SELECT 1 FROM relay_deliveries WHERE push_id = ?1 AND state IN ('pending', 'sending'))",
-        [push_id],
-    )?;
+    finish_in(&tx, push_id, device_id, state)?;
     tx.commit()?;
     Ok(())
 }
 
+/// [`finish`] inside a transaction the caller holds, with cached statements.
+pub fn finish_in(c: &Connection, push_id: i64, device_id: &str, state: &str) -> Result<()> {
+    c.prepare_cached(
+        "UPDATE relay_deliveries SET state = ?3, attempts = attempts + 1 WHERE push_id = ?1 AND device_id = ?2",
+    )?
+    .execute(params![push_id, device_id, state])?;
+    c.prepare_cached(
+        "DELETE FROM relay_outbox WHERE id = ?1
+         AND NOT EXISTS (SELECT 1 FROM relay_deliveries WHERE push_id = ?1 AND state IN ('pending', 'sending'))",
+    )?
+    .execute([push_id])?;
+    Ok(())
+}
+
 pub fn reschedule(c: &Connection, push_id: i64, device_id: &str, next_at_ms: i64) -> Result<()> {
-    c.execute(
+    c.prepare_cached(
         "UPDATE relay_deliveries SET state = 'pending', attempts = attempts + 1, next_at = ?3
          WHERE push_id = ?1 AND device_id = ?2 AND state = 'sending'",
-        params![push_id, device_id, next_at_ms],
-    )?;
+    )?
+    .execute(params![push_id, device_id, next_at_ms])?;
     Ok(())
 }
 
@@ -416,6 +497,7 @@ mod tests {
     use super::*;
 
     fn setup() -> (tempfile::TempDir, crate::store::Store, i64) {
+        // A token "t" of the account, for `enqueue`.
         let dir = tempfile::tempdir().unwrap();
         let s = crate::store::Store::open_in(dir.path()).unwrap();
         let id = s
@@ -439,6 +521,20 @@ mod tests {
                         },
                     )?;
                 }
+                insert_token(
+                    c,
+                    &Token {
+                        hash: b"t".to_vec(),
+                        prefix: "t".into(),
+                        account_id: a.id,
+                        device_id: "d1".into(),
+                        device_kind: String::new(),
+                        name: None,
+                        created: 0,
+                        expires: i64::MAX,
+                        rate: None,
+                    },
+                )?;
                 Ok(a.id)
             })
             .unwrap();
@@ -457,7 +553,7 @@ mod tests {
                 priority: "high",
                 expires: i64::MAX,
             };
-            let (push, n) = enqueue(c, &p, 0)?;
+            let (push, n) = enqueue(c, b"t", &p, 0)?.unwrap();
             assert_eq!(n, 2);
             assert_eq!(claim(c, 1, 10)?.len(), 2);
             assert!(claim(c, 1, 10)?.is_empty(), "claimed rows are not handed out twice");
@@ -490,11 +586,12 @@ mod tests {
                 priority: "low",
                 expires: i64::MAX,
             };
-            enqueue(c, &p, 0)?;
+            enqueue(c, b"t", &p, 0)?;
             deactivate_device(c, "d1")?;
             let due = claim(c, 1, 10)?;
             assert_eq!(due.iter().map(|d| d.device.id.as_str()).collect::<Vec<_>>(), vec!["d2"]);
-            let (_, n) = enqueue(c, &p, 0)?;
+            let (_, n) = enqueue(c, b"t", &p, 0)?.unwrap();
+            assert!(enqueue(c, b"gone", &p, 0)?.is_none(), "no push for a revoked token");
             assert_eq!(n, 1, "an inactive device gets no new deliveries");
             Ok(())
         })

@@ -39,6 +39,23 @@ pub struct ApnsState {
     pub retry_after_as_date: std::sync::atomic::AtomicBool,
     /// An outage: every request answers 503 ServiceUnavailable while set.
     pub down: std::sync::atomic::AtomicBool,
+    /// A stall: requests are held unanswered while set (counted in
+    /// `held`), then answered 503 ServiceUnavailable; they are not logged.
+    /// A request whose client went away meanwhile is never answered.
+    pub stall: std::sync::atomic::AtomicBool,
+    pub held: std::sync::atomic::AtomicUsize,
+    unstalled: Notify,
+    /// Provider tokens whose signature verified (APNs too checks a token
+    /// once, not on every push): keeps the stand-in cheap under load.
+    verified: Mutex<HashMap<String, (Value, Value)>>,
+}
+
+impl ApnsState {
+    /// End a stall: held requests are answered (503).
+    pub fn release(&self) {
+        self.stall.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.unstalled.notify_waiters();
+    }
 }
 
 impl ApnsStandIn {
@@ -66,7 +83,23 @@ impl ApnsStandIn {
         let (l, s) = (log.clone(), state.clone());
         let handler: Handler = Arc::new(move |req| {
             let (l, s, public) = (l.clone(), s.clone(), public.clone());
-            Box::pin(async move { apns_answer(&l, &s, &public, req) })
+            Box::pin(async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                if s.stall.load(SeqCst) {
+                    s.held.fetch_add(1, SeqCst);
+                    loop {
+                        let released = s.unstalled.notified();
+                        tokio::pin!(released);
+                        released.as_mut().enable();
+                        if !s.stall.load(SeqCst) {
+                            break;
+                        }
+                        released.await;
+                    }
+                    return apns_error(503, "ServiceUnavailable");
+                }
+                apns_answer(&l, &s, &public, req)
+            })
         });
         let task = serve(listener, ca.server_config_with(&[b"h2"], Some(ca)), true, handler);
         ApnsStandIn {
@@ -168,7 +201,14 @@ fn apns_answer_to(log: &Log, state: &ApnsState, public: &[u8], req: Request<Byte
         log.violation("no bearer provider token".into());
         return apns_error(403, "MissingProviderToken");
     };
-    match verify_es256(&auth, public) {
+    let cached = state.verified.lock().unwrap().get(&auth).cloned();
+    let verified = match cached {
+        Some(v) => Ok(v),
+        None => verify_es256(&auth, public).inspect(|v| {
+            state.verified.lock().unwrap().insert(auth.clone(), v.clone());
+        }),
+    };
+    match verified {
         Ok((header, claims)) => {
             if header["alg"] != "ES256" || header["kid"] != APNS_KEY_ID || claims["iss"] != APNS_TEAM_ID {
                 log.violation(format!("provider token header/claims wrong: {header} {claims}"));

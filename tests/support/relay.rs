@@ -1,7 +1,68 @@
 //! The relay under test: a daemon booted in-process or the real binary
-//! started on a config file, and a client of its JSON API.
+//! started on a config file, and a client of its JSON API. With
+//! `PUSHBOX_TEST_POSTGRES` set (the URL of a PostgreSQL database whose user
+//! may create databases), every relay gets a fresh database there instead
+//! of its SQLite file: the same tests then run against PostgreSQL.
 
 use super::*;
+use pushbox::push::backend::RelayStore;
+
+/// The test PostgreSQL, when the relay tests run against one.
+pub fn test_postgres() -> Option<String> {
+    std::env::var("PUSHBOX_TEST_POSTGRES").ok().filter(|s| !s.is_empty())
+}
+
+/// A new, empty database on the test PostgreSQL at `base`: its URL.
+pub async fn fresh_database(base: &str) -> String {
+    let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PUSHBOX_TEST_POSTGRES unreachable: {e}"));
+    let task = tokio::spawn(conn);
+    let name = format!("pushbox_test_{}", uuid::Uuid::new_v4().simple());
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    drop(client);
+    let _ = task.await;
+    let (head, _) = base
+        .rsplit_once('/')
+        .expect("PUSHBOX_TEST_POSTGRES ends with /<database>");
+    format!("{head}/{name}")
+}
+
+/// The `database = …` line for a new relay's `[relay]` table: a fresh
+/// PostgreSQL database when the tests run against one, else nothing.
+pub async fn relay_database_line() -> String {
+    match test_postgres() {
+        Some(base) => format!("database = {:?}\n", fresh_database(&base).await),
+        None => String::new(),
+    }
+}
+
+/// `toml` with `line` in its `[relay]` table (added when missing).
+pub fn with_relay_line(toml: &str, line: &str) -> String {
+    if line.is_empty() {
+        return toml.to_string();
+    }
+    match toml.find("[relay]\n") {
+        Some(i) => format!("{}[relay]\n{line}{}", &toml[..i], &toml[i + 8..]),
+        None => format!("{toml}\n[relay]\n{line}"),
+    }
+}
+
+/// The relay store a daemon with this configuration uses (SQLite beside it,
+/// or its PostgreSQL database), opened from the test.
+pub async fn relay_store(config: &pushbox::config::Config) -> Arc<dyn RelayStore> {
+    let store = pushbox::store::Store::open_in(&config.data_dir).unwrap();
+    pushbox::push::backend::open(&config.relay, store, &config.data_dir)
+        .await
+        .unwrap()
+}
+
+/// The same, for a daemon started on the config file at `path`.
+pub async fn relay_store_of(path: &Path) -> Arc<dyn RelayStore> {
+    let toml = std::fs::read_to_string(path).unwrap();
+    let config = pushbox::config::Config::from_toml_str(&toml, path.parent()).unwrap_or_else(|p| panic!("{p}"));
+    relay_store(&config).await
+}
 
 /// A daemon booted in-process with `pushbox::run` on 127.0.0.1:0.
 pub struct Daemon {
@@ -9,6 +70,7 @@ pub struct Daemon {
     pub url: String,
     pub ca: PathBuf,
     pub data_dir: PathBuf,
+    pub config: pushbox::config::Config,
 }
 
 impl Daemon {
@@ -22,8 +84,10 @@ impl Daemon {
         } else {
             format!("{toml}\n[relay]\nip_rate = 100000\n")
         };
+        let toml = with_relay_line(&toml, &relay_database_line().await);
         let config = pushbox::config::Config::from_toml_str(&toml, Some(dir)).unwrap_or_else(|p| panic!("{p}"));
         let data_dir = config.data_dir.clone();
+        let kept = config.clone();
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
         let listeners = pushbox::Listeners {
@@ -36,6 +100,7 @@ impl Daemon {
             ca: data_dir.join("tls/ca.pem"),
             data_dir,
             daemon,
+            config: kept,
         }
     }
 
@@ -47,9 +112,9 @@ impl Daemon {
         let _ = self.daemon.stop(PATIENCE).await;
     }
 
-    /// Open the daemon's database beside it (for checks the API cannot show).
-    pub fn store(&self) -> pushbox::store::Store {
-        pushbox::store::Store::open_in(&self.data_dir).unwrap()
+    /// Open the daemon's relay store beside it (for checks the API cannot show).
+    pub async fn relay_store(&self) -> Arc<dyn RelayStore> {
+        relay_store(&self.config).await
     }
 }
 
@@ -175,16 +240,26 @@ impl Process {
             .append(true)
             .open(data_dir.with_extension("log"))
             .unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pushbox"))
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pushbox"))
             .arg("--config")
             .arg(config_path)
             .arg("serve")
+            // Read by the tests, not a setting of the daemon's (`PUSHBOX_*`).
+            .env_remove("PUSHBOX_TEST_POSTGRES")
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        eventually(|| async move { tokio::net::TcpStream::connect(addr).await.ok() }).await;
+        let deadline = Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                let log = std::fs::read_to_string(data_dir.with_extension("log")).unwrap_or_default();
+                panic!("pushbox exited ({status}) before listening:\n{log}");
+            }
+            assert!(Instant::now() < deadline, "pushbox did not listen in time");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let ready = data_dir.join("tls/cert.pem");
         eventually(|| {
             let ready = ready.clone();
@@ -212,13 +287,10 @@ impl Process {
 
 /// Wait until the relay's outbox is empty (every accepted push delivered or given up).
 pub async fn settled(d: &Daemon) {
-    let store = d.store();
-    eventually(|| {
-        let store = store.clone();
-        async move {
-            let n = store.call(|c| pushbox::store::relay::pending_count(c)).await.unwrap();
-            (n == 0).then_some(())
-        }
-    })
-    .await;
+    drained(&d.relay_store().await).await;
+}
+
+/// Wait until `store`'s outbox is empty.
+pub async fn drained(store: &Arc<dyn RelayStore>) {
+    eventually(|| async { (store.pending_count().await.unwrap() == 0).then_some(()) }).await;
 }

@@ -28,13 +28,16 @@ impl Answer {
 impl From<crate::store::StoreError> for Answer {
     fn from(e: crate::store::StoreError) -> Self {
         tracing::error!(error = %e, "relay API storage error");
-        if e.is_full() {
-            // Nothing was accepted; the client may try again once space returns.
-            let mut r = detail(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The relay's storage is full; try again later.",
-            );
-            r.headers_mut().insert(hyper::header::RETRY_AFTER, 60.into());
+        if e.is_transient() {
+            // Nothing was accepted; the client may try again once space
+            // returns or the database is reachable again.
+            let (text, after) = if e.is_full() {
+                ("The relay's storage is full; try again later.", 60)
+            } else {
+                ("The relay's database is unavailable; try again later.", 5)
+            };
+            let mut r = detail(StatusCode::SERVICE_UNAVAILABLE, text);
+            r.headers_mut().insert(hyper::header::RETRY_AFTER, after.into());
             return Answer::new(r);
         }
         Answer::new(detail(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error."))
@@ -248,6 +251,9 @@ mod tests {
         let Answer(r) = Answer::from(full);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(r.headers().contains_key(hyper::header::RETRY_AFTER));
+        let Answer(r) = Answer::from(crate::store::StoreError::Unavailable("connection closed".into()));
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()[hyper::header::RETRY_AFTER], "5");
         let other = crate::store::StoreError::Other("x".into());
         assert_eq!(Answer::from(other).0.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }

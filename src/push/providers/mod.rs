@@ -6,9 +6,9 @@ pub mod fcm;
 pub mod upstream;
 pub mod webpush;
 
-use super::{client::HttpsClient, Kind, Priority};
+use super::{backend::RelayStore, client::HttpsClient, Kind, Priority};
 use crate::{config::RelayConfig, store::relay::Delivery};
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 /// What became of one delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,14 +31,24 @@ pub struct Providers {
 }
 
 impl Providers {
-    pub fn new(config: &RelayConfig, data_dir: &Path, public_url: &str) -> anyhow::Result<Providers> {
+    /// The providers configured, with the VAPID key from (or first put
+    /// into) the relay's store. Reads files: call at start-up.
+    pub async fn new(
+        config: &RelayConfig,
+        data_dir: &Path,
+        public_url: &str,
+        store: Arc<dyn RelayStore>,
+    ) -> anyhow::Result<Providers> {
         use anyhow::Context;
         let shared = super::client::tls_config(config.ca_roots.as_deref()).context("relay.ca_roots")?;
+        let vapid = webpush::vapid_key(data_dir, config.database.is_some(), store.as_ref())
+            .await
+            .context("Web Push (VAPID key)")?;
         Ok(Providers {
             apns: config
                 .apns
                 .as_ref()
-                .map(apns::Apns::new)
+                .map(|c| apns::Apns::new(c, store.clone()))
                 .transpose()
                 .context("relay.apns")?,
             fcm: config
@@ -49,7 +59,7 @@ impl Providers {
                 .context("relay.fcm")?,
             webpush: webpush::WebPush::new(
                 HttpsClient::with_tls(shared.clone()),
-                data_dir,
+                &vapid,
                 config.vapid_subject.clone().unwrap_or_else(|| public_url.to_string()),
             )
             .context("Web Push (VAPID key)")?,
@@ -82,6 +92,18 @@ pub fn message_dict(d: &Delivery) -> serde_json::Value {
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or(serde_json::Value::Null);
     serde_json::json!({ "token": d.token, "data": data })
+}
+
+/// [`message_dict`] as JSON text, with the stored `data` (JSON written by
+/// the relay itself at submit) spliced in rather than parsed again.
+pub fn message_json(d: &Delivery) -> String {
+    let token = serde_json::Value::String(d.token.clone());
+    match d.data.as_deref() {
+        Some(data) if serde_json::from_str::<serde::de::IgnoredAny>(data).is_ok() => {
+            format!(r#"{{"token":{token},"data":{data}}}"#)
+        }
+        _ => format!(r#"{{"token":{token},"data":null}}"#),
+    }
 }
 
 pub fn priority(d: &Delivery) -> Priority {
@@ -123,6 +145,38 @@ pub fn retry_or_drop(status: u16, retry_after: Option<Duration>, why: String) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_message_json_equals_the_dictionary() {
+        let d = |data: Option<&str>| Delivery {
+            push_id: 1,
+            device: crate::store::relay::Device {
+                id: "d".into(),
+                account_id: 1,
+                kind: "apns".into(),
+                name: None,
+                active: true,
+                registration_id: "ab".into(),
+                device_id: None,
+                p256dh: None,
+                auth: None,
+                upstream_token: None,
+                created: 0,
+            },
+            token: "t\"ok".into(),
+            collapse: "c".into(),
+            data: data.map(str::to_string),
+            priority: "high".into(),
+            created: 0,
+            expires: 0,
+            attempts: 0,
+        };
+        for data in [None, Some(r#"{"a":[1,"x"]}"#), Some("not json")] {
+            let d = d(data);
+            let spliced: serde_json::Value = serde_json::from_str(&message_json(&d)).unwrap();
+            assert_eq!(spliced, message_dict(&d), "{data:?}");
+        }
+    }
 
     #[test]
     fn generic_status_mapping() {

@@ -1,10 +1,13 @@
 //! Web Push: RFC 8030 delivery, RFC 8291 `aes128gcm` payload encryption and
 //! RFC 8292 VAPID, all with ring. The VAPID key (P-256) is made on first
-//! start and kept in `data_dir/relay/vapid.pk8`.
+//! start and kept in `data_dir/relay/vapid.pk8`; with a shared database it
+//! is one key for every node, kept in the database (the first node to start
+//! puts its key there, the file's if it has one).
 
 use super::{message_dict, priority, ttl_left, Outcome};
 use crate::{
     push::{
+        backend::RelayStore,
         client::{retry_after, HttpsClient},
         jwt, Priority,
     },
@@ -28,25 +31,52 @@ pub struct WebPush {
     subject: String,
 }
 
-impl WebPush {
-    pub fn new(client: HttpsClient, data_dir: &Path, subject: String) -> anyhow::Result<WebPush> {
-        let dir = data_dir.join("relay");
-        let path = dir.join("vapid.pk8");
-        let der = match std::fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(&dir)?;
-                let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
-                    .map_err(|_| anyhow::anyhow!("cannot generate the VAPID key"))?;
-                write_private(&path, doc.as_ref())?;
-                tracing::info!(path = %path.display(), "generated the VAPID key for Web Push");
-                doc.as_ref().to_vec()
-            }
-            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+/// Where the shared VAPID key is kept in the relay's store.
+const VAPID_NAME: &str = "vapid-pkcs8";
+
+/// The VAPID key (PKCS#8 DER). One node: the file in `data_dir/relay`,
+/// made on first start. `shared`: the store's, which the first node to
+/// start puts there (its file's key if it has one, so a relay that moves
+/// from SQLite to PostgreSQL keeps its subscriptions working).
+pub async fn vapid_key(data_dir: &Path, shared: bool, store: &dyn RelayStore) -> anyhow::Result<Vec<u8>> {
+    let dir = data_dir.join("relay");
+    let path = dir.join("vapid.pk8");
+    let local = match std::fs::read(&path) {
+        Ok(d) => Some(d),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    };
+    let generate = || {
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .map(|doc| doc.as_ref().to_vec())
+            .map_err(|_| anyhow::anyhow!("cannot generate the VAPID key"))
+    };
+    if shared {
+        let candidate = match local {
+            Some(d) => d,
+            None => generate()?,
         };
+        let stored = store.shared_value(VAPID_NAME, &jwt::b64(&candidate)).await?;
+        return jwt::b64_decode(&stored)
+            .ok_or_else(|| anyhow::anyhow!("the VAPID key in the database is not base64url"));
+    }
+    match local {
+        Some(d) => Ok(d),
+        None => {
+            std::fs::create_dir_all(&dir)?;
+            let der = generate()?;
+            write_private(&path, &der)?;
+            tracing::info!(path = %path.display(), "generated the VAPID key for Web Push");
+            Ok(der)
+        }
+    }
+}
+
+impl WebPush {
+    pub fn new(client: HttpsClient, der: &[u8], subject: String) -> anyhow::Result<WebPush> {
         Ok(WebPush {
             client,
-            key: jwt::es256_key(&der)?,
+            key: jwt::es256_key(der)?,
             subject,
         })
     }

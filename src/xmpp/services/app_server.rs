@@ -415,11 +415,7 @@ async fn command(server: &Arc<Server>, from: &Jid, cmd: &Element) -> Result<Elem
 }
 
 async fn relay_account(server: &Arc<Server>, owner: &str) -> Result<Option<i64>, store::StoreError> {
-    let o = owner.to_string();
-    server
-        .store
-        .call(move |c| Ok(store::relay::account_by_username(c, &o)?.map(|(a, _)| a.id)))
-        .await
+    server.relay.account_id(owner).await
 }
 
 /// Delete an earlier registration of the same device (the app re-registers
