@@ -311,6 +311,12 @@ pub async fn run(
     drop(alive);
     // Give sessions time to write their closing bytes.
     let _ = tokio::time::timeout(Duration::from_secs(10), all_done.recv()).await;
+    // The archive writer gathers inserts for a few milliseconds: write them out.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        xmpp::modules::mam::Mam::archive(&server).flush(),
+    )
+    .await;
     Ok(())
 }
 

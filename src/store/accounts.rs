@@ -127,12 +127,9 @@ pub fn get(c: &Connection, username: &str) -> Result<Option<Account>> {
 }
 
 pub fn id_of(c: &Connection, username: &str) -> Result<Option<i64>> {
-    Ok(
-        c.query_row("SELECT id FROM accounts WHERE username=?1", params![username], |r| {
-            r.get(0)
-        })
-        .optional()?,
-    )
+    Ok(c.prepare_cached("SELECT id FROM accounts WHERE username=?1")?
+        .query_row(params![username], |r| r.get(0))
+        .optional()?)
 }
 
 pub fn list(c: &Connection) -> Result<Vec<(String, bool, i64)>> {

@@ -47,11 +47,8 @@ impl Default for Prefs {
 
 pub fn prefs(c: &Connection, account: i64) -> Result<Prefs> {
     let row: Option<(String, String, String)> = c
-        .query_row(
-            "SELECT default_mode, always, never FROM archive_prefs WHERE account_id=?1",
-            params![account],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
+        .prepare_cached("SELECT default_mode, always, never FROM archive_prefs WHERE account_id=?1")?
+        .query_row(params![account], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     Ok(match row {
         None => Prefs::default(),
@@ -79,7 +76,11 @@ pub fn set_prefs(c: &Connection, account: i64, p: &Prefs) -> Result<()> {
 
 /// Whether a message with `with` goes into `account`'s archive under its prefs.
 pub fn wanted(c: &Connection, account: i64, with: &str) -> Result<bool> {
-    let p = prefs(c, account)?;
+    wanted_by(c, account, &prefs(c, account)?, with)
+}
+
+/// [`wanted`] with the account's preferences already read.
+pub fn wanted_by(c: &Connection, account: i64, p: &Prefs, with: &str) -> Result<bool> {
     if p.never.iter().any(|j| j == with) {
         return Ok(false);
     }

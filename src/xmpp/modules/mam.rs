@@ -20,10 +20,11 @@ use crate::{
 use jid::{BareJid, Jid};
 use minidom::Element;
 use std::{
-    sync::{Arc, Mutex},
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use crate::xmpp::ns::{MAM as NS, SID as NS_SID};
 pub const NS_RSM: &str = "http://jabber.org/protocol/rsm";
@@ -50,19 +51,34 @@ enum Owner {
     Room(i64),
 }
 
-/// Handle to the archive writer.
+/// How long the writer gathers inserts after the first one before it
+/// commits them: one commit (and its WAL frames) per batch instead of per
+/// message. A query's barrier cuts the wait short, so nobody waits for it.
+const LINGER: Duration = Duration::from_millis(10);
+/// Most operations written in one transaction.
+const MAX_BATCH: usize = 2048;
+/// WAL pages after which the writer's commit checkpoints (SQLite's default
+/// is 1,000): index and table pages written again and again between
+/// checkpoints are copied into the database once.
+const WAL_AUTOCHECKPOINT: i64 = 4000;
+
+/// Handle to the archive writer: a thread with its own SQLite connection
+/// (see `spawn_workers`).
 pub struct Archive {
-    tx: mpsc::UnboundedSender<Op>,
-    // Taken once by `spawn_writer`.
-    rx: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
+    tx: std::sync::mpsc::Sender<Op>,
+    // Taken once by `spawn_workers`.
+    rx: Mutex<Option<std::sync::mpsc::Receiver<Op>>>,
+    /// The writer thread, woken early by barriers.
+    writer: OnceLock<std::thread::Thread>,
 }
 
 impl Default for Archive {
     fn default() -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = std::sync::mpsc::channel();
         Archive {
             tx,
             rx: Mutex::new(Some(rx)),
+            writer: OnceLock::new(),
         }
     }
 }
@@ -71,61 +87,29 @@ impl Archive {
     /// Start the writer and the retention sweeper (once, from `run`).
     fn spawn_workers(&self, server: &Arc<Server>) {
         let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let Some(mut rx) = rx else { return };
-        let store = server.store.clone();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < 512 {
-                    match rx.try_recv() {
-                        Ok(op) => batch.push(op),
-                        Err(_) => break,
-                    }
-                }
-                let (inserts, barriers): (Vec<_>, Vec<_>) =
-                    batch.into_iter().partition(|o| matches!(o, Op::Insert { .. }));
-                if !inserts.is_empty() {
-                    let r = store
-                        .call(move |c| {
-                            let tx = c.transaction()?;
-                            for op in inserts {
-                                let Op::Insert {
-                                    owner,
-                                    stanza_id,
-                                    ts,
-                                    with,
-                                    xml,
-                                } = op
-                                else {
-                                    continue;
-                                };
-                                match owner {
-                                    Owner::Account(username) => {
-                                        let Some(id) = store::accounts::id_of(&tx, &username)? else {
-                                            continue;
-                                        };
-                                        if db::wanted(&tx, id, &with)? {
-                                            db::insert(&tx, id, &stanza_id, ts, &with, &xml)?;
-                                        }
-                                    }
-                                    Owner::Room(room) => db::insert_room(&tx, room, &stanza_id, ts, &with, &xml)?,
-                                }
-                            }
-                            tx.commit()?;
-                            Ok(())
-                        })
-                        .await;
-                    if let Err(e) = r {
-                        tracing::error!(error = %e, "archive write failed");
-                    }
-                }
-                for b in barriers {
-                    if let Op::Barrier(done) = b {
-                        let _ = done.send(());
-                    }
-                }
+        let Some(rx) = rx else { return };
+        // Its own connection on the same file (WAL: the server's connection
+        // keeps reading meanwhile), on a thread of its own: a batch is one
+        // wake-up of one thread, not a hop through the blocking pool.
+        let conn = match server.store.connection() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open the archive writer's connection; archiving is off");
+                return;
             }
-        });
+        };
+        if let Err(e) = conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT) {
+            tracing::warn!(error = %e, "archive writer: wal_autocheckpoint not set");
+        }
+        match std::thread::Builder::new()
+            .name("archive-writer".into())
+            .spawn(move || write_loop(conn, rx))
+        {
+            Ok(h) => {
+                let _ = self.writer.set(h.thread().clone());
+            }
+            Err(e) => tracing::error!(error = %e, "cannot start the archive writer; archiving is off"),
+        }
         let Some(retention) = server.config.archive.retention.map(|d| d.get()) else {
             return;
         };
@@ -172,13 +156,107 @@ impl Archive {
         });
     }
 
-    /// Wait until everything queued so far is written.
+    /// Wait until everything queued so far is written (queries, and the
+    /// daemon's shutdown).
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Op::Barrier(tx)).is_ok() {
+            if let Some(t) = self.writer.get() {
+                t.unpark();
+            }
             let _ = rx.await;
         }
     }
+}
+
+/// The writer thread: waits for an operation, gathers what follows for
+/// [`LINGER`] (or until a barrier), writes it in one transaction, answers
+/// the barriers. Ends when the server is gone.
+fn write_loop(mut conn: rusqlite::Connection, rx: std::sync::mpsc::Receiver<Op>) {
+    use std::sync::mpsc::TryRecvError;
+    let mut open = true;
+    while open {
+        let Ok(first) = rx.recv() else { return };
+        let started = std::time::Instant::now();
+        let mut batch = vec![first];
+        loop {
+            match rx.try_recv() {
+                Ok(op) => {
+                    batch.push(op);
+                    if batch.len() < MAX_BATCH {
+                        continue;
+                    }
+                }
+                Err(TryRecvError::Empty) => {
+                    let waited = started.elapsed();
+                    let barrier = batch.iter().any(|o| matches!(o, Op::Barrier(_)));
+                    if !barrier && waited < LINGER {
+                        // Senders do not wake this thread; a barrier does.
+                        std::thread::park_timeout(LINGER - waited);
+                        continue;
+                    }
+                }
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+            break;
+        }
+        let mut barriers = Vec::new();
+        let mut inserts = Vec::with_capacity(batch.len());
+        for op in batch {
+            match op {
+                Op::Barrier(b) => barriers.push(b),
+                insert => inserts.push(insert),
+            }
+        }
+        if !inserts.is_empty() {
+            if let Err(e) = write_batch(&mut conn, inserts) {
+                tracing::error!(error = %e, "archive write failed");
+            }
+        }
+        for b in barriers {
+            let _ = b.send(());
+        }
+    }
+}
+
+/// One transaction for a batch; an account's id and preferences are read
+/// once per batch.
+fn write_batch(conn: &mut rusqlite::Connection, inserts: Vec<Op>) -> store::Result<()> {
+    let tx = conn.transaction()?;
+    let mut accounts: HashMap<String, Option<(i64, db::Prefs)>> = HashMap::new();
+    for op in inserts {
+        let Op::Insert {
+            owner,
+            stanza_id,
+            ts,
+            with,
+            xml,
+        } = op
+        else {
+            continue;
+        };
+        match owner {
+            Owner::Account(username) => {
+                let account = match accounts.get(&username) {
+                    Some(a) => a,
+                    None => {
+                        let a = match store::accounts::id_of(&tx, &username)? {
+                            Some(id) => Some((id, db::prefs(&tx, id)?)),
+                            None => None,
+                        };
+                        accounts.entry(username).or_insert(a)
+                    }
+                };
+                let Some((id, prefs)) = account else { continue };
+                if db::wanted_by(&tx, *id, prefs, &with)? {
+                    db::insert(&tx, *id, &stanza_id, ts, &with, &xml)?;
+                }
+            }
+            Owner::Room(room) => db::insert_room(&tx, room, &stanza_id, ts, &with, &xml)?,
+        }
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 pub fn now_micros() -> i64 {
@@ -188,8 +266,19 @@ pub fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
+/// A new XEP-0359 stanza id: a UUID version 7 (milliseconds since the
+/// epoch, then 74 random bits from the thread's generator, no system call).
+/// Ids made one after another sort together, so each archive insert lands
+/// at the end of its account's part of the `(account_id, stanza_id)`
+/// index instead of on a random page of it.
 pub fn new_stanza_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(ms, &rand::random())
+        .into_uuid()
+        .to_string()
 }
 
 /// Whether a message belongs in an archive: it carries a body or an
