@@ -530,3 +530,37 @@ async fn an_approved_subscription_brings_presence_once() {
     );
     s.stop().await;
 }
+
+/// `limits.idle_timeout` counts whitespace keepalives (RFC 6120 §4.6.1) as
+/// activity, whether the stream's parser is active or resting; silence
+/// still ends the session.
+#[tokio::test]
+async fn whitespace_keepalives_keep_an_idle_session_open() {
+    use std::time::{Duration, Instant};
+    let s = TestServer::start_with("[limits]\nidle_timeout = \"2s\"\nconnections_per_ip_per_minute = 1000\n").await;
+    s.add_user("alice", "pw");
+    let mut c = RawClient::login(s.c2s, "alice", "pw").await;
+    // Keepalives for more than twice the timeout: a space, a newline, and one
+    // right behind a stanza; at first often, then with pauses longer than
+    // the second after which a quiet stream frees its parser.
+    c.send("<presence/>\n").await;
+    for (i, pause) in [400, 400, 400, 1300, 1300, 1300].into_iter().enumerate() {
+        c.send(if i % 2 == 0 { " " } else { "\n" }).await;
+        assert!(
+            c.read_for(Duration::from_millis(pause)).await,
+            "closed while keepalives flowed: {}",
+            c.received
+        );
+    }
+    assert!(!c.received.contains("connection-timeout"), "{}", c.received);
+    c.send("<iq type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let r = c.read_until("alive").await;
+    assert!(r.contains("type='result'") || r.contains("type=\"result\""), "{r}");
+    // Silence: the session ends after the timeout.
+    let quiet = Instant::now();
+    // (The connection is dropped, as a lost one is: no stream error.)
+    c.read_to_end().await;
+    assert!(quiet.elapsed() >= Duration::from_millis(1500), "{:?}", quiet.elapsed());
+    s.stop().await;
+}

@@ -435,3 +435,49 @@ async fn check_web_verifies_discovery_from_outside() {
     assert!(!report.ok, "{:?}", report.findings);
     s.stop().await;
 }
+
+/// A WebSocket ping (or pong) counts as activity for `limits.idle_timeout`,
+/// as a whitespace keepalive does on TCP; silence ends the session.
+#[tokio::test]
+async fn websocket_pings_keep_an_idle_session_open() {
+    use std::time::{Duration, Instant};
+    let s =
+        TestServer::start_with_https("[limits]\nidle_timeout = \"2s\"\nconnections_per_ip_per_minute = 1000\n").await;
+    s.add_user("alice", "pw");
+    let mut w = Ws::connect(s.https.unwrap()).await;
+    w.open().await;
+    w.send(&format!(
+        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+        B64.encode("\0alice\0pw")
+    ))
+    .await;
+    w.read_until("<success").await;
+    w.open().await;
+    w.send("<iq xmlns='jabber:client' type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+        .await;
+    w.read_until("</iq>").await;
+    // Pings and pongs, and nothing else, for more than twice the timeout.
+    for (i, pause) in [400u64, 400, 1300, 1300, 1300].into_iter().enumerate() {
+        let frame = match i % 2 {
+            0 => Message::Ping(Bytes::from_static(b"still here")),
+            _ => Message::Pong(Bytes::from_static(b"heartbeat")),
+        };
+        w.ws.send(frame).await.unwrap();
+        let until = Instant::now() + Duration::from_millis(pause);
+        while let Ok(m) = tokio::time::timeout_at(until.into(), w.ws.next()).await {
+            match m {
+                Some(Ok(Message::Pong(_))) => {}
+                other => panic!("the session ended while pings flowed: {other:?} {}", w.received),
+            }
+        }
+    }
+    w.received.clear();
+    w.send("<iq xmlns='jabber:client' type='get' id='alive' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    assert!(w.read_until("alive").await.contains("type='result'"), "{}", w.received);
+    let quiet = Instant::now();
+    // (The connection is dropped, as a lost one is: no stream error.)
+    w.read_to_end().await;
+    assert!(quiet.elapsed() >= Duration::from_millis(1500), "{:?}", quiet.elapsed());
+    s.stop().await;
+}

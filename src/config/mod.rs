@@ -288,7 +288,8 @@ pub struct Limits {
     pub connections_per_ip_per_minute: u32,
     /// Open connections allowed from one IP address.
     pub max_connections_per_ip: u32,
-    /// A connection that sends nothing (not even a whitespace keepalive) for this long is closed.
+    /// A connection that sends nothing (not even a whitespace keepalive or a
+    /// WebSocket ping) for this long is closed.
     pub idle_timeout: Duration,
     /// Offline messages kept per account.
     pub max_offline_messages: u32,

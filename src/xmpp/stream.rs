@@ -9,6 +9,7 @@ use super::xml::{
 };
 use minidom::Element;
 use std::{io, pin::Pin, time::Duration};
+use tokio::time::Instant;
 use tokio::{
     io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader},
     net::TcpStream,
@@ -73,6 +74,9 @@ pub struct XmlStream<S> {
     frames: Option<Vec<usize>>,
     /// Whether our stream header went out (errors need one first).
     pub header_sent: bool,
+    /// When whitespace between stanzas (a keepalive) was last read: it
+    /// yields no event, yet counts as activity for idle timeouts.
+    heard: Option<Instant>,
 }
 
 impl XmlStream<Plain> {
@@ -106,6 +110,7 @@ impl<S: Transport> XmlStream<S> {
             skip_whitespace: false,
             frames: None,
             header_sent: false,
+            heard: None,
         }
     }
 
@@ -179,6 +184,16 @@ impl<S: Transport> XmlStream<S> {
                 return Err(ConnError::Eof);
             }
             let mut slice = buf;
+            // Whitespace between stanzas is a keepalive: consumed here,
+            // so that a resting parser stays at rest, and remembered.
+            if !self.skip_whitespace && self.parser.as_ref().is_none_or(|p| p.at_rest()) {
+                let ws = slice.iter().take_while(|b| b.is_ascii_whitespace()).count();
+                if ws > 0 {
+                    self.heard = Some(Instant::now());
+                    Pin::new(&mut self.io).consume(ws);
+                    continue;
+                }
+            }
             if self.skip_whitespace {
                 let ws = slice.iter().take_while(|b| b.is_ascii_whitespace()).count();
                 if ws < slice.len() {
@@ -208,6 +223,12 @@ impl<S: Transport> XmlStream<S> {
                 Err(e) => return Err(ConnError::Stream(e)),
             }
         }
+    }
+
+    /// When the peer last sent whitespace between stanzas (RFC 6120 §4.6.1
+    /// keepalives), which [`XmlStream::next_event`] reads without an event.
+    pub fn heard(&self) -> Option<Instant> {
+        self.heard
     }
 
     /// Framed mode reads its `<open/>` and `<close/>` back as stream events.

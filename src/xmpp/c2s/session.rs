@@ -418,7 +418,8 @@ impl Session {
                 true => deadline.min(last_activity + REST_AFTER),
                 false => deadline,
             };
-            let mut rested = false;
+            // Timers firing are not activity; everything else is.
+            let mut timer = false;
             let r: Result<Option<End>, ConnError> = tokio::select! {
                 ev = xs.next_event() => match ev {
                     Ok(Event::Stanza(el)) => self.handle_client_element(xs, el).await,
@@ -428,16 +429,25 @@ impl Session {
                 },
                 msg = self.rx.recv() => self.deliver(xs, msg).await,
                 _ = stopped(&mut shutdown) => Ok(Some(End::Shutdown)),
-                _ = tokio::time::sleep_until(wake) => match wake < deadline {
-                    true => {
+                _ = tokio::time::sleep_until(wake) => {
+                    timer = true;
+                    if wake < deadline {
                         xs.rest();
-                        rested = true;
                         Ok(None)
+                    } else {
+                        match heard(xs).filter(|t| *t > last_activity) {
+                            // A whitespace keepalive or a WebSocket ping
+                            // (read without an event) restarts the count.
+                            Some(t) => {
+                                last_activity = t;
+                                Ok(None)
+                            }
+                            None => Err(ConnError::Timeout),
+                        }
                     }
-                    false => Err(ConnError::Timeout),
                 },
             };
-            if !rested {
+            if !timer {
                 last_activity = Instant::now();
             }
             match r {
@@ -677,6 +687,16 @@ fn important(el: &Element) -> bool {
         ),
         _ => true, // IQs always go through
     }
+}
+
+/// When the client last showed it is there without sending an element:
+/// whitespace between stanzas, or a WebSocket ping or pong.
+fn heard(xs: &ClientStream) -> Option<Instant> {
+    let ws = match xs.get_ref() {
+        super::ClientIo::WebSocket(w) => w.heard(),
+        super::ClientIo::Tls(_) => None,
+    };
+    xs.heard().max(ws)
 }
 
 async fn end_stream(server: &Server, xs: &mut ClientStream, e: ConnError) {

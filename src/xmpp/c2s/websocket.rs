@@ -25,6 +25,7 @@ use std::{
     task::{ready, Context, Poll},
 };
 use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{self, error::CapacityError, Message};
 use tracing::Instrument;
 
@@ -54,6 +55,8 @@ pub struct WsIo {
     pos: usize,
     /// Written since the last flush: the next message.
     output: Vec<u8>,
+    /// When a ping or pong last arrived (activity without XMPP data).
+    heard: Option<Instant>,
 }
 
 impl WsIo {
@@ -63,7 +66,14 @@ impl WsIo {
             input: Bytes::new(),
             pos: 0,
             output: Vec::new(),
+            heard: None,
         }
+    }
+
+    /// When the client last sent a ping or pong: it counts as activity for
+    /// the session's idle timeout, like a whitespace keepalive on TCP.
+    pub fn heard(&self) -> Option<Instant> {
+        self.heard
     }
 }
 
@@ -85,8 +95,10 @@ impl AsyncBufRead for WsIo {
                 Some(Ok(Message::Binary(_))) => return Poll::Ready(Err(violation(StreamError::UnsupportedEncoding))),
                 // The client closed the WebSocket: the end of the stream.
                 Some(Ok(Message::Close(_))) | None => return Poll::Ready(Ok(&[])),
-                // Pings are answered by tungstenite itself.
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                // Pings are answered by tungstenite itself; they and pongs
+                // (RFC 6455 §5.5.3: a one-way heartbeat) keep the session.
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => this.heard = Some(Instant::now()),
+                Some(Ok(Message::Frame(_))) => {}
                 Some(Err(tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                     tracing::info!(size, max_size, "WebSocket message over the size limit");
                     return Poll::Ready(Err(violation(StreamError::PolicyViolation)));

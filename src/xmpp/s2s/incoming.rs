@@ -244,7 +244,11 @@ async fn serve(
                     authenticated.insert(from);
                 }
             }
-            _ = tokio::time::sleep_until(deadline) => return Err(ConnError::Timeout),
+            _ = tokio::time::sleep_until(deadline) => match xs.heard().filter(|t| *t > last && !authenticated.is_empty()) {
+                // A whitespace keepalive restarts the idle count.
+                Some(t) => last = t,
+                None => return Err(ConnError::Timeout),
+            },
             _ = shutdown::stopped(&mut stop) => return Err(ConnError::Stream(StreamError::SystemShutdown)),
         }
         xs.shrink();
