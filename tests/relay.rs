@@ -830,3 +830,68 @@ async fn a_push_accepted_before_sigkill_is_delivered_once_after_restart() {
     assert_eq!(apns.log.seen().len(), 1, "delivered once");
     p.kill();
 }
+
+/// APNs allows `streams` concurrent streams per connection (announced in
+/// SETTINGS_MAX_CONCURRENT_STREAMS) and holds its answers; 10 pushes are
+/// sent. Returns how many reached APNs while it held them, and on how many
+/// connections; then lets APNs answer and checks that every push arrived
+/// once.
+async fn in_flight_while_apns_holds(streams: u32, connections: usize) -> (usize, usize) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let apns = ApnsStandIn::start_limited(&ca, dir.path(), streams).await;
+    apns.state.hold.store(true, SeqCst);
+    let cfg = format!(
+        "[relay]\nip_rate = 100000\nprovider_connections = {connections}\n{}",
+        apns.config(&ca)
+    );
+    let daemon = Daemon::start(dir.path(), &cfg).await;
+    let u = daemon.api().signup("pat").await;
+    let (_, token) = u.apns_device_and_token(&apns_token()).await;
+    for n in 0..10 {
+        let r = daemon
+            .api()
+            .post("/api/v1/messages/", json!({ "token": token, "data": { "n": n } }))
+            .await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+    }
+    let limit = (streams as usize * connections).min(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while apns.state.held.load(SeqCst) < limit {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} pushes reached APNs, {limit} expected",
+            apns.state.held.load(SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The rest wait for a stream: none more arrives while APNs holds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = apns.state.held.load(SeqCst);
+    let conns = apns.state.connections.lock().unwrap().len();
+    apns.state.release();
+    let seen = apns.log.wait_for(10, |_| true).await;
+    settled(&daemon).await;
+    let mut ns: Vec<i64> = apns
+        .log
+        .seen()
+        .iter()
+        .map(|s| s.body["message"]["data"]["n"].as_i64().unwrap())
+        .collect();
+    ns.sort();
+    assert_eq!(ns, (0..10).collect::<Vec<i64>>(), "each push once: {seen:?}");
+    assert!(apns.log.violations().is_empty(), "{:?}", apns.log.violations());
+    drop(u);
+    daemon.stop().await;
+    (held, conns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_do_not_queue_behind_one_apns_connection() {
+    // Two streams per connection, up to three connections: six pushes in
+    // flight on three connections, the other four waiting for a stream.
+    assert_eq!(in_flight_while_apns_holds(2, 3).await, (6, 3));
+    // Capped at one connection: two in flight, eight queued behind them.
+    assert_eq!(in_flight_while_apns_holds(2, 1).await, (2, 1));
+}
