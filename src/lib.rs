@@ -308,6 +308,9 @@ pub async fn run(
         "shutting down: closing every stream"
     );
     let _ = stop_tx.send(true);
+    // The accept loops' template holds a clone too: without this the wait
+    // below always ran its full ten seconds.
+    drop(acceptor);
     drop(alive);
     // Give sessions time to write their closing bytes.
     let _ = tokio::time::timeout(Duration::from_secs(10), all_done.recv()).await;
