@@ -11,7 +11,9 @@
 # from Sygnal's source repository ($SYGNAL_GIT) at tag $SYGNAL_TAG, cloned
 # with git. Its code is not changed: only its configuration (`proxy`) and
 # the environment (`SSL_CERT_FILE`) point it at the stand-in; see `sygnal`
-# in benches/relay_load.rs. NO_SYGNAL=1 leaves Sygnal out.
+# in benches/relay_load.rs. NO_SYGNAL=1 leaves Sygnal out, NO_POSTGRES=1
+# PostgreSQL; BENCH_TOKENS_LIST="1 64" runs the PostgreSQL rows once per
+# number of whitelist tokens the senders spread over (default: one).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -57,6 +59,29 @@ if [ -z "${NO_POSTGRES:-}" ]; then
   start_postgres
   # start_postgres set its own exit trap: keep removing the work dir too.
   trap 'stop_postgres; rm -rf "$WORK"' EXIT
-  BENCH_POSTGRES="$PG_URL" cargo bench --bench relay_load -- "$PUSHES" "$CONC"
-  BENCH_POSTGRES="$PG_URL" BENCH_NODES=2 cargo bench --bench relay_load -- "$PUSHES" "$CONC"
+  # PostgreSQL's own CPU: the postmaster's (its pid is in postmaster.pid),
+  # its ended children's (reaped into its cutime/cstime) and its live
+  # children's, in clock ticks.
+  pg_ticks() {
+    local t pm
+    pm=$(head -1 "$PG_WORK/data/postmaster.pid")
+    t=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat")
+    for c in $(ps -o pid= --ppid "$pm"); do
+      t=$((t + $(awk '{print $14 + $15}' "/proc/$c/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
+  }
+  pg_run() {
+    local before after
+    before=$(pg_ticks)
+    BENCH_POSTGRES="$PG_URL" "$@" cargo bench --bench relay_load -- "$PUSHES" "$CONC"
+    sleep 1 # the nodes' backends end and are reaped into the postmaster's
+    after=$(pg_ticks)
+    awk -v t=$((after - before)) -v hz="$(getconf CLK_TCK)" -v n="$PUSHES" \
+      'BEGIN { printf "  PostgreSQL CPU over the run (set-up included): %.2f s, %.0f us per push\n", t / hz, t / hz / n * 1e6 }'
+  }
+  for tokens in ${BENCH_TOKENS_LIST:-1}; do
+    pg_run env BENCH_TOKENS="$tokens"
+    pg_run env BENCH_TOKENS="$tokens" BENCH_NODES=2
+  done
 fi
