@@ -24,6 +24,9 @@ trap 'rm -rf "$WORK"' EXIT
 VENV="${VENV:-$WORK/sygnal-venv}"
 SYGNAL_GIT="${SYGNAL_GIT:-https://github.com/matrix-org/sygnal.git}"
 SYGNAL_TAG="${SYGNAL_TAG:-v0.15.1}"
+# Sygnal passes aioapns the key file's path; aioapns 4 takes the key's
+# contents instead (and fails with "Unable to load PEM file"): keep 3.x.
+SYGNAL_PINS="${SYGNAL_PINS-aioapns<4}"
 
 install_sygnal() {
   if [ ! -x "$VENV/bin/python" ]; then
@@ -34,11 +37,11 @@ install_sygnal() {
   echo "== installing Sygnal" >&2
   "$VENV/bin/pip" install -q --upgrade pip >&2
   if [ -n "${SYGNAL_SRC:-}" ]; then
-    "$VENV/bin/pip" install -q "$SYGNAL_SRC" >&2
-  elif ! "$VENV/bin/pip" install -q matrix-sygnal >&2; then
+    "$VENV/bin/pip" install -q "$SYGNAL_SRC" $SYGNAL_PINS >&2
+  elif ! "$VENV/bin/pip" install -q matrix-sygnal $SYGNAL_PINS >&2; then
     echo "== matrix-sygnal is not on the package index: building $SYGNAL_TAG from its source" >&2
     git clone -q --depth 1 --branch "$SYGNAL_TAG" "$SYGNAL_GIT" "$WORK/sygnal-src" >&2
-    "$VENV/bin/pip" install -q "$WORK/sygnal-src" >&2
+    "$VENV/bin/pip" install -q "$WORK/sygnal-src" $SYGNAL_PINS >&2
   fi
 }
 
