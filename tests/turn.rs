@@ -19,7 +19,8 @@ use std::{
 };
 
 const SHORT: Duration = Duration::from_millis(300);
-const WAIT: Duration = Duration::from_secs(5);
+/// For what must come; generous, as the machine may be loaded.
+const WAIT: Duration = Duration::from_secs(20);
 
 /// Alice's TURN credentials for UDP as XEP-0215 hands them out, and the
 /// whole answer.
@@ -226,15 +227,27 @@ async fn bandwidth_per_allocation_is_capped() {
     let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     a.allocate().await.unwrap();
     a.create_permission(peer.local_addr().unwrap()).await.unwrap();
+    let start = std::time::Instant::now();
     for _ in 0..20 {
         a.send_to_peer(peer.local_addr().unwrap(), &[1u8; 500]).await;
     }
     let mut got = 0;
+    let mut last = start;
     let mut buf = [0u8; 2048];
     while tokio::time::timeout(SHORT, peer.recv_from(&mut buf)).await.is_ok() {
         got += 1;
+        last = std::time::Instant::now();
     }
-    assert!((1..=6).contains(&got), "{got} datagrams passed a 2000 B/s cap");
+    // The bucket refills while the server works through the datagrams: on a
+    // loaded machine that can take a while, and the cap allows four more
+    // for every second of it (measured from the first send to the last
+    // datagram through, which spans the server's work).
+    let refill = (4.0 * (last - start).as_secs_f64()).floor() as usize;
+    assert!(
+        (1..=6 + refill).contains(&got),
+        "{got} datagrams passed a 2000 B/s cap in {:?}",
+        last - start
+    );
     s.stop().await;
 }
 
@@ -265,10 +278,8 @@ async fn tcp_allocation_relays_to_a_udp_peer() {
 
 #[tokio::test]
 async fn metrics_count_allocations_and_relayed_bytes() {
-    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let maddr = metrics.local_addr().unwrap();
-    drop(metrics);
-    let s = TestServer::start_with_turn(loopback_relays(), &format!("[metrics]\nlisten = [\"{maddr}\"]\n")).await;
+    let s = TestServer::start_with_turn(loopback_relays(), "[metrics]\nlisten = [\"127.0.0.1:0\"]\n").await;
+    let maddr = s.metrics.expect("the metrics listener");
     let (user, pass, _) = credentials(&s).await;
     let mut a = TurnClient::udp(s.turn.unwrap().udp(), &user, &pass).await;
     let peer = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
