@@ -63,14 +63,17 @@ fn bodies(text: &str) -> BTreeMap<u32, u32> {
     out
 }
 
+/// The messages in the offline table, read with a plain connection: opening
+/// a `Store` migrates, which takes the write lock, and tests poll this while
+/// the daemon writes.
 fn stored_offline(data: &Path) -> BTreeMap<u32, u32> {
-    let store = pushbox::store::Store::open_in(data).unwrap();
-    let rows: Vec<String> = store
-        .blocking(|c| {
-            let mut st = c.prepare("SELECT stanza FROM offline ORDER BY id")?;
-            let rows = st.query_map([], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
-        })
+    let c = rusqlite::Connection::open(data.join("pushbox.sqlite3")).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut st = c.prepare("SELECT stanza FROM offline ORDER BY id").unwrap();
+    let rows = st
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<String>>>()
         .unwrap();
     bodies(&rows.join(""))
 }
@@ -376,10 +379,17 @@ async fn kill_9_while_a_session_hibernates_loses_nothing() {
     let want: BTreeSet<u32> = (0..=20).collect();
     // The hibernating session stores them after the sender's ping is
     // answered: wait until they are on disk, then kill and check again.
-    wait_until("every message for the sleeping session is stored", || {
-        stored_offline(&data).keys().copied().collect::<BTreeSet<_>>() == want
-    })
-    .await;
+    let mut seen = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not stored in time: {:?}",
+            want.difference(&seen).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen = stored_offline(&data).keys().copied().collect();
+    }
     d.child.kill().unwrap();
     d.child.wait().unwrap();
     let stored = stored_offline(&data);

@@ -19,6 +19,11 @@ use std::{
 };
 
 const SHORT: Duration = Duration::from_millis(300);
+/// One metrics registry per process, and each TURN server sets the
+/// allocations gauge to its own count: the test that reads the gauge runs
+/// alone (write), the others side by side (read).
+static GAUGES: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// For what must come; generous, as the machine may be loaded.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -60,6 +65,7 @@ fn loopback_relays() -> &'static str {
 
 #[tokio::test]
 async fn xep0215_credentials_relay_udp_both_ways() {
+    let _side_by_side = GAUGES.read().await;
     let s = TestServer::start_with_turn(loopback_relays(), "").await;
     let (user, pass, xml) = credentials(&s).await;
     let turns = format!(
@@ -119,6 +125,7 @@ async fn xep0215_credentials_relay_udp_both_ways() {
 
 #[tokio::test]
 async fn stun_binding_answers_the_reflexive_address() {
+    let _side_by_side = GAUGES.read().await;
     let s = TestServer::start_with_turn("", "").await;
     let mut c = TurnClient::udp(s.turn.unwrap().udp(), "", "").await;
     let a = c.request_once(method::BINDING, &|_: &mut Builder| {}, false).await;
@@ -129,6 +136,7 @@ async fn stun_binding_answers_the_reflexive_address() {
 
 #[tokio::test]
 async fn expired_and_forged_credentials_are_refused() {
+    let _side_by_side = GAUGES.read().await;
     let s = TestServer::start_with_turn("", "").await;
     let (user, pass, _) = credentials(&s).await;
     let server = s.turn.unwrap().udp();
@@ -173,6 +181,7 @@ async fn expired_and_forged_credentials_are_refused() {
 
 #[tokio::test]
 async fn relays_to_loopback_and_private_peers_are_refused_by_default() {
+    let _side_by_side = GAUGES.read().await;
     let s = TestServer::start_with_turn("", "").await;
     let (user, pass, _) = credentials(&s).await;
     let mut c = TurnClient::udp(s.turn.unwrap().udp(), &user, &pass).await;
@@ -197,6 +206,7 @@ async fn relays_to_loopback_and_private_peers_are_refused_by_default() {
 
 #[tokio::test]
 async fn allocation_quota_per_user() {
+    let _side_by_side = GAUGES.read().await;
     let s = TestServer::start_with_turn("max_allocations_per_user = 2\n", "").await;
     let (user, pass, _) = credentials(&s).await;
     let server = s.turn.unwrap().udp();
@@ -218,6 +228,7 @@ async fn allocation_quota_per_user() {
 
 #[tokio::test]
 async fn bandwidth_per_allocation_is_capped() {
+    let _side_by_side = GAUGES.read().await;
     // 2000 bytes per second with one second of burst: of 20 datagrams of
     // 500 bytes sent at once, about four pass.
     let s = TestServer::start_with_turn(&format!("{}max_bandwidth = 2000\n", loopback_relays()), "").await;
@@ -253,6 +264,7 @@ async fn bandwidth_per_allocation_is_capped() {
 
 #[tokio::test]
 async fn tcp_allocation_relays_to_a_udp_peer() {
+    let _side_by_side = GAUGES.read().await;
     let s = TestServer::start_with_turn(loopback_relays(), "").await;
     let (user, pass, _) = credentials(&s).await;
     let ports = s.turn.unwrap();
@@ -278,6 +290,7 @@ async fn tcp_allocation_relays_to_a_udp_peer() {
 
 #[tokio::test]
 async fn metrics_count_allocations_and_relayed_bytes() {
+    let _alone = GAUGES.write().await;
     let s = TestServer::start_with_turn(loopback_relays(), "[metrics]\nlisten = [\"127.0.0.1:0\"]\n").await;
     let maddr = s.metrics.expect("the metrics listener");
     let (user, pass, _) = credentials(&s).await;
