@@ -88,7 +88,7 @@ async fn apns_outage_then_recovery_delivers_each_live_push_once() {
                 json!({ "token": token, "ttl": ttl, "data": { "id": id } }),
             )
             .await;
-        assert_eq!(r.status, 202, "{:?}", r.body);
+        assert_eq!(r.status, 202, "{:?}\ndaemon log:\n{}", r.body, p.log_tail());
         expiry.insert(id, pushbox::store::now() + ttl as i64);
     }
 
