@@ -291,8 +291,9 @@ async fn expired_revoked_and_unknown_tokens_all_answer_404() {
         .post("/api/v1/device/apns/", json!({ "registration_id": apns_token() }))
         .await;
     let id = d.body["id"].as_str().unwrap();
-    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
-    let soon = soon.format(&time::format_description::well_known::Rfc3339).unwrap();
+    // Long enough for the two requests below to come first on a loaded machine.
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
+    let soon = expires.format(&time::format_description::well_known::Rfc3339).unwrap();
     let t = u
         .post("/api/v1/tokens/", json!({ "apns_device": id, "date_expires": soon }))
         .await;
@@ -317,8 +318,10 @@ async fn expired_revoked_and_unknown_tokens_all_answer_404() {
             .status,
         204
     );
-    // Wait out the expiry (a wait, not a timing assertion).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Wait out the expiry (a wait, not a timing assertion): until the clock
+    // is a second past it, whatever the requests above took.
+    let left = expires + time::Duration::seconds(1) - time::OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::try_from(left).unwrap_or_default()).await;
     let unknown = "0123456789abcdef0123456789abcdef01234567";
     let answers = [
         w.api.post("/api/v1/messages/", json!({ "token": short })).await,

@@ -338,11 +338,7 @@ pub async fn eventually<T, F: Future<Output = Option<T>>>(mut f: impl FnMut() ->
     }
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port for a daemon run as its own process (see [`daemon::free_port`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    daemon::free_port()
 }
