@@ -308,7 +308,10 @@ pub async fn run(
         "shutting down: closing every stream"
     );
     let _ = stop_tx.send(true);
+    // Every holder of `alive` but the connection tasks: else `all_done`
+    // never closes, and each stop waits out the whole grace period.
     drop(alive);
+    drop(acceptor);
     // Give sessions time to write their closing bytes.
     let _ = tokio::time::timeout(Duration::from_secs(10), all_done.recv()).await;
     // The archive writer gathers inserts for a few milliseconds: write them out.

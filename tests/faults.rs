@@ -20,8 +20,7 @@ struct Daemon {
 }
 
 fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    ([127, 0, 0, 1], daemon::free_port()).into()
 }
 
 async fn start(dir: &Path, addr: SocketAddr) -> Daemon {
@@ -64,14 +63,17 @@ fn bodies(text: &str) -> BTreeMap<u32, u32> {
     out
 }
 
+/// The messages in the offline table, read with a plain connection: opening
+/// a `Store` migrates, which takes the write lock, and tests poll this while
+/// the daemon writes.
 fn stored_offline(data: &Path) -> BTreeMap<u32, u32> {
-    let store = pushbox::store::Store::open_in(data).unwrap();
-    let rows: Vec<String> = store
-        .blocking(|c| {
-            let mut st = c.prepare("SELECT stanza FROM offline ORDER BY id")?;
-            let rows = st.query_map([], |r| r.get(0))?;
-            Ok(rows.collect::<rusqlite::Result<Vec<String>>>()?)
-        })
+    let c = rusqlite::Connection::open(data.join("pushbox.sqlite3")).unwrap();
+    c.busy_timeout(Duration::from_secs(10)).unwrap();
+    let mut st = c.prepare("SELECT stanza FROM offline ORDER BY id").unwrap();
+    let rows = st
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<rusqlite::Result<Vec<String>>>()
         .unwrap();
     bodies(&rows.join(""))
 }
@@ -82,13 +84,9 @@ async fn kill_9_under_load_loses_no_stored_message() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
-    let ca = test_ca();
     let dir = tempfile::tempdir().unwrap();
     let tls = dir.path().join("data/tls");
-    std::fs::create_dir_all(&tls).unwrap();
-    for f in ["ca.pem", "ca.key"] {
-        std::fs::copy(ca.join(f), tls.join(f)).unwrap();
-    }
+    install_test_ca(&tls);
     let addr = free_port();
     let toml = format!(
         "domain = \"localhost\"\n[listen]\nc2s = [\"{addr}\"]\nc2s_direct_tls = []\nhttps = []\n\
@@ -195,13 +193,9 @@ async fn kill_9_under_load_loses_no_stored_message() {
 #[tokio::test]
 async fn kill_9_during_backlog_delivery_loses_nothing() {
     const N: u32 = 150;
-    let ca = test_ca();
     let dir = tempfile::tempdir().unwrap();
     let tls = dir.path().join("data/tls");
-    std::fs::create_dir_all(&tls).unwrap();
-    for f in ["ca.pem", "ca.key"] {
-        std::fs::copy(ca.join(f), tls.join(f)).unwrap();
-    }
+    install_test_ca(&tls);
     let addr = free_port();
     let toml = format!(
         "domain = \"localhost\"\n[listen]\nc2s = [\"{addr}\"]\nc2s_direct_tls = []\nhttps = []\n\
@@ -332,15 +326,7 @@ async fn kill_9_during_backlog_delivery_loses_nothing() {
     b.send("</stream:stream>").await;
     b.read_to_end().await;
     assert_eq!(received, all, "every message reached the client at least once");
-    let mut empty = false;
-    for _ in 0..50 {
-        if stored_offline(&data).is_empty() {
-            empty = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(empty, "acknowledged messages were deleted");
+    wait_until("acknowledged messages are deleted", || stored_offline(&data).is_empty()).await;
     d.child.kill().unwrap();
     d.child.wait().unwrap();
 }
@@ -352,13 +338,9 @@ async fn kill_9_during_backlog_delivery_loses_nothing() {
 /// never acknowledged is kept too.
 #[tokio::test]
 async fn kill_9_while_a_session_hibernates_loses_nothing() {
-    let ca = test_ca();
     let dir = tempfile::tempdir().unwrap();
     let tls = dir.path().join("data/tls");
-    std::fs::create_dir_all(&tls).unwrap();
-    for f in ["ca.pem", "ca.key"] {
-        std::fs::copy(ca.join(f), tls.join(f)).unwrap();
-    }
+    install_test_ca(&tls);
     let addr = free_port();
     let toml = format!(
         "domain = \"localhost\"\n[listen]\nc2s = [\"{addr}\"]\nc2s_direct_tls = []\nhttps = []\n\
@@ -394,11 +376,23 @@ async fn kill_9_while_a_session_hibernates_loses_nothing() {
     out.push_str("<iq type='get' id='sent' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>");
     a.send(&out).await;
     a.read_until("id='sent'").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let want: BTreeSet<u32> = (0..=20).collect();
+    // The hibernating session stores them after the sender's ping is
+    // answered: wait until they are on disk, then kill and check again.
+    let mut seen = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not stored in time: {:?}",
+            want.difference(&seen).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        seen = stored_offline(&data).keys().copied().collect();
+    }
     d.child.kill().unwrap();
     d.child.wait().unwrap();
     let stored = stored_offline(&data);
-    let want: BTreeSet<u32> = (0..=20).collect();
     assert_eq!(
         stored.keys().copied().collect::<BTreeSet<_>>(),
         want,

@@ -18,7 +18,7 @@
 mod common;
 mod support;
 
-use common::{answer_server_pings, test_ca, RawClient};
+use common::{answer_server_pings, install_test_ca, RawClient};
 use serde_json::json;
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -44,20 +44,14 @@ impl Drop for Daemon {
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    ([127, 0, 0, 1], common::daemon::free_port()).into()
 }
 
 /// Write the config (c2s on `c2s`, the relay API on `https`) and the
 /// accounts, with the test CA in `data/tls` so that clients trust the daemon.
 fn prepare(dir: &Path, data: &Path, c2s: SocketAddr, https: SocketAddr) -> PathBuf {
     let tls = data.join("tls");
-    std::fs::create_dir_all(&tls).unwrap();
-    for f in ["ca.pem", "ca.key"] {
-        std::fs::copy(test_ca().join(f), tls.join(f)).unwrap();
-    }
+    install_test_ca(&tls);
     let config = dir.join("pushbox.toml");
     std::fs::write(
         &config,

@@ -375,19 +375,15 @@ async fn push_published_for_offline_and_hibernated_accounts(how: Login) {
     let id = attr_after(&p, "<iq", "id");
     app.send(&format!("<iq type='error' id='{id}' to='alice@localhost'><error type='cancel'><item-not-found xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></iq>")).await;
     let store = pushbox::store::Store::open_in(&s.config.data_dir).unwrap();
-    let mut left = 1;
-    for _ in 0..100 {
-        left = store
+    wait_until("registration removed after item-not-found", || {
+        store
             .blocking(|c| {
                 let id = pushbox::store::accounts::id_of(c, "alice")?.unwrap();
                 Ok(pushbox::store::push::list(c, id)?.len())
             })
-            .unwrap();
-        if left == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(left, 0, "registration removed after item-not-found");
+            .unwrap()
+            == 0
+    })
+    .await;
     s.stop().await;
 }

@@ -200,7 +200,7 @@ async fn expired_and_used_tokens_are_refused_and_expiry_is_checked_at_preauth_on
             .blocking(move |c| pushbox::store::invites::create(c, ttl, 1, false))
             .unwrap()
     };
-    let (expired, soon, later) = (token(-60), token(2), token(2));
+    let expired = token(-60);
 
     let (mut c, _) = unauthenticated(&s).await;
     let (pre, _) = register_with(&mut c, &expired, "x1", "pw").await;
@@ -212,12 +212,21 @@ async fn expired_and_used_tokens_are_refused_and_expiry_is_checked_at_preauth_on
 
     // Checked when presented, then good for this stream even after it expires.
     let (mut slow, _) = unauthenticated(&s).await;
+    // Made just before use, so that `soon` is still good when presented
+    // however slow the machine; `later` expires at the same second.
+    let (soon, later) = (token(4), token(4));
     slow.send(&format!(
         "<iq type='set' id='pa' to='localhost'><preauth xmlns='urn:xmpp:pars:0' token='{soon}'/></iq>"
     ))
     .await;
     assert!(is_result(&answer(&mut slow, "pa").await));
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // `soon` was made first, so it has expired once `later` has.
+    wait_until("the short invitations expire", || {
+        !store
+            .blocking(|c| pushbox::store::invites::is_valid(c, &later))
+            .unwrap()
+    })
+    .await;
     let (mut late, _) = unauthenticated(&s).await;
     let (pre, _) = register_with(&mut late, &later, "x2", "pw").await;
     assert!(pre.contains("item-not-found"), "expired meanwhile: {pre}");

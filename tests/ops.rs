@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{test_ca, RawClient, WAIT};
+use common::{install_test_ca, RawClient, WAIT};
 use pushbox::config::Config;
 use std::net::SocketAddr;
 use tokio::{
@@ -58,7 +58,6 @@ async fn next_notification(rx: &mut mpsc::UnboundedReceiver<String>) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notifies_systemd_and_serves_metrics() {
-    let ca = test_ca();
     let dir = tempfile::tempdir().unwrap();
     let notify_path = dir.path().join("notify.sock");
     let mut notify = drain(UnixDatagram::bind(&notify_path).unwrap());
@@ -69,10 +68,7 @@ async fn notifies_systemd_and_serves_metrics() {
     }
 
     let tls = dir.path().join("data/tls");
-    std::fs::create_dir_all(&tls).unwrap();
-    for f in ["ca.pem", "ca.key"] {
-        std::fs::copy(ca.join(f), tls.join(f)).unwrap();
-    }
+    install_test_ca(&tls);
     let toml = "domain = \"localhost\"\n\
         [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = [\"127.0.0.1:0\"]\nhttps = []\n\
         [metrics]\nlisten = [\"127.0.0.1:0\"]\n";
@@ -181,6 +177,9 @@ async fn notifies_systemd_and_serves_metrics() {
         }
         assert!(n.lines().any(|l| l == "WATCHDOG=1"), "unexpected notification {n:?}");
     }
+    // Shutting down closes alice's stream with the condition that says so.
+    let end = alice.read_until("</stream:stream>").await;
+    assert!(end.contains("<system-shutdown"), "{end}");
     tokio::time::timeout(WAIT, task)
         .await
         .expect("daemon stops")

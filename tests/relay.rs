@@ -291,8 +291,9 @@ async fn expired_revoked_and_unknown_tokens_all_answer_404() {
         .post("/api/v1/device/apns/", json!({ "registration_id": apns_token() }))
         .await;
     let id = d.body["id"].as_str().unwrap();
-    let soon = time::OffsetDateTime::now_utc() + time::Duration::seconds(2);
-    let soon = soon.format(&time::format_description::well_known::Rfc3339).unwrap();
+    // Long enough for the two requests below to come first on a loaded machine.
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
+    let soon = expires.format(&time::format_description::well_known::Rfc3339).unwrap();
     let t = u
         .post("/api/v1/tokens/", json!({ "apns_device": id, "date_expires": soon }))
         .await;
@@ -317,8 +318,10 @@ async fn expired_revoked_and_unknown_tokens_all_answer_404() {
             .status,
         204
     );
-    // Wait out the expiry (a wait, not a timing assertion).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Wait out the expiry (a wait, not a timing assertion): until the clock
+    // is a second past it, whatever the requests above took.
+    let left = expires + time::Duration::seconds(1) - time::OffsetDateTime::now_utc();
+    tokio::time::sleep(Duration::try_from(left).unwrap_or_default()).await;
     let unknown = "0123456789abcdef0123456789abcdef01234567";
     let answers = [
         w.api.post("/api/v1/messages/", json!({ "token": short })).await,
@@ -829,4 +832,69 @@ async fn a_push_accepted_before_sigkill_is_delivered_once_after_restart() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(apns.log.seen().len(), 1, "delivered once");
     p.kill();
+}
+
+/// APNs allows `streams` concurrent streams per connection (announced in
+/// SETTINGS_MAX_CONCURRENT_STREAMS) and holds its answers; 10 pushes are
+/// sent. Returns how many reached APNs while it held them, and on how many
+/// connections; then lets APNs answer and checks that every push arrived
+/// once.
+async fn in_flight_while_apns_holds(streams: u32, connections: usize) -> (usize, usize) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path());
+    let apns = ApnsStandIn::start_limited(&ca, dir.path(), streams).await;
+    apns.state.hold.store(true, SeqCst);
+    let cfg = format!(
+        "[relay]\nip_rate = 100000\nprovider_connections = {connections}\n{}",
+        apns.config(&ca)
+    );
+    let daemon = Daemon::start(dir.path(), &cfg).await;
+    let u = daemon.api().signup("pat").await;
+    let (_, token) = u.apns_device_and_token(&apns_token()).await;
+    for n in 0..10 {
+        let r = daemon
+            .api()
+            .post("/api/v1/messages/", json!({ "token": token, "data": { "n": n } }))
+            .await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+    }
+    let limit = (streams as usize * connections).min(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while apns.state.held.load(SeqCst) < limit {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} pushes reached APNs, {limit} expected",
+            apns.state.held.load(SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The rest wait for a stream: none more arrives while APNs holds.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = apns.state.held.load(SeqCst);
+    let conns = apns.state.connections.lock().unwrap().len();
+    apns.state.release();
+    let seen = apns.log.wait_for(10, |_| true).await;
+    settled(&daemon).await;
+    let mut ns: Vec<i64> = apns
+        .log
+        .seen()
+        .iter()
+        .map(|s| s.body["message"]["data"]["n"].as_i64().unwrap())
+        .collect();
+    ns.sort();
+    assert_eq!(ns, (0..10).collect::<Vec<i64>>(), "each push once: {seen:?}");
+    assert!(apns.log.violations().is_empty(), "{:?}", apns.log.violations());
+    drop(u);
+    daemon.stop().await;
+    (held, conns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_do_not_queue_behind_one_apns_connection() {
+    // Two streams per connection, up to three connections: six pushes in
+    // flight on three connections, the other four waiting for a stream.
+    assert_eq!(in_flight_while_apns_holds(2, 3).await, (6, 3));
+    // Capped at one connection: two in flight, eight queued behind them.
+    assert_eq!(in_flight_while_apns_holds(2, 1).await, (2, 1));
 }

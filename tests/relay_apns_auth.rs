@@ -240,5 +240,5 @@ fn one_pem_file_with_certificate_and_key_loads() {
     tls_config_with_client_cert(None, certificate, key).expect("certificate and key from one file");
     let store = pushbox::store::Store::open_in(&dir.path().join("data")).unwrap();
     let store = std::sync::Arc::new(pushbox::push::backend::sqlite::Sqlite::new(store));
-    pushbox::push::providers::apns::Apns::new(apns, store).expect("the APNs provider loads it");
+    pushbox::push::providers::apns::Apns::new(apns, store, 4).expect("the APNs provider loads it");
 }

@@ -238,6 +238,59 @@ async fn a_tokens_rate_limit_holds_across_nodes() {
     assert_eq!(nodes[1].pending_count().await.unwrap(), 5);
 }
 
+/// Pushes for several tokens at once (on PostgreSQL they share accept
+/// batches): each token's limit holds by itself, a revoked token's pushes
+/// are refused, and an account without an active device accepts its push
+/// with no delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_many_tokens_keeps_each_tokens_limit() {
+    let db = Db::new().await;
+    let s = db.node("a", Duration::from_secs(60)).await;
+    let mut live = vec![];
+    for i in 0..4 {
+        live.push(account(s.as_ref(), &format!("many{i}"), 2).await);
+    }
+    let revoked = account(s.as_ref(), "revoked", 1).await;
+    assert!(s.delete_token(&revoked.hash).await.unwrap());
+    let idle = account(s.as_ref(), "idle", 1).await;
+    s.deactivate_device("idle-dev0").await.unwrap();
+    // Three pushes per live token against a limit of 2 a minute, two for the
+    // revoked one, one for the idle one: all at once, interleaved.
+    let mut order: Vec<(usize, Token)> = vec![];
+    for round in 0..3 {
+        for (i, t) in live.iter().enumerate() {
+            order.push((i, t.clone()));
+        }
+        if round < 2 {
+            order.push((10, revoked.clone()));
+        }
+    }
+    order.push((20, idle.clone()));
+    let tries = order.into_iter().map(|(who, t)| {
+        let s = s.clone();
+        async move { (who, push(s.as_ref(), &t, 2).await) }
+    });
+    let results = futures_util::future::join_all(tries).await;
+    for i in 0..4 {
+        let mine: Vec<&Enqueued> = results.iter().filter(|(w, _)| *w == i).map(|(_, r)| r).collect();
+        let accepted = mine
+            .iter()
+            .filter(|r| matches!(r, Enqueued::Accepted { devices: 2, .. }))
+            .count();
+        let limited = mine.iter().filter(|r| matches!(r, Enqueued::Limited(_))).count();
+        assert_eq!((accepted, limited), (2, 1), "token {i}: {mine:?}");
+    }
+    let gone: Vec<&Enqueued> = results.iter().filter(|(w, _)| *w == 10).map(|(_, r)| r).collect();
+    assert_eq!(gone, [&Enqueued::Gone, &Enqueued::Gone]);
+    let idle_result = &results.iter().find(|(w, _)| *w == 20).unwrap().1;
+    assert!(
+        matches!(idle_result, Enqueued::Accepted { devices: 0, .. }),
+        "{idle_result:?}"
+    );
+    // 4 tokens x 2 pushes x 2 devices; the idle push left nothing behind.
+    assert_eq!(s.pending_count().await.unwrap(), 16);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_are_exclusive_and_outcomes_clear_the_outbox() {
     let db = Db::new().await;

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{rand_id, test_ca, xml, TestClient, WAIT};
+use common::{install_test_ca, rand_id, test_ca, xml, TestClient, WAIT};
 use pushbox::config::Config;
 use std::{net::SocketAddr, path::Path, sync::Arc};
 use tokio::{
@@ -34,7 +34,8 @@ impl Node {
     /// Start a daemon for `domain` on pre-bound listeners. `shared_ca`: sign
     /// its certificate with the test CA (which `SSL_CERT_FILE` makes trusted).
     async fn start(domain: &str, c2s: TcpListener, s2s: TcpListener, shared_ca: bool, extra: &str) -> Node {
-        let ca_dir = test_ca();
+        // Made first: it also sets SSL_CERT_FILE, which the clients read.
+        test_ca();
         if let Ok(f) = std::env::var("PUSHBOX_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(f)
@@ -43,11 +44,10 @@ impl Node {
         }
         let dir = tempfile::tempdir().unwrap();
         let tls = dir.path().join("data/tls");
-        std::fs::create_dir_all(&tls).unwrap();
         if shared_ca {
-            for f in ["ca.pem", "ca.key"] {
-                std::fs::copy(ca_dir.join(f), tls.join(f)).unwrap();
-            }
+            install_test_ca(&tls);
+        } else {
+            std::fs::create_dir_all(&tls).unwrap();
         }
         let (c2s_addr, s2s_addr) = (c2s.local_addr().unwrap(), s2s.local_addr().unwrap());
         let toml = format!(
@@ -103,6 +103,9 @@ impl Node {
     }
 }
 
+/// `connect_timeout` covers TCP, TLS and dialback (with the peer's own
+/// connection back): 10 s leaves room on a loaded machine and is still
+/// well within what a test waits for a bounce ([`WAIT`]).
 fn federation(hosts: &[(&str, SocketAddr)], more: &str) -> String {
     let mut s = format!("[federation]\nenabled = true\nconnect_timeout = \"5s\"\n{more}\n[federation.hosts]\n");
     for (d, a) in hosts {
@@ -409,7 +412,7 @@ async fn unreachable_and_silent_domains_bounce() {
         as_,
         true,
         &format!(
-            "[federation]\nenabled = true\nconnect_timeout = \"2s\"\n[federation.hosts]\n\
+            "[federation]\nenabled = true\nconnect_timeout = \"5s\"\n[federation.hosts]\n\
              \"closed.example\" = \"{closed}\"\n\"silent.example\" = \"{silent_addr}\"\n"
         ),
     )

@@ -1,5 +1,5 @@
-//! Fuzz target: JID parsing and username normalisation; what parses must
-//! print and parse again to the same JID.
+//! Fuzz target: JID parsing and username normalisation; what pushbox
+//! accepts prints and parses again to the same JID.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -8,12 +8,19 @@ fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
+    // The jid crate alone is not a fixed point: one parse can print a form
+    // that parses to something else (`ax\u{1d34}` → `axH` → `axh`), or a
+    // form it refuses (`ß--8` passes its hyphen check before mapping and
+    // prints as `ss--8`, which fails it; docs/reliability.md). pushbox
+    // reads every stanza address through `stanza::jid`, which settles the
+    // first kind and refuses the second.
     if let Ok(j) = jid::Jid::new(s) {
-        let again = jid::Jid::new(j.as_str()).expect("a printed JID parses");
-        // One parse is not always a fixed point in the jid crate (docs/reliability.md:
-        // "ax\u{1d34}" prints as "axH", which parses to "axh"); a second one must be.
-        let third = jid::Jid::new(again.as_str()).expect("a printed JID parses");
-        assert_eq!(third, again, "JID normalisation settles after two rounds");
+        if jid::Jid::new(j.as_str()).is_err() {
+            assert!(
+                pushbox::xmpp::stanza::jid(s).is_none(),
+                "an address whose printed form does not parse is refused"
+            );
+        }
     }
     // What the router uses: a fixed point after one call.
     if let Some(j) = pushbox::xmpp::stanza::jid(s) {

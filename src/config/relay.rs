@@ -50,6 +50,11 @@ pub struct RelayConfig {
     /// node that dies holding some loses them to the others when it runs
     /// out; it must outlast the slowest provider request (40 s).
     pub claim_lease: Duration,
+    /// Most HTTP/2 connections a node opens per provider credential (per
+    /// Web Push service). Pushes share one connection's streams; another
+    /// is opened only when every stream the provider allows
+    /// (`SETTINGS_MAX_CONCURRENT_STREAMS`) on the open ones is busy.
+    pub provider_connections: usize,
     pub apns: Option<Apns>,
     pub fcm: Option<Fcm>,
 }
@@ -71,6 +76,7 @@ impl Default for RelayConfig {
             database: None,
             database_pool: 16,
             claim_lease: Duration::from_secs(60),
+            provider_connections: 4,
             apns: None,
             fcm: None,
         }
@@ -239,6 +245,9 @@ impl RelayConfig {
         }
         if self.database_pool == 0 {
             report("relay.database_pool", "must be at least 1".into());
+        }
+        if self.provider_connections == 0 {
+            report("relay.provider_connections", "must be at least 1".into());
         }
         if self.claim_lease.get() < std::time::Duration::from_secs(1) {
             report("relay.claim_lease", "must be at least 1s".into());

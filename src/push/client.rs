@@ -1,20 +1,37 @@
 //! A small HTTPS client for the providers: rustls (ring) over tokio, HTTP/2
-//! when the server offers it (one long-lived, multiplexed connection per
-//! origin, replaced when it closes or is sent GOAWAY), else one HTTP/1.1
-//! connection per request. One client per credential, so each credential
-//! has its own connection.
+//! when the server offers it, else one HTTP/1.1 connection per request.
+//! Over HTTP/2 each origin gets long-lived, multiplexed connections: a push
+//! goes on the least busy one that has a stream free under the server's
+//! `SETTINGS_MAX_CONCURRENT_STREAMS`; when every stream of every open
+//! connection is busy another is opened, up to a cap
+//! (`relay.provider_connections`), so pushes do not queue behind one
+//! connection's limit. A connection is dropped from the pool when it closes
+//! or is sent GOAWAY. One client per credential, so each credential has its
+//! own connections.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::{client::conn::http2, Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
-use std::{collections::HashMap, path::Path, sync::Arc, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 use tokio::net::TcpStream;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// An idle HTTP/2 connection is pinged this often, and dropped when the
+/// answer takes longer than [`PING_TIMEOUT`].
+const PING_INTERVAL: Duration = Duration::from_secs(60);
+const PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// HTTP/2 connections per origin unless the client is told otherwise.
+pub const DEFAULT_CONNECTIONS: usize = 4;
 /// Largest response body read from a provider.
 const MAX_RESPONSE: usize = 256 * 1024;
 
@@ -32,11 +49,51 @@ pub enum ClientError {
 
 pub struct HttpsClient {
     tls: Arc<ClientConfig>,
-    // A std Mutex: held only to clone or replace a sender, never across `.await`.
-    h2: Mutex<HashMap<String, http2::SendRequest<Full<Bytes>>>>,
+    /// Most HTTP/2 connections per origin.
+    max_connections: usize,
+    // A std Mutex: held only to pick or change a pool, never across `.await`.
+    h2: Mutex<HashMap<String, Vec<Arc<H2Conn>>>>,
     // Serializes connection set-up so that a burst shares one new connection
     // instead of racing to open several. Local to this client.
     connecting: tokio::sync::Mutex<()>,
+}
+
+/// One HTTP/2 connection of a pool.
+struct H2Conn {
+    send: h2::client::SendRequest<Bytes>,
+    /// Requests on it that have not been answered in full.
+    busy: AtomicUsize,
+    /// Set when the connection ended, failed, or was sent GOAWAY.
+    closed: Arc<AtomicBool>,
+}
+
+impl H2Conn {
+    /// Whether a request sent now would open a stream at once rather
+    /// than wait for one of this connection's streams to end.
+    fn has_room(&self) -> bool {
+        self.busy.load(Ordering::Relaxed) < self.send.current_max_send_streams()
+    }
+}
+
+/// A request counted on its connection until dropped.
+struct Busy(Arc<H2Conn>);
+
+impl Busy {
+    fn new(c: &Arc<H2Conn>) -> Busy {
+        c.busy.fetch_add(1, Ordering::Relaxed);
+        Busy(c.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.busy.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+enum Pick {
+    Use(Busy),
+    Open,
 }
 
 /// The platform's roots plus the PEM certificates in `extra`.
@@ -116,14 +173,35 @@ impl HttpsClient {
     pub fn with_tls(tls: Arc<ClientConfig>) -> HttpsClient {
         HttpsClient {
             tls,
+            max_connections: DEFAULT_CONNECTIONS,
             h2: Mutex::new(HashMap::new()),
             connecting: tokio::sync::Mutex::new(()),
         }
     }
 
+    /// At most `n` (at least 1) HTTP/2 connections per origin.
+    pub fn max_connections(mut self, n: usize) -> HttpsClient {
+        self.max_connections = n.max(1);
+        self
+    }
+
     /// The TLS configuration (trust roots) of this client.
     pub fn tls(&self) -> Arc<ClientConfig> {
         self.tls.clone()
+    }
+
+    /// Open HTTP/2 connections to `origin` (`host:port`) and the requests
+    /// on each that have not been answered yet.
+    pub fn connections(&self, origin: &str) -> Vec<usize> {
+        let map = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(origin)
+            .map(|pool| {
+                pool.iter()
+                    .filter(|c| !c.closed.load(Ordering::Relaxed))
+                    .map(|c| c.busy.load(Ordering::Relaxed))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Send `req` (an absolute https URL) and read the whole answer.
@@ -144,72 +222,123 @@ impl HttpsClient {
             .to_string();
         let port = uri.port_u16().unwrap_or(443);
         let origin = format!("{host}:{port}");
-        let mut gate = None;
-        let mut cached = self.cached(&origin);
-        if cached.is_none() {
-            gate = Some(self.connecting.lock().await);
-            cached = self.cached(&origin);
-        }
-        let mut sender = match cached {
-            Some(s) => s,
-            None => match self.connect(&host, port).await? {
-                Conn::H2(s) => {
-                    self.h2
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .insert(origin.clone(), s.clone());
-                    s
+        let busy = match self.pick(&origin) {
+            Pick::Use(b) => b,
+            Pick::Open => {
+                let gate = self.connecting.lock().await;
+                // Another request may have opened one meanwhile.
+                match self.pick(&origin) {
+                    Pick::Use(b) => b,
+                    Pick::Open => match self.connect(&host, port).await? {
+                        Conn::H2(c) => {
+                            let c = Arc::new(c);
+                            let b = Busy::new(&c);
+                            self.h2
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .entry(origin.clone())
+                                .or_default()
+                                .push(c);
+                            b
+                        }
+                        Conn::H1(mut s) => {
+                            drop(gate);
+                            // HTTP/1.1 wants origin-form and a Host header.
+                            let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
+                            *req.uri_mut() = pq.parse().map_err(|_| ClientError::BadUrl(uri.to_string()))?;
+                            let host_hdr = if port == 443 { host.clone() } else { origin.clone() };
+                            req.headers_mut().insert(
+                                hyper::header::HOST,
+                                host_hdr.parse().map_err(|_| ClientError::BadUrl(uri.to_string()))?,
+                            );
+                            let resp = s
+                                .send_request(req)
+                                .await
+                                .map_err(|e| ClientError::Request(e.to_string()))?;
+                            return read(resp).await;
+                        }
+                    },
                 }
-                Conn::H1(mut s) => {
-                    drop(gate);
-                    // HTTP/1.1 wants origin-form and a Host header.
-                    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-                    *req.uri_mut() = pq.parse().map_err(|_| ClientError::BadUrl(uri.to_string()))?;
-                    let host_hdr = if port == 443 { host.clone() } else { origin.clone() };
-                    req.headers_mut().insert(
-                        hyper::header::HOST,
-                        host_hdr.parse().map_err(|_| ClientError::BadUrl(uri.to_string()))?,
-                    );
-                    let resp = s
-                        .send_request(req)
-                        .await
-                        .map_err(|e| ClientError::Request(e.to_string()))?;
-                    return read(resp).await;
-                }
-            },
+            }
         };
-        drop(gate);
-        match sender.ready().await {
-            Ok(()) => {}
+        let (parts, body) = req.into_parts();
+        let body = match body.collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(never) => match never {},
+        };
+        let mut head = Request::from_parts(parts, ());
+        if !body.is_empty() && !head.headers().contains_key(hyper::header::CONTENT_LENGTH) {
+            head.headers_mut()
+                .insert(hyper::header::CONTENT_LENGTH, body.len().into());
+        }
+        let conn = &busy.0;
+        let mut send = match conn.send.clone().ready().await {
+            Ok(s) => s,
             Err(e) => {
-                self.forget(&origin);
+                conn.closed.store(true, Ordering::Relaxed);
                 return Err(ClientError::Connect(e.to_string()));
             }
-        }
-        match sender.send_request(req).await {
-            Ok(resp) => read(resp).await,
+        };
+        let (answer, mut stream) = match send.send_request(head, body.is_empty()) {
+            Ok(r) => r,
             Err(e) => {
-                // GOAWAY, reset connection: the next push opens a new one.
-                self.forget(&origin);
-                Err(ClientError::Request(e.to_string()))
+                // GOAWAY, reset connection: the next push uses or opens another.
+                if !e.is_reset() {
+                    conn.closed.store(true, Ordering::Relaxed);
+                }
+                return Err(ClientError::Request(e.to_string()));
             }
+        };
+        if !body.is_empty() {
+            // Sent as the stream's flow-control window allows (h2 buffers it).
+            stream
+                .send_data(body, true)
+                .map_err(|e| ClientError::Request(e.to_string()))?;
         }
+        let resp = answer.await.map_err(|e| {
+            if e.is_go_away() || e.is_io() {
+                conn.closed.store(true, Ordering::Relaxed);
+            }
+            ClientError::Request(e.to_string())
+        })?;
+        let (parts, mut body) = resp.into_parts();
+        let mut data = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.map_err(|e| ClientError::Request(format!("reading the answer: {e}")))?;
+            let _ = body.flow_control().release_capacity(chunk.len());
+            if data.len() + chunk.len() > MAX_RESPONSE {
+                return Err(ClientError::Request("reading the answer: length limit exceeded".into()));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        drop(busy);
+        Ok(Response::from_parts(parts, Bytes::from(data)))
     }
 
-    fn cached(&self, origin: &str) -> Option<http2::SendRequest<Full<Bytes>>> {
+    /// The least busy open connection to `origin` with a stream free; else
+    /// `Open` while the pool is below its cap; else the least busy one (the
+    /// request then waits there for a stream).
+    fn pick(&self, origin: &str) -> Pick {
         let mut map = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(origin) {
-            Some(s) if !s.is_closed() => Some(s.clone()),
-            Some(_) => {
-                map.remove(origin);
-                None
-            }
-            None => None,
+        let Some(pool) = map.get_mut(origin) else {
+            return Pick::Open;
+        };
+        pool.retain(|c| !c.closed.load(Ordering::Relaxed));
+        let least = |free_only: bool| {
+            pool.iter()
+                .filter(|c| !free_only || c.has_room())
+                .min_by_key(|c| c.busy.load(Ordering::Relaxed))
+        };
+        if let Some(c) = least(true) {
+            return Pick::Use(Busy::new(c));
         }
-    }
-
-    fn forget(&self, origin: &str) {
-        self.h2.lock().unwrap_or_else(|p| p.into_inner()).remove(origin);
+        if pool.len() < self.max_connections {
+            return Pick::Open;
+        }
+        match least(false) {
+            Some(c) => Pick::Use(Busy::new(c)),
+            None => Pick::Open,
+        }
     }
 
     async fn connect(&self, host: &str, port: u16) -> Result<Conn, ClientError> {
@@ -224,23 +353,55 @@ impl HttpsClient {
                 .await
                 .map_err(|e| ClientError::Connect(format!("TLS with {host}: {e}")))?;
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let io = TokioIo::new(tls);
             if h2 {
-                let (s, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(Duration::from_secs(60))
-                    .keep_alive_timeout(Duration::from_secs(20))
-                    .handshake(io)
+                let (send, mut conn) = h2::client::handshake(tls)
                     .await
                     .map_err(|e| ClientError::Connect(e.to_string()))?;
+                let mut pings = conn
+                    .ping_pong()
+                    .ok_or_else(|| ClientError::Connect("HTTP/2 pings unavailable".into()))?;
+                let closed = Arc::new(AtomicBool::new(false));
+                let (settled, settled_rx) = tokio::sync::oneshot::channel();
+                let ended = closed.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "provider connection ended");
+                    let life = async move {
+                        // The server's SETTINGS (its stream limit) come
+                        // before its answer to a first ping: once that is
+                        // in, the limit this connection reports is the
+                        // server's, not the protocol's "unlimited" default.
+                        let first = pings.ping(h2::Ping::opaque()).await;
+                        let _ = settled.send(first.map_err(|e| e.to_string()));
+                        loop {
+                            tokio::time::sleep(PING_INTERVAL).await;
+                            match tokio::time::timeout(PING_TIMEOUT, pings.ping(h2::Ping::opaque())).await {
+                                Ok(Ok(_)) => {}
+                                _ => {
+                                    tracing::debug!("provider connection did not answer a ping: closing it");
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        r = conn => if let Err(e) = r {
+                            tracing::debug!(error = %e, "provider connection ended");
+                        },
+                        () = life => {}
                     }
+                    ended.store(true, Ordering::Relaxed);
                 });
-                Ok(Conn::H2(s))
+                match settled_rx.await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Err(ClientError::Connect(e)),
+                    Err(_) => return Err(ClientError::Connect("connection closed after the handshake".into())),
+                }
+                Ok(Conn::H2(H2Conn {
+                    send,
+                    busy: AtomicUsize::new(0),
+                    closed,
+                }))
             } else {
-                let (s, conn) = hyper::client::conn::http1::handshake(io)
+                let (s, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
                     .await
                     .map_err(|e| ClientError::Connect(e.to_string()))?;
                 tokio::spawn(async move {
@@ -256,7 +417,7 @@ impl HttpsClient {
 }
 
 enum Conn {
-    H2(http2::SendRequest<Full<Bytes>>),
+    H2(H2Conn),
     H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
 }
 

@@ -245,5 +245,10 @@ mod tests {
         assert_eq!(jid(j.as_str()).unwrap(), j);
         assert_eq!(jid("Alice@Example.ORG/Res").unwrap().as_str(), "alice@example.org/Res");
         assert!(jid("@@").is_none());
+        // Found by the fuzzer: the crate accepts `ß--8` (its hyphen check
+        // runs before `ß` maps to `ss`) and prints `ss--8`, which it refuses.
+        assert!(jid::Jid::new("\u{df}--8.\u{da}$$/&").is_ok());
+        assert!(jid("\u{df}--8.\u{da}$$/&").is_none());
+        assert!(jid("\u{df}--8.example").is_none());
     }
 }

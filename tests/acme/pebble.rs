@@ -25,13 +25,7 @@ const DOMAIN: &str = "a.example";
 /// Long enough for Pebble to validate three names on a busy machine.
 const WAIT: Duration = Duration::from_secs(120);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use daemon::free_port;
 
 fn require(bin: &str) {
     let found = std::env::var_os("PATH")

@@ -69,3 +69,31 @@ impl Drop for InProcess {
         self.signal_stop();
     }
 }
+
+/// A loopback TCP port for a daemon run as its own process, which cannot be
+/// handed a bound listener. Free when checked, and below the kernel's
+/// ephemeral range, where neither a port-0 bind nor an outgoing connection
+/// of a parallel test can take it before the daemon binds it (a port from
+/// `bind(":0")` could be): only another caller of this function could, and
+/// it picks at random among thousands.
+pub fn free_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (20000, ephemeral_low.min(32768));
+    if high > low + 1000 {
+        for _ in 0..100 {
+            let port = rand::random_range(low..high);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
+    // An unusual ephemeral range: let the kernel choose.
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

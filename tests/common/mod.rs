@@ -36,8 +36,14 @@ pub const WAIT: Duration = Duration::from_secs(20);
 pub fn test_ca() -> &'static Path {
     static CA: OnceLock<PathBuf> = OnceLock::new();
     CA.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("pushbox-test-ca-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        // A directory of its own, made fresh: a name derived from the process
+        // id could be left over, half written, by an earlier process that had
+        // the same id. Kept (never removed) because SSL_CERT_FILE points into it.
+        let dir = tempfile::Builder::new()
+            .prefix("pushbox-test-ca-")
+            .tempdir()
+            .unwrap()
+            .keep();
         // Let a throwaway daemon data dir create the CA the same way production does.
         let cfg = Config::from_toml_str("", Some(&dir)).unwrap();
         pushbox::certs::CertStore::new(&cfg).unwrap();
@@ -46,6 +52,16 @@ pub fn test_ca() -> &'static Path {
         unsafe { std::env::set_var("SSL_CERT_FILE", &ca) };
         dir.join("data/tls")
     })
+}
+
+/// Put the test CA into a daemon's TLS directory (`<data_dir>/tls`, created
+/// here), so that its `self-signed` mode signs its certificate with it.
+pub fn install_test_ca(tls: &Path) {
+    std::fs::create_dir_all(tls).unwrap();
+    for f in ["ca.pem", "ca.key"] {
+        std::fs::copy(test_ca().join(f), tls.join(f))
+            .unwrap_or_else(|e| panic!("copying the test CA's {f} into {}: {e}", tls.display()));
+    }
 }
 
 pub struct TestServer {
@@ -61,6 +77,9 @@ pub struct TestServer {
     pub config: Config,
     /// The built-in TURN server, when started with [`TestServer::start_with_turn`].
     pub turn: Option<turn::TurnPorts>,
+    /// The first `[metrics]` listener, when one is configured (bind it to
+    /// port 0: it is bound here and handed over, like the others).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl TestServer {
@@ -96,13 +115,8 @@ impl TestServer {
     }
 
     async fn start_full(extra: &str, with_https: bool, turn_sockets: Option<turn::TurnSockets>) -> TestServer {
-        let ca_dir = test_ca();
         let dir = tempfile::tempdir().unwrap();
-        let tls = dir.path().join("data/tls");
-        std::fs::create_dir_all(&tls).unwrap();
-        for f in ["ca.pem", "ca.key"] {
-            std::fs::copy(ca_dir.join(f), tls.join(f)).unwrap();
-        }
+        install_test_ca(&dir.path().join("data/tls"));
         let toml = format!(
             "domain = \"localhost\"\n\
              [listen]\nc2s = [\"127.0.0.1:0\"]\nc2s_direct_tls = [\"127.0.0.1:0\"]\nhttps = []\ncomponent = [\"127.0.0.1:0\"]\n\
@@ -137,6 +151,7 @@ impl TestServer {
         let c2s = listeners.c2s[0].local_addr().unwrap();
         let c2s_tls = listeners.c2s_direct_tls[0].local_addr().unwrap();
         let component = listeners.component.first().map(|l| l.local_addr().unwrap());
+        let metrics = listeners.metrics.first().map(|l| l.local_addr().unwrap());
         let daemon = daemon::InProcess::start(config.clone(), listeners, WAIT).await;
         TestServer {
             https: https_addr,
@@ -147,6 +162,7 @@ impl TestServer {
             config,
             daemon,
             turn: None,
+            metrics,
         }
     }
 
@@ -185,6 +201,7 @@ impl TestServer {
         self.c2s = listeners.c2s[0].local_addr().unwrap();
         self.c2s_tls = listeners.c2s_direct_tls[0].local_addr().unwrap();
         self.component = listeners.component.first().map(|l| l.local_addr().unwrap());
+        self.metrics = listeners.metrics.first().map(|l| l.local_addr().unwrap());
         self.daemon = daemon::InProcess::start(self.config.clone(), listeners, WAIT).await;
     }
 
@@ -285,6 +302,17 @@ impl TestClient {
 
     pub async fn close(self) {
         let _ = tokio::time::timeout(WAIT, self.client.send_end()).await;
+    }
+}
+
+/// Poll `check` every 50 ms until it holds, for what settles in the
+/// background (a deletion, a write); panics naming `what` after [`WAIT`].
+/// Use it instead of a fixed sleep before an assertion.
+pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "not in time: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

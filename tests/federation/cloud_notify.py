@@ -150,8 +150,8 @@ async def main():
         f"<field var='secret'><value>{got['secret']}</value></field></x></enable>"))
     check("push enabled on Prosody", await answered(iq))
     # 3. Offline, then a message from a.example.
-    bob.disconnect()
-    await asyncio.sleep(1)
+    # Until Prosody has closed bob's stream (his session is gone), not a fixed pause.
+    await bob.disconnect(wait=WAIT)
     alice = await Client("alice1@a.example/pc", "pw-a").login(A_C2S)
     alice.send_message(mto="bob1@b.example", mbody="wake up, bob", mtype="chat")
     deadline = time.time() + WAIT

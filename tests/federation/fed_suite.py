@@ -103,7 +103,8 @@ async def presence_both_ways(a, b):
     await subscribe(b, a, ALICE, BOB)
     # Both rosters, as each server pushed them to its client, say "both".
     for c, other in ((a, BOB), (b, ALICE)):
-        for _ in range(50):
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
             if c.client_roster[other]["subscription"] == "both":
                 break
             await asyncio.sleep(0.1)

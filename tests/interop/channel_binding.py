@@ -66,7 +66,12 @@ def login(version):
     c = Conn(tls)
     c.send(HEADER)
     features = c.until("</stream:features>")
-    mechs = re.findall(r"<mechanism>([^<]+)</mechanism>", features)
+    # XEP-0474 hashes the RFC 6120 <mechanisms/> list only (SASL2's
+    # <authentication/> and FAST's lists sit beside it in the features).
+    sasl1 = re.search(r"<mechanisms xmlns=['\"]" + re.escape(SASL) + r"['\"]>(.*?)</mechanisms>", features, re.S)
+    if not sasl1:
+        raise RuntimeError(f"no RFC 6120 mechanisms in the features: {features}")
+    mechs = re.findall(r"<mechanism>([^<]+)</mechanism>", sasl1.group(1))
     types = re.findall(r"<channel-binding type=['\"]([^'\"]+)['\"]", features)
     if "SCRAM-SHA-256-PLUS" not in mechs or "tls-server-end-point" not in types:
         raise RuntimeError(f"SCRAM-SHA-256-PLUS with tls-server-end-point not offered: {features}")

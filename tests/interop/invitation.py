@@ -137,7 +137,8 @@ async def main():
     items = roster["roster"]["items"]
     sub = items.get(slixmpp.JID(f"{INVITER}@localhost"), {}).get("subscription")
     check("the new account has the inviter as a contact (both)", sub == "both", items)
-    for _ in range(50):
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while asyncio.get_running_loop().time() < deadline:
         if any(NEW_USER in str(p) for p in alice.pushes):
             break
         await asyncio.sleep(0.1)

@@ -44,6 +44,11 @@ pub struct ApnsState {
     /// A request whose client went away meanwhile is never answered.
     pub stall: std::sync::atomic::AtomicBool,
     pub held: std::sync::atomic::AtomicUsize,
+    /// A pause: requests are held unanswered while set (counted in
+    /// `held`), then answered as usual (logged when answered).
+    pub hold: std::sync::atomic::AtomicBool,
+    /// The client addresses of the connections requests came on.
+    pub connections: Mutex<HashSet<SocketAddr>>,
     unstalled: Notify,
     /// Provider tokens whose signature verified (APNs too checks a token
     /// once, not on every push): keeps the stand-in cheap under load.
@@ -51,10 +56,27 @@ pub struct ApnsState {
 }
 
 impl ApnsState {
-    /// End a stall: held requests are answered (503).
+    /// End a stall or a pause: held requests are answered (503 after a
+    /// stall, as usual after a pause).
     pub fn release(&self) {
         self.stall.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.hold.store(false, std::sync::atomic::Ordering::SeqCst);
         self.unstalled.notify_waiters();
+    }
+
+    /// Wait while `stall` or `hold` is set.
+    async fn held_back(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.held.fetch_add(1, SeqCst);
+        loop {
+            let released = self.unstalled.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !self.stall.load(SeqCst) && !self.hold.load(SeqCst) {
+                break;
+            }
+            released.await;
+        }
     }
 }
 
@@ -64,6 +86,18 @@ impl ApnsStandIn {
     }
 
     pub async fn start_on(ca: &TestCa, dir: &Path, listener: TcpListener) -> ApnsStandIn {
+        Self::start_with(ca, dir, listener, None).await
+    }
+
+    /// Like [`ApnsStandIn::start`], allowing `max_streams` concurrent
+    /// streams per connection (APNs advertises its limit in
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub async fn start_limited(ca: &TestCa, dir: &Path, max_streams: u32) -> ApnsStandIn {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_with(ca, dir, listener, Some(max_streams)).await
+    }
+
+    async fn start_with(ca: &TestCa, dir: &Path, listener: TcpListener, max_streams: Option<u32>) -> ApnsStandIn {
         let key_path = dir.join("AuthKey_test.p8");
         let public = if key_path.exists() {
             let pem = std::fs::read_to_string(&key_path).unwrap();
@@ -85,23 +119,26 @@ impl ApnsStandIn {
             let (l, s, public) = (l.clone(), s.clone(), public.clone());
             Box::pin(async move {
                 use std::sync::atomic::Ordering::SeqCst;
+                if let Some(PeerAddr(a)) = req.extensions().get::<PeerAddr>() {
+                    s.connections.lock().unwrap().insert(*a);
+                }
                 if s.stall.load(SeqCst) {
-                    s.held.fetch_add(1, SeqCst);
-                    loop {
-                        let released = s.unstalled.notified();
-                        tokio::pin!(released);
-                        released.as_mut().enable();
-                        if !s.stall.load(SeqCst) {
-                            break;
-                        }
-                        released.await;
-                    }
+                    s.held_back().await;
                     return apns_error(503, "ServiceUnavailable");
+                }
+                if s.hold.load(SeqCst) {
+                    s.held_back().await;
                 }
                 apns_answer(&l, &s, &public, req)
             })
         });
-        let task = serve(listener, ca.server_config_with(&[b"h2"], Some(ca)), true, handler);
+        let task = serve_with(
+            listener,
+            ca.server_config_with(&[b"h2"], Some(ca)),
+            true,
+            max_streams,
+            handler,
+        );
         ApnsStandIn {
             addr,
             url: format!("https://localhost:{}", addr.port()),

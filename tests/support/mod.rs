@@ -177,6 +177,11 @@ pub fn reply(status: u16, body: Value, headers: &[(&str, String)]) -> Reply {
     r
 }
 
+/// The client's address of the connection a request came on, put in each
+/// request's extensions by [`serve`].
+#[derive(Clone, Copy, Debug)]
+pub struct PeerAddr(pub SocketAddr);
+
 /// Serve `handler` over TLS on `listener`: HTTP/2 only when `h2_only`
 /// (APNs), else HTTP/2 or HTTP/1.1 by ALPN.
 pub fn serve(
@@ -185,10 +190,24 @@ pub fn serve(
     h2_only: bool,
     handler: Handler,
 ) -> tokio::task::JoinHandle<()> {
+    serve_with(listener, tls, h2_only, None, handler)
+}
+
+/// [`serve`], advertising `max_streams` as each HTTP/2 connection's
+/// `SETTINGS_MAX_CONCURRENT_STREAMS` (unset: hyper's default, 200).
+pub fn serve_with(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    h2_only: bool,
+    max_streams: Option<u32>,
+    handler: Handler,
+) -> tokio::task::JoinHandle<()> {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { return };
+            let Ok((tcp, addr)) = listener.accept().await else {
+                return;
+            };
             let (acceptor, handler) = (acceptor.clone(), handler.clone());
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
@@ -200,15 +219,18 @@ pub fn serve(
                         if let Some(p) = peer {
                             parts.extensions.insert(p);
                         }
+                        parts.extensions.insert(PeerAddr(addr));
                         let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                         Ok::<_, std::convert::Infallible>(handler(Request::from_parts(parts, body)).await)
                     }
                 });
                 let io = TokioIo::new(tls);
                 if h2_only {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(io, svc)
-                        .await;
+                    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    if let Some(n) = max_streams {
+                        b.max_concurrent_streams(n);
+                    }
+                    let _ = b.serve_connection(io, svc).await;
                 } else {
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(io, svc)
@@ -316,11 +338,7 @@ pub async fn eventually<T, F: Future<Output = Option<T>>>(mut f: impl FnMut() ->
     }
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port for a daemon run as its own process (see [`daemon::free_port`]).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    daemon::free_port()
 }

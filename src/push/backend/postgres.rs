@@ -4,9 +4,11 @@
 //! under an advisory lock, so nodes starting together apply each once.
 //!
 //! How the nodes share the work, without talking to each other:
-//! - a push is accepted by one statement that moves the token's GCRA
-//!   timestamp forward (the per-token rate limit, exact across nodes), inserts
-//!   the push and its deliveries and `NOTIFY`s every node's dispatcher;
+//! - pushes are accepted in batches (whatever arrived while the previous
+//!   batch was being written), each by one statement that moves the tokens'
+//!   GCRA timestamps forward (the per-token rate limit, exact across nodes),
+//!   inserts the pushes and their deliveries and `NOTIFY`s every node's
+//!   dispatcher: one commit for many 202s;
 //! - a dispatcher claims due deliveries with `FOR UPDATE SKIP LOCKED`,
 //!   marking them `sending` with a lease (`next_at` = end of the lease): a
 //!   node killed while sending loses them to the others when it runs out;
@@ -47,12 +49,34 @@ const POOL_WAIT: Duration = Duration::from_secs(5);
 type FinishJob = (i64, String, Finished, tokio::sync::oneshot::Sender<Result<()>>);
 /// Most outcomes the finisher writes in one transaction.
 const FINISH_BATCH: usize = 512;
+/// Most pushes accepted by one statement.
+const ACCEPT_BATCH: usize = 256;
+/// Accept batches written at once (each on its own connection): while one
+/// commits, the next is already being written.
+const ACCEPTERS: usize = 2;
+
+/// One push waiting for the accepters' next batch.
+struct AcceptJob {
+    hash: Vec<u8>,
+    /// GCRA emission interval and burst tolerance, in microseconds.
+    step: i64,
+    tau: i64,
+    token: String,
+    collapse: String,
+    data: Option<String>,
+    priority: String,
+    expires: i64,
+    next_at: i64,
+    reply: tokio::sync::oneshot::Sender<Result<Enqueued>>,
+}
 
 pub struct Postgres {
     pool: Pool,
     /// Outcomes are written in batches by one task (a few statements per
     /// batch rather than per delivery).
     finisher: tokio::sync::mpsc::UnboundedSender<FinishJob>,
+    /// Pushes are accepted in batches by [`ACCEPTERS`] tasks.
+    accepter: tokio::sync::mpsc::UnboundedSender<AcceptJob>,
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     /// This process's name in `claimed_by`.
@@ -84,9 +108,15 @@ impl Postgres {
             .build()?;
         let (finisher, jobs) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(finish_loop(pool.clone(), jobs));
+        let (accepter, pushes) = tokio::sync::mpsc::unbounded_channel();
+        let pushes = Arc::new(tokio::sync::Mutex::new(pushes));
+        for _ in 0..ACCEPTERS {
+            tokio::spawn(accept_loop(pool.clone(), pushes.clone()));
+        }
         let pg = Postgres {
             pool,
             finisher,
+            accepter,
             config,
             tls,
             node: node.to_string(),
@@ -500,83 +530,27 @@ impl RelayStore for Postgres {
     }
 
     async fn enqueue(&self, p: &NewPush<'_>, limit: TokenLimit<'_>, now_ms: i64) -> Result<Enqueued> {
-        // GCRA: one push per `interval`, bursts of `per_minute`. The token's
-        // theoretical arrival time moves forward in the statement that
-        // accepts the push, so two nodes cannot both spend the last slot;
-        // time is the database's clock, one clock for every node.
+        // GCRA: one push per `step`, bursts of `per_minute`.
         let per_minute = i64::from(limit.per_minute.max(1));
-        let interval = (60_000_000 / per_minute).max(1);
-        let tau = 60_000_000 - interval;
-        let c = self.client().await?;
-        let st = c
-            .prepare_cached(
-                "WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now_us),
-                 t AS (
-                   UPDATE relay_tokens SET tat = GREATEST(tat, clock.now_us) + $1 FROM clock
-                   WHERE hash = $2 AND GREATEST(tat, clock.now_us) - clock.now_us <= $3
-                   RETURNING account_id),
-                 o AS (
-                   INSERT INTO relay_outbox (account_id, token, collapse, data, priority, created, expires)
-                   SELECT account_id, $4, $5, $6, $7, $8, $9 FROM t
-                   RETURNING id, account_id),
-                 d AS (
-                   INSERT INTO relay_deliveries (push_id, device_id, next_at)
-                   SELECT o.id, v.id, $10 FROM o JOIN relay_devices v ON v.account_id = o.account_id AND v.active
-                   RETURNING 1),
-                 n AS (SELECT pg_notify('pushbox_relay', '') FROM o)
-                 SELECT (SELECT count(*) FROM t), (SELECT id FROM o), (SELECT count(*) FROM d),
-                        (SELECT count(*) FROM n)",
-            )
+        let step = (60_000_000 / per_minute).max(1);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.accepter
+            .send(AcceptJob {
+                hash: limit.hash.to_vec(),
+                step,
+                tau: 60_000_000 - step,
+                token: p.token.to_string(),
+                collapse: p.collapse.to_string(),
+                data: p.data.map(str::to_string),
+                priority: p.priority.to_string(),
+                expires: p.expires,
+                next_at: now_ms,
+                reply,
+            })
+            .map_err(|_| StoreError::Other("the relay's accepters stopped".into()))?;
+        answer
             .await
-            .map_err(pg)?;
-        let r = c
-            .query_one(
-                &st,
-                &[
-                    &interval,
-                    &limit.hash,
-                    &tau,
-                    &p.token,
-                    &p.collapse,
-                    &p.data,
-                    &p.priority,
-                    &now(),
-                    &p.expires,
-                    &now_ms,
-                ],
-            )
-            .await
-            .map_err(pg)?;
-        let (passed, push_id, devices): (i64, Option<i64>, i64) = (r.get(0), r.get(1), r.get(2));
-        if let (1, Some(push_id)) = (passed, push_id) {
-            if devices == 0 {
-                // Nothing to deliver: the push need not stay.
-                let st = c
-                    .prepare_cached("DELETE FROM relay_outbox WHERE id = $1")
-                    .await
-                    .map_err(pg)?;
-                c.execute(&st, &[&push_id]).await.map_err(pg)?;
-            }
-            return Ok(Enqueued::Accepted {
-                push_id,
-                devices: devices as usize,
-            });
-        }
-        // Refused: limited, or the token went away since it was looked up.
-        let st = c
-            .prepare_cached(
-                "SELECT tat - (extract(epoch FROM clock_timestamp()) * 1000000)::bigint FROM relay_tokens WHERE hash = $1",
-            )
-            .await
-            .map_err(pg)?;
-        Ok(match c.query_opt(&st, &[&limit.hash]).await.map_err(pg)? {
-            None => Enqueued::Gone,
-            Some(r) => {
-                let ahead: i64 = r.get(0);
-                let wait = (ahead.max(0) - tau).max(1);
-                Enqueued::Limited(Duration::from_micros(wait as u64))
-            }
-        })
+            .map_err(|_| StoreError::Other("the relay's accepters stopped".into()))?
     }
 
     async fn recover(&self) -> Result<usize> {
@@ -732,6 +706,139 @@ impl RelayStore for Postgres {
     fn watch_commits(&self, wake: Arc<Notify>, stop: watch::Receiver<bool>) {
         tokio::spawn(listen(self.config.clone(), self.tls.clone(), wake, stop));
     }
+}
+
+/// Accept pushes in batches: take whatever is queued (up to
+/// [`ACCEPT_BATCH`]), write it with one statement, answer every caller.
+async fn accept_loop(pool: Pool, jobs: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<AcceptJob>>>) {
+    loop {
+        let batch = {
+            let mut jobs = jobs.lock().await;
+            let Some(first) = jobs.recv().await else { return };
+            let mut batch = vec![first];
+            while batch.len() < ACCEPT_BATCH {
+                match jobs.try_recv() {
+                    Ok(j) => batch.push(j),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        match accept_batch(&pool, &batch).await {
+            Ok(answers) => {
+                for (job, answer) in batch.into_iter().zip(answers) {
+                    let _ = job.reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(match &e {
+                        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                        e => StoreError::Other(e.to_string()),
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// One statement for a batch of pushes, answers in the batch's order.
+///
+/// The per-token rate limit stays exact: the batch's tokens are locked in
+/// one order (so two batches, on this node or another, cannot deadlock),
+/// and a token with `k` pushes in the batch admits the first
+/// `min(k, (tau - ahead) / step + 1)` of them, where `ahead` is how far its
+/// GCRA timestamp is ahead of the database's clock: what `k` pushes
+/// accepted one by one would admit. The token's timestamp moves forward by
+/// one step per push admitted. Time is the database's clock, one for every
+/// node. A token gone since it was looked up refuses its pushes (`Gone`).
+async fn accept_batch(pool: &Pool, batch: &[AcceptJob]) -> Result<Vec<Enqueued>> {
+    let hashes: Vec<&[u8]> = batch.iter().map(|j| j.hash.as_slice()).collect();
+    let steps: Vec<i64> = batch.iter().map(|j| j.step).collect();
+    let taus: Vec<i64> = batch.iter().map(|j| j.tau).collect();
+    let tokens: Vec<&str> = batch.iter().map(|j| j.token.as_str()).collect();
+    let collapses: Vec<&str> = batch.iter().map(|j| j.collapse.as_str()).collect();
+    let data: Vec<Option<&str>> = batch.iter().map(|j| j.data.as_deref()).collect();
+    let priorities: Vec<&str> = batch.iter().map(|j| j.priority.as_str()).collect();
+    let expires: Vec<i64> = batch.iter().map(|j| j.expires).collect();
+    let next_at: Vec<i64> = batch.iter().map(|j| j.next_at).collect();
+    let c = pool.get().await.map_err(self::pool)?;
+    let st = c
+        .prepare_cached(
+            "WITH clock AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS now_us),
+             j AS (SELECT * FROM unnest($1::bytea[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
+                                        $6::text[], $7::text[], $8::bigint[], $9::bigint[])
+                   WITH ORDINALITY AS j(hash, step, tau, token, collapse, data, priority, expires, next_at, ord)),
+             r AS (SELECT j.*, row_number() OVER (PARTITION BY j.hash ORDER BY j.ord) AS rk FROM j),
+             g AS (SELECT hash, min(step) AS step, min(tau) AS tau, count(*) AS k FROM j GROUP BY hash),
+             l AS (SELECT x.hash, x.account_id, GREATEST(x.tat, clock.now_us) - clock.now_us AS ahead
+                   FROM relay_tokens x, clock WHERE x.hash IN (SELECT hash FROM g)
+                   ORDER BY x.hash FOR UPDATE OF x),
+             m AS (SELECT l.hash, l.account_id, l.ahead, g.step, g.tau,
+                          CASE WHEN l.ahead <= g.tau THEN LEAST(g.k, (g.tau - l.ahead) / g.step + 1) ELSE 0 END AS admit
+                   FROM l JOIN g ON g.hash = l.hash),
+             t AS (UPDATE relay_tokens x SET tat = clock.now_us + m.ahead + m.admit * m.step FROM m, clock
+                   WHERE x.hash = m.hash AND m.admit > 0 RETURNING 1),
+             p AS MATERIALIZED (
+                   SELECT r.ord, m.account_id, r.token, r.collapse, r.data, r.priority, r.expires, r.next_at,
+                          nextval('relay_outbox_id_seq') AS id,
+                          (SELECT count(*) FROM relay_devices v WHERE v.account_id = m.account_id AND v.active) AS devices
+                   FROM r JOIN m ON m.hash = r.hash WHERE r.rk <= m.admit),
+             o AS (INSERT INTO relay_outbox (id, account_id, token, collapse, data, priority, created, expires)
+                   SELECT id, account_id, token, collapse, data, priority, $10, expires FROM p WHERE devices > 0
+                   RETURNING 1),
+             d AS (INSERT INTO relay_deliveries (push_id, device_id, next_at)
+                   SELECT p.id, v.id, p.next_at FROM p JOIN relay_devices v ON v.account_id = p.account_id AND v.active
+                   WHERE p.devices > 0
+                   RETURNING 1),
+             n AS (SELECT pg_notify('pushbox_relay', '') WHERE EXISTS (SELECT 1 FROM o))
+             SELECT j.ord, p.id, p.devices, m.hash IS NOT NULL, m.ahead + m.admit * m.step - m.tau,
+                    (SELECT count(*) FROM n)
+             FROM j LEFT JOIN p ON p.ord = j.ord LEFT JOIN m ON m.hash = j.hash
+             ORDER BY j.ord",
+        )
+        .await
+        .map_err(pg)?;
+    let rows = c
+        .query(
+            &st,
+            &[
+                &hashes,
+                &steps,
+                &taus,
+                &tokens,
+                &collapses,
+                &data,
+                &priorities,
+                &expires,
+                &next_at,
+                &now(),
+            ],
+        )
+        .await
+        .map_err(pg)?;
+    if rows.len() != batch.len() {
+        return Err(StoreError::Other(format!(
+            "accepting {} pushes gave {} answers",
+            batch.len(),
+            rows.len()
+        )));
+    }
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (push_id, devices, found, over): (Option<i64>, Option<i64>, bool, Option<i64>) =
+                (r.get(1), r.get(2), r.get(3), r.get(4));
+            match (push_id, found) {
+                (Some(push_id), _) => Enqueued::Accepted {
+                    push_id,
+                    devices: devices.unwrap_or(0) as usize,
+                },
+                (None, false) => Enqueued::Gone,
+                (None, true) => Enqueued::Limited(Duration::from_micros(over.unwrap_or(1).max(1) as u64)),
+            }
+        })
+        .collect())
 }
 
 /// Write delivery outcomes in batches: whatever is queued, in one

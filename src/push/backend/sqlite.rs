@@ -138,7 +138,12 @@ fn write_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, read
         let mut room = ready.capacity();
         let mut handed = Vec::new();
         let outcomes: Result<Vec<Result<Done>>> = (|| {
-            let mut tx = conn.transaction()?;
+            // IMMEDIATE: the write lock is taken at BEGIN, waiting (busy
+            // timeout) for the daemon's other connection. A deferred one
+            // reads first (enqueue looks the token up) and, if that
+            // connection committed meanwhile, fails to upgrade at once with
+            // SQLITE_BUSY, which no busy timeout covers: a 500 under load.
+            let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut outcomes = Vec::with_capacity(batch.len());
             for job in &batch {
                 // A job that fails is undone alone; the others commit.

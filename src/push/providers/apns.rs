@@ -59,7 +59,8 @@ struct ProviderToken {
 }
 
 impl Apns {
-    pub fn new(c: &ApnsConfig, store: Arc<dyn RelayStore>) -> anyhow::Result<Apns> {
+    /// `connections`: most HTTP/2 connections to APNs (see [`HttpsClient`]).
+    pub fn new(c: &ApnsConfig, store: Arc<dyn RelayStore>, connections: usize) -> anyhow::Result<Apns> {
         let auth = c.auth().map_err(|problems| {
             let all: Vec<String> = problems.into_iter().map(|(k, m)| format!("{k}: {m}")).collect();
             anyhow::anyhow!(all.join("; "))
@@ -92,7 +93,7 @@ impl Apns {
             }
         };
         Ok(Apns {
-            client,
+            client: client.max_connections(connections),
             base: base.trim_end_matches('/').to_string(),
             topic: c.topic.clone(),
             token,

@@ -50,14 +50,15 @@ pub struct Fcm {
 }
 
 impl Fcm {
-    pub fn new(c: &FcmConfig) -> anyhow::Result<Fcm> {
+    /// `connections`: most HTTP/2 connections to FCM (see [`HttpsClient`]).
+    pub fn new(c: &FcmConfig, connections: usize) -> anyhow::Result<Fcm> {
         let text = std::fs::read_to_string(&c.service_account)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", c.service_account.display()))?;
         let sa: ServiceAccount = serde_json::from_str(&text)
             .map_err(|e| anyhow::anyhow!("{} is not a service-account JSON: {e}", c.service_account.display()))?;
         let key = jwt::rs256_key(&jwt::pkcs8_from_pem(&sa.private_key)?)?;
         Ok(Fcm {
-            client: HttpsClient::new(c.ca_roots.as_deref())?,
+            client: HttpsClient::new(c.ca_roots.as_deref())?.max_connections(connections),
             endpoint: c
                 .endpoint
                 .clone()

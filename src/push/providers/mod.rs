@@ -40,6 +40,7 @@ impl Providers {
         store: Arc<dyn RelayStore>,
     ) -> anyhow::Result<Providers> {
         use anyhow::Context;
+        let conns = config.provider_connections;
         let shared = super::client::tls_config(config.ca_roots.as_deref()).context("relay.ca_roots")?;
         let vapid = webpush::vapid_key(data_dir, config.database.is_some(), store.as_ref())
             .await
@@ -48,22 +49,22 @@ impl Providers {
             apns: config
                 .apns
                 .as_ref()
-                .map(|c| apns::Apns::new(c, store.clone()))
+                .map(|c| apns::Apns::new(c, store.clone(), conns))
                 .transpose()
                 .context("relay.apns")?,
             fcm: config
                 .fcm
                 .as_ref()
-                .map(fcm::Fcm::new)
+                .map(|c| fcm::Fcm::new(c, conns))
                 .transpose()
                 .context("relay.fcm")?,
             webpush: webpush::WebPush::new(
-                HttpsClient::with_tls(shared.clone()),
+                HttpsClient::with_tls(shared.clone()).max_connections(conns),
                 &vapid,
                 config.vapid_subject.clone().unwrap_or_else(|| public_url.to_string()),
             )
             .context("Web Push (VAPID key)")?,
-            upstream: upstream::Upstream::new(HttpsClient::with_tls(shared)),
+            upstream: upstream::Upstream::new(HttpsClient::with_tls(shared).max_connections(conns)),
         })
     }
 
