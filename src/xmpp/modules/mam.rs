@@ -209,8 +209,17 @@ fn write_loop(mut conn: rusqlite::Connection, rx: std::sync::mpsc::Receiver<Op>)
             }
         }
         if !inserts.is_empty() {
-            if let Err(e) = write_batch(&mut conn, inserts) {
-                tracing::error!(error = %e, "archive write failed");
+            // A failed transaction wrote nothing: try the batch again
+            // (the database may be locked by a long write elsewhere).
+            for attempt in 1..=3 {
+                match write_batch(&mut conn, &inserts) {
+                    Ok(()) => break,
+                    Err(e) if attempt < 3 => {
+                        tracing::warn!(error = %e, attempt, "archive write failed; retrying");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    Err(e) => tracing::error!(error = %e, lost = inserts.len(), "archive write failed"),
+                }
             }
         }
         for b in barriers {
@@ -221,9 +230,12 @@ fn write_loop(mut conn: rusqlite::Connection, rx: std::sync::mpsc::Receiver<Op>)
 
 /// One transaction for a batch; an account's id and preferences are read
 /// once per batch.
-fn write_batch(conn: &mut rusqlite::Connection, inserts: Vec<Op>) -> store::Result<()> {
-    let tx = conn.transaction()?;
-    let mut accounts: HashMap<String, Option<(i64, db::Prefs)>> = HashMap::new();
+fn write_batch(conn: &mut rusqlite::Connection, inserts: &[Op]) -> store::Result<()> {
+    // The write lock is taken at BEGIN (waiting out the busy timeout): a
+    // deferred transaction that reads first and then writes fails at once
+    // with SQLITE_BUSY when the server's connection committed meanwhile.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let mut accounts: HashMap<&str, Option<(i64, db::Prefs)>> = HashMap::new();
     for op in inserts {
         let Op::Insert {
             owner,
@@ -237,22 +249,22 @@ fn write_batch(conn: &mut rusqlite::Connection, inserts: Vec<Op>) -> store::Resu
         };
         match owner {
             Owner::Account(username) => {
-                let account = match accounts.get(&username) {
+                let account = match accounts.get(username.as_str()) {
                     Some(a) => a,
                     None => {
-                        let a = match store::accounts::id_of(&tx, &username)? {
+                        let a = match store::accounts::id_of(&tx, username)? {
                             Some(id) => Some((id, db::prefs(&tx, id)?)),
                             None => None,
                         };
-                        accounts.entry(username).or_insert(a)
+                        accounts.entry(username.as_str()).or_insert(a)
                     }
                 };
                 let Some((id, prefs)) = account else { continue };
-                if db::wanted_by(&tx, *id, prefs, &with)? {
-                    db::insert(&tx, *id, &stanza_id, ts, &with, &xml)?;
+                if db::wanted_by(&tx, *id, prefs, with)? {
+                    db::insert(&tx, *id, stanza_id, *ts, with, xml)?;
                 }
             }
-            Owner::Room(room) => db::insert_room(&tx, room, &stanza_id, ts, &with, &xml)?,
+            Owner::Room(room) => db::insert_room(&tx, *room, stanza_id, *ts, with, xml)?,
         }
     }
     tx.commit()?;
