@@ -154,10 +154,13 @@ impl Store {
 /// A connection with the settings every pushbox connection uses.
 fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
+    // First: the pragmas below take locks too, and without a busy timeout a
+    // second process opening the file (a CLI command while the daemon
+    // migrates it) failed at once with "database is locked".
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
     Ok(conn)
 }
 

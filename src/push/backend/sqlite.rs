@@ -116,9 +116,10 @@ impl Sqlite {
 
 fn open(path: &Path) -> Result<Connection> {
     let c = Connection::open(path)?;
+    // Before the pragmas, which take locks too (see store::open_connection).
+    c.busy_timeout(Duration::from_secs(10))?;
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "foreign_keys", true)?;
-    c.busy_timeout(Duration::from_secs(10))?;
     Ok(c)
 }
 
