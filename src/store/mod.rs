@@ -153,7 +153,13 @@ impl Store {
 
 /// A connection with the settings every pushbox connection uses.
 fn open_connection(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path)?;
+    let mut conn = Connection::open(path)?;
+    // Transactions take the write lock at BEGIN: one that read first and
+    // wrote later failed at once (SQLITE_BUSY, no waiting) when another
+    // connection to the file (the archive's or the relay's writer) had
+    // committed meanwhile; waiting for the lock is what the busy timeout
+    // is for.
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
     // First: the pragmas below take locks too, and without a busy timeout a
     // second process opening the file (a CLI command while the daemon
     // migrates it) failed at once with "database is locked".
