@@ -12,7 +12,7 @@ use crate::{
     config::RelayConfig,
     store::{
         relay::{Account, Delivery, Device, NewPush, Taken, Token},
-        Result, Store,
+        Result, Store, StoreError,
     },
 };
 use async_trait::async_trait;
@@ -145,13 +145,30 @@ pub trait RelayStore: Send + Sync {
     }
 }
 
+/// The error of a failed batch, for each of its callers: what it means
+/// (the disk is full, the database is unreachable: answer "try later")
+/// survives the copy.
+fn copy_for_caller(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+        e if e.is_full() => StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some(e.to_string()),
+        )),
+        e => StoreError::Other(e.to_string()),
+    }
+}
+
 /// The relay's store as `[relay] database` says: PostgreSQL (connected,
 /// migrated) when set, else the SQLite `store`. `data_dir` holds the node's
 /// name among the nodes sharing a database.
 pub async fn open(config: &RelayConfig, store: Store, data_dir: &Path) -> anyhow::Result<Arc<dyn RelayStore>> {
     Ok(match &config.database {
         Some(url) => Arc::new(postgres::Postgres::connect(url, config, &node_id(data_dir)?).await?),
-        None => Arc::new(sqlite::Sqlite::new(store)),
+        None => Arc::new(
+            sqlite::Sqlite::try_new(store)
+                .map_err(|e| anyhow::anyhow!("opening the relay's SQLite connections: {e}"))?,
+        ),
     })
 }
 

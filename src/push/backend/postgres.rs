@@ -711,31 +711,18 @@ impl RelayStore for Postgres {
 /// Accept pushes in batches: take whatever is queued (up to
 /// [`ACCEPT_BATCH`]), write it with one statement, answer every caller.
 async fn accept_loop(pool: Pool, jobs: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<AcceptJob>>>) {
-    loop {
-        let batch = {
-            let mut jobs = jobs.lock().await;
-            let Some(first) = jobs.recv().await else { return };
-            let mut batch = vec![first];
-            while batch.len() < ACCEPT_BATCH {
-                match jobs.try_recv() {
-                    Ok(j) => batch.push(j),
-                    Err(_) => break,
-                }
-            }
-            batch
-        };
+    let mut batch = Vec::with_capacity(ACCEPT_BATCH);
+    // Waits for one push, then takes whatever else is queued.
+    while jobs.lock().await.recv_many(&mut batch, ACCEPT_BATCH).await > 0 {
         match accept_batch(&pool, &batch).await {
             Ok(answers) => {
-                for (job, answer) in batch.into_iter().zip(answers) {
+                for (job, answer) in batch.drain(..).zip(answers) {
                     let _ = job.reply.send(Ok(answer));
                 }
             }
             Err(e) => {
-                for job in batch {
-                    let _ = job.reply.send(Err(match &e {
-                        StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
-                        e => StoreError::Other(e.to_string()),
-                    }));
+                for job in batch.drain(..) {
+                    let _ = job.reply.send(Err(super::copy_for_caller(&e)));
                 }
             }
         }
@@ -846,21 +833,11 @@ async fn accept_batch(pool: &Pool, batch: &[AcceptJob]) -> Result<Vec<Enqueued>>
 /// a push to end, on whichever node, sees the others and removes it), then
 /// answer every caller.
 async fn finish_loop(pool: Pool, mut jobs: tokio::sync::mpsc::UnboundedReceiver<FinishJob>) {
-    while let Some(first) = jobs.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < FINISH_BATCH {
-            match jobs.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
+    let mut batch = Vec::with_capacity(FINISH_BATCH);
+    while jobs.recv_many(&mut batch, FINISH_BATCH).await > 0 {
         let r = finish_batch(&pool, &batch).await;
-        for (.., reply) in batch {
-            let _ = reply.send(match &r {
-                Ok(()) => Ok(()),
-                Err(StoreError::Unavailable(m)) => Err(StoreError::Unavailable(m.clone())),
-                Err(e) => Err(StoreError::Other(e.to_string())),
-            });
+        for (.., reply) in batch.drain(..) {
+            let _ = reply.send(r.as_ref().map(|_| ()).map_err(super::copy_for_caller));
         }
     }
 }

@@ -31,7 +31,6 @@ use crate::{
 use async_trait::async_trait;
 use rusqlite::Connection;
 use std::{
-    path::Path,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -77,9 +76,11 @@ impl Sqlite {
 
     /// The relay's store on `store`'s file, with its own writer thread and reader.
     pub fn try_new(store: Store) -> Result<Sqlite> {
-        let writer_conn = open(store.path())?;
+        // The store's own connection settings (WAL, busy timeout, foreign
+        // keys, transactions IMMEDIATE); the writer's commits are fsynced.
+        let writer_conn = store.connection()?;
         writer_conn.pragma_update(None, "synchronous", "FULL")?;
-        let reader = open(store.path())?;
+        let reader = store.connection()?;
         let (writer, jobs) = mpsc::unbounded_channel();
         let (ready_tx, ready_rx) = mpsc::channel(HANDOFF);
         std::thread::Builder::new()
@@ -114,37 +115,24 @@ impl Sqlite {
     }
 }
 
-fn open(path: &Path) -> Result<Connection> {
-    let c = Connection::open(path)?;
-    // Before the pragmas, which take locks too (see store::open_connection).
-    c.busy_timeout(Duration::from_secs(10))?;
-    c.pragma_update(None, "journal_mode", "WAL")?;
-    c.pragma_update(None, "foreign_keys", true)?;
-    Ok(c)
-}
-
 /// The writer: a batch of queued jobs per transaction, one commit, then the
 /// answers (and the claimed deliveries, to the dispatcher).
 fn write_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, ready: mpsc::Sender<Delivery>) {
-    while let Some(first) = jobs.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    // Waits for one job, then takes whatever else is queued.
+    while jobs.blocking_recv_many(&mut batch, MAX_BATCH) > 0 {
         // Room for the whole batch's deliveries? Only this thread sends, so
         // the room counted now is still there after the commit.
         let mut room = ready.capacity();
         let mut handed = Vec::new();
         let outcomes: Result<Vec<Result<Done>>> = (|| {
-            // IMMEDIATE: the write lock is taken at BEGIN, waiting (busy
-            // timeout) for the daemon's other connection. A deferred one
-            // reads first (enqueue looks the token up) and, if that
-            // connection committed meanwhile, fails to upgrade at once with
-            // SQLITE_BUSY, which no busy timeout covers: a 500 under load.
-            let mut tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            // IMMEDIATE (the store's connections begin so): the write lock
+            // is taken at BEGIN, waiting (busy timeout) for the daemon's
+            // other connection. A deferred one reads first (enqueue looks
+            // the token up) and, if that connection committed meanwhile,
+            // fails to upgrade at once with SQLITE_BUSY, which no busy
+            // timeout covers: a 500 under load.
+            let mut tx = conn.transaction()?;
             let mut outcomes = Vec::with_capacity(batch.len());
             for job in &batch {
                 // A job that fails is undone alone; the others commit.
@@ -163,24 +151,13 @@ fn write_loop(mut conn: Connection, mut jobs: mpsc::UnboundedReceiver<Job>, read
                 for d in handed {
                     let _ = ready.try_send(d);
                 }
-                for (job, r) in batch.into_iter().zip(outcomes) {
+                for (job, r) in batch.drain(..).zip(outcomes) {
                     answer(job, r);
                 }
             }
             Err(e) => {
-                let msg = e.to_string();
-                let full = e.is_full();
-                for job in batch {
-                    // Each caller gets the error (a full disk stays recognisable).
-                    let err = if full {
-                        StoreError::Sqlite(rusqlite::Error::SqliteFailure(
-                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
-                            Some(msg.clone()),
-                        ))
-                    } else {
-                        StoreError::Other(msg.clone())
-                    };
-                    answer(job, Err(err));
+                for job in batch.drain(..) {
+                    answer(job, Err(super::copy_for_caller(&e)));
                 }
             }
         }
