@@ -31,7 +31,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const PING_INTERVAL: Duration = Duration::from_secs(60);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// HTTP/2 connections per origin unless the client is told otherwise.
-pub const DEFAULT_CONNECTIONS: usize = 4;
+const DEFAULT_CONNECTIONS: usize = 4;
 /// Largest response body read from a provider.
 const MAX_RESPONSE: usize = 256 * 1024;
 
@@ -188,20 +188,6 @@ impl HttpsClient {
     /// The TLS configuration (trust roots) of this client.
     pub fn tls(&self) -> Arc<ClientConfig> {
         self.tls.clone()
-    }
-
-    /// Open HTTP/2 connections to `origin` (`host:port`) and the requests
-    /// on each that have not been answered yet.
-    pub fn connections(&self, origin: &str) -> Vec<usize> {
-        let map = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(origin)
-            .map(|pool| {
-                pool.iter()
-                    .filter(|c| !c.closed.load(Ordering::Relaxed))
-                    .map(|c| c.busy.load(Ordering::Relaxed))
-                    .collect()
-            })
-            .unwrap_or_default()
     }
 
     /// Send `req` (an absolute https URL) and read the whole answer.
