@@ -108,13 +108,6 @@ impl Daemon {
         Api::new(&self.url, &self.ca)
     }
 
-    /// The end of the daemon's log, for a failing assertion's message.
-    pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
     pub async fn stop(mut self) {
         let _ = self.daemon.stop(PATIENCE).await;
     }
