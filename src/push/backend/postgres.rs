@@ -45,6 +45,11 @@ const CHANNEL: &str = "pushbox_relay";
 /// How long a request waits for a pooled connection, or to open one.
 const POOL_WAIT: Duration = Duration::from_secs(5);
 
+/// Of the pushes `$1` (locked by the caller), remove those with no delivery
+/// left to make: the last delivery of a push to end removes it.
+const DROP_ENDED: &str = "DELETE FROM relay_outbox o WHERE o.id = ANY($1) AND NOT EXISTS
+   (SELECT 1 FROM relay_deliveries x WHERE x.push_id = o.id AND x.state IN ('pending', 'sending'))";
+
 /// One delivery's end, waiting for the finisher's next batch.
 type FinishJob = (i64, String, Finished, tokio::sync::oneshot::Sender<Result<()>>);
 /// Most outcomes the finisher writes in one transaction.
@@ -462,13 +467,7 @@ impl RelayStore for Postgres {
         )
         .await
         .map_err(pg)?;
-        tx.execute(
-            "DELETE FROM relay_outbox o WHERE o.id = ANY($1) AND NOT EXISTS
-               (SELECT 1 FROM relay_deliveries x WHERE x.push_id = o.id AND x.state IN ('pending', 'sending'))",
-            &[&pushes],
-        )
-        .await
-        .map_err(pg)?;
+        tx.execute(DROP_ENDED, &[&pushes]).await.map_err(pg)?;
         tx.commit().await.map_err(pg)
     }
 
@@ -865,13 +864,7 @@ async fn finish_batch(pool: &Pool, batch: &[FinishJob]) -> Result<()> {
         .await
         .map_err(pg)?;
     tx.execute(&end, &[&ids, &devices, &states]).await.map_err(pg)?;
-    let drop = tx
-        .prepare_cached(
-            "DELETE FROM relay_outbox o WHERE o.id = ANY($1) AND NOT EXISTS
-               (SELECT 1 FROM relay_deliveries x WHERE x.push_id = o.id AND x.state IN ('pending', 'sending'))",
-        )
-        .await
-        .map_err(pg)?;
+    let drop = tx.prepare_cached(DROP_ENDED).await.map_err(pg)?;
     tx.execute(&drop, &[&pushes]).await.map_err(pg)?;
     tx.commit().await.map_err(pg)
 }
