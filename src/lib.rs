@@ -109,6 +109,13 @@ impl Listeners {
             }
             if ty == socket2::Type::STREAM {
                 s.set_reuse_address(true)?;
+            } else {
+                // One UDP socket per core (below) share the port; room for
+                // bursts from many clients (the kernel caps this at
+                // net.core.rmem_max / wmem_max); coturn asks for the same.
+                s.set_reuse_port(true)?;
+                let _ = s.set_recv_buffer_size(4 << 20);
+                let _ = s.set_send_buffer_size(4 << 20);
             }
             s.bind(&a.into())
                 .with_context(|| format!("cannot listen on {a} ({key})"))?;
@@ -117,26 +124,12 @@ impl Listeners {
         };
         // One UDP socket per core with SO_REUSEPORT: the kernel spreads
         // clients over them by address, so each client's packets stay in
-        // order on one socket while the cores share the load.
+        // order on one socket while the cores share the load. A later
+        // socket failing to bind means someone else's took the port.
         let per_ip = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
         for ip in &t.bind {
             for i in 0..per_ip {
-                let a = SocketAddr::new(*ip, t.port);
-                let u = socket2::Socket::new(socket2::Domain::for_address(a), socket2::Type::DGRAM, None)?;
-                if ip.is_ipv6() {
-                    u.set_only_v6(true)?;
-                }
-                u.set_reuse_port(true)?;
-                // Room for bursts from many clients (the kernel caps this at
-                // net.core.rmem_max / wmem_max); coturn asks for the same.
-                let _ = u.set_recv_buffer_size(4 << 20);
-                let _ = u.set_send_buffer_size(4 << 20);
-                if let Err(e) = u.bind(&a.into()) {
-                    // The first socket names the problem; a later one failing
-                    // means someone else's socket took the port meanwhile.
-                    return Err(anyhow::Error::from(e).context(format!("cannot listen on {a} (turn.port, socket {i})")));
-                }
-                u.set_nonblocking(true)?;
+                let u = sock(*ip, t.port, socket2::Type::DGRAM, &format!("turn.port, socket {i}"))?;
                 l.turn_udp.push(UdpSocket::from_std(u.into())?);
             }
             let s = sock(*ip, t.port, socket2::Type::STREAM, "turn.port")?;

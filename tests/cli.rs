@@ -17,6 +17,15 @@ fn write_config(dir: &std::path::Path, body: &str) -> std::path::PathBuf {
     p
 }
 
+/// `pushbox serve` with this configuration must refuse to start (exit 2);
+/// returns what it printed on stderr.
+fn serve_refuses(dir: &std::path::Path, body: &str) -> String {
+    let cfg = write_config(dir, body);
+    let out = pushbox().arg("--config").arg(&cfg).arg("serve").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "serve refuses to start");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn unknown_key_exits_2_naming_file_key_and_suggestion() {
     let dir = tempfile::tempdir().unwrap();
@@ -38,23 +47,17 @@ fn unknown_key_exits_2_naming_file_key_and_suggestion() {
 #[test]
 fn bad_type_exits_2_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), "[limits]\nmax_depth = \"deep\"\n");
-    let out = pushbox().arg("--config").arg(&cfg).arg("serve").output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "serve refuses to start");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_refuses(dir.path(), "[limits]\nmax_depth = \"deep\"\n");
     assert!(err.contains("`limits.max_depth`"), "{err}");
 }
 
 #[test]
 fn missing_cert_file_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
+    let err = serve_refuses(
         dir.path(),
         "[tls]\nmode = \"files\"\ncert = \"nope.pem\"\nkey = \"nope.key\"\n",
     );
-    let out = pushbox().arg("--config").arg(&cfg).arg("serve").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`tls.cert`") && err.contains("`tls.key`"), "{err}");
     assert!(!dir.path().join("data").exists(), "nothing was started or created");
 }
@@ -260,13 +263,10 @@ fn sigterm_closes_streams_and_exits_0() {
 #[test]
 fn turn_config_errors_name_their_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
+    let err = serve_refuses(
         dir.path(),
         "[turn]\nmode = \"builtin\"\nrelay_ports = \"60000-50000\"\nallowed_peers = [\"10.0.0.0/33\"]\nsecret = \"short\"\n",
     );
-    let out = pushbox().arg("--config").arg(&cfg).arg("serve").output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
     for key in ["`turn.relay_ports`", "`turn.allowed_peers`", "`turn.secret`"] {
         assert!(err.contains(key), "{key}: {err}");
     }

@@ -175,7 +175,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         // The version is read inside a write transaction, so a second
         // process opening the file at the same moment waits, then sees the
         // migration done rather than applying it again.
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = conn.transaction()?;
         let current: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let current = usize::try_from(current).unwrap_or(0);
         if current > MIGRATIONS.len() {

@@ -59,12 +59,33 @@ pub type Plain = BufReader<TcpStream>;
 /// Read buffer of the plaintext phase (a stream header and `<starttls/>`).
 const PLAIN_READ_BUFFER: usize = 2048;
 
+/// A write buffer larger than this is given back after each burst.
+const SHRINK_ABOVE: usize = 4096;
+
+/// The stream's parser, or while the stream rests (see
+/// [`XmlStream::rest`]) only what it is rebuilt from.
+enum Parser {
+    Active(Box<StreamParser>),
+    Resting(StreamDecls),
+}
+
+impl Parser {
+    /// The parser, rebuilt first if the stream was resting (a framed
+    /// parser rests with its root's declarations too).
+    fn wake(&mut self, limits: ParserLimits) -> &mut StreamParser {
+        if let Parser::Resting(d) = self {
+            *self = Parser::Active(Box::new(StreamParser::resume(limits, d)));
+        }
+        match self {
+            Parser::Active(p) => p,
+            Parser::Resting(_) => unreachable!("woken just above"),
+        }
+    }
+}
+
 pub struct XmlStream<S> {
     io: S,
-    /// `None` while the stream rests (see [`XmlStream::rest`]).
-    parser: Option<Box<StreamParser>>,
-    /// What a resting stream's parser is rebuilt from.
-    rest: Option<StreamDecls>,
+    parser: Parser,
     limits: ParserLimits,
     wbuf: Vec<u8>,
     /// Set by a stream restart: whitespace that ended the previous stream
@@ -103,8 +124,7 @@ impl<S: Transport> XmlStream<S> {
     pub fn new(io: S, limits: ParserLimits) -> Self {
         XmlStream {
             io,
-            parser: Some(Box::new(StreamParser::new(limits))),
-            rest: None,
+            parser: Parser::Active(Box::new(StreamParser::new(limits))),
             limits,
             wbuf: Vec::new(),
             skip_whitespace: false,
@@ -118,7 +138,7 @@ impl<S: Transport> XmlStream<S> {
     /// ends a message.
     pub fn framed(io: S, limits: ParserLimits) -> Self {
         XmlStream {
-            parser: Some(Box::new(StreamParser::framed(limits))),
+            parser: Parser::Active(Box::new(StreamParser::framed(limits))),
             frames: Some(Vec::new()),
             ..Self::new(io, limits)
         }
@@ -126,13 +146,6 @@ impl<S: Transport> XmlStream<S> {
 
     pub fn is_framed(&self) -> bool {
         self.frames.is_some()
-    }
-
-    fn new_parser(&self) -> Box<StreamParser> {
-        Box::new(match self.frames {
-            Some(_) => StreamParser::framed(self.limits),
-            None => StreamParser::new(self.limits),
-        })
     }
 
     /// Close the message queued so far (framed mode).
@@ -147,8 +160,10 @@ impl<S: Transport> XmlStream<S> {
 
     /// Start a new stream on the same transport (after SASL success).
     pub fn restart(&mut self) {
-        self.parser = Some(self.new_parser());
-        self.rest = None;
+        self.parser = Parser::Active(Box::new(match self.frames {
+            Some(_) => StreamParser::framed(self.limits),
+            None => StreamParser::new(self.limits),
+        }));
         self.header_sent = false;
         // Many clients end each element with a newline; the next stream
         // must begin with its own header.
@@ -167,7 +182,7 @@ impl<S: Transport> XmlStream<S> {
     /// `fill_buf`, and bytes are consumed only once parsed.
     pub async fn next_event(&mut self) -> Result<Event, ConnError> {
         // The parser may hold events from earlier bytes.
-        if let Some(p) = self.parser.as_mut() {
+        if let Parser::Active(p) = &mut self.parser {
             if let Some(ev) = p.next(&mut &[][..]).map_err(ConnError::Stream)? {
                 return self.unframe(ev);
             }
@@ -183,39 +198,27 @@ impl<S: Transport> XmlStream<S> {
             if buf.is_empty() {
                 return Err(ConnError::Eof);
             }
-            let mut slice = buf;
-            // Whitespace between stanzas is a keepalive: consumed here,
-            // so that a resting parser stays at rest, and remembered.
-            if !self.skip_whitespace && self.parser.as_ref().is_none_or(|p| p.at_rest()) {
-                let ws = slice.iter().take_while(|b| b.is_ascii_whitespace()).count();
+            // Whitespace before a stream's header (after a restart: many
+            // clients end each element with a newline) or between stanzas
+            // (a keepalive) is consumed here, so that a resting parser stays
+            // at rest, and remembered as activity.
+            let between = match &self.parser {
+                Parser::Active(p) => p.at_rest(),
+                Parser::Resting(_) => true,
+            };
+            if self.skip_whitespace || between {
+                let ws = buf.iter().take_while(|b| b.is_ascii_whitespace()).count();
                 if ws > 0 {
                     self.heard = Some(Instant::now());
                     Pin::new(&mut self.io).consume(ws);
                     continue;
                 }
+                self.skip_whitespace = false;
             }
-            if self.skip_whitespace {
-                let ws = slice.iter().take_while(|b| b.is_ascii_whitespace()).count();
-                if ws < slice.len() {
-                    self.skip_whitespace = false;
-                }
-                slice = &slice[ws..];
-            }
-            let parser = match &mut self.parser {
-                Some(p) => p,
-                None => {
-                    let p = match self.rest.take() {
-                        // A framed parser rests with its root's declarations too.
-                        Some(d) => StreamParser::resume(self.limits, &d),
-                        None if self.frames.is_some() => StreamParser::framed(self.limits),
-                        None => StreamParser::new(self.limits),
-                    };
-                    self.parser.insert(Box::new(p))
-                }
-            };
-            let before = buf.len();
+            let parser = self.parser.wake(self.limits);
+            let mut slice = buf;
             let r = parser.next(&mut slice);
-            let used = before - slice.len();
+            let used = buf.len() - slice.len();
             Pin::new(&mut self.io).consume(used);
             match r {
                 Ok(Some(ev)) => return self.unframe(ev),
@@ -239,30 +242,34 @@ impl<S: Transport> XmlStream<S> {
         }
     }
 
-    /// Give the write buffer back while the connection is idle.
+    /// After a burst: give back a write buffer that grew large (a quiet
+    /// stream gives back all of it in [`XmlStream::rest`]; doing that after
+    /// every stanza would allocate it again for the next one).
     pub fn shrink(&mut self) {
-        if self.wbuf.is_empty() {
+        if self.wbuf.is_empty() && self.wbuf.capacity() > SHRINK_ABOVE {
             self.wbuf = Vec::new();
-            if let Some(f) = self.frames.as_mut() {
-                *f = Vec::new();
-            }
         }
     }
 
     /// Whether [`XmlStream::rest`] would free the parser now.
     pub fn can_rest(&self) -> bool {
-        self.parser.as_ref().is_some_and(|p| p.at_rest())
+        matches!(&self.parser, Parser::Active(p) if p.at_rest())
     }
 
     /// For a connection that has gone quiet: when the parser is between
     /// stanzas with nothing pending, free it (and the write buffer) and keep
     /// only the stream's namespace declarations; the next bytes rebuild it.
     pub fn rest(&mut self) {
-        if let Some(d) = self.parser.as_ref().and_then(|p| p.rest_point()) {
-            self.parser = None;
-            self.rest = Some(d);
+        if let Some(d) = match &self.parser {
+            Parser::Active(p) => p.rest_point(),
+            Parser::Resting(_) => None,
+        } {
+            self.parser = Parser::Resting(d);
         }
-        self.shrink();
+        self.wbuf = Vec::new();
+        if let Some(f) = self.frames.as_mut() {
+            *f = Vec::new();
+        }
     }
 
     /// Queue an element; [`XmlStream::flush`] sends it.

@@ -223,13 +223,11 @@ impl StreamParser {
     /// `stream` prefix), so each message parses as a child of it. The
     /// framing's `<open/>` and `<close/>` arrive as elements.
     pub fn framed(limits: ParserLimits) -> StreamParser {
-        let mut p = StreamParser::new(limits);
-        let mut root: &[u8] = b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>";
-        match p.next(&mut root) {
-            Ok(Some(Event::Header(_))) => {}
-            other => unreachable!("the framing root always parses: {other:?}"),
-        }
-        p
+        let root = StreamDecls {
+            default_ns: Some(NS_CLIENT.to_string()),
+            prefixes: vec![("stream".to_string(), NS_STREAM.to_string())],
+        };
+        StreamParser::resume(limits, &root)
     }
 
     /// Parse from `buf`, consuming what was used. `Ok(None)` means more data

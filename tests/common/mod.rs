@@ -445,18 +445,7 @@ impl RawClient {
 
     /// Like [`RawClient::login`], asking for a given resource.
     pub async fn login_as(addr: SocketAddr, user: &str, pw: &str, resource: Option<&str>) -> RawClient {
-        let mut c = Self::connect_tls(addr).await;
-        c.auth_plain(user, pw).await;
-        let res = resource
-            .map(|r| format!("<resource>{r}</resource>"))
-            .unwrap_or_default();
-        c.send(&format!(
-            "<iq type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>{res}</bind></iq>"
-        ))
-        .await;
-        c.read_until("</iq>").await;
-        c.received.clear();
-        c
+        Self::login_with(addr, user, pw, resource, Login::Legacy).await.0
     }
 
     /// Log in the way `how` says, with `resource` as the resource (legacy

@@ -54,6 +54,17 @@ pub enum ClientIo {
 /// A client's XML stream, whatever its transport.
 pub type ClientStream = XmlStream<ClientIo>;
 
+impl ClientIo {
+    /// When the transport itself last heard from the client (a WebSocket
+    /// ping or pong; TLS has no such frames).
+    pub fn heard(&self) -> Option<tokio::time::Instant> {
+        match self {
+            ClientIo::Tls(_) => None,
+            ClientIo::WebSocket(w) => w.heard(),
+        }
+    }
+}
+
 impl AsyncRead for ClientIo {
     fn poll_read(
         self: Pin<&mut Self>,

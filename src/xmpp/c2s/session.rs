@@ -692,11 +692,7 @@ fn important(el: &Element) -> bool {
 /// When the client last showed it is there without sending an element:
 /// whitespace between stanzas, or a WebSocket ping or pong.
 fn heard(xs: &ClientStream) -> Option<Instant> {
-    let ws = match xs.get_ref() {
-        super::ClientIo::WebSocket(w) => w.heard(),
-        super::ClientIo::Tls(_) => None,
-    };
-    xs.heard().max(ws)
+    xs.heard().max(xs.get_ref().heard())
 }
 
 async fn end_stream(server: &Server, xs: &mut ClientStream, e: ConnError) {

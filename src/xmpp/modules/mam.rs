@@ -231,10 +231,9 @@ fn write_loop(mut conn: rusqlite::Connection, rx: std::sync::mpsc::Receiver<Op>)
 /// One transaction for a batch; an account's id and preferences are read
 /// once per batch.
 fn write_batch(conn: &mut rusqlite::Connection, inserts: &[Op]) -> store::Result<()> {
-    // The write lock is taken at BEGIN (waiting out the busy timeout): a
-    // deferred transaction that reads first and then writes fails at once
-    // with SQLITE_BUSY when the server's connection committed meanwhile.
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // IMMEDIATE, as every store connection's transactions (see
+    // `store::open_connection`).
+    let tx = conn.transaction()?;
     let mut accounts: HashMap<&str, Option<(i64, db::Prefs)>> = HashMap::new();
     for op in inserts {
         let Op::Insert {
@@ -284,10 +283,7 @@ pub fn now_micros() -> i64 {
 /// at the end of its account's part of the `(account_id, stanza_id)`
 /// index instead of on a random page of it.
 pub fn new_stanza_id() -> String {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let ms = (now_micros() / 1000) as u64;
     uuid::Builder::from_unix_timestamp_millis(ms, &rand::random())
         .into_uuid()
         .to_string()
