@@ -178,6 +178,12 @@ struct Allocation {
     created: Instant,
 }
 
+impl Allocation {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 struct State {
     expires: Instant,
     permissions: HashMap<IpAddr, Instant>,
@@ -334,19 +340,22 @@ impl TurnServer {
                     _ = stopped(&mut stop) => break,
                 }
                 let now = Instant::now();
-                let (expired, live): (Vec<_>, Vec<_>) = {
+                // The table's lock only long enough to copy it: relaying
+                // takes it for every datagram from a client.
+                let all: Vec<Arc<Allocation>> = {
                     let mut t = s.table();
                     t.reservations.retain(|_, (_, at)| *at > now);
-                    t.by_tuple
-                        .iter()
-                        .map(|(k, a)| (*k, a.clone()))
-                        .partition(|(_, a)| a.state.lock().unwrap_or_else(|p| p.into_inner()).expires <= now)
+                    t.by_tuple.values().cloned().collect()
                 };
-                for (k, _) in expired {
-                    s.remove(&k, "expired");
-                }
-                for (_, a) in live {
-                    a.state.lock().unwrap_or_else(|p| p.into_inner()).prune(now);
+                for a in all {
+                    let expired = {
+                        let mut st = a.state();
+                        st.prune(now);
+                        st.expires <= now
+                    };
+                    if expired {
+                        s.remove(&a.tuple, "expired");
+                    }
                 }
             }
             // Shutdown: every relay task ends with its allocation.
