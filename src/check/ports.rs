@@ -7,7 +7,7 @@ use super::{Level, Report, Section};
 use crate::{
     config::{Config, TurnMode},
     turn::{
-        is_global,
+        announce_ip, is_global,
         stun::{self, attr, method, Builder, Class},
     },
 };
@@ -143,12 +143,7 @@ async fn turn(config: &Config, r: &mut Report) {
     }
     let v4 = t.bind.iter().find(|ip| ip.is_ipv4());
     if let Some(bind) = v4 {
-        let announce = t
-            .public_ipv4
-            .map(IpAddr::V4)
-            .or_else(|| (!bind.is_unspecified()).then_some(*bind))
-            .or_else(|| crate::turn::interface_address(true));
-        match announce {
+        match announce_ip(t, *bind) {
             Some(ip) if is_global(ip) => r.push(s, Level::Ok, "turn relayed address", format!("announced as {ip}")),
             Some(ip) => {
                 r.push(

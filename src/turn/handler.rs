@@ -250,7 +250,7 @@ impl TurnServer {
     /// RFC 8656 §7.2.
     fn allocate(self: &Arc<Self>, m: &Message, a: &Authed, tuple: FiveTuple, link: &Link) -> Result<Vec<u8>, Refusal> {
         if let Some(existing) = self.allocation(&tuple) {
-            let st = existing.state.lock().unwrap_or_else(|p| p.into_inner());
+            let st = existing.state();
             // A retransmission gets the same answer; anything else is a mismatch.
             if st.allocate.0 == m.tid && existing.username == a.username {
                 return Ok(st.allocate.1.clone());
@@ -438,7 +438,7 @@ impl TurnServer {
             Duration::ZERO
         } else {
             let l = self.lifetime(m);
-            al.state.lock().unwrap_or_else(|p| p.into_inner()).expires = Instant::now() + l;
+            al.state().expires = Instant::now() + l;
             l
         };
         let mut b = Builder::new(method::REFRESH, Class::Success, m.tid);
@@ -474,7 +474,7 @@ impl TurnServer {
         let peers = self.peers(m, &al)?;
         let now = Instant::now();
         {
-            let mut st = al.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = al.state();
             let new = peers.iter().filter(|p| !st.permissions.contains_key(&p.ip())).count();
             if st.permissions.len() + new > MAX_PERMISSIONS {
                 return Err(Refusal::new(508));
@@ -503,7 +503,7 @@ impl TurnServer {
         };
         let now = Instant::now();
         {
-            let mut st = al.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut st = al.state();
             if st.channel_peer(number, now).is_some_and(|p| p != peer)
                 || st.channel_of(peer, now).is_some_and(|c| c != number)
             {
@@ -526,7 +526,11 @@ impl TurnServer {
         ) else {
             return;
         };
-        if let Some(al) = self.allocation(tuple) {
+        let Some(al) = self.allocation(tuple) else {
+            return;
+        };
+        let admitted = self.admit(&mut al.state(), peer.ip(), data.len(), Instant::now());
+        if admitted {
             self.to_peer(&al, peer, data);
         }
     }
@@ -539,29 +543,35 @@ impl TurnServer {
         let Some(al) = self.allocation(tuple) else {
             return;
         };
-        let peer = al
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .channel_peer(channel, Instant::now());
-        if let Some(peer) = peer {
-            self.to_peer(&al, peer, data);
+        let now = Instant::now();
+        // One look at the allocation's state: the channel's peer, its
+        // permission and the bandwidth.
+        let peer = {
+            let mut st = al.state();
+            match st.channel_peer(channel, now) {
+                Some(peer) if self.admit(&mut st, peer.ip(), data.len(), now) => peer,
+                _ => return,
+            }
+        };
+        self.to_peer(&al, peer, data);
+    }
+
+    /// Whether `n` bytes to or from `ip` may pass: a permission for it and
+    /// room in the bandwidth; a refusal is counted.
+    fn admit(&self, st: &mut State, ip: IpAddr, n: usize, now: Instant) -> bool {
+        if !st.permitted(ip, now) {
+            self.counters.dropped_permission.increment(1);
+            false
+        } else if !st.bucket.take(n, now) {
+            self.counters.dropped_bandwidth.increment(1);
+            false
+        } else {
+            true
         }
     }
 
+    /// Send admitted data from the allocation's relayed address to `peer`.
     fn to_peer(&self, al: &Allocation, peer: SocketAddr, data: &[u8]) {
-        let now = Instant::now();
-        {
-            let mut st = al.state.lock().unwrap_or_else(|p| p.into_inner());
-            if !st.permitted(peer.ip(), now) {
-                self.counters.dropped_permission.increment(1);
-                return;
-            }
-            if !st.bucket.take(data.len(), now) {
-                self.counters.dropped_bandwidth.increment(1);
-                return;
-            }
-        }
         if al.relay.try_send_to(data, peer).is_ok() {
             al.bytes_to_peer.fetch_add(data.len() as u64, Ordering::Relaxed);
             self.counters.bytes_to_peer.increment(data.len() as u64);
@@ -613,13 +623,8 @@ async fn relay_task(server: Arc<TurnServer>, al: Arc<Allocation>, mut stop: Shut
         }
         let now = Instant::now();
         let channel = {
-            let mut st = al.state.lock().unwrap_or_else(|p| p.into_inner());
-            if !st.permitted(from.ip(), now) {
-                c.dropped_permission.increment(1);
-                continue;
-            }
-            if !st.bucket.take(n, now) {
-                c.dropped_bandwidth.increment(1);
+            let mut st = al.state();
+            if !server.admit(&mut st, from.ip(), n, now) {
                 continue;
             }
             st.channel_of(from, now)

@@ -178,6 +178,12 @@ struct Allocation {
     created: Instant,
 }
 
+impl Allocation {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 struct State {
     expires: Instant,
     permissions: HashMap<IpAddr, Instant>,
@@ -334,19 +340,22 @@ impl TurnServer {
                     _ = stopped(&mut stop) => break,
                 }
                 let now = Instant::now();
-                let (expired, live): (Vec<_>, Vec<_>) = {
+                // The table's lock only long enough to copy it: relaying
+                // takes it for every datagram from a client.
+                let all: Vec<Arc<Allocation>> = {
                     let mut t = s.table();
                     t.reservations.retain(|_, (_, at)| *at > now);
-                    t.by_tuple
-                        .iter()
-                        .map(|(k, a)| (*k, a.clone()))
-                        .partition(|(_, a)| a.state.lock().unwrap_or_else(|p| p.into_inner()).expires <= now)
+                    t.by_tuple.values().cloned().collect()
                 };
-                for (k, _) in expired {
-                    s.remove(&k, "expired");
-                }
-                for (_, a) in live {
-                    a.state.lock().unwrap_or_else(|p| p.into_inner()).prune(now);
+                for a in all {
+                    let expired = {
+                        let mut st = a.state();
+                        st.prune(now);
+                        st.expires <= now
+                    };
+                    if expired {
+                        s.remove(&a.tuple, "expired");
+                    }
                 }
             }
             // Shutdown: every relay task ends with its allocation.
@@ -375,43 +384,40 @@ pub fn is_global(ip: IpAddr) -> bool {
 /// The relay addresses of each family from `bind`, `public_ipv4/6` and the
 /// machine's interfaces.
 fn relay_ips(t: &Turn) -> Result<(Option<RelayIp>, Option<RelayIp>)> {
-    let v4 = t.bind.iter().copied().find(IpAddr::is_ipv4);
-    let v6 = t.bind.iter().copied().find(IpAddr::is_ipv6);
-    let relay_v4 = match v4 {
-        None => None,
-        Some(bind) => {
-            let announce = t
-                .public_ipv4
-                .map(IpAddr::V4)
-                .or_else(|| (!bind.is_unspecified()).then_some(bind))
-                .or_else(|| interface_address(true));
-            match announce {
-                Some(announce) => Some(RelayIp { bind, announce }),
-                None => bail!("turn: cannot tell which IPv4 address to announce for relays; set turn.public_ipv4"),
-            }
-        }
+    let relay = |v4: bool| -> Result<Option<RelayIp>> {
+        let Some(bind) = t.bind.iter().copied().find(|ip| ip.is_ipv4() == v4) else {
+            return Ok(None);
+        };
+        let Some(announce) = announce_ip(t, bind) else {
+            let (family, key) = if v4 {
+                ("IPv4", "public_ipv4")
+            } else {
+                ("IPv6", "public_ipv6")
+            };
+            bail!("turn: cannot tell which {family} address to announce for relays; set turn.{key}");
+        };
+        Ok(Some(RelayIp { bind, announce }))
     };
-    let relay_v6 = match v6 {
-        None => None,
-        Some(bind) => {
-            let announce = t
-                .public_ipv6
-                .map(IpAddr::V6)
-                .or_else(|| (!bind.is_unspecified()).then_some(bind))
-                .or_else(|| interface_address(false));
-            match announce {
-                Some(announce) => Some(RelayIp { bind, announce }),
-                None => bail!("turn: cannot tell which IPv6 address to announce for relays; set turn.public_ipv6"),
-            }
-        }
+    Ok((relay(true)?, relay(false)?))
+}
+
+/// The address announced in relayed addresses of `bind`'s family:
+/// `public_ipv4` (or `_ipv6`), else `bind` if it is specific, else an
+/// address of the machine's interfaces.
+pub fn announce_ip(t: &Turn, bind: IpAddr) -> Option<IpAddr> {
+    let public = match bind {
+        IpAddr::V4(_) => t.public_ipv4.map(IpAddr::V4),
+        IpAddr::V6(_) => t.public_ipv6.map(IpAddr::V6),
     };
-    Ok((relay_v4, relay_v6))
+    public
+        .or_else(|| (!bind.is_unspecified()).then_some(bind))
+        .or_else(|| interface_address(bind.is_ipv4()))
 }
 
 /// The machine's own address of one family that peers can best reach: a
 /// public one if an interface has it, else a private one (behind NAT).
 /// IPv6 only counts public addresses.
-pub fn interface_address(v4: bool) -> Option<IpAddr> {
+fn interface_address(v4: bool) -> Option<IpAddr> {
     let addrs: Vec<IpAddr> = if_addrs::get_if_addrs()
         .ok()?
         .into_iter()

@@ -65,9 +65,8 @@ fn embedded_v4(ip: IpAddr) -> Option<Ipv4Addr> {
     if let Some(v4) = v6.to_ipv4_mapped() {
         return Some(v4);
     }
-    let nat64: Ipv6Addr = "64:ff9b::".parse().expect("valid");
-    let s = v6.segments();
-    if s[..6] == nat64.segments()[..6] {
+    const NAT64: Ipv6Addr = Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0);
+    if v6.segments()[..6] == NAT64.segments()[..6] {
         let o = v6.octets();
         return Some(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
     }

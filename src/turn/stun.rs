@@ -398,20 +398,23 @@ pub fn decode_xor_address(v: &[u8], tid: &[u8; 12]) -> Option<SocketAddr> {
     }
 }
 
-fn encode_xor_address(a: SocketAddr, tid: &[u8; 12], out: &mut Vec<u8>) {
-    let c = MAGIC_COOKIE.to_be_bytes();
-    out.push(0);
-    out.push(if a.is_ipv4() { 0x01 } else { 0x02 });
-    out.extend_from_slice(&(a.port() ^ (MAGIC_COOKIE >> 16) as u16).to_be_bytes());
-    match a.ip() {
-        IpAddr::V4(ip) => out.extend(ip.octets().iter().zip(c).map(|(b, k)| b ^ k)),
-        IpAddr::V6(ip) => out.extend(
-            ip.octets()
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ if i < 4 { c[i] } else { tid[i - 4] }),
-        ),
+/// The XOR-…-ADDRESS value of `a` in `out`; returns its length (8 or 20).
+fn encode_xor_address(a: SocketAddr, tid: &[u8; 12], out: &mut [u8; 20]) -> usize {
+    // The address is XORed with the cookie and then the transaction id.
+    let mut key = [0u8; 16];
+    key[..4].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+    key[4..].copy_from_slice(tid);
+    out[0] = 0;
+    out[1] = if a.is_ipv4() { 0x01 } else { 0x02 };
+    out[2..4].copy_from_slice(&(a.port() ^ (MAGIC_COOKIE >> 16) as u16).to_be_bytes());
+    let octets = match a.ip() {
+        IpAddr::V4(ip) => &ip.octets()[..],
+        IpAddr::V6(ip) => &ip.octets()[..],
+    };
+    for (i, b) in octets.iter().enumerate() {
+        out[4 + i] = b ^ key[i];
     }
+    4 + octets.len()
 }
 
 /// Writes one STUN message.
@@ -422,12 +425,7 @@ pub struct Builder {
 
 impl Builder {
     pub fn new(method: u16, class: Class, tid: [u8; 12]) -> Builder {
-        let mut buf = Vec::with_capacity(128);
-        buf.extend_from_slice(&message_type(method, class).to_be_bytes());
-        buf.extend_from_slice(&[0, 0]);
-        buf.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
-        buf.extend_from_slice(&tid);
-        Builder { buf, tid }
+        Builder::reuse(Vec::with_capacity(128), method, class, tid)
     }
 
     /// Start writing into `buf` (reused between packets on the relay path).
@@ -453,9 +451,10 @@ impl Builder {
     }
 
     pub fn xor_address(&mut self, typ: u16, a: SocketAddr) -> &mut Self {
-        let mut v = Vec::with_capacity(20);
-        encode_xor_address(a, &self.tid, &mut v);
-        self.attr(typ, &v)
+        // On the stack: Data indications carry one for every relayed datagram.
+        let mut v = [0u8; 20];
+        let n = encode_xor_address(a, &self.tid, &mut v);
+        self.attr(typ, &v[..n])
     }
 
     /// ERROR-CODE with the RFC's reason phrase.
@@ -546,6 +545,16 @@ mod tests {
         0x80, 0x28, 0x00, 0x04, 0xc0, 0x7d, 0x4c, 0x96,
     ];
 
+    /// RFC 5769 §2.3: sample IPv6 response.
+    const RFC5769_IPV6_RESPONSE: &[u8] = &[
+        0x01, 0x01, 0x00, 0x48, 0x21, 0x12, 0xa4, 0x42, 0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87,
+        0xdf, 0xae, 0x80, 0x22, 0x00, 0x0b, 0x74, 0x65, 0x73, 0x74, 0x20, 0x76, 0x65, 0x63, 0x74, 0x6f, 0x72, 0x20,
+        0x00, 0x20, 0x00, 0x14, 0x00, 0x02, 0xa1, 0x47, 0x01, 0x13, 0xa9, 0xfa, 0xa5, 0xd3, 0xf1, 0x79, 0xbc, 0x25,
+        0xf4, 0xb5, 0xbe, 0xd2, 0xb9, 0xd9, 0x00, 0x08, 0x00, 0x14, 0xa3, 0x82, 0x95, 0x4e, 0x4b, 0xe6, 0x7b, 0xf1,
+        0x17, 0x84, 0xc9, 0x7c, 0x82, 0x92, 0xc2, 0x75, 0xbf, 0xe3, 0xed, 0x41, 0x80, 0x28, 0x00, 0x04, 0xc8, 0xfb,
+        0x0b, 0x4c,
+    ];
+
     const PASSWORD: &[u8] = b"VOkJxbRl1RmTxUk/WvJxBt";
 
     #[test]
@@ -570,15 +579,20 @@ mod tests {
     }
 
     #[test]
-    fn builder_reproduces_the_rfc5769_response() {
-        let m = Message::parse(RFC5769_IPV4_RESPONSE).unwrap();
-        let mut b = Builder::new(method::BINDING, Class::Success, m.tid);
-        b.attr(attr::SOFTWARE, b"test vector");
-        // The vector pads SOFTWARE with a space where we pad with zero.
-        *b.buf.last_mut().unwrap() = b' ';
-        b.xor_address(attr::XOR_MAPPED_ADDRESS, "192.0.2.1:32853".parse().unwrap());
-        let out = b.finish(Some((PASSWORD, Integrity::Sha1)), true);
-        assert_eq!(out, RFC5769_IPV4_RESPONSE);
+    fn builder_reproduces_the_rfc5769_responses() {
+        for (vector, mapped) in [
+            (RFC5769_IPV4_RESPONSE, "192.0.2.1:32853"),
+            (RFC5769_IPV6_RESPONSE, "[2001:db8:1234:5678:11:2233:4455:6677]:32853"),
+        ] {
+            let m = Message::parse(vector).unwrap();
+            let mut b = Builder::new(method::BINDING, Class::Success, m.tid);
+            b.attr(attr::SOFTWARE, b"test vector");
+            // The vectors pad SOFTWARE with a space where we pad with zero.
+            *b.buf.last_mut().unwrap() = b' ';
+            b.xor_address(attr::XOR_MAPPED_ADDRESS, mapped.parse().unwrap());
+            let out = b.finish(Some((PASSWORD, Integrity::Sha1)), true);
+            assert_eq!(out, vector, "{mapped}");
+        }
     }
 
     #[test]
@@ -598,9 +612,9 @@ mod tests {
         let tid = [7u8; 12];
         for a in ["203.0.113.9:50000", "[2001:db8::1]:3478"] {
             let a: SocketAddr = a.parse().unwrap();
-            let mut v = vec![];
-            encode_xor_address(a, &tid, &mut v);
-            assert_eq!(decode_xor_address(&v, &tid), Some(a));
+            let mut v = [0u8; 20];
+            let n = encode_xor_address(a, &tid, &mut v);
+            assert_eq!(decode_xor_address(&v[..n], &tid), Some(a));
         }
     }
 

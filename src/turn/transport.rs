@@ -89,30 +89,31 @@ where
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 16384];
     'conn: loop {
-        // Hand over every whole frame in the buffer.
+        // Hand over every whole frame in the buffer, then drop them at once.
+        let mut at = 0;
         loop {
-            match stun::frame_len(&buf) {
+            let rest = &buf[at..];
+            match stun::frame_len(rest) {
                 None => break,
                 Some(Err(())) => {
                     tracing::debug!(%peer, "TURN stream: not STUN or ChannelData; closing");
                     break 'conn;
                 }
-                Some(Ok(len)) if buf.len() >= len => {
-                    server.handle(&buf[..len], tuple, &link);
-                    buf.drain(..len);
+                Some(Ok(len)) if rest.len() >= len => {
+                    server.handle(&rest[..len], tuple, &link);
+                    at += len;
                 }
                 Some(Ok(_)) => break,
             }
         }
-        let idle = if server.has_allocation(&tuple) {
-            Duration::MAX
-        } else {
-            IDLE_WITHOUT_ALLOCATION
-        };
+        buf.drain(..at);
         let n = tokio::select! {
-            r = tokio::time::timeout(idle, rd.read(&mut chunk)) => match r {
+            r = tokio::time::timeout(IDLE_WITHOUT_ALLOCATION, rd.read(&mut chunk)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => break,
                 Ok(Ok(n)) => n,
+                // Silence ends only a connection without an allocation
+                // (asked here, not on every read of a busy one).
+                Err(_) if server.has_allocation(&tuple) => continue,
                 Err(_) => break,
             },
             _ = stopped(&mut stop) => break,
