@@ -499,12 +499,7 @@ impl ElementExt for Element {
         self
     }
     fn to_xml(&self) -> String {
-        let mut out = Vec::with_capacity(256);
-        // Writing to a Vec cannot fail for well-formed elements.
-        if self.write_to(&mut out).is_err() {
-            return String::new();
-        }
-        String::from_utf8(out).unwrap_or_default()
+        super::xml_write::to_string(self)
     }
 }
 
