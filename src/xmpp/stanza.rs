@@ -126,7 +126,7 @@ pub enum Kind {
 
 impl Kind {
     pub fn of(el: &Element) -> Option<Kind> {
-        if el.ns() != NS_CLIENT {
+        if !el.has_ns(NS_CLIENT) {
             return None;
         }
         match el.name() {

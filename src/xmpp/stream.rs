@@ -428,7 +428,7 @@ impl<S: Transport> XmlStream<S> {
 /// header in `jabber:client`, `<close/>` the stream's end.
 fn unframe(ev: Event) -> Result<Event, ConnError> {
     match ev {
-        Event::Stanza(el) if el.ns() == NS_FRAMING => match el.name() {
+        Event::Stanza(el) if el.has_ns(NS_FRAMING) => match el.name() {
             "open" => Ok(Event::Header(StreamHeader {
                 to: el.attr("to").map(str::to_string),
                 from: el.attr("from").map(str::to_string),
