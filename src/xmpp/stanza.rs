@@ -167,6 +167,11 @@ pub fn from(el: &Element) -> Option<Jid> {
 /// JID that still changes on a third round is refused (`None`).
 pub fn jid(s: &str) -> Option<Jid> {
     let once = Jid::new(s).ok()?;
+    if once.as_str() == s {
+        // Printed as given: parsing it again would repeat this very parse
+        // (the usual case: clients and the server send normalised JIDs).
+        return Some(once);
+    }
     let twice = Jid::new(once.as_str()).ok()?;
     if twice == once {
         return Some(once);
