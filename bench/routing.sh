@@ -11,6 +11,7 @@
 #   bash bench/routing.sh DIR_A DIR_B            # one round each, A then B
 #   ROUNDS=3 bash bench/routing.sh DIR_A DIR_B   # A B A B A B
 #   PERF=1 bash bench/routing.sh DIR              # also `perf record` the server
+#   SYSCALLS=1 bash bench/routing.sh DIR          # count the server's system calls per workload
 #
 # One RESULT line per run (the generator's, labelled with the directory's
 # last component), the load average before each. Work files go to a
@@ -18,6 +19,8 @@
 set -euo pipefail
 
 ROUNDS="${ROUNDS:-1}"
+SYSCALL_EVENTS=$(printf 'syscalls:sys_enter_%s,' writev write sendto read recvfrom epoll_wait futex pwrite64 fdatasync)
+SYSCALL_EVENTS=${SYSCALL_EVENTS%,}
 WORK="$(mktemp -d)"
 trap '[ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null; [ -z "${KEEP:-}" ] && rm -rf "$WORK"' EXIT
 
@@ -74,10 +77,24 @@ one() {
     PERF_PID=$!
     sleep 1
   fi
-  echo "load $(cut -d' ' -f1-3 /proc/loadavg)"
-  "${lg[@]}" messages --pairs 50 --count 400 --window 2
-  echo "load $(cut -d' ' -f1-3 /proc/loadavg)"
-  "${lg[@]}" messages --pairs 20 --count 200 --window 1
+  workload() {
+    local name=$1
+    if [ -n "${SYSCALLS:-}" ]; then
+      perf stat -x, -e "$SYSCALL_EVENTS" -p "$SERVER_PID" -o "$d/stat-$name" &
+      local stat_pid=$!
+      sleep 0.5
+    fi
+    echo "load $(cut -d' ' -f1-3 /proc/loadavg)"
+    shift
+    "${lg[@]}" "$@"
+    if [ -n "${SYSCALLS:-}" ]; then
+      kill -INT "$stat_pid"; wait "$stat_pid" 2>/dev/null || true
+      # event name and count, one line each (the messages' own count is in the RESULT line).
+      awk -F, '/^[0-9]/ {sub("syscalls:sys_enter_", "", $3); printf "  %s=%s", $3, $1} END {print ""}' "$d/stat-$name"
+    fi
+  }
+  workload window messages --pairs 50 --count 400 --window 2
+  workload pingpong messages --pairs 20 --count 200 --window 1
   if [ -n "${PERF:-}" ]; then
     kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true
     echo "perf data: $d/perf.data (kept)"
