@@ -625,8 +625,13 @@ impl Session {
                 me.send(r);
             }
             Kind::Message => {
-                let el = server.modules.message_out(server, me, el);
-                route(server, el).await
+                // Both archive rows of a message between local accounts
+                // share one serialisation (see `mam::sharing_archived_text`).
+                crate::xmpp::modules::mam::sharing_archived_text(async {
+                    let el = server.modules.message_out(server, me, el);
+                    route(server, el).await
+                })
+                .await
             }
             Kind::Iq => route(server, el).await,
         }

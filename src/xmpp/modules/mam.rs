@@ -20,7 +20,10 @@ use crate::{
 use jid::{BareJid, Jid};
 use minidom::Element;
 use std::{
+    cell::RefCell,
     collections::HashMap,
+    future::Future,
+    hash::{Hash, Hasher},
     sync::{Arc, Mutex, OnceLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -38,7 +41,8 @@ enum Op {
         stanza_id: String,
         ts: i64,
         with: String,
-        xml: String,
+        /// Shared by both rows of a message between two local accounts.
+        xml: Arc<str>,
     },
     Barrier(oneshot::Sender<()>),
 }
@@ -131,7 +135,7 @@ impl Archive {
         });
     }
 
-    fn insert(&self, owner: &BareJid, stanza_id: String, with: String, msg: &Element) {
+    fn insert(&self, owner: &BareJid, stanza_id: String, with: String, xml: Arc<str>) {
         let Some(username) = owner.node().map(|n| n.to_string()) else {
             return;
         };
@@ -140,7 +144,7 @@ impl Archive {
             stanza_id,
             ts: now_micros(),
             with,
-            xml: msg.to_xml(),
+            xml,
         });
     }
 
@@ -152,7 +156,7 @@ impl Archive {
             stanza_id,
             ts: now_micros(),
             with,
-            xml: msg.to_xml(),
+            xml: msg.to_xml().into(),
         });
     }
 
@@ -306,15 +310,51 @@ pub fn archivable(msg: &Element) -> bool {
     })
 }
 
+/// The archived text of a message a local session is sending, kept while
+/// the message is routed: when it reaches a local account, the recipient's
+/// row stores the same text instead of serialising the message again.
+struct Sent {
+    /// [`sent_key`] of the message and its recipient.
+    key: u64,
+    xml: Arc<str>,
+}
+
+tokio::task_local! {
+    static SENT: RefCell<Option<Sent>>;
+}
+
+/// Run a local session's message through its MessageOut hooks and its
+/// routing (`f`), so that both archive rows of a message between two local
+/// accounts share one serialisation.
+pub async fn sharing_archived_text<F: Future>(f: F) -> F::Output {
+    SENT.scope(RefCell::new(None), f).await
+}
+
+/// What identifies the sent message when it reaches its recipient's
+/// archive: recipient, sender, id and number of children. A MessageOut hook
+/// after the archive's that changes the message (carbons strips
+/// `<private/>`) changes the count, and the recipient's row is then
+/// serialised on its own.
+fn sent_key(to: &str, msg: &Element) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    to.hash(&mut h);
+    msg.attr("from").hash(&mut h);
+    msg.attr("id").hash(&mut h);
+    msg.children().count().hash(&mut h);
+    h.finish()
+}
+
 /// A message for local account `owner` from `from`: stamp it with a
-/// stanza-id (removing any that claims to be ours) and archive it.
+/// stanza-id (removing any that claims to be ours) and archive it. The
+/// archived text is the message as it arrived, without the stanza-id (the
+/// query result carries the id), so that it can be the sender's text.
 fn archive_incoming(archive: &Archive, owner: &BareJid, mut msg: Element) -> Element {
     let by = owner.to_string();
     // XEP-0359 §5: a stanza-id by us that we did not add is a forgery.
-    if msg
+    let forged = msg
         .children()
-        .any(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(by.as_str()))
-    {
+        .any(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(by.as_str()));
+    if forged {
         msg = crate::xmpp::xml::retain_children(&msg, |c| {
             !(c.is("stanza-id", NS_SID) && c.attr("by") == Some(by.as_str()))
         });
@@ -322,10 +362,22 @@ fn archive_incoming(archive: &Archive, owner: &BareJid, mut msg: Element) -> Ele
     if !archivable(&msg) {
         return msg;
     }
+    let shared = if forged {
+        None
+    } else {
+        SENT.try_with(|s| {
+            let mut s = s.borrow_mut();
+            let hit = s.as_ref().is_some_and(|s| s.key == sent_key(&by, &msg));
+            hit.then(|| s.take().map(|s| s.xml)).flatten()
+        })
+        .ok()
+        .flatten()
+    };
+    let xml = shared.unwrap_or_else(|| msg.to_xml().into());
     let id = new_stanza_id();
-    msg.append_child(elem("stanza-id", NS_SID).with("id", id.clone()).with("by", by));
     let with = stanza::from(&msg).map(|j| j.to_bare().to_string()).unwrap_or_default();
-    archive.insert(owner, id, with, &msg);
+    msg.append_child(elem("stanza-id", NS_SID).with("id", id.clone()).with("by", by));
+    archive.insert(owner, id, with, xml);
     msg
 }
 
@@ -337,7 +389,15 @@ fn archive_outgoing(archive: &Archive, me: &SessionHandle, msg: Element) -> Elem
             .and_then(|t| Jid::new(t).ok())
             .map(|j| j.to_bare().to_string())
             .unwrap_or_else(|| me.jid.to_bare().to_string());
-        archive.insert(&me.jid.to_bare(), new_stanza_id(), with, &msg);
+        let xml: Arc<str> = msg.to_xml().into();
+        // Outside `sharing_archived_text` (no task-local) nothing is kept.
+        let _ = SENT.try_with(|s| {
+            *s.borrow_mut() = Some(Sent {
+                key: sent_key(&with, &msg),
+                xml: xml.clone(),
+            })
+        });
+        archive.insert(&me.jid.to_bare(), new_stanza_id(), with, xml);
     }
     msg
 }
