@@ -70,3 +70,75 @@ async fn both_parties_archive_the_message_as_sent() {
     assert!(r.contains("<private xmlns='urn:xmpp:carbons:2'"), "{r}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn ids_survive_a_restart_and_page_in_order() {
+    let mut s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let mut b = RawClient::login_as(s.c2s, "bob", "pw", Some("desk")).await;
+    for i in 1..=3 {
+        b.send(&format!(
+            "<message type='chat' to='alice@localhost'><body>before{i}</body></message>"
+        ))
+        .await;
+    }
+    b.send(&query("q1", "alice@localhost", "<max>10</max>")).await;
+    let r = b.read_until("</fin>").await;
+    let first = result_ids(&r);
+    assert_eq!(first.len(), 3, "{r}");
+    drop(b);
+    s.restart().await;
+    let mut b = RawClient::login_as(s.c2s, "bob", "pw", Some("desk")).await;
+    for i in 1..=2 {
+        b.send(&format!(
+            "<message type='chat' to='alice@localhost'><body>after{i}</body></message>"
+        ))
+        .await;
+    }
+    b.send(&query(
+        "q2",
+        "alice@localhost",
+        &format!("<max>10</max><after>{}</after>", first[2]),
+    ))
+    .await;
+    let r = b.read_until("</fin>").await;
+    let later = result_ids(&r);
+    assert_eq!(later.len(), 2, "{r}");
+    assert!(
+        r.contains("after1") && r.contains("after2") && !r.contains("before"),
+        "{r}"
+    );
+    for (x, y) in first.iter().chain(&later).zip(first.iter().chain(&later).skip(1)) {
+        assert!(
+            x.parse::<u64>().unwrap() < y.parse::<u64>().unwrap(),
+            "ids increase across the restart: {first:?} {later:?}"
+        );
+    }
+    // before-id / after-id in the form, and `ids`.
+    b.received.clear();
+    b.send(&format!(
+        "<iq type='set' id='q3'><query xmlns='urn:xmpp:mam:2' queryid='q3'><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>\
+         <field var='after-id'><value>{}</value></field><field var='before-id'><value>{}</value></field></x></query></iq>",
+        first[0], later[1]
+    ))
+    .await;
+    let r = b.read_until("</fin>").await;
+    assert_eq!(
+        result_ids(&r),
+        [first[1].clone(), first[2].clone(), later[0].clone()],
+        "{r}"
+    );
+    b.received.clear();
+    b.send(&format!(
+        "<iq type='set' id='q4'><query xmlns='urn:xmpp:mam:2' queryid='q4'><x xmlns='jabber:x:data' type='submit'>\
+         <field var='FORM_TYPE' type='hidden'><value>urn:xmpp:mam:2</value></field>\
+         <field var='ids'><value>{}</value><value>{}</value></field></x></query></iq>",
+        first[1], later[0]
+    ))
+    .await;
+    let r = b.read_until("</fin>").await;
+    assert_eq!(result_ids(&r), [first[1].clone(), later[0].clone()], "{r}");
+    s.stop().await;
+}
