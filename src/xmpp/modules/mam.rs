@@ -59,12 +59,9 @@ enum Owner {
 /// How long the writer gathers inserts after the first one before it
 /// commits them: one commit (and its WAL frames) per batch instead of per
 /// message. A query's barrier cuts the wait short, so nobody waits for it.
-/// The longer the batch, the more rows share each index page it dirties
-/// (one per account and party), which is most of an insert's cost.
-const LINGER: Duration = Duration::from_millis(50);
-/// Most operations written in one transaction (a few milliseconds of
-/// writing, during which the daemon's other connection waits to write).
-const MAX_BATCH: usize = 4096;
+const LINGER: Duration = Duration::from_millis(10);
+/// Most operations written in one transaction.
+const MAX_BATCH: usize = 2048;
 /// WAL pages after which the writer's commit checkpoints (SQLite's default
 /// is 1,000): index and table pages written again and again between
 /// checkpoints are copied into the database once.
