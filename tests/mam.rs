@@ -5,15 +5,6 @@
 mod common;
 use common::*;
 
-/// The value of `attr='…'` after `tag` in raw XML.
-fn attr_after(xml: &str, tag: &str, attr: &str) -> String {
-    let i = xml.find(tag).unwrap_or_else(|| panic!("{tag} not in {xml}"));
-    let rest = &xml[i..];
-    let a = format!("{attr}='");
-    let j = rest.find(&a).unwrap_or_else(|| panic!("{attr} not in {rest}")) + a.len();
-    rest[j..j + rest[j..].find('\'').unwrap()].to_string()
-}
-
 /// A MAM query with `with` and an RSM `<set/>`.
 fn query(id: &str, with: &str, rsm: &str) -> String {
     format!(
