@@ -13,7 +13,7 @@ use crate::{
     xmpp::{
         offline, presence,
         router::{self, route},
-        sessions::{SessionHandle, ToSession},
+        sessions::{inbox, SessionHandle, ToSession},
         stanza::{iq_result, Kind},
         stream::{new_id, ConnError},
         xml::{elem, ElementExt, Event, StreamError, NS_CLIENT, NS_SESSION},
@@ -21,7 +21,6 @@ use crate::{
 };
 use minidom::Element;
 use std::{collections::VecDeque, sync::Arc, time::Duration};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 pub const NS_SM: &str = "urn:xmpp:sm:3";
@@ -104,7 +103,7 @@ const REST_AFTER: Duration = Duration::from_secs(1);
 pub struct Session {
     server: Arc<Server>,
     me: Arc<SessionHandle>,
-    rx: mpsc::UnboundedReceiver<ToSession>,
+    rx: inbox::Receiver,
     sm: Option<Sm>,
     csi: Csi,
     proof: Proof,
@@ -125,7 +124,7 @@ enum End {
 }
 
 impl Session {
-    pub fn new(server: Arc<Server>, me: Arc<SessionHandle>, rx: mpsc::UnboundedReceiver<ToSession>) -> Session {
+    pub fn new(server: Arc<Server>, me: Arc<SessionHandle>, rx: inbox::Receiver) -> Session {
         Session {
             server,
             me,
@@ -367,7 +366,7 @@ impl Session {
                 .into_iter()
                 .map(|(el, stored)| Sent { el, stored }),
         );
-        while let Ok(m) = self.rx.try_recv() {
+        while let Some(m) = self.rx.try_recv() {
             match m {
                 ToSession::Stanza(el) => pending.push(Sent { el: *el, stored: None }),
                 ToSession::Stored(el, id) => pending.push(Sent {
@@ -479,8 +478,8 @@ impl Session {
                 None => return Ok(Some(End::Fatal(ConnError::Stream(StreamError::InternalServerError)))),
             }
             next = match self.rx.try_recv() {
-                Ok(m) => Some(m),
-                Err(_) => break,
+                Some(m) => Some(m),
+                None => break,
             };
         }
         if wrote {
