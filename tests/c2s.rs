@@ -557,10 +557,15 @@ async fn whitespace_keepalives_keep_an_idle_session_open() {
         .await;
     let r = c.read_until("alive").await;
     assert!(r.contains("type='result'") || r.contains("type=\"result\""), "{r}");
-    // Silence: the session ends after the timeout.
+    // Silence: the session ends after the timeout, with the stream error
+    // that says why (RFC 6120 §4.9.3.4).
     let quiet = Instant::now();
-    // (The connection is dropped, as a lost one is: no stream error.)
-    c.read_to_end().await;
+    let end = c.read_to_end().await;
     assert!(quiet.elapsed() >= Duration::from_millis(1500), "{:?}", quiet.elapsed());
+    assert!(
+        end.contains("<connection-timeout xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>")
+            || end.contains("<connection-timeout xmlns=\"urn:ietf:params:xml:ns:xmpp-streams\"/>"),
+        "{end}"
+    );
     s.stop().await;
 }

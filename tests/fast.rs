@@ -16,7 +16,17 @@ const PHONE: &str = "6f1c1f8a-4a59-4c36-9d61-1b0c7f5e2a10";
 const LAPTOP: &str = "0a3e9a4e-7c1b-4d7e-8a52-5b9d6f3c2e41";
 
 fn agent(id: &str) -> String {
-    format!("<user-agent id='{id}'><software>pushbox tests</software><device>CI phone</device></user-agent>")
+    user_agent(id, "CI phone")
+}
+
+const FAST: &str = "HT-SHA-256-NONE";
+
+/// HT-SHA-256-NONE's initial response: the user, NUL, and the token's
+/// HMAC over "Initiator" (no channel binding data).
+fn fast_initial(user: &str, token: &str) -> Vec<u8> {
+    let mut initial = format!("{user}\0").into_bytes();
+    initial.extend(hmac(token.as_bytes(), b"Initiator"));
+    initial
 }
 
 fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
@@ -25,22 +35,9 @@ fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
-/// The value of `attr='…'` after `tag` in raw XML.
-fn attr_after(xml: &str, tag: &str, attr: &str) -> String {
-    let i = xml.find(tag).unwrap_or_else(|| panic!("{tag} not in {xml}"));
-    let rest = &xml[i..];
-    let a = format!("{attr}='");
-    let j = rest.find(&a).unwrap_or_else(|| panic!("{attr} not in {rest}")) + a.len();
-    rest[j..j + rest[j..].find('\'').unwrap()].to_string()
-}
-
 /// A fresh TLS stream with its features read.
 async fn fresh(s: &TestServer) -> (RawClient, String) {
-    let mut c = RawClient::connect_tls(s.c2s).await;
-    c.send(HEADER).await;
-    let f = c.read_until("</stream:features>").await;
-    c.received.clear();
-    (c, f)
+    RawClient::features(s.c2s).await
 }
 
 /// Password login asking for a token; returns the token.
@@ -61,12 +58,10 @@ async fn token_by_password(s: &TestServer, ua: &str) -> String {
 
 /// A FAST login: `Ok(everything up to the features)` or `Err(the failure)`.
 async fn fast_login(c: &mut RawClient, user: &str, token: &str, ua: &str, extra: &str) -> Result<String, String> {
-    let mut initial = format!("{user}\0").into_bytes();
-    initial.extend(hmac(token.as_bytes(), b"Initiator"));
-    c.send(&format!(
-        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'><initial-response>{}</initial-response>{}<fast xmlns='urn:xmpp:fast:0'/>{extra}</authenticate>",
-        B64.encode(initial),
-        agent(ua)
+    c.send(&sasl2_authenticate(
+        FAST,
+        fast_initial(user, token),
+        &format!("{}<fast xmlns='urn:xmpp:fast:0'/>{extra}", agent(ua)),
     ))
     .await;
     let r = c.read_until("</").await;
@@ -215,25 +210,17 @@ async fn tokens_are_bound_to_their_installation_and_end_on_request() {
         .await
         .unwrap_err()
         .contains("<not-authorized"));
-    let mut c = RawClient::connect_tls(s.c2s).await;
-    c.send(HEADER).await;
-    c.read_until("</stream:features>").await;
-    c.send(&format!(
-        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{}</initial-response></authenticate>",
-        B64.encode(format!("\0alice\0{t}"))
-    ))
-    .await;
+    let (mut c, _) = fresh(&s).await;
+    c.send(&sasl2_authenticate("PLAIN", format!("\0alice\0{t}"), "")).await;
     assert!(c.read_until("</failure>").await.contains("<not-authorized"));
     // "Log out": a login with invalidate ends the token and issues none.
     let out = fast_ok(&s, &t, PHONE, "").await;
     assert!(!out.contains("<token"));
     let (mut c, _) = fresh(&s).await;
-    let mut initial = b"alice\0".to_vec();
-    initial.extend(hmac(t.as_bytes(), b"Initiator"));
-    c.send(&format!(
-        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'><initial-response>{}</initial-response>{}<fast xmlns='urn:xmpp:fast:0' invalidate='true'/></authenticate>",
-        B64.encode(initial),
-        agent(PHONE)
+    c.send(&sasl2_authenticate(
+        FAST,
+        fast_initial("alice", &t),
+        &format!("{}<fast xmlns='urn:xmpp:fast:0' invalidate='true'/>", agent(PHONE)),
     ))
     .await;
     let out = c.read_until("</stream:features>").await;
@@ -258,14 +245,8 @@ async fn wrong_and_expired_tokens_count_as_failed_logins() {
     assert!(r.contains("<not-authorized"), "{r}");
     c.received.clear();
     // The third wrong credential on this stream ends it.
-    let mut initial = b"alice\0".to_vec();
-    initial.extend(hmac(b"guess", b"Initiator"));
-    c.send(&format!(
-        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'><initial-response>{}</initial-response>{}</authenticate>",
-        B64.encode(initial),
-        agent(PHONE)
-    ))
-    .await;
+    c.send(&sasl2_authenticate(FAST, fast_initial("alice", "guess"), &agent(PHONE)))
+        .await;
     let end = c.read_to_end().await;
     assert!(
         end.contains("<not-authorized") && end.contains("<policy-violation"),
@@ -273,12 +254,8 @@ async fn wrong_and_expired_tokens_count_as_failed_logins() {
     );
     // Malformed: not counted, and answered as such.
     let (mut c, _) = fresh(&s).await;
-    c.send(&format!(
-        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='HT-SHA-256-NONE'><initial-response>{}</initial-response>{}</authenticate>",
-        B64.encode("alice-without-proof"),
-        agent(PHONE)
-    ))
-    .await;
+    c.send(&sasl2_authenticate(FAST, "alice-without-proof", &agent(PHONE)))
+        .await;
     assert!(c.read_until("</failure>").await.contains("<malformed-request"));
     s.stop().await;
 }

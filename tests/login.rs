@@ -45,10 +45,7 @@ async fn bind(c: &mut RawClient) {
 }
 
 async fn features(addr: SocketAddr) -> (RawClient, String) {
-    let mut c = RawClient::connect_tls(addr).await;
-    c.send(HEADER).await;
-    let f = c.read_until("</stream:features>").await;
-    (c, f)
+    RawClient::features(addr).await
 }
 
 fn exporter(c: &RawClient) -> Vec<u8> {
@@ -125,8 +122,7 @@ async fn scram_plus_with_tls_exporter_and_a_binding_mismatch() {
 async fn features_with(addr: SocketAddr, config: std::sync::Arc<rustls::ClientConfig>) -> (RawClient, String) {
     let mut c = RawClient::connect(addr).await;
     c.starttls_with(config).await;
-    c.send(HEADER).await;
-    let f = c.read_until("</stream:features>").await;
+    let f = c.open_stream().await;
     (c, f)
 }
 

@@ -12,15 +12,6 @@ fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
 }
 
-/// The value of `attr='…'` after `tag` in raw XML.
-fn attr_after(xml: &str, tag: &str, attr: &str) -> String {
-    let i = xml.find(tag).unwrap_or_else(|| panic!("{tag} not in {xml}"));
-    let rest = &xml[i..];
-    let a = format!("{attr}='");
-    let j = rest.find(&a).unwrap_or_else(|| panic!("{attr} not in {rest}")) + a.len();
-    rest[j..j + rest[j..].find('\'').unwrap()].to_string()
-}
-
 /// A `#[tokio::test]` per login method for a scenario `async fn name(how: Login)`.
 macro_rules! both_logins {
     ($($name:ident),* $(,)?) => {$(

@@ -12,31 +12,15 @@ use sha2::{Digest, Sha256};
 const AGENT: &str = "d4565fa7-4d72-4749-b3d3-740edbf87770";
 
 fn agent(id: &str) -> String {
-    format!("<user-agent id='{id}'><software>pushbox tests</software><device>CI</device></user-agent>")
-}
-
-/// The value of `attr='…'` after `tag` in raw XML.
-fn attr_after(xml: &str, tag: &str, attr: &str) -> String {
-    let i = xml.find(tag).unwrap_or_else(|| panic!("{tag} not in {xml}"));
-    let rest = &xml[i..];
-    let a = format!("{attr}='");
-    let j = rest.find(&a).unwrap_or_else(|| panic!("{attr} not in {rest}")) + a.len();
-    rest[j..j + rest[j..].find('\'').unwrap()].to_string()
+    user_agent(id, "CI")
 }
 
 fn authenticate(mech: &str, initial: &str, extra: &str) -> String {
-    format!(
-        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='{mech}'><initial-response>{}</initial-response>{extra}</authenticate>",
-        B64.encode(initial)
-    )
+    sasl2_authenticate(mech, initial, extra)
 }
 
 async fn features(s: &TestServer) -> (RawClient, String) {
-    let mut c = RawClient::connect_tls(s.c2s).await;
-    c.send(HEADER).await;
-    let f = c.read_until("</stream:features>").await;
-    c.received.clear();
-    (c, f)
+    RawClient::features(s.c2s).await
 }
 
 #[tokio::test]

@@ -62,6 +62,16 @@ impl Inner {
     }
 }
 
+/// The channel-binding data one TLS connection can bind to, per type;
+/// computed once after its handshake (`CertStore::channel_bindings`).
+/// Empty means no -PLUS mechanism is offered; SASL reads it
+/// (`xmpp::sasl`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChannelBindings {
+    pub tls_exporter: Option<Vec<u8>>,
+    pub tls_server_end_point: Option<Vec<u8>>,
+}
+
 pub struct CertStore {
     // A std RwLock: read on every handshake, written on reload, never held across await.
     inner: RwLock<Inner>,
@@ -184,6 +194,24 @@ impl CertStore {
     pub fn end_point_binding(&self, sni: Option<&str>) -> Option<Arc<[u8]>> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         inner.for_sni(sni)?.end_point.clone()
+    }
+
+    /// What SCRAM-*-PLUS can bind to on `conn`, once its handshake is
+    /// done: the TLS 1.3 exporter value (`tls-exporter`, RFC 9266) and, on
+    /// TLS 1.2 and 1.3, the hash of the certificate this connection was
+    /// given (`tls-server-end-point`, RFC 5929), which XEP-0440 requires of
+    /// servers. The same for XMPP over TCP and over WebSocket.
+    pub fn channel_bindings(&self, conn: &rustls::ServerConnection) -> ChannelBindings {
+        let tls_exporter = (conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
+            .then(|| {
+                conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
+                    .ok()
+            })
+            .flatten();
+        ChannelBindings {
+            tls_exporter,
+            tls_server_end_point: self.end_point_binding(conn.server_name()).map(|b| b.to_vec()),
+        }
     }
 
     fn finish_server_config(&self, mut cfg: ServerConfig, alpn: &[&[u8]]) -> Arc<ServerConfig> {

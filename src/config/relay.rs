@@ -14,6 +14,10 @@ pub enum Signup {
     Closed,
 }
 
+/// HTTP/2 connections per provider credential unless
+/// `relay.provider_connections` says otherwise.
+pub const DEFAULT_PROVIDER_CONNECTIONS: usize = 4;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RelayConfig {
@@ -76,7 +80,7 @@ impl Default for RelayConfig {
             database: None,
             database_pool: 16,
             claim_lease: Duration::from_secs(60),
-            provider_connections: 4,
+            provider_connections: DEFAULT_PROVIDER_CONNECTIONS,
             apns: None,
             fcm: None,
         }

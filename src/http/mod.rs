@@ -13,7 +13,7 @@ pub mod relay_api;
 pub mod upload;
 pub mod websocket;
 
-use crate::core::Core;
+use crate::{certs::ChannelBindings, core::Core};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{body::Incoming, Request, Response, StatusCode};
@@ -42,7 +42,7 @@ pub fn tls_acceptor(core: &Core) -> tokio_rustls::TlsAcceptor {
 /// The WebSocket side of one HTTPS connection.
 struct WsCtx {
     handler: Option<websocket::Handler>,
-    bindings: websocket::Bindings,
+    bindings: ChannelBindings,
     /// Set by the handshake, taken by the connection's task (a std mutex:
     /// only set and taken, never held across an await).
     pending: Mutex<Option<websocket::Pending>>,
@@ -67,24 +67,10 @@ pub async fn serve(
         }
         Err(_) => return,
     };
-    // What SCRAM-*-PLUS binds to when XMPP runs over this connection:
-    // RFC 9266 `tls-exporter` (TLS 1.3) and RFC 5929 `tls-server-end-point`.
+    // What SCRAM-*-PLUS binds to when XMPP runs over this connection.
     let bindings = match ws {
-        Some(_) => {
-            let conn = stream.get_ref().1;
-            let exporter = (conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3))
-                .then(|| {
-                    conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
-                        .ok()
-                })
-                .flatten();
-            let end_point = core.certs.end_point_binding(conn.server_name()).map(|b| b.to_vec());
-            websocket::Bindings {
-                tls_exporter: exporter,
-                tls_server_end_point: end_point,
-            }
-        }
-        None => websocket::Bindings::default(),
+        Some(_) => core.certs.channel_bindings(stream.get_ref().1),
+        None => ChannelBindings::default(),
     };
     let ctx = Arc::new(WsCtx {
         handler: ws,

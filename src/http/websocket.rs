@@ -6,7 +6,7 @@
 //! [`Handler`] it registered; this module knows no XMPP.
 
 use super::{json, Resp};
-use crate::core::Core;
+use crate::{certs::ChannelBindings, core::Core};
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -36,20 +36,11 @@ const REL_WEBSOCKET: &str = "urn:xmpp:alt-connections:websocket";
 /// An upgraded WebSocket connection.
 pub type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-/// The channel-binding data of the HTTPS connection a WebSocket runs
-/// over, for SCRAM-*-PLUS: RFC 9266 `tls-exporter` (TLS 1.3 only) and RFC
-/// 5929 `tls-server-end-point`.
-#[derive(Debug, Clone, Default)]
-pub struct Bindings {
-    pub tls_exporter: Option<Vec<u8>>,
-    pub tls_server_end_point: Option<Vec<u8>>,
-}
-
 /// What the XMPP layer gets for each connection.
 pub struct Connection {
     pub ws: Socket,
     pub peer: SocketAddr,
-    pub bindings: Bindings,
+    pub bindings: ChannelBindings,
 }
 
 /// Serves one upgraded connection until it ends.
@@ -61,7 +52,7 @@ pub type Handler = Arc<dyn Fn(Connection) -> Pin<Box<dyn Future<Output = ()> + S
 pub struct Pending {
     upgrade: OnUpgrade,
     peer: SocketAddr,
-    bindings: Bindings,
+    bindings: ChannelBindings,
 }
 
 impl Pending {
@@ -117,7 +108,7 @@ fn refuse(status: StatusCode, detail: &str) -> Resp {
 pub fn handshake(
     mut req: Request<Incoming>,
     peer: SocketAddr,
-    bindings: Bindings,
+    bindings: ChannelBindings,
     pending: &mut Option<Pending>,
 ) -> Resp {
     if req.method() != Method::GET {

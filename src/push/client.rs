@@ -31,7 +31,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const PING_INTERVAL: Duration = Duration::from_secs(60);
 const PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// HTTP/2 connections per origin unless the client is told otherwise.
-const DEFAULT_CONNECTIONS: usize = 4;
+const DEFAULT_CONNECTIONS: usize = crate::config::relay::DEFAULT_PROVIDER_CONNECTIONS;
 /// Largest response body read from a provider.
 const MAX_RESPONSE: usize = 256 * 1024;
 

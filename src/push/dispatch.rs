@@ -57,16 +57,7 @@ pub(crate) async fn run(relay: Relay, mut stop: watch::Receiver<bool>) {
                 return;
             };
             started += 1;
-            let relay = relay.clone();
-            let span = tracing::info_span!("push", push_id = d.push_id, device = %d.device.id, kind = %d.device.kind,
-                token = secret::prefix(&d.token));
-            tokio::spawn(
-                async move {
-                    deliver(&relay, d).await;
-                    drop(permit);
-                }
-                .instrument(span),
-            );
+            spawn_delivery(&relay, d, permit);
         }
         if started == BATCH {
             continue;
@@ -102,17 +93,23 @@ async fn send_ready(
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let relay = relay.clone();
-        let span = tracing::info_span!("push", push_id = d.push_id, device = %d.device.id, kind = %d.device.kind,
-            token = secret::prefix(&d.token));
-        tokio::spawn(
-            async move {
-                deliver(&relay, d).await;
-                drop(permit);
-            }
-            .instrument(span),
-        );
+        spawn_delivery(&relay, d, permit);
     }
+}
+
+/// Deliver `d` on a task of its own, holding one of the concurrency
+/// permits until it is done.
+fn spawn_delivery(relay: &Relay, d: Delivery, permit: tokio::sync::OwnedSemaphorePermit) {
+    let relay = relay.clone();
+    let span = tracing::info_span!("push", push_id = d.push_id, device = %d.device.id, kind = %d.device.kind,
+        token = secret::prefix(&d.token));
+    tokio::spawn(
+        async move {
+            deliver(&relay, d).await;
+            drop(permit);
+        }
+        .instrument(span),
+    );
 }
 
 async fn deliver(relay: &Relay, d: Delivery) {

@@ -288,36 +288,9 @@ pub struct NewPush<'a> {
     pub expires: i64,
 }
 
-/// `None` when the token `token_hash` no longer exists (revoked since it
-/// was looked up): nothing is enqueued.
-pub fn enqueue(c: &mut Connection, token_hash: &[u8], p: &NewPush<'_>, now_ms: i64) -> Result<Option<(i64, usize)>> {
-    let tx = c.transaction()?;
-    let live = tx
-        .prepare_cached("SELECT 1 FROM relay_tokens WHERE hash = ?1")?
-        .exists([token_hash])?;
-    if !live {
-        return Ok(None);
-    }
-    tx.execute(
-        "INSERT INTO relay_outbox (account_id, token, collapse, data, priority, created, expires)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![p.account_id, p.token, p.collapse, p.data, p.priority, now(), p.expires],
-    )?;
-    let id = tx.last_insert_rowid();
-    let n = tx.execute(
-        "INSERT INTO relay_deliveries (push_id, device_id, next_at)
-         SELECT ?1, id, ?3 FROM relay_devices WHERE account_id = ?2 AND active = 1",
-        params![id, p.account_id, now_ms],
-    )?;
-    if n == 0 {
-        tx.execute("DELETE FROM relay_outbox WHERE id = ?1", [id])?;
-    }
-    tx.commit()?;
-    Ok(Some((id, n)))
-}
-
-/// [`enqueue`] inside a transaction the caller holds (the relay's
-/// group-commit writer), with cached statements. With `claimed` the
+/// Enqueue a push for every active device of its account, inside a
+/// transaction the caller holds (the relay's group-commit writer), with
+/// cached statements. With `claimed` the
 /// deliveries go in as `sending` and come back whole, for the dispatcher to
 /// send without claiming them; else they are `pending` and none come back.
 /// `None`: the token no longer exists, nothing was enqueued.
@@ -495,6 +468,14 @@ pub fn pending_count(c: &Connection) -> Result<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One push in a transaction of its own: `(push id, deliveries)`.
+    fn enqueue(c: &mut Connection, token_hash: &[u8], p: &NewPush<'_>, now_ms: i64) -> Result<Option<(i64, usize)>> {
+        let tx = c.transaction()?;
+        let r = enqueue_in(&tx, token_hash, p, now_ms, false)?;
+        tx.commit()?;
+        Ok(r.map(|(id, n, _)| (id, n)))
+    }
 
     fn setup() -> (tempfile::TempDir, crate::store::Store, i64) {
         // A token "t" of the account, for `enqueue`.

@@ -39,13 +39,7 @@ impl CbType {
     }
 }
 
-/// The channel-binding data one connection can bind to, per type; computed
-/// once after its TLS handshake. Empty means no -PLUS mechanism is offered.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ChannelBindings {
-    pub tls_exporter: Option<Vec<u8>>,
-    pub tls_server_end_point: Option<Vec<u8>>,
-}
+pub use crate::certs::ChannelBindings;
 
 impl ChannelBindings {
     /// The data for `t`, when this connection supports it.

@@ -341,6 +341,30 @@ fn client_tls_config() -> Arc<rustls::ClientConfig> {
 }
 
 /// The test CA's client configuration, limited to the given TLS versions.
+/// A SASL2 `<authenticate/>` (XEP-0388) with `mechanism`, the initial
+/// response (base64-encoded here) and `extra` children.
+pub fn sasl2_authenticate(mechanism: &str, initial: impl AsRef<[u8]>, extra: &str) -> String {
+    use base64::Engine;
+    format!(
+        "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='{mechanism}'><initial-response>{}</initial-response>{extra}</authenticate>",
+        base64::engine::general_purpose::STANDARD.encode(initial)
+    )
+}
+
+/// A SASL2 `<user-agent/>` naming one installation of the test client.
+pub fn user_agent(id: &str, device: &str) -> String {
+    format!("<user-agent id='{id}'><software>pushbox tests</software><device>{device}</device></user-agent>")
+}
+
+/// The value of `attr='…'` after `tag` in raw XML.
+pub fn attr_after(xml: &str, tag: &str, attr: &str) -> String {
+    let i = xml.find(tag).unwrap_or_else(|| panic!("{tag} not in {xml}"));
+    let rest = &xml[i..];
+    let a = format!("{attr}='");
+    let j = rest.find(&a).unwrap_or_else(|| panic!("{attr} not in {rest}")) + a.len();
+    rest[j..j + rest[j..].find('\'').unwrap()].to_string()
+}
+
 pub fn client_tls_config_for(versions: &[&'static rustls::SupportedProtocolVersion]) -> Arc<rustls::ClientConfig> {
     let ca = test_ca().join("ca.pem");
     let mut roots = rustls::RootCertStore::empty();
@@ -421,12 +445,28 @@ impl RawClient {
         c
     }
 
+    /// A fresh TLS stream (STARTTLS) opened: the client, with nothing
+    /// kept in `received`, and the features it was offered.
+    pub async fn features(addr: SocketAddr) -> (RawClient, String) {
+        let mut c = Self::connect_tls(addr).await;
+        let f = c.open_stream().await;
+        (c, f)
+    }
+
+    /// Send the stream header and read the features; returns them and
+    /// leaves `received` empty.
+    pub async fn open_stream(&mut self) -> String {
+        self.send(HEADER).await;
+        let f = self.read_until("</stream:features>").await;
+        self.received.clear();
+        f
+    }
+
     /// SASL PLAIN on a fresh TLS stream, then the stream restart; `received`
     /// holds the post-authentication features afterwards.
     pub async fn auth_plain(&mut self, user: &str, pw: &str) {
         use base64::Engine;
-        self.send(HEADER).await;
-        self.read_until("</stream:features>").await;
+        self.open_stream().await;
         let cred = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pw}"));
         self.send(&format!(
             "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>"
@@ -493,15 +533,9 @@ impl RawClient {
     /// stream features that follow success (or of `<success/>` alone when
     /// the session was resumed, which has no features after it).
     pub async fn sasl2_plain(&mut self, user: &str, pw: &str, extra: &str) -> String {
-        use base64::Engine;
-        self.send(HEADER).await;
-        self.read_until("</stream:features>").await;
-        self.received.clear();
-        let cred = base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{pw}"));
-        self.send(&format!(
-            "<authenticate xmlns='urn:xmpp:sasl:2' mechanism='PLAIN'><initial-response>{cred}</initial-response>{extra}</authenticate>"
-        ))
-        .await;
+        self.open_stream().await;
+        self.send(&sasl2_authenticate("PLAIN", format!("\0{user}\0{pw}"), extra))
+            .await;
         let r = self.read_until("</success>").await;
         if r.contains("<resumed") {
             return r;

@@ -192,30 +192,12 @@ async fn open_plaintext(server: &Server, xs: &mut XmlStream<Plain>) -> Result<()
     Ok(())
 }
 
-/// What SCRAM-*-PLUS can bind to on this connection: the TLS 1.3 exporter
-/// value (`tls-exporter`, RFC 9266) and, on TLS 1.2 and 1.3, the hash of
-/// the certificate this connection was given (`tls-server-end-point`,
-/// RFC 5929), which XEP-0440 requires of servers.
-fn channel_bindings(server: &Server, tls: &Tls) -> ChannelBindings {
-    let conn = tls.get_ref().1;
-    let tls_exporter = if conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3) {
-        conn.export_keying_material(vec![0u8; 32], b"EXPORTER-Channel-Binding", None)
-            .ok()
-    } else {
-        None
-    };
-    ChannelBindings {
-        tls_exporter,
-        tls_server_end_point: server.certs.end_point_binding(conn.server_name()).map(|b| b.to_vec()),
-    }
-}
-
 /// A TLS connection as a client stream, with what SASL binds to. The
 /// stream is boxed from here on: an async fn keeps its arguments and its
 /// locals apart, so a stream passed by value down the calls would be
 /// stored in the task once per level.
 fn tls_stream(server: &Server, tls: Tls) -> (Box<ClientStream>, ChannelBindings, Option<std::net::IpAddr>) {
-    let cb = channel_bindings(server, &tls);
+    let cb = server.certs.channel_bindings(tls.get_ref().1);
     let peer_ip = tls.get_ref().0.peer_addr().map(|a| a.ip()).ok();
     (
         Box::new(XmlStream::new(ClientIo::Tls(tls), limits(server))),

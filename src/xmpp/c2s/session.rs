@@ -213,6 +213,12 @@ impl Session {
                     }
                 }
                 End::Lost(e) => {
+                    // A stream that went silent is still open: say why it
+                    // ends (RFC 6120 §4.9.3.4) before the session ends or
+                    // hibernates, as a lost one would.
+                    if matches!(e, ConnError::Timeout) {
+                        Box::pin(end_stream(&self.server, &mut xs, ConnError::Timeout)).await;
+                    }
                     let resumable = self.sm.as_ref().is_some_and(|s| s.resume_id.is_some());
                     if !resumable {
                         tracing::info!(reason = %e, "session ended");

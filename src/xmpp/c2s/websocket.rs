@@ -10,7 +10,6 @@ use super::{limits, negotiate, ClientIo};
 use crate::{
     http::websocket::{Connection, Socket},
     xmpp::{
-        sasl::ChannelBindings,
         stream::{FramingViolation, XmlStream},
         xml::StreamError,
         Server,
@@ -33,10 +32,7 @@ use tracing::Instrument;
 pub async fn serve(server: Arc<Server>, conn: Connection) {
     let span = tracing::info_span!("c2s", peer = %conn.peer, transport = "websocket", jid = tracing::field::Empty);
     async move {
-        let cb = ChannelBindings {
-            tls_exporter: conn.bindings.tls_exporter,
-            tls_server_end_point: conn.bindings.tls_server_end_point,
-        };
+        let cb = conn.bindings;
         let xs = Box::new(XmlStream::framed(
             ClientIo::WebSocket(Box::new(WsIo::new(conn.ws))),
             limits(&server),
