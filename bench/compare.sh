@@ -8,6 +8,7 @@
 #   SERVERS="pushbox prosody" bash bench/compare.sh
 #   GROUP_ONLY=1 SERVERS="pushbox prosody" bash bench/compare.sh   # the group chat workload only
 #   LOGIN_ONLY=1 bash bench/compare.sh   # logins only: SASL+bind for all; SASL2+Bind 2 and FAST for pushbox
+#   IDLE_ONLY=1 IDLE_SESSIONS=10000 SERVERS=pushbox bash bench/compare.sh   # idle memory at 10,000 sessions
 #
 # Results: one RESULT line per run on stdout and a Markdown table at the end
 # (also written to $OUT, default bench-results.md in the work directory).
@@ -27,6 +28,9 @@ else
   USERS=1000; IDLE=1000; PAIRS=20; COUNT=500; LOGINS=300; PINGPONG_COUNT=200; MANY=10000
 fi
 WINDOW=10
+# IDLE_SESSIONS overrides the number of idle sessions (e.g. 5000 or 10000 with
+# IDLE_ONLY=1; above USERS, several resources log in on each account).
+IDLE="${IDLE_SESSIONS:-$IDLE}"
 # LOGIN_COUNT overrides the number of measured logins (more logins, finer CPU figures).
 LOGINS="${LOGIN_COUNT:-$LOGINS}"
 # Group chat: one room of GROUP_OCCUPANTS, GROUP_COUNT room messages.

@@ -2,8 +2,9 @@
 //! count the connection, and serve it in a task of its own until the
 //! daemon stops.
 
-use super::Limiter;
+use super::{ConnGuard, Limiter};
 use crate::shutdown::{stopped, Shutdown};
+use futures_util::FutureExt;
 use std::{future::Future, net::SocketAddr, time::Duration};
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -61,14 +62,24 @@ impl Acceptor {
                     }
                 };
                 crate::metrics::connection(label);
-                let conn = serve(tcp, peer);
-                let alive = alive.clone();
-                tokio::spawn(async move {
-                    conn.await;
-                    drop(guard);
-                    drop(alive);
-                });
+                tokio::spawn(connection_task(serve(tcp, peer), guard, alive.clone()));
             }
         });
     }
+}
+
+/// A connection's task: its future, then the limiter's slot and `alive`
+/// given back. A combinator, not `async move { conn.await; … }`: such a
+/// block keeps the captured future and the future it awaits as two values,
+/// so every connection task (an idle client session's largest allocation)
+/// would be twice the size of the connection's future.
+pub fn connection_task<Fut: Future<Output = ()>>(
+    conn: Fut,
+    guard: ConnGuard,
+    alive: Option<Alive>,
+) -> impl Future<Output = ()> {
+    conn.map(move |()| {
+        drop(guard);
+        drop(alive);
+    })
 }

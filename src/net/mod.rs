@@ -7,7 +7,7 @@
 mod accept;
 pub mod dns;
 
-pub use accept::{Acceptor, Alive};
+pub use accept::{connection_task, Acceptor, Alive};
 
 use std::{
     collections::HashMap,

@@ -14,7 +14,7 @@ pub mod websocket;
 use super::{
     modules::register::{self, PreAuthState},
     sasl::{self, ChannelBindings, Failure, Refused},
-    sessions::{SessionHandle, ToSession},
+    sessions::{inbox, SessionHandle, ToSession},
     stanza::{self, iq_result, Kind},
     starttls,
     stream::{ConnError, Plain, Transport, XmlStream},
@@ -34,7 +34,6 @@ use std::{
 use tokio::{
     io::{AsyncBufRead, AsyncRead, AsyncWrite},
     net::TcpStream,
-    sync::mpsc,
 };
 use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
@@ -257,7 +256,7 @@ enum Bound {
 /// Register a new bound session for `jid` (the older one with the same
 /// resource is replaced, RFC 6120 §7.7.2.2).
 fn new_session(server: &Arc<Server>, jid: FullJid) -> session::Session {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = inbox::new();
     let handle = Arc::new(SessionHandle::new(server.sessions.next_id(), jid, tx));
     if let Some(old) = server.sessions.bind(handle.clone()) {
         tracing::info!(jid = %handle.jid, "resource conflict: replacing the older session");
