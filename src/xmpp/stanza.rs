@@ -148,16 +148,18 @@ impl Kind {
 }
 
 pub fn typ(el: &Element) -> &str {
-    el.attr("type").unwrap_or("")
+    super::xml::attr(el, "type").unwrap_or("")
 }
 
 /// Parse the `to` attribute. `Ok(None)` when absent.
 pub fn to(el: &Element) -> Result<Option<Jid>, Condition> {
-    el.attr("to").map(|t| jid(t).ok_or(Condition::JidMalformed)).transpose()
+    super::xml::attr(el, "to")
+        .map(|t| jid(t).ok_or(Condition::JidMalformed))
+        .transpose()
 }
 
 pub fn from(el: &Element) -> Option<Jid> {
-    el.attr("from").and_then(jid)
+    super::xml::attr(el, "from").and_then(jid)
 }
 
 /// Parse and normalise a JID to a fixed point. The jid crate's

@@ -16,7 +16,7 @@ use crate::{
         sessions::{inbox, SessionHandle, ToSession},
         stanza::{iq_result, Kind},
         stream::{new_id, ConnError},
-        xml::{elem, ElementExt, Event, StreamError, NS_CLIENT, NS_SESSION},
+        xml::{self, elem, ElementExt, Event, StreamError, NS_CLIENT, NS_SESSION},
     },
 };
 use minidom::Element;
@@ -613,13 +613,13 @@ impl Session {
             sm.h_in = sm.h_in.wrapping_add(1);
         }
         let me = &self.me;
-        if let Some(f) = el.attr("from") {
+        if let Some(f) = xml::attr(&el, "from") {
             let ok = f == me.jid.as_str() || jid::Jid::new(f).is_ok_and(|j| j == me.jid.to_bare() || j == me.jid);
             if !ok {
                 return Err(ConnError::Stream(StreamError::InvalidFrom));
             }
         }
-        if kind == Kind::Iq && matches!(el.attr("type"), Some("result" | "error")) {
+        if kind == Kind::Iq && matches!(xml::attr(&el, "type"), Some("result" | "error")) {
             let answers_proof = self
                 .proof
                 .pending
