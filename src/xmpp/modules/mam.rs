@@ -321,9 +321,9 @@ pub fn archivable(msg: &Element) -> bool {
     }
     msg.children().any(|c| {
         matches!(c.name(), "body" | "encrypted")
-            || c.ns() == "eu.siacs.conversations.axolotl"
-            || c.ns() == "urn:xmpp:omemo:2"
-            || c.ns() == "urn:xmpp:jingle-message:0"
+            || c.has_ns("eu.siacs.conversations.axolotl")
+            || c.has_ns("urn:xmpp:omemo:2")
+            || c.has_ns("urn:xmpp:jingle-message:0")
     })
 }
 
