@@ -94,12 +94,51 @@ pub fn wanted_by(c: &Connection, account: i64, p: &Prefs, with: &str) -> Result<
     })
 }
 
+/// Add a message under a stanza-id of its own (rows written before
+/// migration 14 have one; new rows use [`insert_reserved`]).
 pub fn insert(c: &Connection, account: i64, stanza_id: &str, ts: i64, with: &str, stanza: &str) -> Result<()> {
     c.prepare_cached(
         "INSERT OR IGNORE INTO archive (account_id, stanza_id, ts, with_jid, stanza) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![account, stanza_id, ts, with, stanza])?;
     Ok(())
+}
+
+/// Add a message under the row id the daemon reserved for it; clients know
+/// the id in decimal (see [`stanza_id_of`]).
+pub fn insert_reserved(c: &Connection, row: i64, account: i64, ts: i64, with: &str, stanza: &str) -> Result<()> {
+    let n = c
+        .prepare_cached(
+            "INSERT OR IGNORE INTO archive (id, account_id, stanza_id, ts, with_jid, stanza) VALUES (?1, ?2, NULL, ?3, ?4, ?5)",
+        )?
+        .execute(params![row, account, ts, with, stanza])?;
+    if n == 0 {
+        // The id is taken (only a database copied in from elsewhere while
+        // the daemon ran could do that): the message is kept under a row id
+        // of SQLite's choosing, with the id its recipient saw as stanza-id.
+        tracing::warn!(row, "archive row id taken; stored under a new one");
+        insert(c, account, &row.to_string(), ts, with, stanza)?;
+    }
+    Ok(())
+}
+
+/// The highest row id of the account archives (0 when empty): reserved ids
+/// continue above it.
+pub fn max_id(c: &Connection) -> Result<i64> {
+    Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM archive", [], |r| r.get(0))?)
+}
+
+/// The row id an account archive id names when it is one (decimal digits).
+fn reserved_row(stanza_id: &str) -> Option<i64> {
+    if stanza_id.is_empty() || !stanza_id.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stanza_id.parse().ok()
+}
+
+/// The id clients know a row by: its own stanza-id, or its row id.
+fn stanza_id_of(stanza_id: Option<String>, row: i64) -> String {
+    stanza_id.unwrap_or_else(|| row.to_string())
 }
 
 /// A query over one account's archive.
@@ -155,6 +194,15 @@ impl Owner {
 
 fn row_id(c: &Connection, owner: Owner, stanza_id: &str) -> Result<Option<i64>> {
     let (table, col, id) = owner.table();
+    if let (Owner::Account(account), Some(row)) = (owner, reserved_row(stanza_id)) {
+        let found = c
+            .prepare_cached("SELECT id FROM archive WHERE id=?1 AND account_id=?2 AND stanza_id IS NULL")?
+            .query_row(params![row, account], |r| r.get(0))
+            .optional()?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
     Ok(c.query_row(
         &format!("SELECT id FROM {table} WHERE {col}=?1 AND stanza_id=?2"),
         params![id, stanza_id],
@@ -185,8 +233,21 @@ pub fn query_of(c: &Connection, owner: Owner, q: &Query) -> Result<std::result::
         args.push(Value::Integer(e));
     }
     if !q.ids.is_empty() {
-        filter.push_str(&format!(" AND stanza_id IN ({})", vec!["?"; q.ids.len()].join(",")));
+        let named = format!("stanza_id IN ({})", vec!["?"; q.ids.len()].join(","));
         args.extend(q.ids.iter().map(|i| Value::Text(i.clone())));
+        let rows: Vec<i64> = match owner {
+            Owner::Account(_) => q.ids.iter().filter_map(|i| reserved_row(i)).collect(),
+            Owner::Room(_) => vec![],
+        };
+        if rows.is_empty() {
+            filter.push_str(&format!(" AND {named}"));
+        } else {
+            filter.push_str(&format!(
+                " AND ({named} OR (stanza_id IS NULL AND id IN ({})))",
+                vec!["?"; rows.len()].join(",")
+            ));
+            args.extend(rows.into_iter().map(Value::Integer));
+        }
     }
     let count: i64 = c.query_row(
         &format!("SELECT COUNT(*) FROM {table} WHERE {filter}"),
@@ -212,16 +273,16 @@ pub fn query_of(c: &Connection, owner: Owner, q: &Query) -> Result<std::result::
     }
     let order = if backwards { "DESC" } else { "ASC" };
     let sql = format!(
-        "SELECT stanza_id, ts, stanza FROM {table} WHERE {page_filter} ORDER BY id {order} LIMIT {}",
+        "SELECT stanza_id, id, ts, stanza FROM {table} WHERE {page_filter} ORDER BY id {order} LIMIT {}",
         q.max + 1
     );
     let mut st = c.prepare(&sql)?;
     let mut rows: Vec<Row> = st
         .query_map(params_from_iter(page_args.iter()), |r| {
             Ok(Row {
-                stanza_id: r.get(0)?,
-                ts: r.get(1)?,
-                stanza: r.get(2)?,
+                stanza_id: stanza_id_of(r.get(0)?, r.get(1)?),
+                ts: r.get(2)?,
+                stanza: r.get(3)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -236,7 +297,15 @@ pub fn query_of(c: &Connection, owner: Owner, q: &Query) -> Result<std::result::
 /// Delete entries older than `before_ts` (microseconds), in account and
 /// room archives; returns how many.
 pub fn expire(c: &Connection, before_ts: i64) -> Result<usize> {
-    let n = c.execute("DELETE FROM archive WHERE ts < ?1", params![before_ts])?;
+    // Account archive ids increase with time (row ids before migration 14,
+    // reserved timestamps after): everything before the oldest row still
+    // wanted goes. Finding that row reads the rows about to be deleted, in
+    // id order, and no index on `ts` is kept up for it. A row written
+    // while the clock had gone back stays until the rows before it expire.
+    let n = c.execute(
+        "DELETE FROM archive WHERE id < COALESCE((SELECT id FROM archive WHERE ts >= ?1 ORDER BY id LIMIT 1), ?2)",
+        params![before_ts, i64::MAX],
+    )?;
     Ok(n + c.execute("DELETE FROM muc_archive WHERE ts < ?1", params![before_ts])?)
 }
 
@@ -375,6 +444,152 @@ mod tests {
                 QueryError::UnknownId
             );
             assert_eq!(expire(c, 1005)?, 5);
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    /// A database at schema 13 (before row-id archive ids) with rows whose
+    /// ids clients already hold, upgraded: old and new ids page together.
+    #[test]
+    fn upgrade_keeps_old_ids_and_pages_with_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pushbox.sqlite3");
+        let legacy = [
+            "018f0000-0000-7000-8000-000000000001",
+            "018f0000-0000-7000-8000-000000000002",
+        ];
+        {
+            let c = Connection::open(&path).unwrap();
+            c.pragma_update(None, "foreign_keys", true).unwrap();
+            for (_, sql) in &crate::store::MIGRATIONS[..13] {
+                c.execute_batch(sql).unwrap();
+            }
+            c.pragma_update(None, "user_version", 13).unwrap();
+            let a = accounts::create(&c, "alice", "pw", false).unwrap();
+            for (i, id) in legacy.iter().enumerate() {
+                c.execute(
+                    "INSERT INTO archive (account_id, stanza_id, ts, with_jid, stanza) VALUES (?1, ?2, ?3, 'bob@x', ?4)",
+                    params![a, id, 1000 + i as i64, format!("<message>old{i}</message>")],
+                )
+                .unwrap();
+            }
+        }
+        let s = Store::open(&path).unwrap();
+        s.blocking(|c| {
+            let a = accounts::id_of(c, "alice")?.unwrap();
+            let b = accounts::create(c, "bob", "pw", false)?;
+            let max = max_id(c)?;
+            assert_eq!(max, 2);
+            // Reserved ids are timestamps, far above the old row ids.
+            insert_reserved(c, 1_700_000_000_000_000, a, 2000, "bob@x", "<message>new0</message>")?;
+            insert_reserved(c, 1_700_000_000_000_001, a, 2001, "carol@x", "<message>new1</message>")?;
+            insert_reserved(c, 1_700_000_000_000_002, b, 2002, "alice@x", "<message>bob's</message>")?;
+            let q = |q: Query| query(c, a, &q).map(|r| r.unwrap());
+            let ids = |p: &Page| p.rows.iter().map(|r| r.stanza_id.clone()).collect::<Vec<_>>();
+            let all = q(Query {
+                max: 10,
+                ..Default::default()
+            })?;
+            assert_eq!(
+                ids(&all),
+                [legacy[0], legacy[1], "1700000000000000", "1700000000000001"],
+                "bob's row is not alice's"
+            );
+            assert_eq!(all.count, 4);
+            // RSM after / before an old id and a new one.
+            let p = q(Query {
+                max: 10,
+                after: Some(legacy[1].into()),
+                ..Default::default()
+            })?;
+            assert_eq!(ids(&p), ["1700000000000000", "1700000000000001"]);
+            let p = q(Query {
+                max: 10,
+                before: Some("1700000000000001".into()),
+                ..Default::default()
+            })?;
+            assert_eq!(ids(&p), [legacy[0], legacy[1], "1700000000000000"]);
+            let p = q(Query {
+                max: 1,
+                before: Some("1700000000000000".into()),
+                ..Default::default()
+            })?;
+            assert_eq!(ids(&p), [legacy[1]]);
+            assert!(!p.complete);
+            // `with`, `ids` of both kinds.
+            let p = q(Query {
+                max: 10,
+                with: Some("bob@x".into()),
+                ..Default::default()
+            })?;
+            assert_eq!(ids(&p), [legacy[0], legacy[1], "1700000000000000"]);
+            let p = q(Query {
+                max: 10,
+                ids: vec![legacy[0].into(), "1700000000000001".into(), "1700000000000002".into()],
+                ..Default::default()
+            })?;
+            assert_eq!(
+                ids(&p),
+                [legacy[0], "1700000000000001"],
+                "another account's id is not found"
+            );
+            // Another account's id, or a number that is no row, is unknown.
+            for unknown in ["1700000000000002", "3", "+1700000000000001", ""] {
+                let r = query(
+                    c,
+                    a,
+                    &Query {
+                        max: 5,
+                        after: Some(unknown.into()),
+                        ..Default::default()
+                    },
+                )?;
+                if unknown.is_empty() {
+                    assert_eq!(r.unwrap().rows.len(), 4, "an empty after is the first page");
+                } else {
+                    assert_eq!(r.unwrap_err(), QueryError::UnknownId, "{unknown}");
+                }
+            }
+            // A reserved id that is taken keeps the id its recipient saw.
+            insert_reserved(c, 1_700_000_000_000_002, a, 2003, "bob@x", "<message>clash</message>")?;
+            let p = q(Query {
+                max: 10,
+                after: Some("1700000000000001".into()),
+                ..Default::default()
+            })?;
+            assert_eq!(ids(&p), ["1700000000000002"]);
+            assert!(p.rows[0].stanza.contains("clash"));
+            let p = q(Query {
+                max: 10,
+                ids: vec!["1700000000000002".into()],
+                ..Default::default()
+            })?;
+            assert_eq!(p.rows.len(), 1);
+            assert!(p.rows[0].stanza.contains("clash"));
+            // Expiry by id: old rows and the first new one.
+            assert_eq!(expire(c, 2001)?, 3);
+            let left = q(Query {
+                max: 10,
+                ..Default::default()
+            })?;
+            assert_eq!(ids(&left), ["1700000000000001", "1700000000000002"]);
+            // Everything older than the cutoff: the table is emptied.
+            assert_eq!(expire(c, i64::MAX)?, 3);
+            assert_eq!(max_id(c)?, 0);
+            // Account deletion takes its rows (the index on account_id serves the cascade).
+            insert_reserved(c, 5, a, 1, "bob@x", "<message/>")?;
+            c.execute("DELETE FROM accounts WHERE id=?1", params![a])?;
+            assert_eq!(max_id(c)?, 0);
+            let plan: String = c.query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM archive WHERE account_id=?1 AND stanza_id=?2",
+                params![a, "x"],
+                |r| r.get(3),
+            )?;
+            assert!(
+                plan.contains("archive_stanza_id"),
+                "old ids are looked up by index: {plan}"
+            );
             Ok(())
         })
         .unwrap();

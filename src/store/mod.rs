@@ -42,6 +42,7 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("invites", include_str!("migrations/0011_invites.sql")),
     ("devices", include_str!("migrations/0012_devices.sql")),
     ("relay_deliveries_device", include_str!("migrations/0013_relay_deliveries_device.sql")),
+    ("archive_row_ids", include_str!("migrations/0014_archive_row_ids.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -19,5 +19,6 @@ pub mod stanza;
 pub mod starttls;
 pub mod stream;
 pub mod xml;
+pub mod xml_write;
 
 pub use server::Server;

@@ -59,8 +59,8 @@ impl InFlight {
 pub fn worth_storing(msg: &Element) -> bool {
     msg.children().any(|c| {
         matches!(c.name(), "body" | "subject" | "encrypted" | "propose")
-            || c.ns() == "eu.siacs.conversations.axolotl"
-            || c.ns() == "urn:xmpp:omemo:2"
+            || c.has_ns("eu.siacs.conversations.axolotl")
+            || c.has_ns("urn:xmpp:omemo:2")
     })
 }
 

@@ -126,7 +126,7 @@ pub enum Kind {
 
 impl Kind {
     pub fn of(el: &Element) -> Option<Kind> {
-        if el.ns() != NS_CLIENT {
+        if !el.has_ns(NS_CLIENT) {
             return None;
         }
         match el.name() {
@@ -167,6 +167,11 @@ pub fn from(el: &Element) -> Option<Jid> {
 /// JID that still changes on a third round is refused (`None`).
 pub fn jid(s: &str) -> Option<Jid> {
     let once = Jid::new(s).ok()?;
+    if once.as_str() == s {
+        // Printed as given: parsing it again would repeat this very parse
+        // (the usual case: clients and the server send normalised JIDs).
+        return Some(once);
+    }
     let twice = Jid::new(once.as_str()).ok()?;
     if twice == once {
         return Some(once);

@@ -64,11 +64,11 @@ async fn plaintext(xs: &mut XmlStream<Plain>) -> Result<(), ConnError> {
     xs.queue_features(&[elem("starttls", NS_TLS).child(elem("required", NS_TLS))]);
     xs.flush().await?;
     match xs.next_event().await? {
-        Event::Stanza(el) if el.name() == "starttls" && el.ns() == NS_TLS => {
+        Event::Stanza(el) if el.name() == "starttls" && el.has_ns(NS_TLS) => {
             xs.send(&elem("proceed", NS_TLS)).await?;
             Ok(())
         }
-        Event::Stanza(el) if el.ns() == NS_SASL => {
+        Event::Stanza(el) if el.has_ns(NS_SASL) => {
             tracing::info!("authentication attempted before TLS");
             xs.queue(&elem("failure", NS_SASL).child(elem("encryption-required", NS_SASL)));
             Err(ConnError::Stream(StreamError::PolicyViolation))

@@ -7,6 +7,7 @@
 use super::xml::{
     Event, ParserLimits, StreamDecls, StreamError, StreamHeader, StreamParser, NS_CLIENT, NS_STREAM, NS_STREAMS_ERR,
 };
+use super::xml_write::write_element;
 use minidom::Element;
 use std::{io, pin::Pin, time::Duration};
 use tokio::time::Instant;
@@ -274,10 +275,9 @@ impl<S: Transport> XmlStream<S> {
 
     /// Queue an element; [`XmlStream::flush`] sends it.
     pub fn queue(&mut self, el: &Element) {
-        let start = self.wbuf.len();
-        if el.write_to(&mut self.wbuf).is_err() {
+        // On error the buffer is left as it was.
+        if write_element(el, &mut self.wbuf).is_err() {
             tracing::error!("an element could not be serialised and was dropped");
-            self.wbuf.truncate(start);
         }
         self.end_frame();
     }
@@ -292,7 +292,7 @@ impl<S: Transport> XmlStream<S> {
         };
         self.wbuf.extend_from_slice(open.as_bytes());
         for c in children {
-            if c.write_to(&mut self.wbuf).is_err() {
+            if write_element(c, &mut self.wbuf).is_err() {
                 tracing::error!("a stream feature could not be serialised");
             }
         }
@@ -428,7 +428,7 @@ impl<S: Transport> XmlStream<S> {
 /// header in `jabber:client`, `<close/>` the stream's end.
 fn unframe(ev: Event) -> Result<Event, ConnError> {
     match ev {
-        Event::Stanza(el) if el.ns() == NS_FRAMING => match el.name() {
+        Event::Stanza(el) if el.has_ns(NS_FRAMING) => match el.name() {
             "open" => Ok(Event::Header(StreamHeader {
                 to: el.attr("to").map(str::to_string),
                 from: el.attr("from").map(str::to_string),

@@ -129,8 +129,12 @@ pub struct StreamParser {
     /// Bytes in the stanza being parsed so far.
     stanza_bytes: usize,
     attrs_here: usize,
-    /// Attribute names seen on the element being opened (duplicates are not well-formed).
-    attr_names: Vec<String>,
+    /// Qualified names (`prefix:name` or `name`) of the attributes seen on
+    /// the element being opened, end to end, and where each ends:
+    /// duplicates are not well-formed. Reused from element to element, so
+    /// the check allocates nothing per attribute.
+    attr_names: String,
+    attr_ends: Vec<usize>,
     /// Prefixed attributes of the element being opened, `(prefix, local name)`:
     /// checked for colliding expanded names once its declarations are known.
     prefixed_attrs: Vec<(String, String)>,
@@ -172,7 +176,8 @@ impl StreamParser {
             depth: 0,
             stanza_bytes: 0,
             attrs_here: 0,
-            attr_names: Vec::new(),
+            attr_names: String::new(),
+            attr_ends: Vec::new(),
             prefixed_attrs: Vec::new(),
             scopes: Vec::new(),
             header: None,
@@ -268,6 +273,7 @@ impl StreamParser {
             RawEvent::ElementHeadOpen(m, (prefix, name)) => {
                 self.attrs_here = 0;
                 self.attr_names.clear();
+                self.attr_ends.clear();
                 self.prefixed_attrs.clear();
                 self.scopes.push(Vec::new());
                 if self.depth == 0 {
@@ -293,14 +299,21 @@ impl StreamParser {
                 if self.attrs_here > self.limits.max_attributes {
                     return Err(StreamError::PolicyViolation);
                 }
-                let qname = match prefix.as_deref() {
-                    Some(p) => format!("{}:{}", p.as_str(), name.as_str()),
-                    None => name.to_string(),
-                };
-                if self.attr_names.contains(&qname) {
-                    return Err(StreamError::NotWellFormed);
+                let start = self.attr_names.len();
+                if let Some(p) = prefix.as_deref() {
+                    self.attr_names.push_str(p.as_str());
+                    self.attr_names.push(':');
                 }
-                self.attr_names.push(qname);
+                self.attr_names.push_str(name.as_str());
+                let qname = &self.attr_names[start..];
+                let mut from = 0;
+                for &end in &self.attr_ends {
+                    if &self.attr_names[from..end] == qname {
+                        return Err(StreamError::NotWellFormed);
+                    }
+                    from = end;
+                }
+                self.attr_ends.push(self.attr_names.len());
                 match prefix.as_deref().map(|p| p.as_str()) {
                     Some("xmlns") => {
                         if let Some(scope) = self.scopes.last_mut() {
@@ -499,12 +512,7 @@ impl ElementExt for Element {
         self
     }
     fn to_xml(&self) -> String {
-        let mut out = Vec::with_capacity(256);
-        // Writing to a Vec cannot fail for well-formed elements.
-        if self.write_to(&mut out).is_err() {
-            return String::new();
-        }
-        String::from_utf8(out).unwrap_or_default()
+        super::xml_write::to_string(self)
     }
 }
 
@@ -675,6 +683,9 @@ mod tests {
             // xml: and a prefix bound to the XML namespace name is refused earlier;
             // the xml prefix twice is a plain duplicate.
             "<message xml:lang='en' xml:lang='de'/>",
+            // Plain duplicates, first and last or in the middle.
+            "<message a='1' b='2' a='3'/>",
+            "<message to='x' id='1' type='chat' id='2' from='y'/>",
         ];
         for c in refused {
             let doc = format!("{HDR}{c}");
@@ -691,6 +702,9 @@ mod tests {
             "<message xmlns:x='urn:a' a='1' x:a='2'/>",
             // A prefix re-bound in a child scope.
             "<message xmlns:x='urn:a' x:a='1'><body xmlns:x='urn:b' x:a='2'/></message>",
+            // The same names on parent and child; names that are prefixes of each other.
+            "<message id='1' to='a'><body id='2' to='b'/></message>",
+            "<message a='1' ab='2' b='3' x:a='4' xmlns:x='urn:a'/>",
         ];
         for c in accepted {
             let doc = format!("{HDR}{c}");

@@ -353,7 +353,7 @@ async fn bind(server: &Arc<Server>, xs: &mut ClientStream, username: &str) -> Re
             Event::Close => return Err(ConnError::Eof),
             Event::Header(_) => return Err(ConnError::Stream(StreamError::NotWellFormed)),
         };
-        if el.ns() == session::NS_SM && el.name() == "resume" {
+        if el.has_ns(session::NS_SM) && el.name() == "resume" {
             let owner = bare_jid(server, username)?;
             let h = el.attr("h").and_then(|h| h.parse::<u32>().ok());
             let target = el.attr("previd").and_then(|id| server.sessions.resumable(id, &owner));
@@ -365,7 +365,7 @@ async fn bind(server: &Arc<Server>, xs: &mut ClientStream, username: &str) -> Re
                 }
             }
         }
-        if el.ns() == session::NS_SM && el.name() == "enable" {
+        if el.has_ns(session::NS_SM) && el.name() == "enable" {
             // Enabling needs a bound resource (XEP-0198 §3).
             xs.send(&session::failed("unexpected-request")).await?;
             continue;
@@ -449,7 +449,7 @@ impl Attempt {
 
 /// Read an `<auth/>` or `<authenticate/>`; `Ok(None)` for anything else.
 fn read_attempt(el: &Element) -> Option<Result<Attempt, (Profile, Failure)>> {
-    if el.ns() == NS_SASL && el.name() == "auth" {
+    if el.has_ns(NS_SASL) && el.name() == "auth" {
         let mechanism = el.attr("mechanism").unwrap_or_default().to_string();
         // RFC 6120 §6.4.2: no text is no initial response, `=` an empty one.
         let initial = match el.text().trim() {
@@ -461,7 +461,7 @@ fn read_attempt(el: &Element) -> Option<Result<Attempt, (Profile, Failure)>> {
         };
         return Some(Ok(Attempt::Sasl1 { mechanism, initial }));
     }
-    if el.ns() == auth::NS_SASL2 && el.name() == "authenticate" {
+    if el.has_ns(auth::NS_SASL2) && el.name() == "authenticate" {
         return Some(
             sasl2::parse(el)
                 .map(|r| Attempt::Sasl2(Box::new(r)))

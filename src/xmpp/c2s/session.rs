@@ -414,7 +414,16 @@ impl Session {
     async fn serve(&mut self, xs: &mut ClientStream) -> End {
         let idle = self.server.config.limits.idle_timeout.get();
         let mut shutdown = self.server.shutdown.clone();
+        // Both live across iterations: made anew for each stanza, the stop
+        // signal's future would register with the daemon-wide channel (a
+        // lock every session shares) and the timer go in and out of the
+        // timer wheel.
+        let stop = stopped(&mut shutdown);
+        tokio::pin!(stop);
         let mut last_activity = Instant::now();
+        let timer_sleep = tokio::time::sleep_until(last_activity + idle);
+        tokio::pin!(timer_sleep);
+        let mut armed = None;
         loop {
             // One timer: the idle timeout, or earlier, the moment a quiet
             // stream frees its parser (which does not count as activity).
@@ -423,6 +432,14 @@ impl Session {
                 true => deadline.min(last_activity + REST_AFTER),
                 false => deadline,
             };
+            // Re-armed only when it must fire earlier than it is set to, or
+            // after it fired: activity moves `wake` later, and a timer that
+            // fires before it only re-arms (below), about once a second
+            // under traffic instead of once per stanza.
+            if armed.is_none_or(|a| wake < a) {
+                timer_sleep.as_mut().reset(wake);
+                armed = Some(wake);
+            }
             // Timers firing are not activity; everything else is.
             let mut timer = false;
             let r: Result<Option<End>, ConnError> = tokio::select! {
@@ -435,10 +452,14 @@ impl Session {
                     Err(e) => Err(e),
                 },
                 msg = self.rx.recv() => self.deliver(xs, msg).await,
-                _ = stopped(&mut shutdown) => Ok(Some(End::Shutdown)),
-                _ = tokio::time::sleep_until(wake) => {
+                _ = &mut stop => Ok(Some(End::Shutdown)),
+                _ = &mut timer_sleep => {
                     timer = true;
-                    if wake < deadline {
+                    armed = None;
+                    if Instant::now() < wake {
+                        // Armed for an earlier `wake`: activity since moved it.
+                        Ok(None)
+                    } else if wake < deadline {
                         xs.rest();
                         Ok(None)
                     } else {
@@ -567,11 +588,10 @@ impl Session {
         xs: &mut ClientStream,
         mut el: Element,
     ) -> Result<Option<End>, ConnError> {
-        let ns = el.ns();
-        if ns == NS_SM {
+        if el.has_ns(NS_SM) {
             return self.sm_nonza(xs, &el).await.map(|_| None);
         }
-        if ns == NS_CSI {
+        if el.has_ns(NS_CSI) {
             match el.name() {
                 "inactive" => self.csi.inactive = true,
                 "active" => {
@@ -588,7 +608,7 @@ impl Session {
             return Ok(None);
         }
         let Some(kind) = Kind::of(&el) else {
-            tracing::info!(name = el.name(), ns = %ns, "unsupported top-level element");
+            tracing::info!(name = el.name(), ns = %el.ns(), "unsupported top-level element");
             return Err(ConnError::Stream(StreamError::UnsupportedStanzaType));
         };
         if let Some(sm) = self.sm.as_mut() {
@@ -632,8 +652,13 @@ impl Session {
                 me.send(r);
             }
             Kind::Message => {
-                let el = server.modules.message_out(server, me, el);
-                route(server, el).await
+                // Both archive rows of a message between local accounts
+                // share one serialisation (see `mam::sharing_archived_text`).
+                crate::xmpp::modules::mam::sharing_archived_text(async {
+                    let el = server.modules.message_out(server, me, el);
+                    route(server, el).await
+                })
+                .await
             }
             Kind::Iq => route(server, el).await,
         }
@@ -686,7 +711,7 @@ fn important(el: &Element) -> bool {
             matches!(
                 c.name(),
                 "body" | "subject" | "encrypted" | "propose" | "received" | "sent" | "result"
-            ) || c.ns() == "urn:xmpp:jingle-message:0"
+            ) || c.has_ns("urn:xmpp:jingle-message:0")
         }),
         "presence" => matches!(
             el.attr("type"),

@@ -95,9 +95,9 @@ fn eligible(msg: &Element) -> bool {
     }
     let has_content = msg.children().any(|c| {
         matches!(c.name(), "body" | "encrypted")
-            || c.ns() == "urn:xmpp:receipts"
-            || c.ns() == "urn:xmpp:chat-markers:0"
-            || c.ns() == "urn:xmpp:jingle-message:0"
+            || c.has_ns("urn:xmpp:receipts")
+            || c.has_ns("urn:xmpp:chat-markers:0")
+            || c.has_ns("urn:xmpp:jingle-message:0")
     });
     t == "chat" || has_content
 }

@@ -69,7 +69,7 @@ impl Module for Disco {
                 return Err(crate::xmpp::stanza::Condition::BadRequest.into());
             }
             let node = ctx.payload.attr("node").map(str::to_string);
-            let items = ctx.payload.ns() == NS_ITEMS;
+            let items = ctx.payload.has_ns(NS_ITEMS);
             let account = ctx.to.node().is_some();
             let out = match (items, account) {
                 (false, false) => {

@@ -20,7 +20,10 @@ use crate::{
 use jid::{BareJid, Jid};
 use minidom::Element;
 use std::{
+    cell::RefCell,
     collections::HashMap,
+    future::Future,
+    hash::{Hash, Hasher},
     sync::{Arc, Mutex, OnceLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -35,20 +38,22 @@ const MAX_MAX: usize = 250;
 enum Op {
     Insert {
         owner: Owner,
-        stanza_id: String,
         ts: i64,
         with: String,
-        xml: String,
+        /// Shared by both rows of a message between two local accounts.
+        xml: Arc<str>,
     },
     Barrier(oneshot::Sender<()>),
 }
 
-/// Whose archive an insert goes to.
+/// Whose archive an insert goes to, under which id.
 enum Owner {
-    /// A local account, by username (its archive preferences apply).
-    Account(String),
-    /// A room, by its row id.
-    Room(i64),
+    /// A local account, by username (its archive preferences apply), and
+    /// the row id reserved for the message (its stanza-id, see
+    /// [`Archive::insert`]).
+    Account { username: String, id: i64 },
+    /// A room, by its row id, and the message's stanza-id.
+    Room { room: i64, stanza_id: String },
 }
 
 /// How long the writer gathers inserts after the first one before it
@@ -65,6 +70,9 @@ const WAL_AUTOCHECKPOINT: i64 = 4000;
 /// Handle to the archive writer: a thread with its own SQLite connection
 /// (see `spawn_workers`).
 pub struct Archive {
+    /// The last row id handed out; held while the insert is queued, so the
+    /// writer receives (and writes) account rows in id order.
+    last_id: Mutex<i64>,
     tx: std::sync::mpsc::Sender<Op>,
     // Taken once by `spawn_workers`.
     rx: Mutex<Option<std::sync::mpsc::Receiver<Op>>>,
@@ -76,6 +84,7 @@ impl Default for Archive {
     fn default() -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
         Archive {
+            last_id: Mutex::new(0),
             tx,
             rx: Mutex::new(Some(rx)),
             writer: OnceLock::new(),
@@ -98,6 +107,16 @@ impl Archive {
                 return;
             }
         };
+        match db::max_id(&conn) {
+            Ok(max) => {
+                let mut last = self.last_id.lock().unwrap_or_else(|p| p.into_inner());
+                *last = (*last).max(max);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the archive's last id; archiving is off");
+                return;
+            }
+        }
         if let Err(e) = conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT) {
             tracing::warn!(error = %e, "archive writer: wal_autocheckpoint not set");
         }
@@ -131,28 +150,36 @@ impl Archive {
         });
     }
 
-    fn insert(&self, owner: &BareJid, stanza_id: String, with: String, msg: &Element) {
-        let Some(username) = owner.node().map(|n| n.to_string()) else {
-            return;
-        };
+    /// Queue a message for a local account's archive; returns its archive
+    /// id. The id is the row's primary key, reserved here: the current time
+    /// in microseconds, or one more than the last id if that is not larger
+    /// (as ejabberd's MAM ids). Clients get it in decimal as the stanza-id,
+    /// and queries find the row by it without an index of their own; the
+    /// ids increase with time, which expiry uses instead of an index on
+    /// `ts`. Ids from before (UUIDs in the `stanza_id` column) keep working.
+    fn insert(&self, owner: &BareJid, with: String, xml: Arc<str>) -> Option<i64> {
+        let username = owner.node()?.to_string();
+        let mut last = self.last_id.lock().unwrap_or_else(|p| p.into_inner());
+        let ts = now_micros();
+        let id = ts.max(*last + 1);
+        *last = id;
         let _ = self.tx.send(Op::Insert {
-            owner: Owner::Account(username),
-            stanza_id,
-            ts: now_micros(),
+            owner: Owner::Account { username, id },
+            ts,
             with,
-            xml: msg.to_xml(),
+            xml,
         });
+        Some(id)
     }
 
     /// Queue a room message for the room's archive (`with`: room/nick of
     /// the sender). Written in the next batch with everything else.
     pub fn insert_room(&self, room: i64, stanza_id: String, with: String, msg: &Element) {
         let _ = self.tx.send(Op::Insert {
-            owner: Owner::Room(room),
-            stanza_id,
+            owner: Owner::Room { room, stanza_id },
             ts: now_micros(),
             with,
-            xml: msg.to_xml(),
+            xml: msg.to_xml().into(),
         });
     }
 
@@ -236,18 +263,11 @@ fn write_batch(conn: &mut rusqlite::Connection, inserts: &[Op]) -> store::Result
     let tx = conn.transaction()?;
     let mut accounts: HashMap<&str, Option<(i64, db::Prefs)>> = HashMap::new();
     for op in inserts {
-        let Op::Insert {
-            owner,
-            stanza_id,
-            ts,
-            with,
-            xml,
-        } = op
-        else {
+        let Op::Insert { owner, ts, with, xml } = op else {
             continue;
         };
         match owner {
-            Owner::Account(username) => {
+            Owner::Account { username, id: row } => {
                 let account = match accounts.get(username.as_str()) {
                     Some(a) => a,
                     None => {
@@ -260,10 +280,10 @@ fn write_batch(conn: &mut rusqlite::Connection, inserts: &[Op]) -> store::Result
                 };
                 let Some((id, prefs)) = account else { continue };
                 if db::wanted_by(&tx, *id, prefs, with)? {
-                    db::insert(&tx, *id, stanza_id, *ts, with, xml)?;
+                    db::insert_reserved(&tx, *row, *id, *ts, with, xml)?;
                 }
             }
-            Owner::Room(room) => db::insert_room(&tx, *room, stanza_id, *ts, with, xml)?,
+            Owner::Room { room, stanza_id } => db::insert_room(&tx, *room, stanza_id, *ts, with, xml)?,
         }
     }
     tx.commit()?;
@@ -277,11 +297,12 @@ pub fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
-/// A new XEP-0359 stanza id: a UUID version 7 (milliseconds since the
-/// epoch, then 74 random bits from the thread's generator, no system call).
-/// Ids made one after another sort together, so each archive insert lands
-/// at the end of its account's part of the `(account_id, stanza_id)`
-/// index instead of on a random page of it.
+/// A new XEP-0359 stanza id for rooms (account archives use row ids, see
+/// [`Archive::insert`]): a UUID version 7 (milliseconds since the epoch,
+/// then 74 random bits from the thread's generator, no system call). Ids
+/// made one after another sort together, so each room archive insert lands
+/// at the end of its room's part of the `(room_id, stanza_id)` index
+/// instead of on a random page of it.
 pub fn new_stanza_id() -> String {
     let ms = (now_micros() / 1000) as u64;
     uuid::Builder::from_unix_timestamp_millis(ms, &rand::random())
@@ -300,21 +321,61 @@ pub fn archivable(msg: &Element) -> bool {
     }
     msg.children().any(|c| {
         matches!(c.name(), "body" | "encrypted")
-            || c.ns() == "eu.siacs.conversations.axolotl"
-            || c.ns() == "urn:xmpp:omemo:2"
-            || c.ns() == "urn:xmpp:jingle-message:0"
+            || c.has_ns("eu.siacs.conversations.axolotl")
+            || c.has_ns("urn:xmpp:omemo:2")
+            || c.has_ns("urn:xmpp:jingle-message:0")
     })
 }
 
+/// The archived text of a message a local session is sending, kept while
+/// the message is routed: when it reaches a local account, the recipient's
+/// row stores the same text instead of serialising the message again.
+struct Sent {
+    /// [`sent_key`] of the message and its recipient.
+    key: u64,
+    xml: Arc<str>,
+}
+
+tokio::task_local! {
+    static SENT: RefCell<Option<Sent>>;
+}
+
+/// Run a local session's message through its MessageOut hooks and its
+/// routing (`f`), so that both archive rows of a message between two local
+/// accounts share one serialisation.
+pub async fn sharing_archived_text<F: Future>(f: F) -> F::Output {
+    SENT.scope(RefCell::new(None), f).await
+}
+
+/// What identifies the sent message when it reaches its recipient's
+/// archive: the recipient, and the message itself by the address of its
+/// first child (its children live in one buffer that moves with it) and the
+/// number of its children. Nothing else reaches `MessageIn` for that
+/// recipient inside the scope while the message lives (a bounce goes to the
+/// sender and is not archived). A MessageOut hook after the archive's that
+/// changes the children (carbons drop `<private/>`) changes the count or
+/// the buffer, and the recipient's row is then serialised on its own.
+/// No attribute look-ups: each is a B-tree search.
+fn sent_key(to: &str, msg: &Element) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    to.hash(&mut h);
+    let mut children = msg.children();
+    children.next().map(|c| c as *const Element as usize).hash(&mut h);
+    (1 + children.count()).hash(&mut h);
+    h.finish()
+}
+
 /// A message for local account `owner` from `from`: stamp it with a
-/// stanza-id (removing any that claims to be ours) and archive it.
+/// stanza-id (removing any that claims to be ours) and archive it. The
+/// archived text is the message as it arrived, without the stanza-id (the
+/// query result carries the id), so that it can be the sender's text.
 fn archive_incoming(archive: &Archive, owner: &BareJid, mut msg: Element) -> Element {
     let by = owner.to_string();
     // XEP-0359 §5: a stanza-id by us that we did not add is a forgery.
-    if msg
+    let forged = msg
         .children()
-        .any(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(by.as_str()))
-    {
+        .any(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(by.as_str()));
+    if forged {
         msg = crate::xmpp::xml::retain_children(&msg, |c| {
             !(c.is("stanza-id", NS_SID) && c.attr("by") == Some(by.as_str()))
         });
@@ -322,10 +383,22 @@ fn archive_incoming(archive: &Archive, owner: &BareJid, mut msg: Element) -> Ele
     if !archivable(&msg) {
         return msg;
     }
-    let id = new_stanza_id();
-    msg.append_child(elem("stanza-id", NS_SID).with("id", id.clone()).with("by", by));
+    let shared = if forged {
+        None
+    } else {
+        SENT.try_with(|s| {
+            let mut s = s.borrow_mut();
+            let hit = s.as_ref().is_some_and(|s| s.key == sent_key(&by, &msg));
+            hit.then(|| s.take().map(|s| s.xml)).flatten()
+        })
+        .ok()
+        .flatten()
+    };
+    let xml = shared.unwrap_or_else(|| msg.to_xml().into());
     let with = stanza::from(&msg).map(|j| j.to_bare().to_string()).unwrap_or_default();
-    archive.insert(owner, id, with, &msg);
+    if let Some(id) = archive.insert(owner, with, xml) {
+        msg.append_child(elem("stanza-id", NS_SID).with("id", id.to_string()).with("by", by));
+    }
     msg
 }
 
@@ -337,7 +410,15 @@ fn archive_outgoing(archive: &Archive, me: &SessionHandle, msg: Element) -> Elem
             .and_then(|t| Jid::new(t).ok())
             .map(|j| j.to_bare().to_string())
             .unwrap_or_else(|| me.jid.to_bare().to_string());
-        archive.insert(&me.jid.to_bare(), new_stanza_id(), with, &msg);
+        let xml: Arc<str> = msg.to_xml().into();
+        // Outside `sharing_archived_text` (no task-local) nothing is kept.
+        let _ = SENT.try_with(|s| {
+            *s.borrow_mut() = Some(Sent {
+                key: sent_key(&with, &msg),
+                xml: xml.clone(),
+            })
+        });
+        archive.insert(&me.jid.to_bare(), with, xml);
     }
     msg
 }

@@ -103,7 +103,7 @@ fn content_event(msg: &Element) -> Option<Event> {
     let body = msg.get_child("body", NS_CLIENT).map(|b| b.text());
     let encrypted = msg
         .children()
-        .any(|c| c.name() == "encrypted" || c.ns() == "eu.siacs.conversations.axolotl" || c.ns() == "urn:xmpp:omemo:2");
+        .any(|c| c.name() == "encrypted" || c.has_ns("eu.siacs.conversations.axolotl") || c.has_ns("urn:xmpp:omemo:2"));
     let call = msg.get_child("propose", "urn:xmpp:jingle-message:0").map(|p| {
         let mut media: Vec<String> = p
             .children()
@@ -248,7 +248,7 @@ async fn publish(
             let err = a.get_child("error", NS_CLIENT);
             let etype = err.and_then(|e| e.attr("type")).unwrap_or("cancel").to_string();
             let cond = err
-                .and_then(|e| e.children().find(|c| c.ns() == crate::xmpp::xml::NS_STANZAS))
+                .and_then(|e| e.children().find(|c| c.has_ns(crate::xmpp::xml::NS_STANZAS)))
                 .map(|c| c.name().to_string())
                 .unwrap_or_else(|| "undefined-condition".into());
             registration_failed(server, account, &r, &etype, &cond).await;

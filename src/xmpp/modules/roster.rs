@@ -112,7 +112,7 @@ async fn get(ctx: &IqCtx<'_>) -> IqReply {
 }
 
 async fn set(ctx: &IqCtx<'_>) -> IqReply {
-    let mut items = ctx.payload.children().filter(|c| c.name() == "item" && c.ns() == NS);
+    let mut items = ctx.payload.children().filter(|c| c.name() == "item" && c.has_ns(NS));
     let (Some(x), None) = (items.next(), items.next()) else {
         return Err(StanzaError::new(
             Condition::BadRequest,

@@ -273,7 +273,7 @@ async fn element(
     verdicts: &mpsc::Sender<Verdict>,
     el: Element,
 ) -> Result<(), ConnError> {
-    if el.ns() == NS_DIALBACK {
+    if el.has_ns(NS_DIALBACK) {
         let (Some(from), Some(to)) = (el.attr("from").and_then(domain_of), el.attr("to").and_then(domain_of)) else {
             return Err(ConnError::Stream(StreamError::ImproperAddressing));
         };
@@ -319,7 +319,7 @@ async fn element(
             }
             _ => Ok(()),
         }
-    } else if el.ns() == NS_SERVER && matches!(el.name(), "message" | "presence" | "iq") {
+    } else if el.has_ns(NS_SERVER) && matches!(el.name(), "message" | "presence" | "iq") {
         let from_domain = el
             .attr("from")
             .and_then(|f| jid::Jid::new(f).ok())

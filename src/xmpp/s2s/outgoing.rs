@@ -137,7 +137,7 @@ async fn run(server: Arc<Server>, local: String, remote: String, id: u64, mut rx
             }
             ev = xs.next_event() => match ev {
                 Ok(Event::Stanza(el)) => {
-                    if el.name() == "error" && el.ns() == NS_STREAM {
+                    if el.name() == "error" && el.has_ns(NS_STREAM) {
                         tracing::info!(error = %el.to_xml(), "the remote server ended the stream");
                         break "stream error";
                     }
@@ -242,7 +242,7 @@ async fn open(server: &Arc<Server>, local: &str, remote: &str, t: &Target) -> Re
         }
         xs.send(&elem("starttls", NS_TLS)).await?;
         match xs.next_event().await? {
-            Event::Stanza(el) if el.name() == "proceed" && el.ns() == NS_TLS => {}
+            Event::Stanza(el) if el.name() == "proceed" && el.has_ns(NS_TLS) => {}
             _ => return Err(Failed::Protocol("STARTTLS refused")),
         }
         xs.into_tcp()
@@ -292,8 +292,8 @@ async fn sasl_external(
         .await?;
     loop {
         match xs.next_event().await? {
-            Event::Stanza(el) if el.name() == "success" && el.ns() == NS_SASL => break,
-            Event::Stanza(el) if el.name() == "failure" && el.ns() == NS_SASL => {
+            Event::Stanza(el) if el.name() == "success" && el.has_ns(NS_SASL) => break,
+            Event::Stanza(el) if el.name() == "failure" && el.has_ns(NS_SASL) => {
                 let why = el.children().next().map(|c| c.name().to_string()).unwrap_or_default();
                 tracing::debug!(reason = %why, "SASL EXTERNAL refused; trying dialback");
                 return Ok(Err(Opened {
@@ -302,7 +302,7 @@ async fn sasl_external(
                     features,
                 }));
             }
-            Event::Stanza(el) if el.name() == "error" && el.ns() == NS_STREAM => {
+            Event::Stanza(el) if el.name() == "error" && el.has_ns(NS_STREAM) => {
                 return Err(Failed::Refused(stream_error_condition(&el)))
             }
             Event::Stanza(_) => {}
@@ -339,8 +339,8 @@ where
     S: Transport,
 {
     match xs.next_event().await? {
-        Event::Stanza(el) if el.name() == "features" && el.ns() == NS_STREAM => Ok(el),
-        Event::Stanza(el) if el.name() == "error" && el.ns() == NS_STREAM => {
+        Event::Stanza(el) if el.name() == "features" && el.has_ns(NS_STREAM) => Ok(el),
+        Event::Stanza(el) if el.name() == "error" && el.has_ns(NS_STREAM) => {
             Err(Failed::Refused(stream_error_condition(&el)))
         }
         _ => Err(Failed::Protocol("expected stream features")),
@@ -365,7 +365,7 @@ async fn dialback(server: &Arc<Server>, local: &str, remote: &str, o: Opened) ->
         .await?;
     loop {
         match xs.next_event().await? {
-            Event::Stanza(el) if el.name() == "result" && el.ns() == NS_DIALBACK => {
+            Event::Stanza(el) if el.name() == "result" && el.has_ns(NS_DIALBACK) => {
                 return match el.attr("type") {
                     Some("valid") => Ok(xs),
                     other => {
@@ -381,7 +381,7 @@ async fn dialback(server: &Arc<Server>, local: &str, remote: &str, o: Opened) ->
                     }
                 };
             }
-            Event::Stanza(el) if el.name() == "error" && el.ns() == NS_STREAM => {
+            Event::Stanza(el) if el.name() == "error" && el.has_ns(NS_STREAM) => {
                 return Err(Failed::Refused(stream_error_condition(&el)))
             }
             Event::Stanza(_) => {}
@@ -421,7 +421,7 @@ pub async fn verify(
             o.xs.send(&req).await.map_err(|e| e.to_string())?;
             loop {
                 match o.xs.next_event().await.map_err(|e| e.to_string())? {
-                    Event::Stanza(el) if el.name() == "verify" && el.ns() == NS_DIALBACK => {
+                    Event::Stanza(el) if el.name() == "verify" && el.has_ns(NS_DIALBACK) => {
                         if el.attr("id") != Some(stream_id) {
                             continue;
                         }
@@ -429,7 +429,7 @@ pub async fn verify(
                         o.xs.close().await;
                         return Ok(ok);
                     }
-                    Event::Stanza(el) if el.name() == "error" && el.ns() == NS_STREAM => {
+                    Event::Stanza(el) if el.name() == "error" && el.has_ns(NS_STREAM) => {
                         return Err(format!("stream error {}", stream_error_condition(&el)))
                     }
                     Event::Stanza(_) => {}

@@ -15,7 +15,7 @@ pub(super) async fn handle(ctx: IqCtx<'_>) -> IqReply {
         return Err(Condition::BadRequest.into());
     };
     let node = first.attr("node").map(str::to_string);
-    let owner_ns = p.ns() == NS_OWNER;
+    let owner_ns = p.has_ns(NS_OWNER);
     let need_owner = owner_ns || matches!(first.name(), "publish" | "retract" | "create" | "purge" | "delete");
     if need_owner && !is_owner {
         return Err(perr(Condition::Forbidden, None));

@@ -1290,9 +1290,9 @@ fn worth_keeping(msg: &Element) -> bool {
     msg.children().any(|c| {
         c.is("body", NS_CLIENT)
             || c.name() == "encrypted"
-            || c.ns() == "urn:xmpp:reactions:0"
+            || c.has_ns("urn:xmpp:reactions:0")
             || c.ns().starts_with("urn:xmpp:message-retract")
-            || c.ns() == "urn:xmpp:fasten:0"
+            || c.has_ns("urn:xmpp:fasten:0")
             || c.is("x", NS_USER)
     }) && !msg
         .children()
