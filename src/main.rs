@@ -15,9 +15,7 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if matches!(cli.command, Command::Serve) {
-        tune_malloc();
-    } else {
+    if !matches!(cli.command, Command::Serve) {
         // A command's output piped into `head` ends the command quietly, as
         // any Unix tool does, instead of a panic on the closed pipe. The
         // daemon keeps Rust's default (SIGPIPE ignored, EPIPE as an error).
@@ -59,24 +57,6 @@ fn main() -> ExitCode {
             eprintln!("pushbox: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// glibc's malloc raises its mmap threshold to the size of the largest
-/// mmapped block freed so far (up to 32 MiB). Each stream's XML parser
-/// reserves a scratch buffer of the stanza limit (256 KiB, of which it
-/// touches only a few pages) and frees it when the stream goes quiet, so
-/// after the first free those buffers come from the heap instead, between
-/// the sessions' long-lived allocations, and the pages they touched stay
-/// resident as holes. A fixed threshold keeps blocks of 128 KiB and more in
-/// their own mappings, given back to the system when freed: 3 KiB less RSS
-/// per idle session, same CPU per login and message (docs/benchmarks.md,
-/// "Where the bytes of an idle session go").
-fn tune_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: called at the start of main, before any thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
 }
 

@@ -444,7 +444,9 @@ impl Session {
             let mut timer = false;
             let r: Result<Option<End>, ConnError> = tokio::select! {
                 ev = xs.next_event() => match ev {
-                    Ok(Event::Stanza(el)) => self.handle_client_element(xs, el).await,
+                    // Boxed: inline, the handler's state would be part of
+                    // every idle session's task (one allocation per stanza).
+                    Ok(Event::Stanza(el)) => Box::pin(self.handle_client_element(xs, el)).await,
                     Ok(Event::Close) => Ok(Some(End::Closed)),
                     Ok(Event::Header(_)) => Err(ConnError::Stream(StreamError::NotWellFormed)),
                     Err(e) => Err(e),
