@@ -38,6 +38,8 @@ GROUP_OCCUPANTS=50
 if [ -n "${QUICK:-}" ]; then GROUP_COUNT=100; else GROUP_COUNT=500; fi
 
 log() { echo "== $*" >&2; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 install_peers() {
   local need=()
@@ -71,37 +73,11 @@ cert() {
   cat "$WORK/key.pem" "$WORK/cert.pem" >"$WORK/both.pem"
 }
 
-wait_port() {
-  local port=$1 pid=$2
-  # Up to five minutes: ejabberd's first start (Mnesia) is slow on a busy machine.
-  for _ in $(seq 1 3000); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    kill -0 "$pid" 2>/dev/null || { log "server exited"; return 1; }
-    sleep 0.1
-  done
-  log "port $port never opened"; return 1
-}
-
 # ---- servers: each start_X sets SERVER_PID and PORT ----
 
 start_pushbox() {
-  local d="$WORK/pushbox"; mkdir -p "$d"
-  cat >"$d/pushbox.toml" <<TOML
-domain = "localhost"
-data_dir = "data"
-[listen]
-c2s = ["127.0.0.1:15222"]
-c2s_direct_tls = ["127.0.0.1:15223"]
-https = []
-[registration]
-mode = "open"
-[limits]
-connections_per_ip_per_minute = 1000000
-max_connections_per_ip = 1000000
-max_auth_failures_per_ip = 1000000
-[log]
-level = "warn"
-TOML
+  local d="$WORK/pushbox"
+  pushbox_bench_config "$d" 15222 15223
   "$PUSHBOX" --config "$d/pushbox.toml" serve >"$d/log" 2>&1 &
   SERVER_PID=$!; PORT=15222
   wait_port $PORT $SERVER_PID

@@ -26,35 +26,13 @@ trap '[ -n "${SERVER_PID:-}" ] && kill "$SERVER_PID" 2>/dev/null; [ -z "${KEEP:-
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-wait_port() {
-  for _ in $(seq 1 600); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    kill -0 "$2" 2>/dev/null || { echo "server exited" >&2; return 1; }
-    sleep 0.1
-  done
-  return 1
-}
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 start() {
   local bin=$1 d=$2
   PORT=$(free_port); TLS_PORT=$(free_port)
-  mkdir -p "$d"
-  cat >"$d/pushbox.toml" <<TOML
-domain = "localhost"
-data_dir = "data"
-[listen]
-c2s = ["127.0.0.1:$PORT"]
-c2s_direct_tls = ["127.0.0.1:$TLS_PORT"]
-https = []
-[registration]
-mode = "open"
-[limits]
-connections_per_ip_per_minute = 1000000
-max_connections_per_ip = 1000000
-max_auth_failures_per_ip = 1000000
-[log]
-level = "warn"
-TOML
+  pushbox_bench_config "$d" "$PORT" "$TLS_PORT"
   (cd "$d" && exec "$bin/pushbox" --config "$d/pushbox.toml" serve >"$d/log" 2>&1) &
   SERVER_PID=$!
   wait_port "$PORT" "$SERVER_PID"
