@@ -113,6 +113,27 @@ impl Ws {
             .await;
         self.read_until("</stream:features>").await
     }
+
+    /// On an opened stream: SASL PLAIN, the restart (RFC 7395 §3.5: a new
+    /// `<open/>`), and a bind, with `resource` or one the server picks;
+    /// returns the bind result.
+    async fn login_plain(&mut self, user: &str, pw: &str, resource: Option<&str>) -> String {
+        self.received.clear();
+        self.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
+            B64.encode(format!("\0{user}\0{pw}"))
+        ))
+        .await;
+        self.read_until("<success").await;
+        self.open().await;
+        let bind = match resource {
+            Some(r) => format!("<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>{r}</resource></bind>"),
+            None => "<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/>".to_string(),
+        };
+        self.send(&format!("<iq xmlns='jabber:client' type='set' id='b'>{bind}</iq>"))
+            .await;
+        self.read_until("</iq>").await
+    }
 }
 
 async fn server() -> TestServer {
@@ -184,18 +205,10 @@ async fn sasl1_login_and_chat_with_a_tcp_client() {
         f.contains("<mechanism>SCRAM-SHA-256-PLUS</mechanism>"),
         "bound to the HTTPS TLS: {f}"
     );
-    w.received.clear();
-    w.send(&format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
-        B64.encode("\0alice\0pw")
-    ))
-    .await;
-    w.read_until("<success").await;
-    // RFC 7395 §3.5: the restart is a new <open/>.
-    w.open().await;
-    w.send("<iq xmlns='jabber:client' type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'><resource>web</resource></bind></iq>")
-        .await;
-    assert!(w.read_until("</iq>").await.contains("alice@localhost/web"));
+    assert!(w
+        .login_plain("alice", "pw", Some("web"))
+        .await
+        .contains("alice@localhost/web"));
     w.send("<presence xmlns='jabber:client'/>").await;
     // Quiet for longer than a session waits before it frees its parser: the
     // framed parser is rebuilt from its root when the next message comes.
@@ -446,16 +459,7 @@ async fn websocket_pings_keep_an_idle_session_open() {
     s.add_user("alice", "pw");
     let mut w = Ws::connect(s.https.unwrap()).await;
     w.open().await;
-    w.send(&format!(
-        "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{}</auth>",
-        B64.encode("\0alice\0pw")
-    ))
-    .await;
-    w.read_until("<success").await;
-    w.open().await;
-    w.send("<iq xmlns='jabber:client' type='set' id='b'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
-        .await;
-    w.read_until("</iq>").await;
+    w.login_plain("alice", "pw", None).await;
     // Pings and pongs, and nothing else, for more than twice the timeout.
     for (i, pause) in [400u64, 400, 1300, 1300, 1300].into_iter().enumerate() {
         let frame = match i % 2 {
