@@ -377,7 +377,7 @@ impl<S: Transport> XmlStream<S> {
         match e {
             ConnError::Stream(se) => {
                 tracing::info!(condition = se.condition(), "closing the stream with an error");
-                self.stream_error(ns, from, se, None).await;
+                self.stream_error(ns, from, se, se.text()).await;
             }
             ConnError::Timeout => {
                 tracing::info!("connection timed out");
