@@ -224,7 +224,7 @@ impl Modules {
             hooked: Default::default(),
         };
         m.add(Arc::new(blocking::BlockingModule::default()));
-        m.add(Arc::new(disco::Disco));
+        m.add(Arc::new(disco::Disco::default()));
         m.add(Arc::new(ping::Ping));
         m.add(Arc::new(version::Version));
         m.add(Arc::new(roster::Roster));
