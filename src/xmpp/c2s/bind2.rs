@@ -4,11 +4,7 @@
 //! session legacy binding makes.
 
 use super::session::{Session, NS_CSI, NS_SM};
-use crate::xmpp::{
-    ns,
-    xml::elem,
-    Server,
-};
+use crate::xmpp::{ns, xml::elem, Server};
 use minidom::Element;
 use sha2::{Digest, Sha256};
 use std::sync::{atomic::Ordering, Arc};

@@ -322,31 +322,51 @@ async fn after_sasl2(
     xs.queue(&success);
     // The authenticated stream's features: no binding left to do, and
     // stream management only if it is not on yet.
-    let mut features = vec![elem("csi", session::NS_CSI)];
-    if !session.sm_enabled() {
-        features.push(elem("sm", session::NS_SM));
-    }
-    for m in server.modules.iter() {
-        features.extend(m.stream_features(server));
-    }
-    xs.queue_features(&features);
+    xs.queue_features_raw(&bound_features(server, session.sm_enabled()));
     xs.flush().await?;
     Ok(Bound::New(Box::new(session)))
+}
+
+/// The features of an authenticated stream before binding, written out.
+fn bind_features(server: &Server) -> String {
+    let modules = server.modules.stream_features_xml(server);
+    let mut out = String::with_capacity(256 + modules.len());
+    write_empty(&mut out, "bind", NS_BIND);
+    out.push_str("<session xmlns='");
+    out.push_str(NS_SESSION);
+    out.push_str("'><optional/></session>");
+    write_empty(&mut out, "sm", session::NS_SM);
+    write_empty(&mut out, "csi", session::NS_CSI);
+    out.push_str(modules);
+    out
+}
+
+/// The features of a stream bound inline by Bind 2 (SASL2): client state
+/// indication, stream management unless it is on already, the modules'.
+fn bound_features(server: &Server, sm_enabled: bool) -> String {
+    let modules = server.modules.stream_features_xml(server);
+    let mut out = String::with_capacity(128 + modules.len());
+    write_empty(&mut out, "csi", session::NS_CSI);
+    if !sm_enabled {
+        write_empty(&mut out, "sm", session::NS_SM);
+    }
+    out.push_str(modules);
+    out
+}
+
+/// An empty element in its own namespace (`<csi xmlns='urn:xmpp:csi:0'/>`).
+fn write_empty(out: &mut String, name: &str, ns: &str) {
+    out.push('<');
+    out.push_str(name);
+    out.push_str(" xmlns='");
+    out.push_str(ns);
+    out.push_str("'/>");
 }
 
 /// Offer the authenticated stream's features and run legacy resource
 /// binding (RFC 6120 §7), or XEP-0198 resumption.
 async fn bind(server: &Arc<Server>, xs: &mut ClientStream, username: &str) -> Result<Bound, ConnError> {
-    let mut features = vec![
-        elem("bind", NS_BIND),
-        elem("session", NS_SESSION).child(elem("optional", NS_SESSION)),
-        elem("sm", session::NS_SM),
-        elem("csi", session::NS_CSI),
-    ];
-    for m in server.modules.iter() {
-        features.extend(m.stream_features(server));
-    }
-    xs.queue_features(&features);
+    xs.queue_features_raw(&bind_features(server));
     xs.flush().await?;
     loop {
         let el = match xs.next_event().await? {
