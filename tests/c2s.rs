@@ -626,3 +626,43 @@ async fn long_text_passes_the_token_limit_long_attributes_do_not() {
     assert!(!r.contains("id='over'"), "{r}");
     s.stop().await;
 }
+
+/// The c2s listener keeps one TLS configuration (and session cache) for
+/// every connection, so a client that keeps its TLS session resumes it on
+/// the next connection with the ticket it was given, and authenticates
+/// over the resumed session as over a full handshake, with channel binding
+/// still offered.
+#[tokio::test]
+async fn a_tls_session_resumes_on_the_next_connection() {
+    use base64::Engine;
+    use rustls::HandshakeKind;
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    let config = client_tls_config_for(rustls::DEFAULT_VERSIONS);
+    let mut first = RawClient::connect(s.c2s).await;
+    first.starttls_with(config.clone()).await;
+    assert_eq!(first.tls_conn().handshake_kind(), Some(HandshakeKind::Full));
+    // Reading past the handshake takes in the tickets sent after it.
+    first.plain_login_and_bind("alice", "pw").await;
+    for _ in 0..2 {
+        let mut again = RawClient::connect(s.c2s).await;
+        again.starttls_with(config.clone()).await;
+        assert_eq!(again.tls_conn().handshake_kind(), Some(HandshakeKind::Resumed));
+        let f = again.open_stream().await;
+        assert!(f.contains("<mechanism>SCRAM-SHA-256-PLUS</mechanism>"), "{f}");
+        let cred = base64::engine::general_purpose::STANDARD.encode("\0alice\0pw");
+        again
+            .send(&format!(
+                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>"
+            ))
+            .await;
+        again.read_until("<success").await;
+    }
+    // A client that keeps no session gets a full handshake, as before.
+    let mut fresh = RawClient::connect(s.c2s).await;
+    fresh
+        .starttls_with(client_tls_config_for(rustls::DEFAULT_VERSIONS))
+        .await;
+    assert_eq!(fresh.tls_conn().handshake_kind(), Some(HandshakeKind::Full));
+    s.stop().await;
+}
