@@ -551,7 +551,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for TlsStream<IO> {
                     "peer closed connection without sending TLS close_notify",
                 )));
             }
-            ready!(this.poll_receive(cx))?;
+            if let Err(e) = ready!(this.poll_receive(cx)) {
+                // Records decrypted before the error are read first; a TLS
+                // error stays in `failed` for the next call.
+                if this.q.plain_at == this.q.plain.len() {
+                    return Poll::Ready(Err(e));
+                }
+            }
         }
         Poll::Ready(Ok(&this.q.plain[this.q.plain_at..]))
     }
@@ -616,5 +622,399 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
         }
         ready!(this.poll_send(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A real rustls client (the buffered API, driven by hand so that the
+    //! bytes on the wire are under the test's control) against the stream,
+    //! over loopback TCP.
+
+    use super::*;
+    use rustls::{
+        pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName},
+        ClientConfig, ClientConnection, RootCertStore, SupportedProtocolVersion,
+    };
+    use std::io::{Read, Write};
+    use tokio::{
+        io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    const NAME: &str = "example.test";
+    const TLS13: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    const TLS12: &[&SupportedProtocolVersion] = &[&rustls::version::TLS12];
+
+    fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+        Arc::new(rustls::crypto::ring::default_provider())
+    }
+
+    /// A server acceptor with a fresh self-signed certificate for [`NAME`],
+    /// and that certificate (for the client to trust).
+    fn acceptor() -> (Acceptor, CertificateDer<'static>) {
+        let ck = rcgen::generate_simple_self_signed(vec![NAME.to_string()]).unwrap();
+        let cert = ck.cert.der().clone();
+        let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+        let cfg = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        (Acceptor::new(Arc::new(cfg)), cert)
+    }
+
+    /// The socket under the stream: at most `max` bytes per read, counting
+    /// the reads that returned bytes.
+    struct Trickle {
+        tcp: TcpStream,
+        max: usize,
+        reads: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            let mut tmp = vec![0u8; self.max.min(buf.remaining())];
+            let mut small = ReadBuf::new(&mut tmp);
+            ready!(Pin::new(&mut self.tcp).poll_read(cx, &mut small))?;
+            let n = small.filled().len();
+            buf.put_slice(&tmp[..n]);
+            if n > 0 {
+                self.reads += 1;
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, b: &[u8]) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.tcp).poll_write(cx, b)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.tcp).poll_shutdown(cx)
+        }
+    }
+
+    /// The client: rustls' buffered connection over a TCP socket.
+    struct Peer {
+        tls: ClientConnection,
+        tcp: TcpStream,
+    }
+
+    impl Peer {
+        /// Write everything rustls has for the wire in one socket write.
+        async fn send(&mut self) {
+            let mut out = Vec::new();
+            while self.tls.wants_write() {
+                self.tls.write_tls(&mut out).unwrap();
+            }
+            self.tcp.write_all(&out).await.unwrap();
+        }
+
+        /// One socket read through rustls; `Ok(false)` at end of file.
+        async fn receive(&mut self) -> Result<bool, rustls::Error> {
+            // Small reads: rustls' client refuses to hold more than 16 KiB
+            // of unread plaintext.
+            let mut buf = vec![0u8; 4096];
+            let n = self.tcp.read(&mut buf).await.unwrap();
+            let mut s = &buf[..n];
+            while !s.is_empty() {
+                self.tls.read_tls(&mut s).unwrap();
+                self.tls.process_new_packets()?;
+            }
+            Ok(n > 0)
+        }
+
+        /// The handshake, leaving the client's last flight (TLS 1.3: its
+        /// Finished) unsent.
+        async fn handshake(&mut self) {
+            while self.tls.is_handshaking() {
+                self.send().await;
+                if self.tls.is_handshaking() {
+                    assert!(self.receive().await.unwrap(), "server closed during the handshake");
+                }
+            }
+        }
+
+        /// Plaintext until `n` bytes came, or the peer's close_notify.
+        async fn read(&mut self, n: usize) -> Vec<u8> {
+            let mut got = Vec::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            while got.len() < n {
+                match self.tls.reader().read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(k) => got.extend_from_slice(&buf[..k]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        assert!(self.receive().await.unwrap(), "end of file before close_notify");
+                    }
+                    Err(e) => panic!("client read: {e}"),
+                }
+            }
+            got
+        }
+
+        fn write(&mut self, data: &[u8]) {
+            self.tls.writer().write_all(data).unwrap();
+        }
+    }
+
+    /// A connected client and the server's side of the TCP connection.
+    async fn connect(
+        versions: &[&'static SupportedProtocolVersion],
+        cert: &CertificateDer<'static>,
+    ) -> (Peer, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.clone()).unwrap();
+        let cfg = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let mut tls = ClientConnection::new(Arc::new(cfg), ServerName::try_from(NAME).unwrap()).unwrap();
+        tls.set_buffer_limit(None);
+        (Peer { tls, tcp }, server)
+    }
+
+    /// A handshake over a socket that reads `max` bytes at a time.
+    async fn established(versions: &[&'static SupportedProtocolVersion], max: usize) -> (Peer, TlsStream<Trickle>) {
+        let (acceptor, cert) = acceptor();
+        let (mut peer, tcp) = connect(versions, &cert).await;
+        let io = Trickle { tcp, max, reads: 0 };
+        let (server, ()) = tokio::join!(acceptor.accept(io), async {
+            peer.handshake().await;
+            peer.send().await;
+        });
+        (peer, server.expect("handshake"))
+    }
+
+    /// Read from the stream until `n` bytes came (or its end).
+    async fn read_server(s: &mut TlsStream<Trickle>, n: usize) -> io::Result<Vec<u8>> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let buf = s.fill_buf().await?;
+            if buf.is_empty() {
+                break;
+            }
+            let k = buf.len();
+            got.extend_from_slice(buf);
+            s.consume(k);
+        }
+        Ok(got)
+    }
+
+    fn pattern(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn a_handshake_split_into_one_byte_reads_tls13_and_tls12() {
+        for versions in [TLS13, TLS12] {
+            let (mut peer, mut server) = established(versions, 1).await;
+            assert!(server.get_ref().reads > 100, "{} reads", server.get_ref().reads);
+            assert_eq!(server.protocol_version(), Some(versions[0].version));
+            let info = server.take_handshake_info();
+            assert_eq!(info.server_name.as_deref(), Some(NAME));
+            // The channel binding SCRAM-*-PLUS uses, as the client computes it.
+            let client_exporter = peer
+                .tls
+                .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .unwrap();
+            match versions[0].version {
+                rustls::ProtocolVersion::TLSv1_3 => assert_eq!(info.tls_exporter, Some(client_exporter)),
+                _ => assert_eq!(info.tls_exporter, None),
+            }
+            peer.write(b"<hello/>");
+            peer.send().await;
+            assert_eq!(read_server(&mut server, 8).await.unwrap(), b"<hello/>");
+            server.write_all(b"<world/>").await.unwrap();
+            server.flush().await.unwrap();
+            assert_eq!(peer.read(8).await, b"<world/>");
+        }
+    }
+
+    #[tokio::test]
+    async fn records_coalesced_in_one_read() {
+        let (mut peer, mut server) = established(TLS13, usize::MAX).await;
+        let before = server.get_ref().reads;
+        // Three records, one socket write.
+        for part in [&b"<a/>"[..], b"<b/>", b"<c/>"] {
+            peer.write(part);
+        }
+        peer.send().await;
+        assert_eq!(read_server(&mut server, 12).await.unwrap(), b"<a/><b/><c/>");
+        assert_eq!(server.get_ref().reads - before, 1);
+    }
+
+    #[tokio::test]
+    async fn a_record_split_across_reads_then_no_buffers_held() {
+        let (mut peer, mut server) = established(TLS13, 7).await;
+        let data = pattern(5000);
+        peer.write(&data);
+        peer.send().await;
+        let before = server.get_ref().reads;
+        assert_eq!(read_server(&mut server, data.len()).await.unwrap(), data);
+        assert!(server.get_ref().reads - before > 700);
+        server.write_all(b"<ok/>").await.unwrap();
+        server.flush().await.unwrap();
+        assert_eq!(peer.read(5).await, b"<ok/>");
+        // Idle: nothing received in part, nothing unread, nothing unsent.
+        assert_eq!(server.buffered_capacity(), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn data_pipelined_with_the_clients_finished() {
+        let (acceptor, cert) = acceptor();
+        let (mut peer, tcp) = connect(TLS13, &cert).await;
+        let io = Trickle {
+            tcp,
+            max: usize::MAX,
+            reads: 0,
+        };
+        let (server, ()) = tokio::join!(acceptor.accept(io), async {
+            peer.handshake().await;
+            // The stream header in the same write as the Finished.
+            peer.write(b"<stream:stream>");
+            peer.send().await;
+        });
+        let mut server = server.unwrap();
+        // Already decrypted by the read that completed the handshake.
+        assert!(server.buffered_capacity().1 > 0);
+        assert_eq!(read_server(&mut server, 15).await.unwrap(), b"<stream:stream>");
+    }
+
+    #[tokio::test]
+    async fn writes_and_reads_larger_than_a_record() {
+        let (mut peer, mut server) = established(TLS13, usize::MAX).await;
+        let big = pattern(100_000);
+        server.write_all(&big).await.unwrap();
+        server.flush().await.unwrap();
+        assert_eq!(peer.read(big.len()).await, big);
+        let up = pattern(70_000);
+        peer.write(&up);
+        peer.send().await;
+        assert_eq!(read_server(&mut server, up.len()).await.unwrap(), up);
+        assert_eq!(server.buffered_capacity(), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn close_notify_from_the_client_then_from_the_server() {
+        let (mut peer, mut server) = established(TLS13, usize::MAX).await;
+        peer.write(b"<last/>");
+        peer.tls.send_close_notify();
+        peer.send().await;
+        // The data before it, then a clean end of stream.
+        assert_eq!(read_server(&mut server, 100).await.unwrap(), b"<last/>");
+        assert!(server.fill_buf().await.unwrap().is_empty());
+        // Writing after the peer closed is allowed; then our close_notify.
+        server.write_all(b"<bye/>").await.unwrap();
+        server.shutdown().await.unwrap();
+        assert_eq!(peer.read(100).await, b"<bye/>");
+        assert!(
+            peer.tls.reader().read(&mut [0u8; 8]).is_ok_and(|n| n == 0),
+            "clean close"
+        );
+        assert!(!peer.receive().await.unwrap(), "TCP closed after close_notify");
+        assert!(server.write_all(b"x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn close_notify_from_the_server_then_from_the_client() {
+        let (mut peer, mut server) = established(TLS12, usize::MAX).await;
+        server.write_all(b"<bye/>").await.unwrap();
+        server.shutdown().await.unwrap();
+        assert_eq!(peer.read(100).await, b"<bye/>");
+        assert!(
+            peer.tls.reader().read(&mut [0u8; 8]).is_ok_and(|n| n == 0),
+            "clean close"
+        );
+        peer.tls.send_close_notify();
+        peer.send().await;
+        assert!(server.fill_buf().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_abrupt_close_is_an_unexpected_eof() {
+        let (peer, mut server) = established(TLS13, usize::MAX).await;
+        drop(peer);
+        let e = server.fill_buf().await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+    }
+
+    #[tokio::test]
+    async fn a_garbage_record_fails_with_an_alert_after_the_good_data() {
+        let (mut peer, mut server) = established(TLS13, usize::MAX).await;
+        peer.write(b"<fine/>");
+        let mut out = Vec::new();
+        while peer.tls.wants_write() {
+            peer.tls.write_tls(&mut out).unwrap();
+        }
+        // An application data record that does not decrypt, in the same write.
+        out.extend_from_slice(&[23, 3, 3, 0, 32]);
+        out.extend_from_slice(&[0xAA; 32]);
+        peer.tcp.write_all(&out).await.unwrap();
+        let mut got = Vec::new();
+        let e = loop {
+            match server.fill_buf().await {
+                Ok(b) => {
+                    assert!(!b.is_empty());
+                    let n = b.len();
+                    got.extend_from_slice(b);
+                    server.consume(n);
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(got, b"<fine/>");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("decrypt"), "{e}");
+        // The client was told why.
+        let alert = peer.receive().await.unwrap_err();
+        assert_eq!(
+            alert,
+            rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac),
+            "{alert}"
+        );
+        // And the stream stays failed.
+        assert!(server.write_all(b"<more/>").await.is_err());
+        assert!(server.fill_buf().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn plain_text_instead_of_a_handshake_is_refused_with_an_alert() {
+        let (acceptor, _) = acceptor();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        tcp.write_all(b"<?xml version='1.0'?><stream:stream>").await.unwrap();
+        let e = acceptor.accept(server).await.err().expect("no handshake");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        let mut got = Vec::new();
+        tcp.read_to_end(&mut got).await.unwrap();
+        // A TLS alert record (content type 21), then the end.
+        assert_eq!(got.first(), Some(&21), "{got:?}");
+    }
+
+    #[tokio::test]
+    async fn a_key_update_from_the_client_is_answered() {
+        let (mut peer, mut server) = established(TLS13, usize::MAX).await;
+        // KeyUpdate with update_requested: the server must change its
+        // sending keys too, and say so before its next record.
+        peer.tls.refresh_traffic_keys().unwrap();
+        peer.write(b"<after/>");
+        peer.send().await;
+        assert_eq!(read_server(&mut server, 8).await.unwrap(), b"<after/>");
+        server.write_all(b"<reply/>").await.unwrap();
+        server.flush().await.unwrap();
+        assert_eq!(peer.read(8).await, b"<reply/>");
+        peer.write(b"<again/>");
+        peer.send().await;
+        assert_eq!(read_server(&mut server, 8).await.unwrap(), b"<again/>");
     }
 }
