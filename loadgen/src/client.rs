@@ -6,6 +6,7 @@
 //! its round trips (client flights that wait for an answer).
 
 use crate::{
+    rxstamp::RxStamped,
     scram::{self, Mech, Scram},
     xml::{esc, Ev, Reader},
 };
@@ -160,8 +161,19 @@ pub type Conn = Xs<Io>;
 /// A client connection's byte stream: TLS, or plain TCP (`--plain`, only
 /// for the floor forwarder, which measures what TLS adds).
 pub enum Io {
-    Tls(Box<TlsStream<TcpStream>>),
-    Plain(TcpStream),
+    Tls(Box<TlsStream<RxStamped>>),
+    Plain(RxStamped),
+}
+
+impl Io {
+    /// When the kernel received the bytes of the last read (µs on the
+    /// generator's clock), where it says.
+    pub fn last_rx_us(&self) -> Option<u64> {
+        match self {
+            Io::Tls(s) => s.get_ref().0.last_rx_us(),
+            Io::Plain(s) => s.last_rx_us(),
+        }
+    }
 }
 
 impl AsyncRead for Io {
@@ -259,7 +271,7 @@ pub fn tls_config(ca: Option<&std::path::Path>, direct_tls: bool) -> Result<Arc<
     Ok(Arc::new(cfg))
 }
 
-async fn tls(t: &Target, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
+async fn tls(t: &Target, tcp: RxStamped) -> Result<TlsStream<RxStamped>> {
     let name = ServerName::try_from(t.domain.clone())?;
     let s = tokio::time::timeout(STEP_TIMEOUT, TlsConnector::from(t.tls.clone()).connect(name, tcp))
         .await
@@ -327,6 +339,7 @@ async fn connect(t: &Target) -> Result<(Conn, Element)> {
         sock.connect(t.addr).await.context("connect")?
     };
     tcp.set_nodelay(true)?;
+    let tcp = RxStamped::new(tcp, crate::start())?;
     if t.plain {
         let mut xs = Xs::new(Io::Plain(tcp));
         let features = xs.open(&t.domain).await?;

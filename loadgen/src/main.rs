@@ -5,6 +5,7 @@
 mod client;
 mod cost;
 mod floor;
+mod rxstamp;
 mod scram;
 mod xml;
 
@@ -290,6 +291,15 @@ fn server_fields(out: &mut Vec<(&'static str, String)>, s: Option<ServerCost>, p
     }
 }
 
+/// One message's times, µs: sent (on the generator's clock), and the
+/// latency until the receiving client had parsed it (`seen`) and until the
+/// kernel had received its bytes at the client's socket (`arrived`).
+struct Timing {
+    sent: u64,
+    seen: u64,
+    arrived: Option<u64>,
+}
+
 /// One message exchange: `a` keeps `window` messages in flight to `b`, `b` echoes.
 async fn pair(
     (mut a, ja): (Conn, String),
@@ -298,17 +308,20 @@ async fn pair(
     window: usize,
     pad: Arc<String>,
     errors: Arc<AtomicU64>,
-) -> Result<(Vec<(u64, u64)>, Conn, Conn, String, String)> {
+) -> Result<(Vec<Timing>, Conn, Conn, String, String)> {
     let bare = |j: &str| j.split('/').next().unwrap_or(j).to_string();
     let (ba, bb) = (bare(&ja), bare(&jb));
     let msg = |to: &str, id: usize, stamp: u64| {
         format!("<message to='{to}' type='chat' id='m{id}'><body>{stamp} {pad}</body></message>")
     };
-    // (sent, latency) in µs.
-    let lat_of = |el: &minidom::Element| -> Option<(u64, u64)> {
+    let lat_of = |el: &minidom::Element, rx: Option<u64>| -> Option<Timing> {
         let body = el.get_child("body", "jabber:client")?.text();
         let stamp: u64 = body.split(' ').next()?.parse().ok()?;
-        Some((stamp, now_us().saturating_sub(stamp)))
+        Some(Timing {
+            sent: stamp,
+            seen: now_us().saturating_sub(stamp),
+            arrived: rx.map(|r| r.saturating_sub(stamp)),
+        })
     };
     let echo_errors = errors.clone();
     let echo_pad = pad.clone();
@@ -323,7 +336,9 @@ async fn pair(
                 echo_errors.fetch_add(1, Ordering::Relaxed);
                 bail!("error bounce: {}", String::from(&el));
             }
-            let Some(l) = lat_of(&el) else { continue };
+            let Some(l) = lat_of(&el, b.io.last_rx_us()) else {
+                continue;
+            };
             lat.push(l);
             let id = lat.len();
             b.send(&format!(
@@ -350,7 +365,9 @@ async fn pair(
             errors.fetch_add(1, Ordering::Relaxed);
             bail!("error bounce: {}", String::from(&el));
         }
-        let Some(l) = lat_of(&el) else { continue };
+        let Some(l) = lat_of(&el, a.io.last_rx_us()) else {
+            continue;
+        };
         lat.push(l);
         got += 1;
         if sent < count {
@@ -536,12 +553,17 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
             tokio::time::sleep(settle).await;
             let (_, server, own) = m.end()?;
             if let Some(path) = lat_file {
-                timed.sort_unstable();
-                let lines: String = timed.iter().map(|(s, l)| format!("{s} {l}\n")).collect();
+                timed.sort_unstable_by_key(|t| t.sent);
+                let lines: String = timed
+                    .iter()
+                    .map(|t| format!("{} {} {}\n", t.sent, t.seen, t.arrived.map_or(-1, |a| a as i64)))
+                    .collect();
                 std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
             }
-            let mut lat: Vec<u64> = timed.iter().map(|(_, l)| *l).collect();
+            let mut lat: Vec<u64> = timed.iter().map(|t| t.seen).collect();
             lat.sort_unstable();
+            let mut arrived: Vec<u64> = timed.iter().filter_map(|t| t.arrived).collect();
+            arrived.sort_unstable();
             let routed = (pairs * count * 2) as f64;
             let mut f = vec![
                 ("pairs", pairs.to_string()),
@@ -554,6 +576,10 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
                 ("p99_ms", format!("{:.3}", pct(&lat, 0.99))),
                 ("p999_ms", format!("{:.3}", pct(&lat, 0.999))),
                 ("max_ms", format!("{:.3}", pct(&lat, 1.0))),
+                // To the kernel's receipt at the generator's socket: without
+                // the generator's own waiting for a core and parsing.
+                ("arrived_p50_ms", format!("{:.3}", pct(&arrived, 0.50))),
+                ("arrived_p99_ms", format!("{:.3}", pct(&arrived, 0.99))),
                 ("errors", errors.load(Ordering::Relaxed).to_string()),
                 ("loadgen_cpu_us_per_msg", format!("{:.1}", own as f64 / routed)),
             ];
