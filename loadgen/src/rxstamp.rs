@@ -148,3 +148,48 @@ impl AsyncWrite for RxStamped {
         Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn kernel_times_map_onto_the_generators_clock() {
+        let start = Instant::now();
+        let (wall0, mono0) = *epoch();
+        let since_start = mono0.duration_since(start).as_nanos();
+        // A packet received 1.5 ms after the epoch sample: 1.5 ms plus the
+        // epoch's distance from `start`, in µs.
+        assert_eq!(
+            to_us(start, wall0 + 1_500_000),
+            ((1_500_000 + since_start) / 1000) as u64
+        );
+        // A clock origin after the epoch sample works too.
+        let later = mono0 + Duration::from_millis(10);
+        assert_eq!(to_us(later, wall0 + 12_000_000), 2_000);
+        // Before the origin: 0, not a wrap-around.
+        assert_eq!(to_us(later, wall0), 0);
+    }
+
+    #[tokio::test]
+    async fn a_read_carries_the_kernels_receive_time() {
+        let start = Instant::now();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (client, server) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let mut rx = RxStamped::new(client.unwrap(), start).unwrap();
+        assert_eq!(rx.last_rx_us(), None);
+        let (mut peer, _) = server.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let before = start.elapsed().as_micros() as u64;
+        tokio::io::AsyncWriteExt::write_all(&mut peer, b"hello").await.unwrap();
+        let mut buf = [0u8; 16];
+        let n = tokio::io::AsyncReadExt::read(&mut rx, &mut buf).await.unwrap();
+        let after = start.elapsed().as_micros() as u64;
+        assert_eq!(&buf[..n], b"hello");
+        let at = rx.last_rx_us().expect("a timestamp");
+        // Wall and monotonic clocks may differ by the sampling's few µs.
+        assert!(at + 1000 >= before && at <= after + 1000, "{before} <= {at} <= {after}");
+    }
+}
