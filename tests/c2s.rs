@@ -627,42 +627,114 @@ async fn long_text_passes_the_token_limit_long_attributes_do_not() {
     s.stop().await;
 }
 
-/// The c2s listener keeps one TLS configuration (and session cache) for
-/// every connection, so a client that keeps its TLS session resumes it on
-/// the next connection with the ticket it was given, and authenticates
-/// over the resumed session as over a full handshake, with channel binding
-/// still offered.
+/// The c2s listeners share one TLS configuration, yet a client that keeps
+/// its TLS session gets a full handshake on its next connection: `net::tls`
+/// sends no tickets (a resumed handshake would skip the certificate
+/// resolver, where the server name behind tls-server-end-point is noted),
+/// and channel binding is offered on every connection.
 #[tokio::test]
-async fn a_tls_session_resumes_on_the_next_connection() {
+async fn tls_sessions_are_not_resumed() {
     use base64::Engine;
     use rustls::HandshakeKind;
     let s = TestServer::start().await;
     s.add_user("alice", "pw");
     let config = client_tls_config_for(rustls::DEFAULT_VERSIONS);
-    let mut first = RawClient::connect(s.c2s).await;
-    first.starttls_with(config.clone()).await;
-    assert_eq!(first.tls_conn().handshake_kind(), Some(HandshakeKind::Full));
-    // Reading past the handshake takes in the tickets sent after it.
-    first.plain_login_and_bind("alice", "pw").await;
-    for _ in 0..2 {
-        let mut again = RawClient::connect(s.c2s).await;
-        again.starttls_with(config.clone()).await;
-        assert_eq!(again.tls_conn().handshake_kind(), Some(HandshakeKind::Resumed));
-        let f = again.open_stream().await;
+    for _ in 0..3 {
+        let mut c = RawClient::connect(s.c2s).await;
+        c.starttls_with(config.clone()).await;
+        assert_eq!(c.tls_conn().handshake_kind(), Some(HandshakeKind::Full));
+        let f = c.open_stream().await;
         assert!(f.contains("<mechanism>SCRAM-SHA-256-PLUS</mechanism>"), "{f}");
+        // Reading past the handshake would take in any ticket sent after it.
         let cred = base64::engine::general_purpose::STANDARD.encode("\0alice\0pw");
-        again
-            .send(&format!(
-                "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>"
-            ))
-            .await;
-        again.read_until("<success").await;
-    }
-    // A client that keeps no session gets a full handshake, as before.
-    let mut fresh = RawClient::connect(s.c2s).await;
-    fresh
-        .starttls_with(client_tls_config_for(rustls::DEFAULT_VERSIONS))
+        c.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>"
+        ))
         .await;
-    assert_eq!(fresh.tls_conn().handshake_kind(), Some(HandshakeKind::Full));
+        c.read_until("<success").await;
+    }
+    s.stop().await;
+}
+
+/// Read plaintext from `tcp` until `needle` (the phase before STARTTLS).
+async fn read_plain_until(tcp: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while !got.contains(needle) {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before {needle}: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    got
+}
+
+/// A TLS 1.3 handshake driven by hand so that the client's Finished and
+/// the stream header leave in one write: the server has to find the header
+/// in the bytes that completed its handshake. Returns what the server
+/// answered up to its features.
+async fn header_pipelined_with_finished(mut tcp: tokio::net::TcpStream) -> String {
+    use std::io::{Read, Write};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = client_tls_config_for(&[&rustls::version::TLS13]);
+    let mut tls = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    async fn receive(tls: &mut rustls::ClientConnection, tcp: &mut tokio::net::TcpStream, buf: &mut [u8]) {
+        let n = tokio::time::timeout(WAIT, tcp.read(buf)).await.unwrap().unwrap();
+        assert!(n > 0, "server closed");
+        let mut s = &buf[..n];
+        while !s.is_empty() {
+            tls.read_tls(&mut s).unwrap();
+            tls.process_new_packets().unwrap();
+        }
+    }
+    let mut out = Vec::new();
+    while tls.is_handshaking() {
+        while tls.wants_write() {
+            tls.write_tls(&mut out).unwrap();
+        }
+        tcp.write_all(&out).await.unwrap();
+        out.clear();
+        receive(&mut tls, &mut tcp, &mut buf).await;
+    }
+    // The Finished is still queued: the header goes with it.
+    tls.writer().write_all(HEADER.as_bytes()).unwrap();
+    while tls.wants_write() {
+        tls.write_tls(&mut out).unwrap();
+    }
+    tcp.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("</stream:features>") {
+        receive(&mut tls, &mut tcp, &mut buf).await;
+        let mut plain = [0u8; 4096];
+        while let Ok(n) = tls.reader().read(&mut plain) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&plain[..n]);
+        }
+    }
+    String::from_utf8(got).unwrap()
+}
+
+#[tokio::test]
+async fn a_stream_header_pipelined_with_the_tls_finished_is_answered() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start().await;
+    // STARTTLS: the handshake right after <proceed/>.
+    let mut tcp = tokio::net::TcpStream::connect(s.c2s).await.unwrap();
+    tcp.write_all(HEADER.as_bytes()).await.unwrap();
+    read_plain_until(&mut tcp, "</stream:features>").await;
+    tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await
+        .unwrap();
+    read_plain_until(&mut tcp, "<proceed").await;
+    let features = header_pipelined_with_finished(tcp).await;
+    assert!(features.contains("<stream:stream"), "{features}");
+    assert!(features.contains("SCRAM-SHA-256-PLUS"), "{features}");
+    // Direct TLS (XEP-0368).
+    let tcp = tokio::net::TcpStream::connect(s.c2s_tls).await.unwrap();
+    let features = header_pipelined_with_finished(tcp).await;
+    assert!(features.contains("<mechanisms"), "{features}");
     s.stop().await;
 }

@@ -6,6 +6,7 @@
 //! its round trips (client flights that wait for an answer).
 
 use crate::{
+    rxstamp::RxStamped,
     scram::{self, Mech, Scram},
     xml::{esc, Ev, Reader},
 };
@@ -14,7 +15,13 @@ use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use minidom::Element;
 use rustls_pki_types::ServerName;
 use sha2::{Digest, Sha256};
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{self, Poll},
+    time::Duration,
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -37,6 +44,9 @@ pub struct Target {
     pub next_source: std::sync::atomic::AtomicUsize,
     pub domain: String,
     pub direct_tls: bool,
+    /// No TLS at all: the stream's first features must offer SASL (only the
+    /// floor forwarder does; a real server insists on TLS).
+    pub plain: bool,
     pub tls: Arc<rustls::ClientConfig>,
     pub mech: Option<Mech>,
 }
@@ -54,7 +64,7 @@ pub struct Xs<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Xs<S> {
-    fn new(io: S) -> Self {
+    pub fn new(io: S) -> Self {
         Xs {
             io,
             rd: Reader::new(),
@@ -97,6 +107,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Xs<S> {
         }
     }
 
+    /// Bytes read but not parsed yet (after the last event returned), and
+    /// the byte stream: for a peer that stops parsing (the floor forwarder).
+    pub fn into_parts(self) -> (S, Vec<u8>) {
+        (self.io, self.buf[self.pos..self.len].to_vec())
+    }
+
+    /// Start parsing a new stream (after STARTTLS or SASL success).
+    pub fn restart(&mut self) {
+        self.rd = Reader::new();
+    }
+
     /// The next top-level element, with a timeout; stream errors become errors.
     pub async fn element(&mut self) -> Result<Element> {
         match tokio::time::timeout(STEP_TIMEOUT, self.next()).await {
@@ -135,7 +156,59 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Xs<S> {
     }
 }
 
-pub type Conn = Xs<TlsStream<TcpStream>>;
+pub type Conn = Xs<Io>;
+
+/// A client connection's byte stream: TLS, or plain TCP (`--plain`, only
+/// for the floor forwarder, which measures what TLS adds).
+pub enum Io {
+    Tls(Box<TlsStream<RxStamped>>),
+    Plain(RxStamped),
+}
+
+impl Io {
+    /// When the kernel received the bytes of the last read (µs on the
+    /// generator's clock), where it says.
+    pub fn last_rx_us(&self) -> Option<u64> {
+        match self {
+            Io::Tls(s) => s.get_ref().0.last_rx_us(),
+            Io::Plain(s) => s.last_rx_us(),
+        }
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut task::Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Accept any certificate (loopback benchmarks with self-signed servers).
 #[derive(Debug)]
@@ -201,7 +274,7 @@ pub fn tls_config(ca: Option<&std::path::Path>, direct_tls: bool, resume: bool) 
     Ok(Arc::new(cfg))
 }
 
-async fn tls(t: &Target, tcp: TcpStream) -> Result<TlsStream<TcpStream>> {
+async fn tls(t: &Target, tcp: RxStamped) -> Result<TlsStream<RxStamped>> {
     let name = ServerName::try_from(t.domain.clone())?;
     let s = tokio::time::timeout(STEP_TIMEOUT, TlsConnector::from(t.tls.clone()).connect(name, tcp))
         .await
@@ -269,8 +342,14 @@ async fn connect(t: &Target) -> Result<(Conn, Element)> {
         sock.connect(t.addr).await.context("connect")?
     };
     tcp.set_nodelay(true)?;
+    let tcp = RxStamped::new(tcp, crate::start())?;
+    if t.plain {
+        let mut xs = Xs::new(Io::Plain(tcp));
+        let features = xs.open(&t.domain).await?;
+        return Ok((xs, features));
+    }
     let mut xs = if t.direct_tls {
-        Xs::new(tls(t, tcp).await?)
+        Xs::new(Io::Tls(Box::new(tls(t, tcp).await?)))
     } else {
         let mut plain = Xs::new(tcp);
         let f = plain.open(&t.domain).await?;
@@ -283,7 +362,7 @@ async fn connect(t: &Target) -> Result<(Conn, Element)> {
             bail!("STARTTLS refused: <{}>", p.name());
         }
         let rtts = plain.rtts;
-        let mut xs = Xs::new(tls(t, plain.io).await?);
+        let mut xs = Xs::new(Io::Tls(Box::new(tls(t, plain.io).await?)));
         xs.rtts = rtts;
         xs
     };

@@ -4,6 +4,8 @@
 
 mod client;
 mod cost;
+mod floor;
+mod rxstamp;
 mod scram;
 mod xml;
 
@@ -36,6 +38,10 @@ struct Cli {
     /// The port speaks direct TLS (XEP-0368) instead of STARTTLS.
     #[arg(long)]
     direct_tls: bool,
+    /// No TLS: plain TCP with SASL PLAIN (only `floor --plain` accepts that;
+    /// it measures what TLS costs).
+    #[arg(long, conflicts_with = "direct_tls")]
+    plain: bool,
     /// Trust this CA (PEM); without it any server certificate is accepted.
     #[arg(long)]
     ca: Option<PathBuf>,
@@ -66,6 +72,11 @@ struct Cli {
     /// A label printed with the results.
     #[arg(long, default_value = "server")]
     label: String,
+    /// Worker threads of the generator's own runtime (default: one per
+    /// core). The generator shares the machine with the server: on two
+    /// cores its workers compete with the server's for the CPU.
+    #[arg(long)]
+    threads: Option<usize>,
     #[command(subcommand)]
     mode: Mode,
 }
@@ -101,6 +112,11 @@ enum Mode {
         /// Extra body bytes after the timestamp.
         #[arg(long, default_value_t = 0)]
         pad: usize,
+        /// Write every message's send time and latency (µs since the
+        /// generator started, one "sent latency" pair a line) to this file,
+        /// to see when the slow ones were sent.
+        #[arg(long)]
+        lat_file: Option<PathBuf>,
     },
     /// One room with N occupants: one of them sends M messages with W in
     /// flight (its own reflection frees a slot); everyone receives every one.
@@ -115,6 +131,27 @@ enum Mode {
         /// The room JID (default: loadgen@groups.<domain>).
         #[arg(long)]
         room: Option<String>,
+    },
+    /// Not a client: a forwarder that lets clients log in (SASL PLAIN,
+    /// any password) and then copies each client's bytes unparsed to its
+    /// partner's connection (lg0 with lg1, lg2 with lg3…): the floor under
+    /// a routed message. Run `messages` against it with `--mech PLAIN` and
+    /// its `--pid`; `--plain` or `--direct-tls` here and there alike.
+    Floor {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Certificate chain (PEM), for TLS (needed unless `--plain`).
+        #[arg(long)]
+        cert: Option<PathBuf>,
+        /// Its private key (PEM).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Hand each chunk to the partner's writer task (a channel and a
+        /// wake-up, as a server's session) instead of writing into the
+        /// partner's socket from the reading task.
+        #[arg(long)]
+        hop: bool,
     },
     /// N logins (TLS, SASL, bind, close), C at a time.
     Logins {
@@ -173,14 +210,14 @@ impl Meter {
     /// (wall seconds, server cost, own CPU µs).
     fn end(&self) -> Result<(f64, Option<ServerCost>, u64)> {
         let wall = self.t0.elapsed().as_secs_f64();
-        let server = match (&self.pid, self.before) {
+        let server = match (&self.pid, &self.before) {
             (Some(p), Some(b)) => {
                 let a = cost::sample(p)?;
-                Some((a.cpu_us.saturating_sub(b.cpu_us), b.rss_kib, a.rss_kib))
+                Some((a.cpu_us_since(b), b.rss_kib, a.rss_kib))
             }
             _ => None,
         };
-        Ok((wall, server, cost::sample("self")?.cpu_us - self.me.cpu_us))
+        Ok((wall, server, cost::sample("self")?.cpu_us_since(&self.me)))
     }
 }
 
@@ -259,6 +296,15 @@ fn server_fields(out: &mut Vec<(&'static str, String)>, s: Option<ServerCost>, p
     }
 }
 
+/// One message's times, µs: sent (on the generator's clock), and the
+/// latency until the receiving client had parsed it (`seen`) and until the
+/// kernel had received its bytes at the client's socket (`arrived`).
+struct Timing {
+    sent: u64,
+    seen: u64,
+    arrived: Option<u64>,
+}
+
 /// One message exchange: `a` keeps `window` messages in flight to `b`, `b` echoes.
 async fn pair(
     (mut a, ja): (Conn, String),
@@ -267,16 +313,20 @@ async fn pair(
     window: usize,
     pad: Arc<String>,
     errors: Arc<AtomicU64>,
-) -> Result<(Vec<u64>, Conn, Conn, String, String)> {
+) -> Result<(Vec<Timing>, Conn, Conn, String, String)> {
     let bare = |j: &str| j.split('/').next().unwrap_or(j).to_string();
     let (ba, bb) = (bare(&ja), bare(&jb));
     let msg = |to: &str, id: usize, stamp: u64| {
         format!("<message to='{to}' type='chat' id='m{id}'><body>{stamp} {pad}</body></message>")
     };
-    let lat_of = |el: &minidom::Element| -> Option<u64> {
+    let lat_of = |el: &minidom::Element, rx: Option<u64>| -> Option<Timing> {
         let body = el.get_child("body", "jabber:client")?.text();
         let stamp: u64 = body.split(' ').next()?.parse().ok()?;
-        Some(now_us().saturating_sub(stamp))
+        Some(Timing {
+            sent: stamp,
+            seen: now_us().saturating_sub(stamp),
+            arrived: rx.map(|r| r.saturating_sub(stamp)),
+        })
     };
     let echo_errors = errors.clone();
     let echo_pad = pad.clone();
@@ -291,7 +341,9 @@ async fn pair(
                 echo_errors.fetch_add(1, Ordering::Relaxed);
                 bail!("error bounce: {}", String::from(&el));
             }
-            let Some(l) = lat_of(&el) else { continue };
+            let Some(l) = lat_of(&el, b.io.last_rx_us()) else {
+                continue;
+            };
             lat.push(l);
             let id = lat.len();
             b.send(&format!(
@@ -318,7 +370,9 @@ async fn pair(
             errors.fetch_add(1, Ordering::Relaxed);
             bail!("error bounce: {}", String::from(&el));
         }
-        let Some(l) = lat_of(&el) else { continue };
+        let Some(l) = lat_of(&el, a.io.last_rx_us()) else {
+            continue;
+        };
         lat.push(l);
         got += 1;
         if sent < count {
@@ -412,12 +466,27 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
         next_source: Default::default(),
         domain: cli.domain.clone(),
         direct_tls: cli.direct_tls,
+        plain: cli.plain,
         tls: client::tls_config(cli.ca.as_deref(), cli.direct_tls, !cli.no_tls_resumption)?,
         mech,
     });
     start();
     let settle = Duration::from_millis(500);
     match &cli.mode {
+        Mode::Floor { listen, cert, key, hop } => {
+            let o = floor::Options {
+                listen: *listen,
+                domain: cli.domain.clone(),
+                direct_tls: cli.direct_tls,
+                hop: *hop,
+            };
+            let tls = match (cert, key, cli.plain) {
+                (_, _, true) => None,
+                (Some(c), Some(k), false) => Some((c.as_path(), k.as_path())),
+                _ => bail!("floor: --cert and --key are needed for TLS (or --plain)"),
+            };
+            floor::serve(o, tls).await?;
+        }
         Mode::Register { users } => {
             let steps = Steps {
                 register: true,
@@ -460,6 +529,7 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
             count,
             window,
             pad,
+            lat_file,
         } => {
             let steps = Steps {
                 register: false,
@@ -476,18 +546,29 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
             while let (Some(a), Some(b)) = (it.next(), it.next()) {
                 tasks.push(tokio::spawn(pair(a, b, *count, *window, pad.clone(), errors.clone())));
             }
-            let mut lat = Vec::with_capacity(pairs * count * 2);
+            let mut timed = Vec::with_capacity(pairs * count * 2);
             let mut back = vec![];
             for task in tasks {
                 let (l, a, b, ja, jb) = task.await??;
-                lat.extend(l);
+                timed.extend(l);
                 back.push((a, ja));
                 back.push((b, jb));
             }
             let busy = m.t0.elapsed().as_secs_f64();
             tokio::time::sleep(settle).await;
             let (_, server, own) = m.end()?;
+            if let Some(path) = lat_file {
+                timed.sort_unstable_by_key(|t| t.sent);
+                let lines: String = timed
+                    .iter()
+                    .map(|t| format!("{} {} {}\n", t.sent, t.seen, t.arrived.map_or(-1, |a| a as i64)))
+                    .collect();
+                std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+            }
+            let mut lat: Vec<u64> = timed.iter().map(|t| t.seen).collect();
             lat.sort_unstable();
+            let mut arrived: Vec<u64> = timed.iter().filter_map(|t| t.arrived).collect();
+            arrived.sort_unstable();
             let routed = (pairs * count * 2) as f64;
             let mut f = vec![
                 ("pairs", pairs.to_string()),
@@ -496,8 +577,14 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
                 ("seconds", format!("{busy:.2}")),
                 ("msgs_per_s", format!("{:.0}", routed / busy)),
                 ("p50_ms", format!("{:.3}", pct(&lat, 0.50))),
+                ("p90_ms", format!("{:.3}", pct(&lat, 0.90))),
                 ("p99_ms", format!("{:.3}", pct(&lat, 0.99))),
+                ("p999_ms", format!("{:.3}", pct(&lat, 0.999))),
                 ("max_ms", format!("{:.3}", pct(&lat, 1.0))),
+                // To the kernel's receipt at the generator's socket: without
+                // the generator's own waiting for a core and parsing.
+                ("arrived_p50_ms", format!("{:.3}", pct(&arrived, 0.50))),
+                ("arrived_p99_ms", format!("{:.3}", pct(&arrived, 0.99))),
                 ("errors", errors.load(Ordering::Relaxed).to_string()),
                 ("loadgen_cpu_us_per_msg", format!("{:.1}", own as f64 / routed)),
             ];
@@ -685,7 +772,11 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Arc::new(Cli::parse());
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build();
     let r = rt.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(run(cli)));
     match r {
         Ok(()) => std::process::ExitCode::SUCCESS,
