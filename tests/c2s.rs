@@ -570,6 +570,92 @@ async fn whitespace_keepalives_keep_an_idle_session_open() {
     s.stop().await;
 }
 
+/// The parser's token limit (`xml::MAX_TOKEN_SIZE`, 32 KiB) bounds names and
+/// attribute values only: a 200 KiB body, read by the parser in pieces,
+/// reaches the recipient whole beside an attribute just under the limit;
+/// an attribute value one byte over it ends the sender's stream with
+/// `policy-violation` and a text saying why, and nobody else notices.
+#[tokio::test]
+async fn long_text_passes_the_token_limit_long_attributes_do_not() {
+    use pushbox::xmpp::xml::MAX_TOKEN_SIZE;
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    s.add_user("bob", "pw");
+    let mut bob = RawClient::login(s.c2s, "bob", "pw").await;
+    bob.send("<presence/><iq type='get' id='on' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    bob.read_until("id='on'").await;
+    bob.received.clear();
+    let mut alice = RawClient::login(s.c2s, "alice", "pw").await;
+    // Text of 200 KiB with references in it, so pieces end mid-text and after them.
+    let body: String = (0..200 * 1024 / 64)
+        .map(|i| format!("{i:08} &amp; {}", "t".repeat(50)))
+        .collect();
+    let uri = format!("https://upload.example/{}", "u".repeat(MAX_TOKEN_SIZE - 24));
+    assert_eq!(uri.len(), MAX_TOKEN_SIZE - 1);
+    alice
+        .send(&format!(
+            "<message to='bob@localhost' id='long' type='chat'><body>{body}</body><reference xmlns='urn:xmpp:reference:0' type='data' uri='{uri}'/></message>"
+        ))
+        .await;
+    let got = bob.read_until("</message>").await;
+    let start = got.find("<body>").expect("a body") + "<body>".len();
+    let end = got.find("</body>").expect("the body's end");
+    assert_eq!(got[start..end].len(), body.len());
+    assert!(got[start..end] == body, "the body arrives whole");
+    assert!(got.contains(&format!("uri='{uri}'")), "the attribute arrives whole");
+    bob.received.clear();
+
+    let over = "v".repeat(MAX_TOKEN_SIZE + 1);
+    alice
+        .send(&format!(
+            "<message to='bob@localhost' id='over'><body>x</body><x xmlns='urn:x' v='{over}'/></message>"
+        ))
+        .await;
+    let r = alice.read_to_end().await;
+    assert!(
+        r.contains("<policy-violation xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>"),
+        "{r}"
+    );
+    assert!(r.contains("attribute value too long</text>"), "{r}");
+    assert!(r.ends_with("</stream:stream>"), "{r}");
+    // Bob's session goes on; the refused message never reached him.
+    bob.send("<iq type='get' id='still' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+        .await;
+    let r = bob.read_until("id='still'").await;
+    assert!(!r.contains("id='over'"), "{r}");
+    s.stop().await;
+}
+
+/// The c2s listeners share one TLS configuration, yet a client that keeps
+/// its TLS session gets a full handshake on its next connection: `net::tls`
+/// sends no tickets (a resumed handshake would skip the certificate
+/// resolver, where the server name behind tls-server-end-point is noted),
+/// and channel binding is offered on every connection.
+#[tokio::test]
+async fn tls_sessions_are_not_resumed() {
+    use base64::Engine;
+    use rustls::HandshakeKind;
+    let s = TestServer::start().await;
+    s.add_user("alice", "pw");
+    let config = client_tls_config_for(rustls::DEFAULT_VERSIONS);
+    for _ in 0..3 {
+        let mut c = RawClient::connect(s.c2s).await;
+        c.starttls_with(config.clone()).await;
+        assert_eq!(c.tls_conn().handshake_kind(), Some(HandshakeKind::Full));
+        let f = c.open_stream().await;
+        assert!(f.contains("<mechanism>SCRAM-SHA-256-PLUS</mechanism>"), "{f}");
+        // Reading past the handshake would take in any ticket sent after it.
+        let cred = base64::engine::general_purpose::STANDARD.encode("\0alice\0pw");
+        c.send(&format!(
+            "<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{cred}</auth>"
+        ))
+        .await;
+        c.read_until("<success").await;
+    }
+    s.stop().await;
+}
+
 /// Read plaintext from `tcp` until `needle` (the phase before STARTTLS).
 async fn read_plain_until(tcp: &mut tokio::net::TcpStream, needle: &str) -> String {
     use tokio::io::AsyncReadExt;

@@ -103,6 +103,11 @@ fn cases() -> Vec<Case> {
         "<message to='alice@localhost'>{}</message>",
         "<c xmlns='urn:x'/>".repeat(20_000)
     );
+    // Over the parser's 32 KiB token limit, far under the stanza limit.
+    let token = "t".repeat(pushbox::xmpp::xml::MAX_TOKEN_SIZE + 1);
+    let long_value = format!("<message to='alice@localhost'><x xmlns='urn:x' v='{token}'/></message>");
+    let long_attr_name = format!("<message to='alice@localhost' {token}='1'/>");
+    let long_el_name = format!("<message to='alice@localhost'><{token} xmlns='urn:x'/></message>");
     let long_node = "n".repeat(1100);
     let long_res = "r".repeat(1100);
     let long_user_plain = plain("", &"u".repeat(3000), "pw");
@@ -193,6 +198,9 @@ fn cases() -> Vec<Case> {
         case("too many attributes", Bound, &[&many_attrs], Stream("policy-violation")),
         case("huge attribute value", Bound, &[&huge_attr], Stream("policy-violation")),
         case("huge text", Bound, &[&huge_text], Stream("policy-violation")),
+        case("attribute value over the token limit", Bound, &[&long_value], Stream("policy-violation")),
+        case("attribute name over the token limit", Bound, &[&long_attr_name], Stream("policy-violation")),
+        case("element name over the token limit", Bound, &[&long_el_name], Stream("policy-violation")),
         case("oversized stanza of small children", Bound, &[&many_children], Stream("policy-violation")),
         case("duplicate attribute", Bound, &["<message to='a@localhost' to='b@localhost'/>"], Stream("not-well-formed")),
         case("colliding expanded attribute names", Bound, &["<message to='alice@localhost' xmlns:x='urn:a' xmlns:y='urn:a' x:a='1' y:a='2'><body>x</body></message>"], Stream("not-well-formed")),

@@ -13,6 +13,7 @@ const LIMITS: ParserLimits = ParserLimits {
     max_stanza_size: 8192,
     max_depth: 12,
     max_attributes: 16,
+    max_token_size: pushbox::xmpp::xml::MAX_TOKEN_SIZE,
 };
 
 const HEADER: &[u8] = b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' \

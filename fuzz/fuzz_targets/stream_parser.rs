@@ -12,6 +12,8 @@ const LIMITS: ParserLimits = ParserLimits {
     max_stanza_size: 4096,
     max_depth: 8,
     max_attributes: 16,
+    // Far below the stanza limit, so that long text is read in pieces.
+    max_token_size: 256,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -82,4 +84,5 @@ const ROUND_TRIP: ParserLimits = ParserLimits {
     max_stanza_size: 1 << 20,
     max_depth: 64,
     max_attributes: 1024,
+    max_token_size: 1 << 20,
 };

@@ -247,7 +247,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
 }
 
 /// TLS client settings: trust `ca` (PEM) or, without it, any certificate.
-pub fn tls_config(ca: Option<&std::path::Path>, direct_tls: bool) -> Result<Arc<rustls::ClientConfig>> {
+pub fn tls_config(ca: Option<&std::path::Path>, direct_tls: bool, resume: bool) -> Result<Arc<rustls::ClientConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder =
         rustls::ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
@@ -267,6 +267,9 @@ pub fn tls_config(ca: Option<&std::path::Path>, direct_tls: bool) -> Result<Arc<
     };
     if direct_tls {
         cfg.alpn_protocols = vec![b"xmpp-client".to_vec()];
+    }
+    if !resume {
+        cfg.resumption = rustls::client::Resumption::disabled();
     }
     Ok(Arc::new(cfg))
 }

@@ -58,6 +58,11 @@ struct Cli {
     /// 127.0.0.1,127.0.0.2): needed beyond ~28,000 connections to one port.
     #[arg(long, value_delimiter = ',')]
     source: Vec<std::net::IpAddr>,
+    /// Make every TLS handshake a full one: offer no session the server
+    /// issued a ticket for (by default the generator resumes, as clients
+    /// that keep a TLS session cache do).
+    #[arg(long)]
+    no_tls_resumption: bool,
     /// Server process id: report its CPU time and RSS from /proc.
     #[arg(long)]
     pid: Option<String>,
@@ -462,7 +467,7 @@ async fn run(cli: Arc<Cli>) -> Result<()> {
         domain: cli.domain.clone(),
         direct_tls: cli.direct_tls,
         plain: cli.plain,
-        tls: client::tls_config(cli.ca.as_deref(), cli.direct_tls)?,
+        tls: client::tls_config(cli.ca.as_deref(), cli.direct_tls, !cli.no_tls_resumption)?,
         mech,
     });
     start();

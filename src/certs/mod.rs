@@ -25,7 +25,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicI64, Ordering},
-        Arc, RwLock,
+        Arc, Mutex, RwLock, Weak,
     },
 };
 
@@ -86,7 +86,13 @@ pub struct CertStore {
     tls_alpn_challenge: bool,
     /// Unix time of the last "no certificate yet" warning, to log it at most every 10 s.
     last_refusal_log: AtomicI64,
+    /// The server configurations made so far, one per ALPN list (see
+    /// [`CertStore::server_config`]).
+    configs: Mutex<Vec<SharedConfig>>,
 }
+
+/// A shared server configuration and the ALPN list it was made for.
+type SharedConfig = (Vec<Vec<u8>>, Arc<ServerConfig>);
 
 impl std::fmt::Debug for CertStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,6 +121,7 @@ impl CertStore {
             tls_alpn_challenge: config.tls.mode == TlsMode::Acme
                 && config.tls.acme.challenge == crate::config::AcmeChallenge::TlsAlpn01,
             last_refusal_log: AtomicI64::new(0),
+            configs: Mutex::new(Vec::new()),
         };
         store.reload()?;
         Ok(Arc::new(store))
@@ -156,12 +163,29 @@ impl CertStore {
         }
     }
 
-    /// A rustls server configuration using this store, with the given ALPN list.
+    /// A rustls server configuration using this store, with the given ALPN
+    /// list: made once per list and shared. Listeners that ask per
+    /// connection (c2s) would otherwise build a configuration per handshake,
+    /// with its own session cache (a 256-entry map and queue, about 30 KiB,
+    /// allocated and freed around every login between long-lived objects)
+    /// that could never resume a session, since the next connection gets a
+    /// new one. The configuration resolves through a weak reference, so
+    /// keeping it here makes no cycle.
     pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<ServerConfig> {
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, c)) = configs
+            .iter()
+            .find(|(a, _)| a.iter().map(Vec::as_slice).eq(alpn.iter().copied()))
+        {
+            return c.clone();
+        }
+        let resolver = Arc::new(WeakResolver(Arc::downgrade(self)));
         let cfg = ServerConfig::builder()
             .with_no_client_auth()
-            .with_cert_resolver(self.clone());
-        self.finish_server_config(cfg, alpn)
+            .with_cert_resolver(resolver);
+        let cfg = self.finish_server_config(cfg, alpn);
+        configs.push((alpn.iter().map(|p| p.to_vec()).collect(), cfg.clone()));
+        cfg
     }
 
     /// Like [`CertStore::server_config`], asking the peer for a certificate
@@ -282,6 +306,16 @@ impl CertStore {
     /// The path of the local CA certificate (mode `self-signed`), for users to trust.
     pub fn ca_path(&self) -> Option<PathBuf> {
         (self.mode == TlsMode::SelfSigned).then(|| self.tls_dir.join("ca.pem"))
+    }
+}
+
+/// The store as a shared configuration's resolver, without keeping it alive.
+#[derive(Debug)]
+struct WeakResolver(Weak<CertStore>);
+
+impl ResolvesServerCert for WeakResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.upgrade()?.resolve(hello)
     }
 }
 
@@ -427,4 +461,32 @@ fn self_signed(dir: &Path, names: &[String]) -> Result<Arc<CertifiedKey>> {
 fn time_now() -> (time::OffsetDateTime, time::OffsetDateTime) {
     let now = time::OffsetDateTime::now_utc();
     (now - time::Duration::days(1), now + time::Duration::days(800))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One configuration per ALPN list, shared by every handshake, and no
+    /// cycle between it and the store: dropping the store frees it.
+    #[test]
+    fn server_configs_are_shared_per_alpn_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::from_toml_str("", Some(dir.path())).unwrap();
+        let store = CertStore::new(&cfg).unwrap();
+        let a = store.server_config(&[]);
+        assert!(Arc::ptr_eq(&a, &store.server_config(&[])));
+        let b = store.server_config(&[ALPN_XMPP_CLIENT]);
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(b.alpn_protocols, vec![ALPN_XMPP_CLIENT.to_vec()]);
+        assert!(Arc::ptr_eq(&b, &store.server_config(&[ALPN_XMPP_CLIENT])));
+        let weak = Arc::downgrade(&store);
+        drop(store);
+        assert!(
+            weak.upgrade().is_none(),
+            "the configurations keep no strong reference to the store"
+        );
+        // A configuration that outlives its store resolves nothing.
+        assert_eq!(Arc::strong_count(&a), 1);
+    }
 }

@@ -23,6 +23,9 @@ pub struct Server {
     /// Keys the fake SCRAM salts of unknown users, so probes cannot tell
     /// unknown users from wrong passwords.
     pub fake_salt_secret: [u8; 32],
+    /// The client listeners' TLS acceptors (STARTTLS, direct TLS), made
+    /// once: `Acceptor::new` copies its configuration (see `c2s::acceptor`).
+    pub c2s_acceptors: std::sync::OnceLock<[crate::net::tls::Acceptor; 2]>,
 }
 
 /// The XMPP server extends the core: `server.config`, `server.store` and
@@ -45,6 +48,7 @@ impl Server {
             iq_tracker: IqTracker::default(),
             offline: InFlight::default(),
             fake_salt_secret: rand::random(),
+            c2s_acceptors: std::sync::OnceLock::new(),
             core,
         })
     }

@@ -93,7 +93,8 @@ pub struct PresenceState {
     pub priority: AtomicI8,
     /// Requested the roster (RFC 6121 "interested resource").
     pub interested: AtomicBool,
-    /// The last available presence broadcast, for probes.
+    /// The last available presence broadcast, for probes, without `from`
+    /// and `to` (each use sets both).
     // std Mutex: copied in and out, never held across an await.
     pub last: Mutex<Option<Element>>,
     /// Entities that got directed presence and must get our unavailable.

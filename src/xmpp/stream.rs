@@ -299,6 +299,20 @@ impl<S: Transport> XmlStream<S> {
         self.queue_raw("</stream:features>");
     }
 
+    /// [`XmlStream::queue_features`] with the children already written out.
+    pub fn queue_features_raw(&mut self, children: &str) {
+        match self.frames {
+            Some(_) => {
+                self.wbuf.extend_from_slice(b"<stream:features xmlns:stream='");
+                self.wbuf.extend_from_slice(NS_STREAM.as_bytes());
+                self.wbuf.extend_from_slice(b"'>");
+            }
+            None => self.wbuf.extend_from_slice(b"<stream:features>"),
+        }
+        self.wbuf.extend_from_slice(children.as_bytes());
+        self.queue_raw("</stream:features>");
+    }
+
     /// Queue bytes as they are (framed: as one message).
     pub fn queue_raw(&mut self, s: &str) {
         self.wbuf.extend_from_slice(s.as_bytes());
@@ -377,7 +391,7 @@ impl<S: Transport> XmlStream<S> {
         match e {
             ConnError::Stream(se) => {
                 tracing::info!(condition = se.condition(), "closing the stream with an error");
-                self.stream_error(ns, from, se, None).await;
+                self.stream_error(ns, from, se, se.text()).await;
             }
             ConnError::Timeout => {
                 tracing::info!("connection timed out");
@@ -449,8 +463,29 @@ fn unframe(ev: Event) -> Result<Event, ConnError> {
 
 /// A fresh random stream id.
 pub fn new_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let r: [u8; 12] = rand::random();
-    r.iter().map(|b| format!("{b:02x}")).collect()
+    // One allocation (a `format!` per byte made 13).
+    let mut id = String::with_capacity(24);
+    for b in r {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    id
 }
 
 pub use crate::escape::escape;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stream_ids_are_24_lowercase_hex_digits() {
+        let a = super::new_id();
+        assert_eq!(a.len(), 24);
+        assert!(
+            a.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{a}"
+        );
+        assert_ne!(a, super::new_id());
+    }
+}

@@ -27,6 +27,43 @@ pub struct ParserLimits {
     pub max_stanza_size: usize,
     pub max_depth: usize,
     pub max_attributes: usize,
+    /// Longest element name, attribute name or attribute value, in bytes
+    /// (rxml's `max_token_length`; longer text is read in pieces of this
+    /// size, so it bounds no text). Streams use [`MAX_TOKEN_SIZE`].
+    pub max_token_size: usize,
+}
+
+/// The longest name or attribute value a stream accepts, in bytes: 32 KiB.
+/// rxml reserves a scratch buffer of this size for every parser it makes
+/// (several per login, one more whenever a resting stream wakes), so it is
+/// kept far below glibc's 128 KiB mmap threshold: a buffer above it is
+/// mapped and unmapped per parser, and once freed it raises glibc's dynamic
+/// threshold so that the next ones come from the heap and leave their
+/// touched pages behind. The longest attribute values real clients send are
+/// JIDs (RFC 7622: 3,071 bytes at most) and URLs (`uri`, `url`, `target` of
+/// references, avatars and file sharing; HTTP servers refuse request lines
+/// above 8 KiB). See docs/decisions.md.
+pub const MAX_TOKEN_SIZE: usize = 32 * 1024;
+
+/// Which of the parser's limits a peer went past: the stream error is
+/// `policy-violation` (RFC 6120 §4.9.3.14) with a text naming the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    StanzaSize,
+    Depth,
+    Attributes,
+    TokenSize,
+}
+
+impl Limit {
+    pub fn text(self) -> &'static str {
+        match self {
+            Limit::StanzaSize => "stanza too large",
+            Limit::Depth => "elements nested too deep",
+            Limit::Attributes => "too many attributes on one element",
+            Limit::TokenSize => "element name, attribute name or attribute value too long",
+        }
+    }
 }
 
 /// The attributes of a `<stream:stream>` header.
@@ -91,6 +128,8 @@ pub enum StreamError {
     InternalServerError,
     UndefinedCondition,
     Reset,
+    /// `policy-violation` for one of the parser's limits, with a text.
+    Limit(Limit),
 }
 
 impl StreamError {
@@ -116,6 +155,15 @@ impl StreamError {
             InternalServerError => "internal-server-error",
             UndefinedCondition => "undefined-condition",
             Reset => "reset",
+            Limit(_) => "policy-violation",
+        }
+    }
+
+    /// The human-readable text sent with the condition, when there is one.
+    pub fn text(self) -> Option<&'static str> {
+        match self {
+            StreamError::Limit(l) => Some(l.text()),
+            _ => None,
         }
     }
 }
@@ -152,7 +200,7 @@ pub struct StreamParser {
 
 /// What a stream's parser needs to know between stanzas: the namespaces its
 /// header declared. An idle connection keeps only this (see
-/// [`StreamParser::rest_point`]): rxml reserves `max_token_length` bytes for
+/// [`StreamParser::rest_point`]): rxml reserves `max_token_size` bytes for
 /// its token buffer, and a parser holds a few KiB of buffers besides.
 #[derive(Debug, Clone)]
 pub struct StreamDecls {
@@ -162,9 +210,9 @@ pub struct StreamDecls {
 
 impl StreamParser {
     pub fn new(limits: ParserLimits) -> StreamParser {
-        // No single name, attribute value or text chunk may outgrow a stanza.
+        // No single name or attribute value may outgrow a stanza either.
         let options = rxml::Options {
-            max_token_length: limits.max_stanza_size,
+            max_token_length: limits.max_token_size.min(limits.max_stanza_size),
             ..Default::default()
         };
         let mut raw = <RawParser as rxml::WithOptions>::with_options(options);
@@ -246,7 +294,7 @@ impl StreamParser {
             let ev = match self.raw.parse(buf, false) {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return Ok(None),
-                // Bytes held in the lexer are bounded by max_token_length.
+                // Bytes held in the lexer are bounded by max_token_size.
                 Err(EndOrError::NeedMoreData) => return Ok(None),
                 Err(EndOrError::Error(e)) => return Err(map_rxml_error(&e)),
             };
@@ -265,7 +313,7 @@ impl StreamParser {
         if self.depth >= 2 || matches!(ev, RawEvent::ElementHeadOpen(..) if self.depth == 1) {
             self.stanza_bytes += len;
             if self.stanza_bytes > self.limits.max_stanza_size {
-                return Err(StreamError::PolicyViolation);
+                return Err(StreamError::Limit(Limit::StanzaSize));
             }
         }
         match ev {
@@ -286,7 +334,7 @@ impl StreamParser {
                         self.stanza_bytes = len;
                     }
                     if self.depth > self.limits.max_depth {
-                        return Err(StreamError::PolicyViolation);
+                        return Err(StreamError::Limit(Limit::Depth));
                     }
                 }
                 self.tree
@@ -297,7 +345,7 @@ impl StreamParser {
             RawEvent::Attribute(m, (prefix, name), value) => {
                 self.attrs_here += 1;
                 if self.attrs_here > self.limits.max_attributes {
-                    return Err(StreamError::PolicyViolation);
+                    return Err(StreamError::Limit(Limit::Attributes));
                 }
                 let start = self.attr_names.len();
                 if let Some(p) = prefix.as_deref() {
@@ -460,8 +508,9 @@ fn forget_prefixes(el: &mut Element) {
 
 fn map_rxml_error(e: &rxml::Error) -> StreamError {
     match e {
-        // A name or attribute value longer than the stanza size limit.
-        rxml::Error::RestrictedXml("long name or reference") => StreamError::PolicyViolation,
+        // A name or attribute value longer than `max_token_size` (or a
+        // character reference longer than any valid one).
+        rxml::Error::RestrictedXml("long name or reference") => StreamError::Limit(Limit::TokenSize),
         rxml::Error::RestrictedXml(_) => StreamError::RestrictedXml,
         _ => StreamError::NotWellFormed,
     }
@@ -555,6 +604,7 @@ mod tests {
         max_stanza_size: 1000,
         max_depth: 5,
         max_attributes: 8,
+        max_token_size: 64,
     };
 
     fn parse_all(input: &[u8], chunk: usize) -> Result<Vec<Event>, StreamError> {
@@ -593,12 +643,12 @@ mod tests {
         let deep = format!("{HDR}<a><b><c><d><e><f><g/></f></e></d></c></b></a>");
         assert_eq!(
             parse_all(deep.as_bytes(), 50).unwrap_err(),
-            StreamError::PolicyViolation
+            StreamError::Limit(Limit::Depth)
         );
         let big = format!("{HDR}<message><body>{}</body></message>", "x".repeat(5000));
         assert_eq!(
             parse_all(big.as_bytes(), 100).unwrap_err(),
-            StreamError::PolicyViolation
+            StreamError::Limit(Limit::StanzaSize)
         );
         let attrs = format!(
             "{HDR}<message {}/>",
@@ -606,8 +656,12 @@ mod tests {
         );
         assert_eq!(
             parse_all(attrs.as_bytes(), 100).unwrap_err(),
-            StreamError::PolicyViolation
+            StreamError::Limit(Limit::Attributes)
         );
+        for e in [Limit::Depth, Limit::StanzaSize, Limit::Attributes, Limit::TokenSize] {
+            assert_eq!(StreamError::Limit(e).condition(), "policy-violation");
+            assert!(StreamError::Limit(e).text().is_some_and(|t| !t.is_empty()));
+        }
         let bad = format!("{HDR}<message></presence>");
         assert_eq!(parse_all(bad.as_bytes(), 100).unwrap_err(), StreamError::NotWellFormed);
         let dtd = "<?xml version='1.0'?><!DOCTYPE foo [<!ENTITY x 'y'>]><stream:stream/>";
@@ -622,6 +676,55 @@ mod tests {
         );
         let text = format!("{HDR}garbage<presence/>");
         assert_eq!(parse_all(text.as_bytes(), 100).unwrap_err(), StreamError::NotWellFormed);
+    }
+
+    /// `max_token_size` bounds names and attribute values; text longer than
+    /// it is read in pieces and joined into one text node, a character cut
+    /// at a piece's end included. Only the stanza limit bounds text.
+    #[test]
+    fn token_limit_bounds_names_and_values_not_text() {
+        let long = "x".repeat(LIM.max_token_size + 1);
+        let just = "y".repeat(LIM.max_token_size);
+        for refused in [
+            format!("<message to='{long}'/>"),
+            format!("<message {long}='1'/>"),
+            format!("<{long}/>"),
+            format!("<message><x xmlns='urn:{long}'/></message>"),
+        ] {
+            for chunk in [1, 7, 1000] {
+                let doc = format!("{HDR}{refused}");
+                assert_eq!(
+                    parse_all(doc.as_bytes(), chunk).unwrap_err(),
+                    StreamError::Limit(Limit::TokenSize),
+                    "{refused} in pieces of {chunk}"
+                );
+            }
+        }
+        // 'é' is two bytes: with an odd prefix one falls across every piece's end.
+        let text = format!("a{}", "é&amp;".repeat(60));
+        let doc = format!("{HDR}<message to='{just}'><body>{text}</body></message>");
+        assert!(text.len() > 4 * LIM.max_token_size);
+        for chunk in [1, 5, 64, 1000] {
+            let evs = parse_all(doc.as_bytes(), chunk).unwrap();
+            let Event::Stanza(m) = &evs[1] else { panic!() };
+            assert_eq!(attr(m, "to"), Some(just.as_str()));
+            let body = m.get_child("body", NS_CLIENT).unwrap();
+            assert_eq!(body.texts().count(), 1, "one text node");
+            assert_eq!(body.text(), text.replace("&amp;", "&"), "chunk {chunk}");
+        }
+        // A token limit above the stanza limit is the stanza limit.
+        let wide = ParserLimits {
+            max_token_size: 1 << 20,
+            ..LIM
+        };
+        let mut p = StreamParser::new(wide);
+        let doc = format!("{HDR}<message to='{}'/>", "z".repeat(1200));
+        let mut b = doc.as_bytes();
+        assert!(matches!(p.next(&mut b), Ok(Some(Event::Header(_)))));
+        assert!(matches!(
+            p.next(&mut b),
+            Err(StreamError::Limit(Limit::TokenSize | Limit::StanzaSize))
+        ));
     }
 
     /// Every stanza the parser accepts can be written out again: the tree

@@ -4,11 +4,7 @@
 //! session legacy binding makes.
 
 use super::session::{Session, NS_CSI, NS_SM};
-use crate::xmpp::{
-    ns,
-    xml::{elem, ElementExt},
-    Server,
-};
+use crate::xmpp::{ns, xml::elem, Server};
 use minidom::Element;
 use sha2::{Digest, Sha256};
 use std::sync::{atomic::Ordering, Arc};
@@ -17,12 +13,27 @@ use std::sync::{atomic::Ordering, Arc};
 pub const NS: &str = "urn:xmpp:bind:0";
 
 /// The `<bind/>` inline feature, naming what can be enabled inside it.
+#[cfg(test)]
 pub fn feature() -> Element {
+    use crate::xmpp::xml::ElementExt;
     let mut inline = elem("inline", NS);
     for var in [ns::CARBONS, NS_CSI, NS_SM] {
         inline.append_child(elem("feature", NS).with("var", var));
     }
     elem("bind", NS).child(inline)
+}
+
+/// [`feature`] written out.
+pub fn write_feature(out: &mut String) {
+    out.push_str("<bind xmlns='");
+    out.push_str(NS);
+    out.push_str("'><inline>");
+    for var in [ns::CARBONS, NS_CSI, NS_SM] {
+        out.push_str("<feature var='");
+        out.push_str(var);
+        out.push_str("'/>");
+    }
+    out.push_str("</inline></bind>");
 }
 
 /// Longest client tag kept in a resource.

@@ -26,12 +26,26 @@ pub fn enabled(server: &Server) -> bool {
 }
 
 /// The `<fast/>` inline feature.
+#[cfg(test)]
 pub fn feature() -> Element {
     let mut f = elem("fast", NS);
     for m in TokenMechanism::ALL {
         f.append_child(elem("mechanism", NS).text_child(m.name()));
     }
     f
+}
+
+/// [`feature`] written out.
+pub fn write_feature(out: &mut String) {
+    out.push_str("<fast xmlns='");
+    out.push_str(NS);
+    out.push_str("'>");
+    for m in TokenMechanism::ALL {
+        out.push_str("<mechanism>");
+        out.push_str(m.name());
+        out.push_str("</mechanism>");
+    }
+    out.push_str("</fast>");
 }
 
 /// The token a login used, for what follows the success.

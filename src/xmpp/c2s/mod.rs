@@ -122,7 +122,21 @@ fn limits(server: &Server) -> ParserLimits {
         max_stanza_size: l.max_stanza_size,
         max_depth: l.max_depth,
         max_attributes: l.max_attributes,
+        max_token_size: crate::xmpp::xml::MAX_TOKEN_SIZE,
     }
+}
+
+/// The TLS acceptor of a client listener (`direct`: XEP-0368's, with its
+/// ALPN), made once per server: building one per connection copied the
+/// rustls configuration each time.
+fn acceptor(server: &Server, direct: bool) -> Acceptor {
+    let both = server.c2s_acceptors.get_or_init(|| {
+        [
+            Acceptor::new(server.certs.server_config(&[])),
+            Acceptor::new(server.certs.server_config(&[ALPN_XMPP_CLIENT])),
+        ]
+    });
+    both[usize::from(direct)].clone()
 }
 
 /// Serve one connection on a STARTTLS listener.
@@ -131,7 +145,7 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
     async move {
         let _ = tcp.set_nodelay(true);
         let xs = XmlStream::plain(tcp, limits(&server));
-        let acceptor = Acceptor::new(server.certs.server_config(&[]));
+        let acceptor = acceptor(&server, false);
         let open = async |xs: &mut XmlStream<Plain>| open_plaintext(&server, xs).await;
         // Boxed, like every phase before binding: the task keeps the
         // largest state it ever awaited, and a session lives for hours.
@@ -149,7 +163,7 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
 pub async fn serve_direct_tls(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("c2s", %peer, tls = "direct", jid = tracing::field::Empty);
     async move {
-        let acceptor = Acceptor::new(server.certs.server_config(&[ALPN_XMPP_CLIENT]));
+        let acceptor = acceptor(&server, true);
         let (xs, cb, peer_ip) = match Box::pin(starttls::direct(tcp, acceptor)).await {
             Some(tls) => tls_stream(&server, tls),
             None => return,
@@ -324,31 +338,51 @@ async fn after_sasl2(
     xs.queue(&success);
     // The authenticated stream's features: no binding left to do, and
     // stream management only if it is not on yet.
-    let mut features = vec![elem("csi", session::NS_CSI)];
-    if !session.sm_enabled() {
-        features.push(elem("sm", session::NS_SM));
-    }
-    for m in server.modules.iter() {
-        features.extend(m.stream_features(server));
-    }
-    xs.queue_features(&features);
+    xs.queue_features_raw(&bound_features(server, session.sm_enabled()));
     xs.flush().await?;
     Ok(Bound::New(Box::new(session)))
+}
+
+/// The features of an authenticated stream before binding, written out.
+fn bind_features(server: &Server) -> String {
+    let modules = server.modules.stream_features_xml(server);
+    let mut out = String::with_capacity(256 + modules.len());
+    write_empty(&mut out, "bind", NS_BIND);
+    out.push_str("<session xmlns='");
+    out.push_str(NS_SESSION);
+    out.push_str("'><optional/></session>");
+    write_empty(&mut out, "sm", session::NS_SM);
+    write_empty(&mut out, "csi", session::NS_CSI);
+    out.push_str(modules);
+    out
+}
+
+/// The features of a stream bound inline by Bind 2 (SASL2): client state
+/// indication, stream management unless it is on already, the modules'.
+fn bound_features(server: &Server, sm_enabled: bool) -> String {
+    let modules = server.modules.stream_features_xml(server);
+    let mut out = String::with_capacity(128 + modules.len());
+    write_empty(&mut out, "csi", session::NS_CSI);
+    if !sm_enabled {
+        write_empty(&mut out, "sm", session::NS_SM);
+    }
+    out.push_str(modules);
+    out
+}
+
+/// An empty element in its own namespace (`<csi xmlns='urn:xmpp:csi:0'/>`).
+fn write_empty(out: &mut String, name: &str, ns: &str) {
+    out.push('<');
+    out.push_str(name);
+    out.push_str(" xmlns='");
+    out.push_str(ns);
+    out.push_str("'/>");
 }
 
 /// Offer the authenticated stream's features and run legacy resource
 /// binding (RFC 6120 §7), or XEP-0198 resumption.
 async fn bind(server: &Arc<Server>, xs: &mut ClientStream, username: &str) -> Result<Bound, ConnError> {
-    let mut features = vec![
-        elem("bind", NS_BIND),
-        elem("session", NS_SESSION).child(elem("optional", NS_SESSION)),
-        elem("sm", session::NS_SM),
-        elem("csi", session::NS_CSI),
-    ];
-    for m in server.modules.iter() {
-        features.extend(m.stream_features(server));
-    }
-    xs.queue_features(&features);
+    xs.queue_features_raw(&bind_features(server));
     xs.flush().await?;
     loop {
         let el = match xs.next_event().await? {
@@ -474,6 +508,38 @@ fn read_attempt(el: &Element) -> Option<Result<Attempt, (Profile, Failure)>> {
     None
 }
 
+/// The features of a stream before authentication, written out (building
+/// them as elements took about 150 allocations per login): SASL's and
+/// SASL2's mechanisms, XEP-0440's channel-binding types, registration.
+fn pre_auth_features(server: &Server, offer: &Offer) -> String {
+    let mut out = String::with_capacity(1024);
+    offer.write_mechanisms_open("mechanisms", NS_SASL, &mut out);
+    out.push_str("</mechanisms>");
+    sasl2::write_feature(offer, fast::enabled(server), &mut out);
+    write_channel_binding_types(&offer.cb, &mut out);
+    register::write_pre_auth_features(server.config.registration.mode, &mut out);
+    out
+}
+
+/// XEP-0440: which channel-binding types this connection supports, when
+/// it supports any (in [`ChannelBindings::types`]' order).
+fn write_channel_binding_types(cb: &ChannelBindings, out: &mut String) {
+    if !cb.any() {
+        return;
+    }
+    out.push_str("<sasl-channel-binding xmlns='");
+    out.push_str(NS_SASL_CB);
+    out.push_str("'>");
+    for t in [sasl::CbType::TlsExporter, sasl::CbType::TlsServerEndPoint] {
+        if cb.data(t).is_some() {
+            out.push_str("<channel-binding type='");
+            out.push_str(t.name());
+            out.push_str("'/>");
+        }
+    }
+    out.push_str("</sasl-channel-binding>");
+}
+
 /// SASL in either profile; returns how the stream authenticated.
 async fn authenticate(
     server: &Arc<Server>,
@@ -484,20 +550,7 @@ async fn authenticate(
     expect_header(server, xs).await?;
     xs.queue_header(NS_CLIENT, server.domain(), None, &new_id());
     let offer = Offer::new(cb);
-    let mut features = vec![
-        offer.mechanism_list("mechanisms", NS_SASL),
-        sasl2::feature(&offer, fast::enabled(server)),
-    ];
-    if offer.cb.any() {
-        // XEP-0440: which channel-binding types this connection supports.
-        let mut list = elem("sasl-channel-binding", NS_SASL_CB);
-        for t in offer.cb.types() {
-            list.append_child(elem("channel-binding", NS_SASL_CB).with("type", t.name()));
-        }
-        features.push(list);
-    }
-    features.extend(register::pre_auth_features(server));
-    xs.queue_features(&features);
+    xs.queue_features_raw(&pre_auth_features(server, &offer));
     xs.flush().await?;
 
     let mut failures = 0u32;
@@ -609,4 +662,64 @@ pub(crate) async fn refused(
     // Slow down guessing: each failure costs the client a moment.
     tokio::time::sleep(Duration::from_millis(200 * u64::from((*failures).min(10)))).await;
     blocked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{config::RegistrationMode, xmpp::xml::ElementExt};
+
+    /// The features written out are, byte for byte, what the element
+    /// builders they replace serialise to, for every channel-binding case.
+    #[test]
+    fn written_features_match_the_elements() {
+        let cbs = [
+            ChannelBindings::default(),
+            ChannelBindings {
+                tls_exporter: Some(vec![1]),
+                tls_server_end_point: None,
+            },
+            ChannelBindings {
+                tls_exporter: Some(vec![1]),
+                tls_server_end_point: Some(vec![2]),
+            },
+            ChannelBindings {
+                tls_exporter: None,
+                tls_server_end_point: Some(vec![2]),
+            },
+        ];
+        for cb in cbs {
+            let offer = Offer::new(cb);
+            let mut out = String::new();
+            offer.write_mechanisms_open("mechanisms", NS_SASL, &mut out);
+            out.push_str("</mechanisms>");
+            assert_eq!(out, offer.mechanism_list("mechanisms", NS_SASL).to_xml());
+            for fast in [false, true] {
+                let mut out = String::new();
+                sasl2::write_feature(&offer, fast, &mut out);
+                assert_eq!(out, sasl2::feature(&offer, fast).to_xml());
+            }
+            // The list as it was built before: elements, when there is any type.
+            let mut list = elem("sasl-channel-binding", NS_SASL_CB);
+            for t in offer.cb.types() {
+                list.append_child(elem("channel-binding", NS_SASL_CB).with("type", t.name()));
+            }
+            let mut out = String::new();
+            write_channel_binding_types(&offer.cb, &mut out);
+            match offer.cb.any() {
+                true => assert_eq!(out, list.to_xml()),
+                false => assert_eq!(out, ""),
+            }
+        }
+        for mode in [
+            RegistrationMode::Closed,
+            RegistrationMode::Open,
+            RegistrationMode::Invite,
+        ] {
+            let mut out = String::new();
+            register::write_pre_auth_features(mode, &mut out);
+            let els: String = register::pre_auth_features(mode).iter().map(|e| e.to_xml()).collect();
+            assert_eq!(out, els);
+        }
+    }
 }

@@ -42,8 +42,22 @@ pub struct Request {
     pub fast_invalidate: bool,
 }
 
+/// [`feature`] written out (a login builds no elements for its features).
+pub fn write_feature(offer: &Offer, with_fast: bool, out: &mut String) {
+    offer.write_mechanisms_open("authentication", NS_SASL2, out);
+    out.push_str("<inline><sm xmlns='");
+    out.push_str(NS_SM);
+    out.push_str("'/>");
+    bind2::write_feature(out);
+    if with_fast {
+        fast::write_feature(out);
+    }
+    out.push_str("</inline></authentication>");
+}
+
 /// The `<authentication/>` stream feature; `with_fast` adds FAST's
 /// token mechanisms to what can be inlined.
+#[cfg(test)]
 pub fn feature(offer: &Offer, with_fast: bool) -> Element {
     let mut f = offer.mechanism_list("authentication", NS_SASL2);
     let mut inline = elem("inline", NS_SASL2)

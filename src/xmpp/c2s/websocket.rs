@@ -11,7 +11,7 @@ use crate::{
     http::websocket::{Connection, Socket},
     xmpp::{
         stream::{FramingViolation, XmlStream},
-        xml::StreamError,
+        xml::{Limit, StreamError},
         Server,
     },
 };
@@ -97,7 +97,7 @@ impl AsyncBufRead for WsIo {
                 Some(Ok(Message::Frame(_))) => {}
                 Some(Err(tungstenite::Error::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                     tracing::info!(size, max_size, "WebSocket message over the size limit");
-                    return Poll::Ready(Err(violation(StreamError::PolicyViolation)));
+                    return Poll::Ready(Err(violation(StreamError::Limit(Limit::StanzaSize))));
                 }
                 Some(Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed)) => {
                     return Poll::Ready(Ok(&[]))

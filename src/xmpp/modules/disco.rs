@@ -20,7 +20,14 @@ pub use crate::xmpp::ns::{DISCO_INFO as NS_INFO, DISCO_ITEMS as NS_ITEMS};
 pub const NS_CAPS: &str = "http://jabber.org/protocol/caps";
 pub const CAPS_NODE: &str = "https://pushbox.example/caps";
 
-pub struct Disco;
+/// The module; it keeps the domain's entity-capabilities hash, which every
+/// login's stream features carry and which depends only on the
+/// configuration (computing it builds the whole disco#info, sorts and
+/// hashes it: about a hundred allocations per login otherwise).
+#[derive(Default)]
+pub struct Disco {
+    ver: std::sync::OnceLock<String>,
+}
 
 impl Module for Disco {
     fn name(&self) -> &'static str {
@@ -33,7 +40,7 @@ impl Module for Disco {
         &[NS_INFO, NS_ITEMS]
     }
     fn stream_features(&self, server: &Server) -> Vec<Element> {
-        let ver = caps_ver(server);
+        let ver = self.ver.get_or_init(|| caps_ver(server)).as_str();
         vec![elem("c", NS_CAPS)
             .with("hash", "sha-1")
             .with("node", CAPS_NODE)

@@ -200,9 +200,26 @@ pub struct Modules {
     list: Vec<Arc<dyn Module>>,
     routes: HashMap<(&'static str, &'static str), Vec<(Target, usize)>>,
     hooked: [Vec<Arc<dyn Module>>; HOOKS],
+    /// Every module's stream features, serialised once (they depend only
+    /// on the configuration; every login writes them).
+    features_xml: std::sync::OnceLock<String>,
 }
 
 impl Modules {
+    /// What every module adds to the features of an authenticated client
+    /// stream ([`Module::stream_features`]), serialised, in module order.
+    pub fn stream_features_xml(&self, server: &Server) -> &str {
+        self.features_xml.get_or_init(|| {
+            let mut out = String::new();
+            for m in &self.list {
+                for f in m.stream_features(server) {
+                    out.push_str(&crate::xmpp::xml_write::to_string(&f));
+                }
+            }
+            out
+        })
+    }
+
     /// The modules every server has, plus those `config` turns on.
     pub fn for_config(config: &crate::config::Config) -> Modules {
         let mut m = Self::new();
@@ -222,9 +239,10 @@ impl Modules {
             list: vec![],
             routes: HashMap::new(),
             hooked: Default::default(),
+            features_xml: Default::default(),
         };
         m.add(Arc::new(blocking::BlockingModule::default()));
-        m.add(Arc::new(disco::Disco));
+        m.add(Arc::new(disco::Disco::default()));
         m.add(Arc::new(ping::Ping));
         m.add(Arc::new(version::Version));
         m.add(Arc::new(roster::Roster));

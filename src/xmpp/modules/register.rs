@@ -107,14 +107,29 @@ impl Module for Register {
 /// and (as Prosody's mod_invites_register does) both invitation features
 /// wherever registration is possible: in "open" mode a token still makes
 /// the new account the inviter's contact.
-pub fn pre_auth_features(server: &Server) -> Vec<Element> {
-    match server.config.registration.mode {
+#[cfg(test)]
+pub fn pre_auth_features(mode: RegistrationMode) -> Vec<Element> {
+    match mode {
         RegistrationMode::Closed => vec![],
         RegistrationMode::Open | RegistrationMode::Invite => vec![
             elem("register", NS_FEATURE),
             elem("register", NS_IBR_TOKEN),
             elem("register", NS_INVITE_FEATURE),
         ],
+    }
+}
+
+/// [`pre_auth_features`] written out.
+pub fn write_pre_auth_features(mode: RegistrationMode, out: &mut String) {
+    match mode {
+        RegistrationMode::Closed => {}
+        RegistrationMode::Open | RegistrationMode::Invite => {
+            for ns in [NS_FEATURE, NS_IBR_TOKEN, NS_INVITE_FEATURE] {
+                out.push_str("<register xmlns='");
+                out.push_str(ns);
+                out.push_str("'/>");
+            }
+        }
     }
 }
 

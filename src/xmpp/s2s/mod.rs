@@ -115,6 +115,7 @@ pub fn limits(server: &Server) -> ParserLimits {
         max_stanza_size: server.config.federation.max_stanza_size,
         max_depth: l.max_depth,
         max_attributes: l.max_attributes,
+        max_token_size: crate::xmpp::xml::MAX_TOKEN_SIZE,
     }
 }
 
