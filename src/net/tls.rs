@@ -767,12 +767,21 @@ mod tests {
         versions: &[&'static SupportedProtocolVersion],
         cert: &CertificateDer<'static>,
     ) -> (Peer, TcpStream) {
+        connect_with(provider(), versions, cert).await
+    }
+
+    /// [`connect`] with the client's own crypto provider (to pin a suite).
+    async fn connect_with(
+        provider: Arc<rustls::crypto::CryptoProvider>,
+        versions: &[&'static SupportedProtocolVersion],
+        cert: &CertificateDer<'static>,
+    ) -> (Peer, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let mut roots = RootCertStore::empty();
         roots.add(cert.clone()).unwrap();
-        let cfg = ClientConfig::builder_with_provider(provider())
+        let cfg = ClientConfig::builder_with_provider(provider)
             .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
@@ -836,6 +845,38 @@ mod tests {
             server.write_all(b"<world/>").await.unwrap();
             server.flush().await.unwrap();
             assert_eq!(peer.read(8).await, b"<world/>");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_tls_exporter_follows_each_suites_hash() {
+        use rustls::crypto::ring::cipher_suite;
+        for suite in [
+            cipher_suite::TLS13_AES_128_GCM_SHA256,
+            cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+            cipher_suite::TLS13_AES_256_GCM_SHA384,
+        ] {
+            let (acceptor, cert) = acceptor();
+            let pinned = rustls::crypto::CryptoProvider {
+                cipher_suites: vec![suite],
+                ..rustls::crypto::ring::default_provider()
+            };
+            let (mut peer, tcp) = connect_with(Arc::new(pinned), TLS13, &cert).await;
+            let (server, ()) = tokio::join!(acceptor.accept(tcp), async {
+                peer.handshake().await;
+                peer.send().await;
+            });
+            let mut server = server.unwrap();
+            assert_eq!(peer.tls.negotiated_cipher_suite(), Some(suite));
+            let client_exporter = peer
+                .tls
+                .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+                .unwrap();
+            assert_eq!(
+                server.take_handshake_info().tls_exporter,
+                Some(client_exporter),
+                "{suite:?}"
+            );
         }
     }
 
