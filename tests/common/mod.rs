@@ -6,6 +6,8 @@
 
 #[allow(clippy::duplicate_mod)] // `support` loads it too
 pub mod daemon;
+#[allow(clippy::duplicate_mod)] // `support` loads it too
+pub mod poll;
 pub mod scram;
 pub mod turn;
 
@@ -305,15 +307,10 @@ impl TestClient {
     }
 }
 
-/// Poll `check` every 50 ms until it holds, for what settles in the
-/// background (a deletion, a write); panics naming `what` after [`WAIT`].
-/// Use it instead of a fixed sleep before an assertion.
+/// Wait until `check` holds, for what settles in the background (a
+/// deletion, a write); panics naming `what` after [`WAIT`].
 pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "not in time: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    poll::until(what, WAIT, || std::future::ready(check().then_some(()))).await
 }
 
 pub fn rand_id() -> u64 {

@@ -9,6 +9,9 @@
 #[allow(clippy::duplicate_mod)]
 #[path = "../common/daemon.rs"]
 mod daemon;
+#[allow(clippy::duplicate_mod)]
+#[path = "../common/poll.rs"]
+mod poll;
 
 mod apns;
 mod bench;
@@ -326,16 +329,9 @@ pub fn rand_bytes<const N: usize>() -> [u8; N] {
     b
 }
 
-/// Poll `f` until it returns Some (panics after PATIENCE).
-pub async fn eventually<T, F: Future<Output = Option<T>>>(mut f: impl FnMut() -> F) -> T {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "condition not met in time");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Poll `f` until it returns Some (panics after [`PATIENCE`]).
+pub async fn eventually<T, F: Future<Output = Option<T>>>(f: impl FnMut() -> F) -> T {
+    poll::until("condition", PATIENCE, f).await
 }
 
 /// A loopback port for a daemon run as its own process (see [`daemon::free_port`]).
