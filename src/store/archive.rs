@@ -139,68 +139,10 @@ impl<'c> ReservedInserts<'c> {
     }
 }
 
-/// The highest row id of the account archives, moved or not (0 when
-/// empty): reserved ids continue above it.
+/// The highest row id of the account archives (0 when empty): reserved ids
+/// continue above it.
 pub fn max_id(c: &Connection) -> Result<i64> {
-    Ok(c.query_row(
-        "SELECT MAX((SELECT COALESCE(MAX(id), 0) FROM archive), (SELECT COALESCE(MAX(id), 0) FROM archive_recent))",
-        [],
-        |r| r.get(0),
-    )?)
-}
-
-/// Account archive rows as the writer's batches land them: in
-/// `archive_recent` (see migration 0015), moved into `archive` by
-/// [`move_recent`].
-pub struct RecentInserts<'c> {
-    stmt: rusqlite::CachedStatement<'c>,
-    reserved: ReservedInserts<'c>,
-}
-
-impl<'c> RecentInserts<'c> {
-    pub fn new(conn: &'c Connection) -> Result<Self> {
-        let stmt = conn.prepare_cached(
-            "INSERT OR IGNORE INTO archive_recent (id, account_id, ts, with_jid, stanza) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
-        Ok(RecentInserts {
-            stmt,
-            reserved: ReservedInserts::new(conn)?,
-        })
-    }
-
-    pub fn insert(&mut self, row: i64, account: i64, ts: i64, with: &str, stanza: &str) -> Result<()> {
-        if self.stmt.execute(params![row, account, ts, with, stanza])? == 0 {
-            // Taken here too (see `ReservedInserts::insert`): straight into
-            // the archive, which keeps it under a new row id if need be.
-            self.reserved.insert(row, account, ts, with, stanza)?;
-        }
-        Ok(())
-    }
-}
-
-/// Rows waiting in `archive_recent`.
-pub fn recent_count(c: &Connection) -> Result<usize> {
-    Ok(c.query_row("SELECT COUNT(*) FROM archive_recent", [], |r| r.get::<_, i64>(0))? as usize)
-}
-
-/// Move every row of `archive_recent` into `archive` (in id order, so the
-/// table is appended to; each `archive_with` leaf is written once for all
-/// of them). Returns how many moved. Call inside a transaction.
-pub fn move_recent(c: &Connection) -> Result<usize> {
-    let mut read = c.prepare_cached("SELECT id, account_id, ts, with_jid, stanza FROM archive_recent ORDER BY id")?;
-    let mut rows = read.query([])?;
-    let mut into = ReservedInserts::new(c)?;
-    let mut n = 0;
-    while let Some(r) = rows.next()? {
-        let (with, stanza): (String, String) = (r.get(3)?, r.get(4)?);
-        into.insert(r.get(0)?, r.get(1)?, r.get(2)?, &with, &stanza)?;
-        n += 1;
-    }
-    drop(rows);
-    if n > 0 {
-        c.prepare_cached("DELETE FROM archive_recent")?.execute([])?;
-    }
-    Ok(n)
+    Ok(c.query_row("SELECT COALESCE(MAX(id), 0) FROM archive", [], |r| r.get(0))?)
 }
 
 /// The row id an account archive id names when it is one (decimal digits).
@@ -526,59 +468,6 @@ mod tests {
 
     /// A database at schema 13 (before row-id archive ids) with rows whose
     /// ids clients already hold, upgraded: old and new ids page together.
-    #[test]
-    fn recent_rows_move_into_the_archive() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open_in(dir.path()).unwrap();
-        s.blocking(|c| {
-            let a = accounts::create(c, "alice", "pw", false)?;
-            let b = accounts::create(c, "bob", "pw", false)?;
-            // Row 11 is taken in the archive already (bob's).
-            insert_reserved(c, 11, b, 1, "alice@x", "<message>bob's own</message>")?;
-            let mut landing = RecentInserts::new(c)?;
-            landing.insert(10, a, 2, "bob@x", "<message>one</message>")?;
-            landing.insert(11, a, 3, "bob@x", "<message>moved</message>")?;
-            landing.insert(12, b, 4, "alice@x", "<message>two</message>")?;
-            drop(landing);
-            assert_eq!(recent_count(c)?, 3);
-            assert_eq!(max_id(c)?, 12, "reserved ids continue above both tables");
-            let q = |account| {
-                query(
-                    c,
-                    account,
-                    &Query {
-                        max: 10,
-                        ..Default::default()
-                    },
-                )
-                .map(|p| p.unwrap())
-            };
-            assert!(q(a)?.rows.is_empty(), "queries read the archive only");
-            assert_eq!(move_recent(c)?, 3);
-            assert_eq!(recent_count(c)?, 0);
-            let alice = q(a)?;
-            let ids: Vec<_> = alice.rows.iter().map(|r| r.stanza_id.as_str()).collect();
-            assert_eq!(ids, ["10", "11"]);
-            assert!(
-                alice.rows[1].stanza.contains("moved"),
-                "a taken id keeps the id its owner saw"
-            );
-            let bob = q(b)?;
-            assert_eq!(
-                bob.rows.iter().map(|r| r.stanza_id.as_str()).collect::<Vec<_>>(),
-                ["11", "12"]
-            );
-            assert!(bob.rows[0].stanza.contains("bob's own"));
-            assert_eq!(move_recent(c)?, 0);
-            // Account deletion takes the rows still landing too.
-            RecentInserts::new(c)?.insert(20, a, 5, "bob@x", "<message/>")?;
-            c.execute("DELETE FROM accounts WHERE id=?1", params![a])?;
-            assert_eq!(recent_count(c)?, 0);
-            Ok(())
-        })
-        .unwrap();
-    }
-
     #[test]
     fn upgrade_keeps_old_ids_and_pages_with_new_ones() {
         let dir = tempfile::tempdir().unwrap();

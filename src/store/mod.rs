@@ -43,7 +43,6 @@ const MIGRATIONS: &[(&str, &str)] = &[
     ("devices", include_str!("migrations/0012_devices.sql")),
     ("relay_deliveries_device", include_str!("migrations/0013_relay_deliveries_device.sql")),
     ("archive_row_ids", include_str!("migrations/0014_archive_row_ids.sql")),
-    ("archive_recent", include_str!("migrations/0015_archive_recent.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

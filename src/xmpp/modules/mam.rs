@@ -59,14 +59,6 @@ enum Owner {
 const LINGER: Duration = Duration::from_millis(10);
 /// Most operations written in one transaction.
 const MAX_BATCH: usize = 2048;
-/// How long account rows wait in `archive_recent` at most before the
-/// writer moves them into `archive` (migration 0015): the `archive_with`
-/// index is written once per move instead of once per batch, and a query
-/// (whose barrier moves them at once) never waits for it. Not a loss
-/// window: the rows are committed with their batch.
-const MOVE_EVERY: Duration = Duration::from_millis(250);
-/// Rows in `archive_recent` after which they are moved whatever their age.
-const MOVE_ROWS: usize = 16_384;
 /// WAL pages after which the writer's commit checkpoints (SQLite's default
 /// is 1,000): index and table pages written again and again between
 /// checkpoints are copied into the database once.
@@ -105,7 +97,7 @@ impl Archive {
         // Its own connection on the same file (WAL: the server's connection
         // keeps reading meanwhile), on a thread of its own: a batch is one
         // wake-up of one thread, not a hop through the blocking pool.
-        let mut conn = match server.store.connection() {
+        let conn = match server.store.connection() {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot open the archive writer's connection; archiving is off");
@@ -121,17 +113,6 @@ impl Archive {
                 tracing::error!(error = %e, "cannot read the archive's last id; archiving is off");
                 return;
             }
-        }
-        // Rows a crash left in `archive_recent` go where queries read.
-        let moved = conn.transaction().map_err(store::StoreError::from).and_then(|tx| {
-            let n = db::move_recent(&tx)?;
-            tx.commit()?;
-            Ok(n)
-        });
-        match moved {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(rows = n, "archive rows of the last run moved into the archive"),
-            Err(e) => tracing::error!(error = %e, "archive rows of the last run not moved yet"),
         }
         if let Err(e) = conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT) {
             tracing::warn!(error = %e, "archive writer: wal_autocheckpoint not set");
@@ -214,58 +195,34 @@ impl Archive {
 
 /// The writer thread: waits for an operation, gathers what follows for
 /// [`LINGER`] (or until a barrier), writes it in one transaction, answers
-/// the barriers. Account rows land in `archive_recent` and are moved into
-/// `archive` when [`MOVE_EVERY`] has passed since the oldest landed, when
-/// [`MOVE_ROWS`] wait, before a barrier is answered (a query reads
-/// `archive` only), and when the server is gone. Ends then.
+/// the barriers. Ends when the server is gone.
 fn write_loop(mut conn: rusqlite::Connection, rx: std::sync::mpsc::Receiver<Op>) {
-    use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
-    use std::time::Instant;
-    // Rows in `archive_recent` (left by a start-up move that failed, or
-    // landed since the last move), and when the oldest of them landed.
-    let mut recent = db::recent_count(&conn).unwrap_or(0);
-    let mut oldest = (recent > 0).then(Instant::now);
+    use std::sync::mpsc::TryRecvError;
     let mut open = true;
     while open {
-        let first = match oldest {
-            None => match rx.recv() {
-                Ok(op) => Some(op),
-                Err(_) => return,
-            },
-            Some(t) => match rx.recv_timeout(MOVE_EVERY.saturating_sub(t.elapsed())) {
-                Ok(op) => Some(op),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    open = false;
-                    None
-                }
-            },
-        };
-        let mut batch = Vec::new();
-        if let Some(first) = first {
-            let started = Instant::now();
-            batch.push(first);
-            loop {
-                match rx.try_recv() {
-                    Ok(op) => {
-                        batch.push(op);
-                        if batch.len() < MAX_BATCH {
-                            continue;
-                        }
+        let Ok(first) = rx.recv() else { return };
+        let started = std::time::Instant::now();
+        let mut batch = vec![first];
+        loop {
+            match rx.try_recv() {
+                Ok(op) => {
+                    batch.push(op);
+                    if batch.len() < MAX_BATCH {
+                        continue;
                     }
-                    Err(TryRecvError::Empty) => {
-                        let waited = started.elapsed();
-                        let barrier = batch.iter().any(|o| matches!(o, Op::Barrier(_)));
-                        if !barrier && waited < LINGER {
-                            // Senders do not wake this thread; a barrier does.
-                            std::thread::park_timeout(LINGER - waited);
-                            continue;
-                        }
-                    }
-                    Err(TryRecvError::Disconnected) => open = false,
                 }
-                break;
+                Err(TryRecvError::Empty) => {
+                    let waited = started.elapsed();
+                    let barrier = batch.iter().any(|o| matches!(o, Op::Barrier(_)));
+                    if !barrier && waited < LINGER {
+                        // Senders do not wake this thread; a barrier does.
+                        std::thread::park_timeout(LINGER - waited);
+                        continue;
+                    }
+                }
+                Err(TryRecvError::Disconnected) => open = false,
             }
+            break;
         }
         let mut barriers = Vec::new();
         let mut inserts = Vec::with_capacity(batch.len());
@@ -275,26 +232,12 @@ fn write_loop(mut conn: rusqlite::Connection, rx: std::sync::mpsc::Receiver<Op>)
                 insert => inserts.push(insert),
             }
         }
-        let move_all = !open
-            || !barriers.is_empty()
-            || recent + inserts.len() >= MOVE_ROWS
-            || oldest.is_some_and(|t| t.elapsed() >= MOVE_EVERY);
-        if !inserts.is_empty() || (move_all && recent > 0) {
+        if !inserts.is_empty() {
             // A failed transaction wrote nothing: try the batch again
             // (the database may be locked by a long write elsewhere).
             for attempt in 1..=3 {
-                match write_batch(&mut conn, &inserts, move_all) {
-                    Ok(_) if move_all => {
-                        (recent, oldest) = (0, None);
-                        break;
-                    }
-                    Ok(landed) => {
-                        recent += landed;
-                        if landed > 0 {
-                            oldest = oldest.or_else(|| Some(Instant::now()));
-                        }
-                        break;
-                    }
+                match write_batch(&mut conn, &inserts) {
+                    Ok(()) => break,
                     Err(e) if attempt < 3 => {
                         tracing::warn!(error = %e, attempt, "archive write failed; retrying");
                         std::thread::sleep(Duration::from_millis(200));
@@ -309,15 +252,13 @@ fn write_loop(mut conn: rusqlite::Connection, rx: std::sync::mpsc::Receiver<Op>)
     }
 }
 
-/// One transaction for a batch (an account's id and preferences are read
-/// once per batch), and the move of `archive_recent` into `archive` when
-/// `move_all`. Returns how many rows landed in `archive_recent`.
-fn write_batch(conn: &mut rusqlite::Connection, inserts: &[Op], move_all: bool) -> store::Result<usize> {
+/// One transaction for a batch; an account's id and preferences are read
+/// once per batch.
+fn write_batch(conn: &mut rusqlite::Connection, inserts: &[Op]) -> store::Result<()> {
     // IMMEDIATE, as every store connection's transactions (see
     // `store::open_connection`).
     let tx = conn.transaction()?;
-    let mut rows = db::RecentInserts::new(&tx)?;
-    let mut landed = 0;
+    let mut rows = db::ReservedInserts::new(&tx)?;
     let mut accounts: HashMap<&str, Option<(i64, db::Prefs)>> = HashMap::new();
     for op in inserts {
         let Op::Insert { owner, ts, with, xml } = op else {
@@ -338,18 +279,14 @@ fn write_batch(conn: &mut rusqlite::Connection, inserts: &[Op], move_all: bool) 
                 let Some((id, prefs)) = account else { continue };
                 if db::wanted_by(&tx, *id, prefs, with)? {
                     rows.insert(*row, *id, *ts, with, xml)?;
-                    landed += 1;
                 }
             }
             Owner::Room { room, stanza_id } => db::insert_room(&tx, *room, stanza_id, *ts, with, xml)?,
         }
     }
     drop(rows);
-    if move_all {
-        db::move_recent(&tx)?;
-    }
     tx.commit()?;
-    Ok(landed)
+    Ok(())
 }
 
 pub fn now_micros() -> i64 {
