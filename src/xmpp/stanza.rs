@@ -332,9 +332,10 @@ mod tests {
 
     #[test]
     fn a_stanza_parses_its_addresses_once_and_keeps_its_text_true() {
-        let el: Element = "<message xmlns='jabber:client' from='Alice@Example.org/phone' type='chat'><body>hi</body></message>"
-            .parse()
-            .unwrap();
+        let el: Element =
+            "<message xmlns='jabber:client' from='Alice@Example.org/phone' type='chat'><body>hi</body></message>"
+                .parse()
+                .unwrap();
         let mut s = Stanza::new(el).unwrap();
         assert_eq!(s.kind, Kind::Message);
         assert_eq!(s.from.as_str(), "alice@example.org/phone");
