@@ -569,3 +569,86 @@ async fn whitespace_keepalives_keep_an_idle_session_open() {
     );
     s.stop().await;
 }
+
+/// Read plaintext from `tcp` until `needle` (the phase before STARTTLS).
+async fn read_plain_until(tcp: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = String::new();
+    let mut buf = [0u8; 4096];
+    while !got.contains(needle) {
+        let n = tokio::time::timeout(WAIT, tcp.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed before {needle}: {got}");
+        got.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    got
+}
+
+/// A TLS 1.3 handshake driven by hand so that the client's Finished and
+/// the stream header leave in one write: the server has to find the header
+/// in the bytes that completed its handshake. Returns what the server
+/// answered up to its features.
+async fn header_pipelined_with_finished(mut tcp: tokio::net::TcpStream) -> String {
+    use std::io::{Read, Write};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = client_tls_config_for(&[&rustls::version::TLS13]);
+    let mut tls = rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    async fn receive(tls: &mut rustls::ClientConnection, tcp: &mut tokio::net::TcpStream, buf: &mut [u8]) {
+        let n = tokio::time::timeout(WAIT, tcp.read(buf)).await.unwrap().unwrap();
+        assert!(n > 0, "server closed");
+        let mut s = &buf[..n];
+        while !s.is_empty() {
+            tls.read_tls(&mut s).unwrap();
+            tls.process_new_packets().unwrap();
+        }
+    }
+    let mut out = Vec::new();
+    while tls.is_handshaking() {
+        while tls.wants_write() {
+            tls.write_tls(&mut out).unwrap();
+        }
+        tcp.write_all(&out).await.unwrap();
+        out.clear();
+        receive(&mut tls, &mut tcp, &mut buf).await;
+    }
+    // The Finished is still queued: the header goes with it.
+    tls.writer().write_all(HEADER.as_bytes()).unwrap();
+    while tls.wants_write() {
+        tls.write_tls(&mut out).unwrap();
+    }
+    tcp.write_all(&out).await.unwrap();
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("</stream:features>") {
+        receive(&mut tls, &mut tcp, &mut buf).await;
+        let mut plain = [0u8; 4096];
+        while let Ok(n) = tls.reader().read(&mut plain) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&plain[..n]);
+        }
+    }
+    String::from_utf8(got).unwrap()
+}
+
+#[tokio::test]
+async fn a_stream_header_pipelined_with_the_tls_finished_is_answered() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start().await;
+    // STARTTLS: the handshake right after <proceed/>.
+    let mut tcp = tokio::net::TcpStream::connect(s.c2s).await.unwrap();
+    tcp.write_all(HEADER.as_bytes()).await.unwrap();
+    read_plain_until(&mut tcp, "</stream:features>").await;
+    tcp.write_all(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        .await
+        .unwrap();
+    read_plain_until(&mut tcp, "<proceed").await;
+    let features = header_pipelined_with_finished(tcp).await;
+    assert!(features.contains("<stream:stream"), "{features}");
+    assert!(features.contains("SCRAM-SHA-256-PLUS"), "{features}");
+    // Direct TLS (XEP-0368).
+    let tcp = tokio::net::TcpStream::connect(s.c2s_tls).await.unwrap();
+    let features = header_pipelined_with_finished(tcp).await;
+    assert!(features.contains("<mechanisms"), "{features}");
+    s.stop().await;
+}

@@ -208,9 +208,16 @@ impl CertStore {
                     .ok()
             })
             .flatten();
+        self.channel_bindings_of(tls_exporter, conn.server_name())
+    }
+
+    /// [`CertStore::channel_bindings`] from what a handshake said: its
+    /// `tls-exporter` value (TLS 1.3) and the server name the client asked
+    /// for (for connections whose TLS layer keeps no `ServerConnection`).
+    pub fn channel_bindings_of(&self, tls_exporter: Option<Vec<u8>>, sni: Option<&str>) -> ChannelBindings {
         ChannelBindings {
             tls_exporter,
-            tls_server_end_point: self.end_point_binding(conn.server_name()).map(|b| b.to_vec()),
+            tls_server_end_point: self.end_point_binding(sni).map(|b| b.to_vec()),
         }
     }
 

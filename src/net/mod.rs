@@ -2,10 +2,11 @@
 //! ([`Limiter`]) and the one accept loop ([`Acceptor`]) every listener runs —
 //! c2s and s2s (STARTTLS and direct TLS), HTTPS, plain HTTP and metrics —
 //! so that each applies the same limits and stops the same way — and the
-//! one DNS resolver set-up ([`dns`]).
+//! one DNS resolver set-up ([`dns`]); the XMPP streams' TLS ([`tls`]).
 
 mod accept;
 pub mod dns;
+pub mod tls;
 
 pub use accept::{connection_task, Acceptor, Alive};
 

@@ -9,9 +9,9 @@ use super::{
     xml::{elem, ElementExt, Event, StreamError, NS_SASL, NS_TLS},
     Server,
 };
+use crate::net::tls::{Acceptor, TlsStream};
 use std::time::Duration;
 use tokio::net::TcpStream;
-use tokio_rustls::{server::TlsStream, TlsAcceptor};
 
 pub type Tls = TlsStream<TcpStream>;
 
@@ -19,7 +19,7 @@ pub type Tls = TlsStream<TcpStream>;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Direct TLS: the handshake, or `None` (logged) when it fails or times out.
-pub async fn direct(tcp: TcpStream, acceptor: TlsAcceptor) -> Option<Tls> {
+pub async fn direct(tcp: TcpStream, acceptor: Acceptor) -> Option<Tls> {
     let _ = tcp.set_nodelay(true);
     handshake(acceptor, tcp).await
 }
@@ -33,7 +33,7 @@ pub async fn negotiate(
     server: &Server,
     mut xs: XmlStream<Plain>,
     ns: &str,
-    acceptor: TlsAcceptor,
+    acceptor: Acceptor,
     open: impl AsyncFnOnce(&mut XmlStream<Plain>) -> Result<(), ConnError>,
 ) -> Option<Tls> {
     let deadline = server.config.limits.auth_timeout.get();
@@ -79,7 +79,7 @@ async fn plaintext(xs: &mut XmlStream<Plain>) -> Result<(), ConnError> {
     }
 }
 
-async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream) -> Option<Tls> {
+async fn handshake(acceptor: Acceptor, tcp: TcpStream) -> Option<Tls> {
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {

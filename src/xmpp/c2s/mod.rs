@@ -20,6 +20,7 @@ use super::{
     stream::{ConnError, Plain, Transport, XmlStream},
     xml::{elem, ElementExt, Event, ParserLimits, StreamError, NS_BIND, NS_CLIENT, NS_SASL, NS_SASL_CB, NS_SESSION},
 };
+use crate::net::tls::Acceptor;
 use crate::{certs::ALPN_XMPP_CLIENT, xmpp::Server};
 use auth::{Authenticated, Offer, Profile};
 use jid::{BareJid, FullJid};
@@ -35,7 +36,6 @@ use tokio::{
     io::{AsyncBufRead, AsyncRead, AsyncWrite},
     net::TcpStream,
 };
-use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 pub use super::starttls::Tls;
@@ -131,7 +131,7 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
     async move {
         let _ = tcp.set_nodelay(true);
         let xs = XmlStream::plain(tcp, limits(&server));
-        let acceptor = TlsAcceptor::from(server.certs.server_config(&[]));
+        let acceptor = Acceptor::new(server.certs.server_config(&[]));
         let open = async |xs: &mut XmlStream<Plain>| open_plaintext(&server, xs).await;
         // Boxed, like every phase before binding: the task keeps the
         // largest state it ever awaited, and a session lives for hours.
@@ -149,7 +149,7 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
 pub async fn serve_direct_tls(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("c2s", %peer, tls = "direct", jid = tracing::field::Empty);
     async move {
-        let acceptor = TlsAcceptor::from(server.certs.server_config(&[ALPN_XMPP_CLIENT]));
+        let acceptor = Acceptor::new(server.certs.server_config(&[ALPN_XMPP_CLIENT]));
         let (xs, cb, peer_ip) = match Box::pin(starttls::direct(tcp, acceptor)).await {
             Some(tls) => tls_stream(&server, tls),
             None => return,
@@ -196,9 +196,12 @@ async fn open_plaintext(server: &Server, xs: &mut XmlStream<Plain>) -> Result<()
 /// stream is boxed from here on: an async fn keeps its arguments and its
 /// locals apart, so a stream passed by value down the calls would be
 /// stored in the task once per level.
-fn tls_stream(server: &Server, tls: Tls) -> (Box<ClientStream>, ChannelBindings, Option<std::net::IpAddr>) {
-    let cb = server.certs.channel_bindings(tls.get_ref().1);
-    let peer_ip = tls.get_ref().0.peer_addr().map(|a| a.ip()).ok();
+fn tls_stream(server: &Server, mut tls: Tls) -> (Box<ClientStream>, ChannelBindings, Option<std::net::IpAddr>) {
+    let info = tls.take_handshake_info();
+    let cb = server
+        .certs
+        .channel_bindings_of(info.tls_exporter.map(|e| e.to_vec()), info.server_name.as_deref());
+    let peer_ip = tls.get_ref().peer_addr().map(|a| a.ip()).ok();
     (
         Box::new(XmlStream::new(ClientIo::Tls(tls), limits(server))),
         cb,

@@ -790,7 +790,7 @@ mod future_sizes {
             }),
             ("tokio Sleep", size_of::<tokio::time::Sleep>()),
             ("ClientStream (boxed)", size_of::<ClientStream>()),
-            ("Tls (TlsStream<TcpStream>)", size_of::<super::super::Tls>()),
+            ("Tls (net::tls::TlsStream)", size_of::<super::super::Tls>()),
             ("Session", size_of::<Session>()),
             ("ToSession", size_of::<ToSession>()),
         ];

@@ -10,6 +10,7 @@
 use super::{db, header, limits, tls::AnyClientCert, to_client_ns, NS_DIALBACK, NS_DIALBACK_FEATURE};
 use crate::{
     certs::ALPN_XMPP_SERVER,
+    net::tls::Acceptor,
     shutdown,
     xmpp::Server,
     xmpp::{
@@ -23,7 +24,6 @@ use crate::{
 use minidom::Element;
 use std::{collections::HashSet, net::SocketAddr, sync::Arc};
 use tokio::{net::TcpStream, sync::mpsc, time::Instant};
-use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::xmpp::starttls::Tls;
@@ -37,7 +37,7 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
     async move {
         let _ = tcp.set_nodelay(true);
         let xs = XmlStream::plain(tcp, limits(&server));
-        let acceptor = TlsAcceptor::from(server.certs.server_config_with_client_auth(&[], AnyClientCert::new()));
+        let acceptor = Acceptor::new(server.certs.server_config_with_client_auth(&[], AnyClientCert::new()));
         let open = async |xs: &mut XmlStream<Plain>| open_stream(&server, xs).await.map(|_| ());
         if let Some(tls) = starttls::negotiate(&server, xs, NS_SERVER, acceptor, open).await {
             after_tls(server, tls).await
@@ -51,7 +51,7 @@ pub async fn serve_starttls(server: Arc<Server>, tcp: TcpStream, peer: SocketAdd
 pub async fn serve_direct_tls(server: Arc<Server>, tcp: TcpStream, peer: SocketAddr) {
     let span = tracing::info_span!("s2s-in", %peer, tls = "direct", from = tracing::field::Empty);
     async move {
-        let acceptor = TlsAcceptor::from(
+        let acceptor = Acceptor::new(
             server
                 .certs
                 .server_config_with_client_auth(&[ALPN_XMPP_SERVER], AnyClientCert::new()),
@@ -168,7 +168,7 @@ async fn serve(
     // SASL EXTERNAL is offered when the certificate the peer showed during
     // the handshake verifies for the domain its stream header names.
     let external_for = peer_from.map(|f| f.to_ascii_lowercase()).filter(|f| {
-        let chain = xs.get_ref().get_ref().1.peer_certificates().unwrap_or_default();
+        let chain = xs.get_ref().peer_certificates().unwrap_or_default();
         server.s2s.tls.verifies_for(chain, f)
     });
     let mut features = vec![];
