@@ -107,19 +107,36 @@ pub fn insert(c: &Connection, account: i64, stanza_id: &str, ts: i64, with: &str
 /// Add a message under the row id the daemon reserved for it; clients know
 /// the id in decimal (see [`stanza_id_of`]).
 pub fn insert_reserved(c: &Connection, row: i64, account: i64, ts: i64, with: &str, stanza: &str) -> Result<()> {
-    let n = c
-        .prepare_cached(
+    ReservedInserts::new(c)?.insert(row, account, ts, with, stanza)
+}
+
+/// [`insert_reserved`] for the rows of a batch, with the statement looked
+/// up in the connection's cache once instead of once per row (the look-up
+/// hashes the SQL text).
+pub struct ReservedInserts<'c> {
+    conn: &'c Connection,
+    stmt: rusqlite::CachedStatement<'c>,
+}
+
+impl<'c> ReservedInserts<'c> {
+    pub fn new(conn: &'c Connection) -> Result<Self> {
+        let stmt = conn.prepare_cached(
             "INSERT OR IGNORE INTO archive (id, account_id, stanza_id, ts, with_jid, stanza) VALUES (?1, ?2, NULL, ?3, ?4, ?5)",
-        )?
-        .execute(params![row, account, ts, with, stanza])?;
-    if n == 0 {
-        // The id is taken (only a database copied in from elsewhere while
-        // the daemon ran could do that): the message is kept under a row id
-        // of SQLite's choosing, with the id its recipient saw as stanza-id.
-        tracing::warn!(row, "archive row id taken; stored under a new one");
-        insert(c, account, &row.to_string(), ts, with, stanza)?;
+        )?;
+        Ok(ReservedInserts { conn, stmt })
     }
-    Ok(())
+
+    pub fn insert(&mut self, row: i64, account: i64, ts: i64, with: &str, stanza: &str) -> Result<()> {
+        let n = self.stmt.execute(params![row, account, ts, with, stanza])?;
+        if n == 0 {
+            // The id is taken (only a database copied in from elsewhere while
+            // the daemon ran could do that): the message is kept under a row id
+            // of SQLite's choosing, with the id its recipient saw as stanza-id.
+            tracing::warn!(row, "archive row id taken; stored under a new one");
+            insert(self.conn, account, &row.to_string(), ts, with, stanza)?;
+        }
+        Ok(())
+    }
 }
 
 /// The highest row id of the account archives (0 when empty): reserved ids

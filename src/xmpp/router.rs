@@ -5,7 +5,7 @@
 use super::{
     modules::{BoxFuture, IqCtx, Target},
     ns, presence,
-    stanza::{self, bounce, iq_payload, iq_result, Condition, Kind},
+    stanza::{self, bounce, iq_payload, iq_result, Condition, Kind, Stanza, Unroutable},
     xml::ElementExt,
 };
 use crate::{store, xmpp::Server};
@@ -16,36 +16,46 @@ use std::sync::Arc;
 /// Route a stanza whose `from` is trusted. Boxed: routing recurses through
 /// presence handling and error bounces.
 pub fn route(server: &Arc<Server>, stanza: Element) -> BoxFuture<'_, ()> {
-    Box::pin(route_inner(server, stanza))
+    Box::pin(async move {
+        match Stanza::new(stanza) {
+            Ok(s) => route_stanza(server, s).await,
+            Err(e) => unroutable(server, e).await,
+        }
+    })
 }
 
-async fn route_inner(server: &Arc<Server>, stanza: Element) {
-    let Some(kind) = Kind::of(&stanza) else {
-        return;
-    };
-    crate::metrics::stanza_routed(kind.name());
-    let Some(from) = stanza::from(&stanza) else {
-        tracing::warn!("dropping a stanza without a from address");
-        return;
-    };
-    let to = match stanza::to(&stanza) {
-        Ok(Some(t)) => t,
-        Ok(None) => Jid::from(from.to_bare()),
-        Err(c) => return reply(server, bounce(&stanza, c, server.domain())).await,
-    };
-    if server.modules.intercept(server, &stanza, &from, &to).await {
+/// What becomes of an element [`Stanza::new`] refused.
+pub async fn unroutable(server: &Arc<Server>, e: Unroutable) {
+    match e {
+        Unroutable::NotAStanza => {}
+        Unroutable::NoFrom => tracing::warn!("dropping a stanza without a from address"),
+        Unroutable::BadTo(el) => reply(server, bounce(&el, Condition::JidMalformed, server.domain())).await,
+    }
+}
+
+/// Route a stanza whose addresses are already parsed (a local session's
+/// message after its MessageOut hooks).
+pub async fn route_stanza(server: &Arc<Server>, stanza: Stanza) {
+    crate::metrics::stanza_routed(stanza.kind.name());
+    if server.modules.intercept(server, &stanza).await {
         return;
     }
-    if let Some(service) = server.services.find(to.domain().as_str()) {
-        return service.handle(server, stanza).await;
+    if let Some(service) = server.services.find(stanza.to.domain().as_str()) {
+        return service.handle(server, stanza.into_element()).await;
     }
-    if !server.is_local(to.domain().as_str()) {
-        return super::s2s::send(server, stanza).await;
+    if !server.is_local(stanza.to.domain().as_str()) {
+        return super::s2s::send(server, stanza.into_element()).await;
     }
-    match kind {
-        Kind::Message => deliver_message(server, stanza, &to).await,
-        Kind::Presence => presence::inbound(server, stanza, &from, &to).await,
-        Kind::Iq => route_iq(server, stanza, &from, &to).await,
+    match stanza.kind {
+        Kind::Message => deliver_message(server, stanza).await,
+        Kind::Presence => {
+            let (el, from, to) = stanza.into_parts();
+            presence::inbound(server, el, &from, &to).await
+        }
+        Kind::Iq => {
+            let (el, from, to) = stanza.into_parts();
+            route_iq(server, el, &from, &to).await
+        }
     }
 }
 
@@ -70,49 +80,54 @@ fn to_session(server: &Server, to: &Jid, stanza: Element) -> Result<(), Element>
     }
 }
 
-async fn deliver_message(server: &Arc<Server>, msg: Element, to: &Jid) {
-    if to.node().is_none() {
+async fn deliver_message(server: &Arc<Server>, mut msg: Stanza) {
+    if msg.to.node().is_none() {
         // Messages to the server itself: nothing consumes them yet.
         return;
     }
-    let t = stanza::typ(&msg).to_string();
-    let bare = to.to_bare();
-    let full_target = to.try_as_full().ok().and_then(|f| server.sessions.get(f));
-    if t == "groupchat" {
+    let full_target = msg.to.try_as_full().ok().and_then(|f| server.sessions.get(f));
+    if msg.typ() == "groupchat" {
         // A room's copy for one occupant session (ours or another server's
         // room): no offline storage, carbons or pushes; the room decides
         // whom it wakes, and a gone session is an error back to the room.
         return match full_target {
             Some(s) => {
-                s.send(msg);
+                s.send(msg.into_element());
             }
-            None => reply(server, bounce(&msg, Condition::ServiceUnavailable, server.domain())).await,
+            None => reply(server, bounce(msg.el(), Condition::ServiceUnavailable, server.domain())).await,
         };
     }
-    if full_target.is_none() && to.resource().is_some() && !matches!(t.as_str(), "" | "normal" | "chat") {
+    let plain = matches!(msg.typ(), "" | "normal" | "chat");
+    if full_target.is_none() && msg.to.resource().is_some() && !plain {
         // RFC 6121 §8.5.3.2: headline and error to an offline resource are dropped.
         return;
     }
-    let msg = server.modules.message_in(server, &bare, msg);
-    let mut delivered = Vec::with_capacity(2);
-    if let Some(s) = full_target {
-        s.send(msg.clone());
-        delivered.push(s);
-    } else {
-        for s in server.sessions.of(&bare) {
-            if s.available() && s.priority() >= 0 {
-                s.send(msg.clone());
-                delivered.push(s);
-            }
+    let bare = msg.to.to_bare();
+    server.modules.message_in(server, &bare, &mut msg);
+    let delivered = match full_target {
+        Some(s) => vec![s],
+        None => {
+            let mut all = server.sessions.of(&bare);
+            all.retain(|s| s.available() && s.priority() >= 0);
+            all
         }
-    }
-    if delivered.is_empty() && (t == "headline" || t == "error") {
+    };
+    if delivered.is_empty() && matches!(msg.typ(), "headline" | "error") {
         return;
     }
-    // Hooks see where it went: pushes wake sleeping clients, carbons copy it.
+    // Hooks see where it goes: pushes wake sleeping clients, carbons copy
+    // it to the other resources (before the copies below: the last one
+    // takes the message itself instead of a clone).
     server.modules.delivered(server, &msg, &bare, &delivered);
-    if delivered.is_empty() {
-        super::offline::store(server, msg, &bare).await;
+    let el = msg.into_element();
+    match delivered.split_last() {
+        Some((last, others)) => {
+            for s in others {
+                s.send(el.clone());
+            }
+            last.send(el);
+        }
+        None => super::offline::store(server, el, &bare).await,
     }
 }
 

@@ -145,10 +145,18 @@ impl SessionHandle {
     }
 }
 
+/// The bare part of a JID's text (everything before the resource's `/`:
+/// neither a node nor a domain holds one).
+pub fn bare_of(jid: &str) -> &str {
+    jid.split_once('/').map_or(jid, |(bare, _)| bare)
+}
+
 #[derive(Default)]
 pub struct Sessions {
     // std RwLock: held for map operations only, never across an await or a send.
-    map: RwLock<HashMap<BareJid, Vec<Arc<SessionHandle>>>>,
+    /// Keyed by the bare JID's text: a full JID finds its account's entry
+    /// by a slice of its own, without building a `BareJid` per look-up.
+    map: RwLock<HashMap<String, Vec<Arc<SessionHandle>>>>,
     /// XEP-0198 resumption ids of sessions that may be resumed.
     resumable: Mutex<HashMap<String, Arc<SessionHandle>>>,
     next_id: AtomicU64,
@@ -164,7 +172,7 @@ impl Sessions {
     /// Register a session; returns the session it replaces (same full JID).
     pub fn bind(&self, h: Arc<SessionHandle>) -> Option<Arc<SessionHandle>> {
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        let list = map.entry(h.jid.to_bare()).or_default();
+        let list = map.entry(bare_of(h.jid.as_str()).to_string()).or_default();
         let old = list.iter().position(|s| s.jid == h.jid).map(|i| list.swap_remove(i));
         list.push(h);
         if old.is_none() {
@@ -192,8 +200,8 @@ impl Sessions {
             m.retain(|_, h| h.id != id);
         }
         let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
-        let bare = jid.to_bare();
-        if let Some(list) = map.get_mut(&bare) {
+        let bare = bare_of(jid.as_str());
+        if let Some(list) = map.get_mut(bare) {
             let before = list.len();
             list.retain(|s| s.id != id);
             if list.len() < before {
@@ -201,20 +209,27 @@ impl Sessions {
                 crate::metrics::sessions_online(n);
             }
             if list.is_empty() {
-                map.remove(&bare);
+                map.remove(bare);
             }
         }
     }
 
     pub fn get(&self, jid: &FullJid) -> Option<Arc<SessionHandle>> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        map.get(&jid.to_bare())?.iter().find(|s| &s.jid == jid).cloned()
+        map.get(bare_of(jid.as_str()))?.iter().find(|s| &s.jid == jid).cloned()
+    }
+
+    /// Whether a session of the account `bare` (a bare JID's text) is one
+    /// `f` accepts: a check that copies no list.
+    pub fn any_of(&self, bare: &str, f: impl Fn(&SessionHandle) -> bool) -> bool {
+        let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+        map.get(bare).is_some_and(|l| l.iter().any(|s| f(s)))
     }
 
     /// Every session of an account.
     pub fn of(&self, bare: &BareJid) -> Vec<Arc<SessionHandle>> {
         let map = self.map.read().unwrap_or_else(|p| p.into_inner());
-        map.get(bare).cloned().unwrap_or_default()
+        map.get(bare.as_str()).cloned().unwrap_or_default()
     }
 
     pub fn is_resource_taken(&self, jid: &FullJid) -> bool {

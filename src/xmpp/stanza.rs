@@ -3,6 +3,7 @@
 use super::xml::{elem, ElementExt, NS_CLIENT, NS_STANZAS};
 use jid::Jid;
 use minidom::Element;
+use std::sync::Arc;
 
 /// RFC 6120 §8.3.3 conditions, with the error type each one carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +148,91 @@ impl Kind {
     }
 }
 
+/// A stanza on its way through the router and the module hooks, with what
+/// every hook asks of it worked out once: its kind, its addresses (parsed
+/// and normalised) and, once a hook needed it, its serialised form. Hooks
+/// may change the element's children through [`Stanza::el_mut`] (which
+/// drops the serialised form) but not its addresses.
+pub struct Stanza {
+    el: Element,
+    pub kind: Kind,
+    /// The sender, as its stream authenticated it.
+    pub from: Jid,
+    /// The address; the sender's bare JID when the stanza has no `to`.
+    pub to: Jid,
+    /// `el` serialised ([`ElementExt::to_xml`]), kept for the next hook
+    /// that needs it: both archive rows of a message between two local
+    /// accounts are written from one serialisation.
+    xml: Option<Arc<str>>,
+}
+
+/// Why an element cannot be routed.
+#[derive(Debug)]
+pub enum Unroutable {
+    /// Not a message, presence or IQ of `jabber:client`.
+    NotAStanza,
+    /// No `from`, or one that is not a JID.
+    NoFrom,
+    /// A `to` that is not a JID: the element comes back, to be bounced.
+    BadTo(Element),
+}
+
+impl Stanza {
+    /// Read a stanza's kind and addresses.
+    pub fn new(el: Element) -> Result<Stanza, Unroutable> {
+        let kind = Kind::of(&el).ok_or(Unroutable::NotAStanza)?;
+        let from = from(&el).ok_or(Unroutable::NoFrom)?;
+        Stanza::from_sender(el, kind, from)
+    }
+
+    /// A stanza whose `from` is already known as `from` (a local session's
+    /// own address, just set on it).
+    pub fn from_sender(el: Element, kind: Kind, from: Jid) -> Result<Stanza, Unroutable> {
+        let to = match to(&el) {
+            Ok(Some(t)) => t,
+            Ok(None) => Jid::from(from.to_bare()),
+            Err(_) => return Err(Unroutable::BadTo(el)),
+        };
+        Ok(Stanza {
+            el,
+            kind,
+            from,
+            to,
+            xml: None,
+        })
+    }
+
+    pub fn el(&self) -> &Element {
+        &self.el
+    }
+
+    /// The element, to change its children (not its addresses): its
+    /// serialised form is dropped.
+    pub fn el_mut(&mut self) -> &mut Element {
+        self.xml = None;
+        &mut self.el
+    }
+
+    /// The `type` attribute (`""` when absent).
+    pub fn typ(&self) -> &str {
+        typ(&self.el)
+    }
+
+    /// The element serialised, made on the first call.
+    pub fn xml(&mut self) -> Arc<str> {
+        self.xml.get_or_insert_with(|| self.el.to_xml().into()).clone()
+    }
+
+    pub fn into_element(self) -> Element {
+        self.el
+    }
+
+    /// The element, its sender and its address.
+    pub fn into_parts(self) -> (Element, Jid, Jid) {
+        (self.el, self.from, self.to)
+    }
+}
+
 pub fn typ(el: &Element) -> &str {
     super::xml::attr(el, "type").unwrap_or("")
 }
@@ -243,6 +329,34 @@ pub fn iq_payload(iq: &Element) -> Result<&Element, Condition> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stanza_parses_its_addresses_once_and_keeps_its_text_true() {
+        let el: Element =
+            "<message xmlns='jabber:client' from='Alice@Example.org/phone' type='chat'><body>hi</body></message>"
+                .parse()
+                .unwrap();
+        let mut s = Stanza::new(el).unwrap();
+        assert_eq!(s.kind, Kind::Message);
+        assert_eq!(s.from.as_str(), "alice@example.org/phone");
+        // No `to`: the sender's own account.
+        assert_eq!(s.to.as_str(), "alice@example.org");
+        assert_eq!(s.typ(), "chat");
+        let first = s.xml();
+        assert!(Arc::ptr_eq(&first, &s.xml()), "made once, then shared");
+        assert_eq!(&*first, s.el().to_xml());
+        s.el_mut().append_child(elem("x", "urn:example"));
+        let second = s.xml();
+        assert!(!Arc::ptr_eq(&first, &second), "a changed element is serialised again");
+        assert!(second.contains("urn:example"));
+
+        let bad: Element = "<message xmlns='jabber:client' from='a@b/c' to='@@'/>".parse().unwrap();
+        assert!(matches!(Stanza::new(bad), Err(Unroutable::BadTo(_))));
+        let anonymous: Element = "<message xmlns='jabber:client' to='a@b'/>".parse().unwrap();
+        assert!(matches!(Stanza::new(anonymous), Err(Unroutable::NoFrom)));
+        let other: Element = "<r xmlns='urn:xmpp:sm:3' from='a@b'/>".parse().unwrap();
+        assert!(matches!(Stanza::new(other), Err(Unroutable::NotAStanza)));
+    }
 
     #[test]
     fn jids_are_normalised_to_a_fixed_point() {

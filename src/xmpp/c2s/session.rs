@@ -14,7 +14,7 @@ use crate::{
         offline, presence,
         router::{self, route},
         sessions::{inbox, SessionHandle, ToSession},
-        stanza::{iq_result, Kind},
+        stanza::{iq_result, Kind, Stanza},
         stream::{new_id, ConnError},
         xml::{self, elem, ElementExt, Event, StreamError, NS_CLIENT, NS_SESSION},
     },
@@ -637,7 +637,7 @@ impl Session {
                 return Ok(None);
             }
         }
-        el.set("from", me.jid.to_string());
+        el.set("from", me.jid.as_str());
         let server = &self.server;
         match kind {
             // Boxed: presence handling is large and rarer than messages.
@@ -652,13 +652,16 @@ impl Session {
                 me.send(r);
             }
             Kind::Message => {
-                // Both archive rows of a message between local accounts
-                // share one serialisation (see `mam::sharing_archived_text`).
-                crate::xmpp::modules::mam::sharing_archived_text(async {
-                    let el = server.modules.message_out(server, me, el);
-                    route(server, el).await
-                })
-                .await
+                // The addresses are parsed once, here, for every hook and
+                // the router (and the archive's serialisation travels with
+                // the message to the recipient's archive).
+                match Stanza::from_sender(el, kind, me.jid.clone().into()) {
+                    Ok(mut msg) => {
+                        server.modules.message_out(server, me, &mut msg);
+                        router::route_stanza(server, msg).await
+                    }
+                    Err(e) => router::unroutable(server, e).await,
+                }
             }
             Kind::Iq => route(server, el).await,
         }

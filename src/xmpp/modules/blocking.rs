@@ -8,7 +8,8 @@ use crate::{
     xmpp::Server,
     xmpp::{
         router::route,
-        stanza::{self, Condition, Kind, StanzaError},
+        sessions::bare_of,
+        stanza::{self, Condition, Kind, Stanza, StanzaError},
         xml::{elem, ElementExt, NS_CLIENT},
     },
 };
@@ -27,7 +28,9 @@ pub const NS_ERRORS: &str = "urn:xmpp:blocking:errors";
 #[derive(Default)]
 pub struct Blocking {
     // std Mutex: never held across an await.
-    lists: Mutex<HashMap<BareJid, Arc<HashSet<String>>>>,
+    /// Keyed by the bare JID's text, so that the router's check finds a
+    /// list by a slice of a full JID (see [`list_of`]).
+    lists: Mutex<HashMap<String, Arc<HashSet<String>>>>,
     interested: Mutex<HashMap<BareJid, HashSet<u64>>>,
 }
 
@@ -52,14 +55,8 @@ impl Module for BlockingModule {
     fn hooks(&self) -> &'static [Hook] {
         &[Hook::Intercept]
     }
-    fn intercept<'a>(
-        &'a self,
-        server: &'a Arc<Server>,
-        stanza: &'a Element,
-        from: &'a Jid,
-        to: &'a Jid,
-    ) -> BoxFuture<'a, bool> {
-        Box::pin(intercept(server, stanza, from, to))
+    fn intercept<'a>(&'a self, server: &'a Arc<Server>, stanza: &'a Stanza) -> BoxFuture<'a, bool> {
+        Box::pin(intercept(server, stanza))
     }
     fn server_features(&self) -> &'static [&'static str] {
         &[NS]
@@ -91,7 +88,7 @@ impl Module for BlockingModule {
 /// The blocklist of a local account, loaded on first use.
 pub async fn list(server: &Arc<Server>, owner: &BareJid) -> Arc<HashSet<String>> {
     let b = &state(server);
-    if let Some(l) = b.lists.lock().unwrap_or_else(|e| e.into_inner()).get(owner) {
+    if let Some(l) = b.lists.lock().unwrap_or_else(|e| e.into_inner()).get(owner.as_str()) {
         return l.clone();
     }
     let loaded = match account_id(server, owner).await {
@@ -110,9 +107,24 @@ pub async fn list(server: &Arc<Server>, owner: &BareJid) -> Arc<HashSet<String>>
     b.lists
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .entry(owner.clone())
+        .entry(owner.to_string())
         .or_insert(set)
         .clone()
+}
+
+/// The blocklist of the account `jid` (full or bare) belongs to: the
+/// routing path's look-up, which builds no `BareJid` once the list is loaded.
+async fn list_of(server: &Arc<Server>, jid: &Jid) -> Arc<HashSet<String>> {
+    let cached = state(server)
+        .lists
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(bare_of(jid.as_str()))
+        .cloned();
+    match cached {
+        Some(l) => l,
+        None => list(server, &jid.to_bare()).await,
+    }
 }
 
 /// Whether `jid` is covered by a blocklist (XEP-0191 §3.4 / XEP-0016 matching:
@@ -140,8 +152,9 @@ fn is_account(server: &Server, j: &Jid) -> bool {
 
 /// Enforce blocklists on a stanza about to be routed. Returns true when the
 /// stanza was consumed (dropped, or answered with an error).
-async fn intercept(server: &Arc<Server>, stanza: &Element, from: &Jid, to: &Jid) -> bool {
-    if from.to_bare() == to.to_bare() {
+async fn intercept(server: &Arc<Server>, msg: &Stanza) -> bool {
+    let (stanza, from, to) = (msg.el(), &msg.from, &msg.to);
+    if bare_of(from.as_str()) == bare_of(to.as_str()) {
         return false;
     }
     // The server itself is never blocked, either way.
@@ -149,11 +162,11 @@ async fn intercept(server: &Arc<Server>, stanza: &Element, from: &Jid, to: &Jid)
     if is_server(from) || is_server(to) {
         return false;
     }
-    let kind = Kind::of(stanza);
-    let t = stanza::typ(stanza);
+    let kind = Some(msg.kind);
+    let t = msg.typ();
     // Outbound: the user sends to someone they blocked.
     if is_account(server, from) && t != "error" {
-        let l = list(server, &from.to_bare()).await;
+        let l = list_of(server, from).await;
         if matches(&l, to) {
             let client_request = from.resource().is_some()
                 && (kind == Some(Kind::Message) || (kind == Some(Kind::Iq) && matches!(t, "get" | "set")));
@@ -177,7 +190,7 @@ async fn intercept(server: &Arc<Server>, stanza: &Element, from: &Jid, to: &Jid)
     }
     // Inbound: a blocked entity sends to the user.
     if is_account(server, to) {
-        let l = list(server, &to.to_bare()).await;
+        let l = list_of(server, to).await;
         if matches(&l, from) {
             let answer = match kind {
                 Some(Kind::Message) => t != "error" && t != "groupchat",
@@ -296,9 +309,9 @@ async fn handle(ctx: IqCtx<'_>) -> IqReply {
 
 fn update(server: &Server, owner: &BareJid, f: impl FnOnce(&mut HashSet<String>)) {
     let mut lists = state(server).lists.lock().unwrap_or_else(|e| e.into_inner());
-    let mut set: HashSet<String> = lists.get(owner).map(|s| (**s).clone()).unwrap_or_default();
+    let mut set: HashSet<String> = lists.get(owner.as_str()).map(|s| (**s).clone()).unwrap_or_default();
     f(&mut set);
-    lists.insert(owner.clone(), Arc::new(set));
+    lists.insert(owner.to_string(), Arc::new(set));
 }
 
 /// Push a block/unblock to the resources that asked for the blocklist.

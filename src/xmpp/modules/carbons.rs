@@ -5,8 +5,8 @@ use super::{BoxFuture, Hook, IqCtx, IqReply, IqRoute, Module, Target};
 use crate::{
     xmpp::Server,
     xmpp::{
-        sessions::SessionHandle,
-        stanza::{self, Condition},
+        sessions::{bare_of, SessionHandle},
+        stanza::{self, Condition, Stanza},
         xml::{elem, ElementExt, NS_CLIENT},
     },
 };
@@ -25,14 +25,14 @@ impl Module for Carbons {
     fn hooks(&self) -> &'static [Hook] {
         &[Hook::Delivered, Hook::MessageOut]
     }
-    fn delivered(&self, server: &Arc<Server>, msg: &Element, to: &BareJid, sessions: &[Arc<SessionHandle>]) {
+    fn delivered(&self, server: &Arc<Server>, msg: &Stanza, to: &BareJid, sessions: &[Arc<SessionHandle>]) {
         // A message stored offline reached no resource: nothing to copy.
         if !sessions.is_empty() {
-            copy_received(server, msg, to, sessions);
+            copy_received(server, msg.el(), to, sessions);
         }
     }
-    fn message_out(&self, server: &Arc<Server>, from: &Arc<SessionHandle>, msg: Element) -> Element {
-        copy_sent(server, from, &msg);
+    fn message_out(&self, server: &Arc<Server>, from: &Arc<SessionHandle>, msg: &mut Stanza) {
+        copy_sent(server, from, msg.el());
         strip_private(msg)
     }
     fn server_features(&self) -> &'static [&'static str] {
@@ -115,12 +115,13 @@ fn wrap(kind: &str, to: &SessionHandle, bare: &BareJid, msg: &Element) -> Elemen
 
 /// A local session sent `msg`: copy it to the sender's other resources.
 fn copy_sent(server: &Server, me: &Arc<SessionHandle>, msg: &Element) {
-    if !eligible(msg) {
+    let others = |s: &SessionHandle| s.id != me.id && s.carbons.load(Ordering::Relaxed);
+    if !server.sessions.any_of(bare_of(me.jid.as_str()), others) || !eligible(msg) {
         return;
     }
     let bare = me.jid.to_bare();
     for s in server.sessions.of(&bare) {
-        if s.id != me.id && s.carbons.load(Ordering::Relaxed) {
+        if others(&s) {
             s.send(wrap("sent", &s, &bare, msg));
         }
     }
@@ -129,20 +130,20 @@ fn copy_sent(server: &Server, me: &Arc<SessionHandle>, msg: &Element) {
 /// `msg` was delivered to the sessions in `delivered` of account `bare`:
 /// copy it to the account's other carbons-enabled resources.
 fn copy_received(server: &Server, msg: &Element, bare: &BareJid, delivered: &[Arc<SessionHandle>]) {
-    if !eligible(msg) {
+    let others = |s: &SessionHandle| !delivered.iter().any(|d| d.id == s.id) && s.carbons.load(Ordering::Relaxed);
+    if !server.sessions.any_of(bare.as_str(), others) || !eligible(msg) {
         return;
     }
     for s in server.sessions.of(bare) {
-        if !delivered.iter().any(|d| d.id == s.id) && s.carbons.load(Ordering::Relaxed) {
+        if others(&s) {
             s.send(wrap("received", &s, bare, msg));
         }
     }
 }
 
 /// Remove the `<private/>` marker before a message leaves for its recipient.
-fn strip_private(mut msg: Element) -> Element {
-    if msg.has_child("private", NS) {
-        msg.remove_child("private", NS);
+fn strip_private(msg: &mut Stanza) {
+    if msg.el().has_child("private", NS) {
+        msg.el_mut().remove_child("private", NS);
     }
-    msg
 }

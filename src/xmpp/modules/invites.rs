@@ -27,7 +27,7 @@ use crate::{
         modules::register::NS_PARS,
         router::route,
         sessions::SessionHandle,
-        stanza::{self, Condition, StanzaError},
+        stanza::{self, Condition, Stanza, StanzaError},
         xml::{elem, ElementExt, NS_CLIENT},
         Server,
     },
@@ -67,15 +67,9 @@ impl Module for Invites {
     fn hooks(&self) -> &'static [Hook] {
         &[Hook::Intercept, Hook::Available]
     }
-    fn intercept<'a>(
-        &'a self,
-        server: &'a Arc<Server>,
-        stanza: &'a Element,
-        from: &'a Jid,
-        to: &'a Jid,
-    ) -> BoxFuture<'a, bool> {
+    fn intercept<'a>(&'a self, server: &'a Arc<Server>, stanza: &'a Stanza) -> BoxFuture<'a, bool> {
         Box::pin(async move {
-            preauth_subscription(server, stanza, from, to).await;
+            preauth_subscription(server, stanza.el(), &stanza.from, &stanza.to).await;
             // Never consumed: a pre-approved request is answered by the
             // subscription state machine; an invalid token leaves a plain request.
             false

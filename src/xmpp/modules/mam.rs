@@ -12,18 +12,15 @@ use crate::{
     xmpp::forms::Form,
     xmpp::Server,
     xmpp::{
-        sessions::SessionHandle,
-        stanza::{self, Condition, StanzaError},
+        sessions::{bare_of, SessionHandle},
+        stanza::{self, Condition, Stanza, StanzaError},
         xml::{elem, ElementExt, NS_CLIENT},
     },
 };
-use jid::{BareJid, Jid};
+use jid::{BareJid, Jid, NodeRef};
 use minidom::Element;
 use std::{
-    cell::RefCell,
     collections::HashMap,
-    future::Future,
-    hash::{Hash, Hasher},
     sync::{Arc, Mutex, OnceLock},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -157,8 +154,8 @@ impl Archive {
     /// and queries find the row by it without an index of their own; the
     /// ids increase with time, which expiry uses instead of an index on
     /// `ts`. Ids from before (UUIDs in the `stanza_id` column) keep working.
-    fn insert(&self, owner: &BareJid, with: String, xml: Arc<str>) -> Option<i64> {
-        let username = owner.node()?.to_string();
+    fn insert(&self, owner: Option<&NodeRef>, with: String, xml: Arc<str>) -> Option<i64> {
+        let username = owner?.to_string();
         let mut last = self.last_id.lock().unwrap_or_else(|p| p.into_inner());
         let ts = now_micros();
         let id = ts.max(*last + 1);
@@ -261,6 +258,7 @@ fn write_batch(conn: &mut rusqlite::Connection, inserts: &[Op]) -> store::Result
     // IMMEDIATE, as every store connection's transactions (see
     // `store::open_connection`).
     let tx = conn.transaction()?;
+    let mut rows = db::ReservedInserts::new(&tx)?;
     let mut accounts: HashMap<&str, Option<(i64, db::Prefs)>> = HashMap::new();
     for op in inserts {
         let Op::Insert { owner, ts, with, xml } = op else {
@@ -280,12 +278,13 @@ fn write_batch(conn: &mut rusqlite::Connection, inserts: &[Op]) -> store::Result
                 };
                 let Some((id, prefs)) = account else { continue };
                 if db::wanted_by(&tx, *id, prefs, with)? {
-                    db::insert_reserved(&tx, *row, *id, *ts, with, xml)?;
+                    rows.insert(*row, *id, *ts, with, xml)?;
                 }
             }
             Owner::Room { room, stanza_id } => db::insert_room(&tx, *room, stanza_id, *ts, with, xml)?,
         }
     }
+    drop(rows);
     tx.commit()?;
     Ok(())
 }
@@ -327,100 +326,37 @@ pub fn archivable(msg: &Element) -> bool {
     })
 }
 
-/// The archived text of a message a local session is sending, kept while
-/// the message is routed: when it reaches a local account, the recipient's
-/// row stores the same text instead of serialising the message again.
-struct Sent {
-    /// [`sent_key`] of the message and its recipient.
-    key: u64,
-    xml: Arc<str>,
-}
-
-tokio::task_local! {
-    static SENT: RefCell<Option<Sent>>;
-}
-
-/// Run a local session's message through its MessageOut hooks and its
-/// routing (`f`), so that both archive rows of a message between two local
-/// accounts share one serialisation.
-pub async fn sharing_archived_text<F: Future>(f: F) -> F::Output {
-    SENT.scope(RefCell::new(None), f).await
-}
-
-/// What identifies the sent message when it reaches its recipient's
-/// archive: the recipient, and the message itself by the address of its
-/// first child (its children live in one buffer that moves with it) and the
-/// number of its children. Nothing else reaches `MessageIn` for that
-/// recipient inside the scope while the message lives (a bounce goes to the
-/// sender and is not archived). A MessageOut hook after the archive's that
-/// changes the children (carbons drop `<private/>`) changes the count or
-/// the buffer, and the recipient's row is then serialised on its own.
-/// No attribute look-ups: each is a B-tree search.
-fn sent_key(to: &str, msg: &Element) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    to.hash(&mut h);
-    let mut children = msg.children();
-    children.next().map(|c| c as *const Element as usize).hash(&mut h);
-    (1 + children.count()).hash(&mut h);
-    h.finish()
-}
-
-/// A message for local account `owner` from `from`: stamp it with a
-/// stanza-id (removing any that claims to be ours) and archive it. The
-/// archived text is the message as it arrived, without the stanza-id (the
-/// query result carries the id), so that it can be the sender's text.
-fn archive_incoming(archive: &Archive, owner: &BareJid, mut msg: Element) -> Element {
+/// A message for local account `owner`: stamp it with a stanza-id
+/// (removing any that claims to be ours) and archive it. The archived text
+/// is the message as it arrived, without the stanza-id (the query result
+/// carries the id), so that it is the sender's text: a message a local
+/// session sent carries the serialisation its sender's row was written
+/// from, and the recipient's row reuses it.
+fn archive_incoming(archive: &Archive, owner: &BareJid, msg: &mut Stanza) {
     let by = owner.to_string();
     // XEP-0359 §5: a stanza-id by us that we did not add is a forgery.
-    let forged = msg
-        .children()
-        .any(|c| c.is("stanza-id", NS_SID) && c.attr("by") == Some(by.as_str()));
-    if forged {
-        msg = crate::xmpp::xml::retain_children(&msg, |c| {
-            !(c.is("stanza-id", NS_SID) && c.attr("by") == Some(by.as_str()))
-        });
+    let forged = |c: &Element| c.is("stanza-id", NS_SID) && c.attr("by") == Some(by.as_str());
+    if msg.el().children().any(forged) {
+        let kept = crate::xmpp::xml::retain_children(msg.el(), |c| !forged(c));
+        *msg.el_mut() = kept;
     }
-    if !archivable(&msg) {
-        return msg;
+    if !archivable(msg.el()) {
+        return;
     }
-    let shared = if forged {
-        None
-    } else {
-        SENT.try_with(|s| {
-            let mut s = s.borrow_mut();
-            let hit = s.as_ref().is_some_and(|s| s.key == sent_key(&by, &msg));
-            hit.then(|| s.take().map(|s| s.xml)).flatten()
-        })
-        .ok()
-        .flatten()
-    };
-    let xml = shared.unwrap_or_else(|| msg.to_xml().into());
-    let with = stanza::from(&msg).map(|j| j.to_bare().to_string()).unwrap_or_default();
-    if let Some(id) = archive.insert(owner, with, xml) {
-        msg.append_child(elem("stanza-id", NS_SID).with("id", id.to_string()).with("by", by));
+    let xml = msg.xml();
+    let with = bare_of(msg.from.as_str()).to_string();
+    if let Some(id) = archive.insert(owner.node(), with, xml) {
+        msg.el_mut()
+            .append_child(elem("stanza-id", NS_SID).with("id", id.to_string()).with("by", by));
     }
-    msg
 }
 
 /// A message sent by a local session: archive it in the sender's archive.
-fn archive_outgoing(archive: &Archive, me: &SessionHandle, msg: Element) -> Element {
-    if archivable(&msg) {
-        let with = msg
-            .attr("to")
-            .and_then(|t| Jid::new(t).ok())
-            .map(|j| j.to_bare().to_string())
-            .unwrap_or_else(|| me.jid.to_bare().to_string());
-        let xml: Arc<str> = msg.to_xml().into();
-        // Outside `sharing_archived_text` (no task-local) nothing is kept.
-        let _ = SENT.try_with(|s| {
-            *s.borrow_mut() = Some(Sent {
-                key: sent_key(&with, &msg),
-                xml: xml.clone(),
-            })
-        });
-        archive.insert(&me.jid.to_bare(), with, xml);
+fn archive_outgoing(archive: &Archive, me: &SessionHandle, msg: &mut Stanza) {
+    if archivable(msg.el()) {
+        let with = bare_of(msg.to.as_str()).to_string();
+        archive.insert(me.jid.node(), with, msg.xml());
     }
-    msg
 }
 
 #[derive(Default)]
@@ -449,10 +385,10 @@ impl Module for Mam {
     fn hooks(&self) -> &'static [Hook] {
         &[Hook::MessageIn, Hook::MessageOut]
     }
-    fn message_in(&self, _server: &Arc<Server>, to: &BareJid, msg: Element) -> Element {
+    fn message_in(&self, _server: &Arc<Server>, to: &BareJid, msg: &mut Stanza) {
         archive_incoming(&self.archive, to, msg)
     }
-    fn message_out(&self, _server: &Arc<Server>, from: &Arc<SessionHandle>, msg: Element) -> Element {
+    fn message_out(&self, _server: &Arc<Server>, from: &Arc<SessionHandle>, msg: &mut Stanza) {
         archive_outgoing(&self.archive, from, msg)
     }
     fn account_features(&self) -> &'static [&'static str] {

@@ -27,7 +27,7 @@ pub mod version;
 
 use super::{
     sessions::SessionHandle,
-    stanza::{Condition, StanzaError},
+    stanza::{Condition, Stanza, StanzaError},
     Server,
 };
 use crate::store;
@@ -147,30 +147,22 @@ pub trait Module: Any + Send + Sync + 'static {
     fn hooks(&self) -> &'static [Hook] {
         &[]
     }
-    /// A stanza from `from` to `to` is about to be routed. Returns true when
-    /// the module consumed it (dropped, or answered with an error).
-    fn intercept<'a>(
-        &'a self,
-        _server: &'a Arc<Server>,
-        _stanza: &'a Element,
-        _from: &'a Jid,
-        _to: &'a Jid,
-    ) -> BoxFuture<'a, bool> {
+    /// A stanza (from `stanza.from` to `stanza.to`) is about to be routed.
+    /// Returns true when the module consumed it (dropped, or answered with
+    /// an error).
+    fn intercept<'a>(&'a self, _server: &'a Arc<Server>, _stanza: &'a Stanza) -> BoxFuture<'a, bool> {
         Box::pin(async { false })
     }
     /// A message for the local account `to` is about to be delivered (or
-    /// stored offline); the module may change it (a stanza-id, say).
-    fn message_in(&self, _server: &Arc<Server>, _to: &BareJid, msg: Element) -> Element {
-        msg
-    }
-    /// A message for the local account `to` went to `sessions` (none: it was
+    /// stored offline); the module may change its children (a stanza-id,
+    /// say) through [`Stanza::el_mut`].
+    fn message_in(&self, _server: &Arc<Server>, _to: &BareJid, _msg: &mut Stanza) {}
+    /// A message for the local account `to` goes to `sessions` (none: it is
     /// stored offline).
-    fn delivered(&self, _server: &Arc<Server>, _msg: &Element, _to: &BareJid, _sessions: &[Arc<SessionHandle>]) {}
-    /// The local session `from` sent a message; the module may change it
-    /// before it is routed.
-    fn message_out(&self, _server: &Arc<Server>, _from: &Arc<SessionHandle>, msg: Element) -> Element {
-        msg
-    }
+    fn delivered(&self, _server: &Arc<Server>, _msg: &Stanza, _to: &BareJid, _sessions: &[Arc<SessionHandle>]) {}
+    /// The local session `from` sent a message; the module may change its
+    /// children before it is routed.
+    fn message_out(&self, _server: &Arc<Server>, _from: &Arc<SessionHandle>, _msg: &mut Stanza) {}
     /// Presence from `from` reached the local account `owner` (a contact's,
     /// or one of the owner's own resources' broadcast).
     fn presence<'a>(
@@ -321,9 +313,9 @@ impl Modules {
     }
 
     /// Run [`Hook::Intercept`]: true when a module consumed the stanza.
-    pub async fn intercept(&self, server: &Arc<Server>, stanza: &Element, from: &Jid, to: &Jid) -> bool {
+    pub async fn intercept(&self, server: &Arc<Server>, stanza: &Stanza) -> bool {
         for m in self.hooked(Hook::Intercept) {
-            if m.intercept(server, stanza, from, to).await {
+            if m.intercept(server, stanza).await {
                 return true;
             }
         }
@@ -331,26 +323,24 @@ impl Modules {
     }
 
     /// Run [`Hook::MessageIn`].
-    pub fn message_in(&self, server: &Arc<Server>, to: &BareJid, mut msg: Element) -> Element {
+    pub fn message_in(&self, server: &Arc<Server>, to: &BareJid, msg: &mut Stanza) {
         for m in self.hooked(Hook::MessageIn) {
-            msg = m.message_in(server, to, msg);
+            m.message_in(server, to, msg);
         }
-        msg
     }
 
     /// Run [`Hook::Delivered`].
-    pub fn delivered(&self, server: &Arc<Server>, msg: &Element, to: &BareJid, sessions: &[Arc<SessionHandle>]) {
+    pub fn delivered(&self, server: &Arc<Server>, msg: &Stanza, to: &BareJid, sessions: &[Arc<SessionHandle>]) {
         for m in self.hooked(Hook::Delivered) {
             m.delivered(server, msg, to, sessions);
         }
     }
 
     /// Run [`Hook::MessageOut`].
-    pub fn message_out(&self, server: &Arc<Server>, from: &Arc<SessionHandle>, mut msg: Element) -> Element {
+    pub fn message_out(&self, server: &Arc<Server>, from: &Arc<SessionHandle>, msg: &mut Stanza) {
         for m in self.hooked(Hook::MessageOut) {
-            msg = m.message_out(server, from, msg);
+            m.message_out(server, from, msg);
         }
-        msg
     }
 
     /// Run [`Hook::Presence`].

@@ -11,7 +11,7 @@ use crate::{
     xmpp::{
         router::route,
         sessions::SessionHandle,
-        stanza::{self, Condition, StanzaError},
+        stanza::{self, Condition, Stanza, StanzaError},
         xml::{elem, ElementExt, NS_CLIENT},
     },
 };
@@ -310,9 +310,9 @@ impl Module for Push {
     }
     /// A message that went offline, or only to clients that sleep
     /// (hibernated or inactive), wakes the account up.
-    fn delivered(&self, server: &Arc<Server>, msg: &Element, to: &BareJid, sessions: &[Arc<SessionHandle>]) {
+    fn delivered(&self, server: &Arc<Server>, msg: &Stanza, to: &BareJid, sessions: &[Arc<SessionHandle>]) {
         if sessions.iter().all(|s| s.asleep()) {
-            if let Some(ev) = event_for(msg) {
+            if let Some(ev) = event_for(msg.el()) {
                 notify(server, to, ev);
             }
         }
