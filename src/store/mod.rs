@@ -164,11 +164,34 @@ fn open_connection(path: &Path) -> Result<Connection> {
     // First: the pragmas below take locks too, and without a busy timeout a
     // second process opening the file (a CLI command while the daemon
     // migrates it) failed at once with "database is locked".
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    when_not_busy(|| Ok(conn.pragma_update(None, "journal_mode", "WAL")?))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
     Ok(conn)
+}
+
+/// How long a connection waits for another's lock before "database is locked".
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs `f` again while it fails with SQLITE_BUSY, up to [`BUSY_TIMEOUT`].
+/// Switching a new file's journal to WAL needs its exclusive lock, and
+/// SQLite answers BUSY at once, without the busy handler, when another
+/// connection is switching it at the same moment (two relay nodes, or the
+/// daemon and a CLI command, opening one new file together): one start in
+/// ten of the test that opens two stores at once failed so.
+fn when_not_busy<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match f() {
+            Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            r => return r,
+        }
+    }
 }
 
 fn migrate(conn: &mut Connection) -> Result<()> {
