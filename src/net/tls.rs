@@ -245,10 +245,6 @@ impl<IO> TlsStream<IO> {
         self.conn.peer_certificates()
     }
 
-    pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.conn.alpn_protocol()
-    }
-
     pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
         self.conn.protocol_version()
     }
@@ -573,13 +569,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncBufRead for TlsStream<IO> {
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for TlsStream<IO> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let data = ready!(self.as_mut().poll_fill_buf(cx))?;
-        let n = data.len().min(buf.remaining());
-        buf.put_slice(&data[..n]);
-        self.consume(n);
-        Poll::Ready(Ok(()))
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        poll_read_buffered(self, cx, buf)
     }
+}
+
+/// `AsyncRead::poll_read` for a transport whose reading is its
+/// `AsyncBufRead` (this stream, the WebSocket one): copy what `fill_buf`
+/// has, then consume it, so there is one read path to keep right.
+pub fn poll_read_buffered<R: AsyncBufRead + ?Sized>(
+    mut r: Pin<&mut R>,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    let data = ready!(r.as_mut().poll_fill_buf(cx))?;
+    let n = data.len().min(buf.remaining());
+    buf.put_slice(&data[..n]);
+    r.consume(n);
+    Poll::Ready(Ok(()))
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<IO> {
@@ -803,6 +810,24 @@ mod tests {
         (peer, server.expect("handshake"))
     }
 
+    /// One record each way: `up` from the client must reach the server
+    /// whole, then `down` from the server the client.
+    async fn exchange(peer: &mut Peer, server: &mut TlsStream<Trickle>, up: &[u8], down: &[u8]) {
+        peer.write(up);
+        peer.send().await;
+        assert_eq!(read_server(server, up.len()).await.unwrap(), up);
+        server.write_all(down).await.unwrap();
+        server.flush().await.unwrap();
+        assert_eq!(peer.read(down.len()).await, down);
+    }
+
+    /// The channel binding SCRAM-*-PLUS uses, as the client computes it.
+    fn client_exporter(peer: &Peer) -> [u8; 32] {
+        peer.tls
+            .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
+            .unwrap()
+    }
+
     /// Read from the stream until `n` bytes came (or its end).
     async fn read_server(s: &mut TlsStream<Trickle>, n: usize) -> io::Result<Vec<u8>> {
         let mut got = Vec::new();
@@ -830,21 +855,11 @@ mod tests {
             assert_eq!(server.protocol_version(), Some(versions[0].version));
             let info = server.take_handshake_info();
             assert_eq!(info.server_name.as_deref(), Some(NAME));
-            // The channel binding SCRAM-*-PLUS uses, as the client computes it.
-            let client_exporter = peer
-                .tls
-                .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
-                .unwrap();
             match versions[0].version {
-                rustls::ProtocolVersion::TLSv1_3 => assert_eq!(info.tls_exporter, Some(client_exporter)),
+                rustls::ProtocolVersion::TLSv1_3 => assert_eq!(info.tls_exporter, Some(client_exporter(&peer))),
                 _ => assert_eq!(info.tls_exporter, None),
             }
-            peer.write(b"<hello/>");
-            peer.send().await;
-            assert_eq!(read_server(&mut server, 8).await.unwrap(), b"<hello/>");
-            server.write_all(b"<world/>").await.unwrap();
-            server.flush().await.unwrap();
-            assert_eq!(peer.read(8).await, b"<world/>");
+            exchange(&mut peer, &mut server, b"<hello/>", b"<world/>").await;
         }
     }
 
@@ -868,13 +883,9 @@ mod tests {
             });
             let mut server = server.unwrap();
             assert_eq!(peer.tls.negotiated_cipher_suite(), Some(suite));
-            let client_exporter = peer
-                .tls
-                .export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None)
-                .unwrap();
             assert_eq!(
                 server.take_handshake_info().tls_exporter,
-                Some(client_exporter),
+                Some(client_exporter(&peer)),
                 "{suite:?}"
             );
         }
@@ -1048,12 +1059,7 @@ mod tests {
         // KeyUpdate with update_requested: the server must change its
         // sending keys too, and say so before its next record.
         peer.tls.refresh_traffic_keys().unwrap();
-        peer.write(b"<after/>");
-        peer.send().await;
-        assert_eq!(read_server(&mut server, 8).await.unwrap(), b"<after/>");
-        server.write_all(b"<reply/>").await.unwrap();
-        server.flush().await.unwrap();
-        assert_eq!(peer.read(8).await, b"<reply/>");
+        exchange(&mut peer, &mut server, b"<after/>", b"<reply/>").await;
         peer.write(b"<again/>");
         peer.send().await;
         assert_eq!(read_server(&mut server, 8).await.unwrap(), b"<again/>");

@@ -125,12 +125,8 @@ impl AsyncBufRead for WsIo {
 }
 
 impl AsyncRead for WsIo {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let avail = ready!(self.as_mut().poll_fill_buf(cx))?;
-        let n = buf.remaining().min(avail.len());
-        buf.put_slice(&avail[..n]);
-        self.consume(n);
-        Poll::Ready(Ok(()))
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        crate::net::tls::poll_read_buffered(self, cx, buf)
     }
 }
 
